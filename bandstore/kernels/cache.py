@@ -1,0 +1,296 @@
+"""The DRAM cache policy and the pooled-lookup kernel built on it.
+
+One implementation serves both the store (``with_data=True``: rows are decoded, pooled and
+copied into the cache) and the miniature cache simulations of ``bandstore.sim``
+(``with_data=False``: the same probes, admissions and evictions, no bytes moved). That is what
+makes the simulator exact: it cannot drift from the store because it is the store's code.
+
+Policy (see docs/ARCHITECTURE.md): a vector cache of ``capacity`` decoded rows; slots
+``[0, pinned)`` hold pinned rows and are never evicted; the rest is managed by CLOCK. A batch
+probes every id first; the distinct blocks of the misses are then read once each in ascending
+block order, serving the requested rows, admitting the block's other rows whose access count
+reaches the threshold, then admitting the requested rows.
+
+Kernels never raise: they return a status code and the Python layer raises.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from bandstore.kernels.checksum import _xxh64
+from bandstore.kernels.codec import _decode_row_into
+
+# Pooling modes.
+MODE_SUM = 0
+MODE_MEAN = 1
+MODE_MAX = 2
+MODE_COPY = 3  # plain lookup: bag i is position i, the row is copied bit for bit
+
+# Kernel status codes.
+STATUS_OK = 0
+STATUS_CORRUPT_BLOCK = 1
+
+# Meta array of a cache state: [clock hand, filled slots, pinned slots, capacity].
+META_HAND = 0
+META_FILLED = 1
+META_PINNED = 2
+META_CAPACITY = 3
+
+# Batch counters, in this order everywhere (stats, simulations).
+STAT_LOOKUPS = 0
+STAT_HITS = 1
+STAT_MISSES = 2
+STAT_BLOCKS_READ = 3
+STAT_BYTES_READ = 4
+STAT_USEFUL_BYTES = 5
+N_STATS = 6
+
+# A threshold no access count reaches: neighbour admission off.
+NEVER = 2**62
+
+
+@njit(nogil=True, cache=True)
+def _admit(row_id, slot_of_id, id_of_slot, ref, meta):
+    """Give ``row_id`` a cache slot (evicting by CLOCK when full) and return it, or -1.
+
+    The new row gets a clear reference bit at the position just behind the hand, which makes it
+    the most recently used: it survives one full sweep, as it would in LRU.
+    """
+    capacity = meta[META_CAPACITY]
+    pinned = meta[META_PINNED]
+    if capacity <= pinned:
+        return -1
+    filled = meta[META_FILLED]
+    if filled < capacity:
+        slot = filled
+        meta[META_FILLED] = filled + 1
+    else:
+        hand = meta[META_HAND]
+        while ref[hand] != 0:
+            ref[hand] = 0
+            hand += 1
+            if hand >= capacity:
+                hand = pinned
+        slot = hand
+        slot_of_id[id_of_slot[slot]] = -1
+        hand += 1
+        if hand >= capacity:
+            hand = pinned
+        meta[META_HAND] = hand
+    id_of_slot[slot] = row_id
+    slot_of_id[row_id] = slot
+    ref[slot] = 0
+    return slot
+
+
+@njit(nogil=True, cache=True)
+def _pool_into(out, bag, src, weight, mode, bag_n):
+    """Reduce row ``src`` into ``out[bag]`` (``bag_n[bag]`` rows were reduced into it before)."""
+    dim = src.shape[0]
+    if mode == MODE_MAX:
+        if bag_n[bag] == 0:
+            for d in range(dim):
+                out[bag, d] = src[d]
+        else:
+            for d in range(dim):
+                if src[d] > out[bag, d]:
+                    out[bag, d] = src[d]
+    elif mode == MODE_COPY:
+        for d in range(dim):
+            out[bag, d] = src[d]
+    else:
+        for d in range(dim):
+            out[bag, d] += weight * src[d]
+    bag_n[bag] += 1
+
+
+@njit(nogil=True, cache=True)
+def _cache_batch(
+    ids,
+    offsets,
+    weights,
+    mode,
+    padding_idx,
+    out,
+    with_data,
+    slot_of_id,
+    id_of_slot,
+    ref,
+    meta,
+    cache_data,
+    counts,
+    threshold,
+    layout,
+    inverse_layout,
+    rows_per_block,
+    block_size,
+    row_bytes,
+    codec,
+    dim,
+    blocks_u8,
+    checksums,
+    verify,
+    stats,
+    error,
+):
+    """Serve one batch of bags through the cache; return a status code.
+
+    ids: int64 ids (validated by the caller); offsets: int64 bag starts, ``len = n_bags + 1``;
+    weights: float32 per id or empty; out: float32 (n_bags, dim), zeroed by the caller (ignored
+    when ``with_data`` is False); ``stats`` gets this batch's counters added; on a corrupt block
+    ``error[0]`` is the block and no admission has happened.
+    """
+    n_bags = offsets.shape[0] - 1
+    n = ids.shape[0]
+    has_weights = weights.shape[0] > 0
+    bag_n = np.zeros(n_bags, dtype=np.int64)
+    miss_keys = np.empty(n, dtype=np.int64)
+    n_miss = 0
+    lookups = 0
+
+    # Phase 1: probe. Hits are served now; misses are keyed by (block, position).
+    for b in range(n_bags):
+        for i in range(offsets[b], offsets[b + 1]):
+            row_id = ids[i]
+            if row_id == padding_idx:
+                continue
+            lookups += 1
+            s = slot_of_id[row_id]
+            if s >= 0:
+                ref[s] = 1
+                if with_data:
+                    w = weights[i] if has_weights else np.float32(1.0)
+                    _pool_into(out, b, cache_data[s], w, mode, bag_n)
+            else:
+                miss_keys[n_miss] = (layout[row_id] // rows_per_block) * n + i
+                n_miss += 1
+
+    stats[STAT_LOOKUPS] += lookups
+    stats[STAT_HITS] += lookups - n_miss
+    stats[STAT_MISSES] += n_miss
+    if n_miss == 0:
+        if with_data and mode == MODE_MEAN:
+            _divide_means(out, bag_n)
+        return STATUS_OK
+
+    keys = np.sort(miss_keys[:n_miss])
+
+    # Verify every distinct block before anything is admitted, so a corrupt block leaves the
+    # cache holding only good rows.
+    if verify:
+        prev = -1
+        for k in range(n_miss):
+            blk = keys[k] // n
+            if blk != prev:
+                prev = blk
+                start = (blk + 1) * block_size
+                if _xxh64(blocks_u8[start : start + block_size], np.uint64(0)) != checksums[blk]:
+                    error[0] = blk
+                    return STATUS_CORRUPT_BLOCK
+
+    # Bag of each position, for the misses (positions are sorted within a bag's range).
+    pos_bag = np.empty(n_miss, dtype=np.int64)
+    miss_pos = np.empty(n_miss, dtype=np.int64)
+    for k in range(n_miss):
+        miss_pos[k] = keys[k] % n
+    # offsets are non-decreasing, so a binary search gives each position's bag.
+    for k in range(n_miss):
+        pos_bag[k] = np.searchsorted(offsets, miss_pos[k], side="right") - 1
+
+    decoded = np.empty((rows_per_block, dim if with_data else 0), dtype=np.float32)
+    is_decoded = np.zeros(rows_per_block, dtype=np.bool_)
+    requested = np.zeros(rows_per_block, dtype=np.bool_)
+    blocks_read = 0
+    useful_rows = 0
+    k = 0
+    while k < n_miss:
+        blk = keys[k] // n
+        end = k
+        while end < n_miss and keys[end] // n == blk:
+            end += 1
+        blocks_read += 1
+        base_slot = blk * rows_per_block
+        is_decoded[:] = False
+        requested[:] = False
+        # Serve the requested rows of this block.
+        for j in range(k, end):
+            i = miss_pos[j]
+            local = layout[ids[i]] - base_slot
+            if not requested[local]:
+                requested[local] = True
+                useful_rows += 1
+            if with_data:
+                if not is_decoded[local]:
+                    offset = (blk + 1) * block_size + local * row_bytes
+                    _decode_row_into(blocks_u8, offset, codec, dim, decoded[local])
+                    is_decoded[local] = True
+                w = weights[i] if has_weights else np.float32(1.0)
+                _pool_into(out, pos_bag[j], decoded[local], w, mode, bag_n)
+        # Admit the neighbours whose access count reaches the threshold...
+        for local in range(rows_per_block):
+            nb = inverse_layout[base_slot + local]
+            if nb < 0 or requested[local] or slot_of_id[nb] >= 0 or counts[nb] < threshold:
+                continue
+            s = _admit(nb, slot_of_id, id_of_slot, ref, meta)
+            if s >= 0 and with_data:
+                offset = (blk + 1) * block_size + local * row_bytes
+                _decode_row_into(blocks_u8, offset, codec, dim, cache_data[s])
+        # ...then the requested rows, so they are the most recent.
+        for j in range(k, end):
+            row_id = ids[miss_pos[j]]
+            if slot_of_id[row_id] >= 0:
+                continue
+            s = _admit(row_id, slot_of_id, id_of_slot, ref, meta)
+            if s >= 0 and with_data:
+                local = layout[row_id] - base_slot
+                cache_data[s, :] = decoded[local]
+        k = end
+
+    stats[STAT_BLOCKS_READ] += blocks_read
+    stats[STAT_BYTES_READ] += blocks_read * block_size
+    stats[STAT_USEFUL_BYTES] += useful_rows * row_bytes
+    if with_data and mode == MODE_MEAN:
+        _divide_means(out, bag_n)
+    return STATUS_OK
+
+
+@njit(nogil=True, cache=True)
+def _divide_means(out, bag_n):
+    for b in range(out.shape[0]):
+        if bag_n[b] > 1:
+            inv = np.float32(1.0) / np.float32(bag_n[b])
+            for d in range(out.shape[1]):
+                out[b, d] *= inv
+
+
+@njit(nogil=True, cache=True)
+def _load_pinned(
+    pinned_ids,
+    with_data,
+    slot_of_id,
+    id_of_slot,
+    meta,
+    cache_data,
+    layout,
+    rows_per_block,
+    block_size,
+    row_bytes,
+    codec,
+    dim,
+    blocks_u8,
+):
+    """Put ``pinned_ids`` in slots ``[0, len)`` of an empty cache and mark them pinned."""
+    for s in range(pinned_ids.shape[0]):
+        row_id = pinned_ids[s]
+        slot_of_id[row_id] = s
+        id_of_slot[s] = row_id
+        if with_data:
+            slot = layout[row_id]
+            blk = slot // rows_per_block
+            offset = (blk + 1) * block_size + (slot - blk * rows_per_block) * row_bytes
+            _decode_row_into(blocks_u8, offset, codec, dim, cache_data[s])
+    meta[META_PINNED] = pinned_ids.shape[0]
+    meta[META_FILLED] = pinned_ids.shape[0]
+    meta[META_HAND] = pinned_ids.shape[0]

@@ -1,0 +1,158 @@
+"""Row decoding for the lookup kernels (numba side of :mod:`bandstore.codecs`).
+
+Two helpers, meant to be called from other ``@njit`` kernels on the miss path (they also run as
+plain Python under ``NUMBA_DISABLE_JIT=1``):
+
+- ``_decode_row_into(raw_u8, offset, codec, dim, out)``: ``out[:dim]`` = the row stored at byte
+  ``offset`` of ``raw_u8``.
+- ``_accumulate_row(raw_u8, offset, codec, dim, weight, out, mode)``: pool the row into
+  ``out[:dim]``: ``SUM``/``MEAN``: ``out += weight * row``; ``MAX``: ``out = max(out, row)``.
+
+Both decode bit-for-bit like :func:`bandstore.codecs.decode_rows` (the numpy reference), allocate
+nothing, and never raise. Preconditions (the caller checks them once, not per row):
+``raw_u8`` is a contiguous 1-D uint8 array (e.g. the whole block file mmap, read-only is fine),
+``offset`` is a multiple of 4 with ``offset + row_bytes(codec, dim) <= len(raw_u8)``, ``codec``
+is one of ``FLOAT32``/``FLOAT16``/``INT8``, and ``out`` is a contiguous float32 array with at
+least ``dim`` elements. Pass ``offset``, ``codec``, ``dim`` and ``mode`` as int64 and ``weight`` as
+float32 (it is converted to float32 anyway, so the arithmetic is the same as numpy's float32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import config, njit, types
+from numba.extending import intrinsic
+
+__all__ = ["FLOAT16", "FLOAT32", "INT8", "MAX", "MEAN", "SUM"]
+
+# Codec ids (the order of bandstore.codecs.CODECS; stored in the catalog, never renumber).
+FLOAT32 = 0
+FLOAT16 = 1
+INT8 = 2
+
+# Pooling modes of _accumulate_row.
+SUM = 0
+MEAN = 1
+MAX = 2
+
+
+if config.DISABLE_JIT:
+
+    def _u32_as_f32(bits):
+        """The float32 whose bit pattern is the low 32 bits of ``bits`` (plain-Python twin)."""
+        return np.uint32(int(bits) & 0xFFFFFFFF).view(np.float32)
+
+else:
+
+    @intrinsic
+    def _u32_as_f32(typingctx, bits):
+        """The float32 whose bit pattern is the low 32 bits of the integer ``bits``: a register
+        bitcast, no memory."""
+        if not isinstance(bits, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            v = args[0]
+            i32 = ir.IntType(32)
+            if bits.bitwidth > 32:
+                v = builder.trunc(v, i32)
+            elif bits.bitwidth < 32:
+                v = builder.zext(v, i32)
+            return builder.bitcast(v, context.get_value_type(types.float32))
+
+        return types.float32(bits), codegen
+
+
+_U15 = np.uint32(0x7FFF)
+_U_SIGN = np.uint32(0x8000)
+_U_MIN_NORMAL = np.uint32(0x400)
+_U13 = np.uint32(13)
+_U16 = np.uint32(16)
+_U_INF = np.uint32(0x7C00)  # exponent field all ones: inf and NaN
+_U_REBIAS = np.uint32((127 - 15) << 23)  # half exponent bias 15 -> float32 bias 127
+_U_REBIAS_INF = np.uint32((255 - 31) << 23)  # half exponent 31 -> float32 exponent 255
+_F_SUB_POS = np.float32(2.0**-24)  # value of the half subnormal unit
+_F_SUB_NEG = np.float32(-(2.0**-24))
+
+
+@njit(nogil=True, cache=True)
+def _half_to_float(h):
+    """float32 value of the IEEE half with bit pattern h (uint16), exact for every finite half.
+
+    Normal halves: re-bias the exponent and widen the mantissa (integer ops, then a bitcast).
+    Subnormals and zeros: mantissa * 2**-24 (exact; keeps the sign of -0.0). Both are computed
+    and one selected, so the loops that call this vectorise. Infinities and NaN payloads map
+    like numpy's float16 -> float32 too (the encoder never stores them).
+    """
+    b = np.uint32(h)
+    em = b & _U15
+    rebias = _U_REBIAS if em < _U_INF else _U_REBIAS_INF
+    normal = _u32_as_f32(((b & _U_SIGN) << _U16) | ((em << _U13) + rebias))
+    unit = _F_SUB_NEG if b & _U_SIGN else _F_SUB_POS
+    sub = np.float32(np.int32(em)) * unit
+    return normal if em >= _U_MIN_NORMAL else sub
+
+
+@njit(nogil=True, cache=True)
+def _decode_row_into(raw_u8, offset, codec, dim, out):
+    """Decode the row stored at byte ``offset`` of ``raw_u8`` into ``out[:dim]`` (float32)."""
+    if codec == FLOAT32:
+        src = raw_u8[offset : offset + 4 * dim].view(np.float32)
+        for j in range(dim):
+            out[j] = src[j]
+    elif codec == FLOAT16:
+        halves = raw_u8[offset : offset + 2 * dim].view(np.uint16)
+        for j in range(dim):
+            out[j] = _half_to_float(halves[j])
+    else:  # INT8: [scale f32][bias f32][dim uint8 codes]
+        sb = raw_u8[offset : offset + 8].view(np.float32)
+        scale = sb[0]
+        bias = sb[1]
+        codes = raw_u8[offset + 8 : offset + 8 + dim]
+        for j in range(dim):
+            out[j] = np.float32(codes[j]) * scale + bias
+
+
+@njit(nogil=True, cache=True)
+def _accumulate_row(raw_u8, offset, codec, dim, weight, out, mode):
+    """Pool the row at byte ``offset`` into ``out[:dim]``.
+
+    ``SUM``/``MEAN``: ``out[j] += weight * row[j]`` in float32 (for ``MEAN`` the caller divides
+    by the bag size afterwards). ``MAX``: ``out[j] = row[j]`` where ``row[j] > out[j]``; the
+    weight is ignored (as in torch's EmbeddingBag) and the caller starts from ``-inf``.
+    """
+    w = np.float32(weight)
+    if codec == FLOAT32:
+        src = raw_u8[offset : offset + 4 * dim].view(np.float32)
+        if mode == MAX:
+            for j in range(dim):
+                v = src[j]
+                if v > out[j]:
+                    out[j] = v
+        else:
+            for j in range(dim):
+                out[j] += w * src[j]
+    elif codec == FLOAT16:
+        halves = raw_u8[offset : offset + 2 * dim].view(np.uint16)
+        if mode == MAX:
+            for j in range(dim):
+                v = _half_to_float(halves[j])
+                if v > out[j]:
+                    out[j] = v
+        else:
+            for j in range(dim):
+                out[j] += w * _half_to_float(halves[j])
+    else:
+        sb = raw_u8[offset : offset + 8].view(np.float32)
+        scale = sb[0]
+        bias = sb[1]
+        codes = raw_u8[offset + 8 : offset + 8 + dim]
+        if mode == MAX:
+            for j in range(dim):
+                v = np.float32(codes[j]) * scale + bias
+                if v > out[j]:
+                    out[j] = v
+        else:
+            for j in range(dim):
+                out[j] += w * (np.float32(codes[j]) * scale + bias)
