@@ -21,6 +21,7 @@ from numba import njit
 
 from bandstore.kernels.checksum import _xxh64
 from bandstore.kernels.codec import _decode_row_into
+from bandstore.kernels.prefetch import _prefetch_row
 
 # Pooling modes.
 MODE_SUM = 0
@@ -49,6 +50,9 @@ N_STATS = 6
 
 # A threshold no access count reaches: neighbour admission off.
 NEVER = 2**62
+
+# How many positions ahead the pooling loop prefetches cached rows.
+PREFETCH_DISTANCE = 12
 
 
 @njit(nogil=True, cache=True)
@@ -150,22 +154,58 @@ def _cache_batch(
     n_miss = 0
     lookups = 0
 
-    # Phase 1: probe. Hits are served now; misses are keyed by (block, position).
+    # Phase 1: probe. Tight loops first resolve every slot, then set the reference bits of the
+    # hits: each is a random access into a large array, and a short loop keeps many of them in
+    # flight at once, where the long pooling loop below would serialize them.
+    slots = np.empty(n, dtype=np.int32)
+    for i in range(n):
+        slots[i] = slot_of_id[ids[i]]
+    for i in range(n):
+        s = slots[i]
+        if s >= 0 and ids[i] != padding_idx:
+            ref[s] = 1
+    dim_data = cache_data.shape[1]
     for b in range(n_bags):
+        o = out[b]
+        hits = 0
         for i in range(offsets[b], offsets[b + 1]):
             row_id = ids[i]
             if row_id == padding_idx:
                 continue
             lookups += 1
-            s = slot_of_id[row_id]
-            if s >= 0:
-                ref[s] = 1
-                if with_data:
-                    w = weights[i] if has_weights else np.float32(1.0)
-                    _pool_into(out, b, cache_data[s], w, mode, bag_n)
-            else:
+            if with_data and i + PREFETCH_DISTANCE < n:
+                ahead = slots[i + PREFETCH_DISTANCE]
+                if ahead >= 0:
+                    _prefetch_row(cache_data, ahead)
+            s = slots[i]
+            if s < 0:
                 miss_keys[n_miss] = (layout[row_id] // rows_per_block) * n + i
                 n_miss += 1
+                continue
+            if not with_data:
+                continue
+            # Specialised per mode: this loop is the all-cached hot path.
+            r = cache_data[s]
+            if mode == MODE_SUM or mode == MODE_MEAN:
+                if has_weights:
+                    w = weights[i]
+                    for d in range(dim_data):
+                        o[d] += w * r[d]
+                else:
+                    for d in range(dim_data):
+                        o[d] += r[d]
+            elif mode == MODE_COPY:
+                for d in range(dim_data):
+                    o[d] = r[d]
+            elif bag_n[b] + hits == 0:
+                for d in range(dim_data):
+                    o[d] = r[d]
+            else:
+                for d in range(dim_data):
+                    if r[d] > o[d]:
+                        o[d] = r[d]
+            hits += 1
+        bag_n[b] += hits
 
     stats[STAT_LOOKUPS] += lookups
     stats[STAT_HITS] += lookups - n_miss

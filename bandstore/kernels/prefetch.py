@@ -1,0 +1,46 @@
+"""A software prefetch hint for the lookup kernels.
+
+Random row reads from a large cache are bound by memory latency; the pooling loop is too long
+per row for the CPU to keep many misses in flight on its own, so the kernel asks for the row it
+will need a few positions ahead. Under ``NUMBA_DISABLE_JIT=1`` it is a no-op.
+"""
+
+from __future__ import annotations
+
+from numba import config
+
+if config.DISABLE_JIT:
+
+    def _prefetch_row(arr2d, row):
+        """No-op in plain Python."""
+
+else:
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _prefetch_row(typingctx, arr2d, row):
+        """Hint the CPU to bring the start of ``arr2d[row]`` (a C-contiguous 2-D array) into
+        cache, for reading (llvm.prefetch, locality 3 = keep in all levels)."""
+        if not (isinstance(arr2d, types.Array) and arr2d.ndim == 2 and arr2d.layout == "C"):
+            return None
+        if not isinstance(row, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            ncols = builder.extract_value(ary.shape, 1)
+            index = builder.mul(
+                context.cast(builder, args[1], signature.args[1], types.intp), ncols
+            )
+            ptr = builder.gep(ary.data, [index])
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+            rw, locality, data_cache = (ir.Constant(i32, v) for v in (0, 3, 1))
+            builder.call(fn, [builder.bitcast(ptr, i8p), rw, locality, data_cache])
+            return context.get_dummy_value()
+
+        return types.void(arr2d, row), codegen
