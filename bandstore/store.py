@@ -652,6 +652,14 @@ class Store:
                 )
             weights = req[2] if len(req) == 3 else None
             prepared[table] = self._prepare_bag(table, req[0], req[1], mode, weights, False, None)
+        if self._recorder is not None and len({p[2].shape[0] for p in prepared.values()}) > 1:
+            # A recorded query is one bag of every table: refuse before serving, not after.
+            raise InvalidShapeError(
+                "while recording, every table of a lookup_many request must have the same "
+                "number of bags (one per query)",
+                argument="requests",
+                shape=tuple(p[2].shape[0] - 1 for p in prepared.values()),
+            )
         results = {}
         for table, (t, ids, off, weights, mode_id, pad) in prepared.items():
             out = np.zeros((off.shape[0] - 1, t.info.dim), dtype=np.float32)
@@ -662,7 +670,7 @@ class Store:
 
     def _record(self, request: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
         if self._recorder is not None:
-            self._recorder.record(request)
+            self._recorder.record(request, validate=False)  # validated before serving
 
     # ---- counters --------------------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, float]]:

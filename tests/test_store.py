@@ -412,3 +412,27 @@ def test_closed_store(store_path):
     s.close()
     with pytest.raises(bandstore.StoreClosedError):
         s.lookup("t", [1])
+
+
+def test_recording_sampled_queries(store_path, tmp_path, rng):
+    from bandstore.recorder import read_recorded
+
+    with bandstore.create(store_path, exist_ok=True, block_size=512) as s:
+        s.add_table("u", np.ones((10, DIM), np.float32))
+    rec = tmp_path / "rec"
+    with bandstore.open(store_path, record=rec, sample_rate=1.0) as s:
+        bags = [rng.integers(0, ROWS, k) for k in (3, 0, 5)]
+        idx = np.concatenate(bags)
+        s.embedding_bag("t", idx, [0, 3, 3])
+        s.lookup("t", [7, 8])
+        s.lookup_many({"t": ([1, 2], [0, 1]), "u": ([4], [0, 1])})
+        with pytest.raises(bandstore.InvalidShapeError):  # one bag per query and table
+            s.lookup_many({"t": ([1, 2], [0, 1]), "u": ([4], [0])})
+        assert s.stats()["t"]["lookups"] == 12  # the refused request served nothing
+    trace = read_recorded(rec)
+    indices, offsets = trace.table("t")
+    assert trace.n_queries == 7  # three bags, two single-row lookups, two aligned bags
+    assert np.array_equal(indices, np.concatenate([idx, [7, 8, 1, 2]]))
+    assert np.array_equal(offsets, [0, 3, 3, 8, 9, 10, 11, 12])
+    u_idx, u_off = trace.table("u")
+    assert np.array_equal(u_idx, [4]) and np.array_equal(u_off, [0, 0, 0, 0, 0, 0, 1, 1])
