@@ -190,9 +190,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import bandstore
     from bandstore.replay import replay
-    from bandstore.trace import Trace
 
-    trace = Trace.load(args.trace)
+    trace = _load_trace(args.trace)
     if args.holdout:
         trace = trace.split(1.0 - args.holdout)[1]
     kwargs: dict[str, Any] = {}
@@ -215,6 +214,91 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"{stats['total']['lookups']} lookups in {stats['seconds']:.3f} s: "
             f"{stats['lookups_per_second']:,.0f} lookups/s"
         )
+    return 0
+
+
+def _load_trace(path: Path):
+    """A saved trace (.npz) or a directory of recorded segments (open(..., record=DIR))."""
+    from bandstore.trace import Trace
+
+    if Path(path).is_dir():
+        from bandstore.recorder import read_recorded
+
+        return read_recorded(path)
+    return Trace.load(path)
+
+
+def cmd_relayout(args: argparse.Namespace) -> int:
+    import bandstore
+    from bandstore.relayout import relayout
+
+    trace = _load_trace(args.trace)
+    with bandstore.open(args.store, writable=True) as store:
+        report = relayout(
+            store,
+            trace,
+            method=args.method,
+            holdout=args.holdout,
+            cache_bytes=args.cache_bytes,
+            force=args.force,
+            dry_run=args.dry_run,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=not args.json,
+        )
+    if args.json:
+        _print_json(report)
+        return 0
+    q = report["queries"]
+    print(f"tuning on {q['tuning']} queries, judged on the {q['heldout']} later ones")
+    cols = f"{'':<16}{'blocks/1000':>12}{'hit ratio':>10}{'threshold':>10}{'pinned':>8}"
+    for name, e in report["tables"].items():
+        print(f"\n{name} (cache {e['cache_bytes'] / 2**20:.1f} MiB):\n  {cols}")
+        rows = [("naive", e["naive"]), ("current", e["current"]), ("policy only", e["policy_only"])]
+        rows += list(e["candidates"].items())
+        for label, r in rows:
+            t = "never" if r["threshold"] is None else r["threshold"]
+            print(
+                f"  {label:<16}{r['heldout_blocks_per_1000_lookups']:>12.1f}"
+                f"{r['heldout_hit_ratio']:>10.3f}{t!s:>10}{r['pinned_share']:>8.2f}"
+            )
+        verdict = f"commit {e['chosen']}" if e["action"] == "commit" else f"keep ({e['reason']})"
+        print(f"  -> {verdict}; {e['improvement_over_naive']:.2f}x fewer blocks than naive")
+    v = report["committed_version"]
+    print(f"\ncommitted version {v}" if v is not None else "\nnothing committed")
+    return 0
+
+
+def _threshold_arg(text: str) -> int | None:
+    """An admission threshold: an integer >= 0, or 'never' (also -1) for no neighbours."""
+    if text.strip().lower() in ("never", "none", "-1"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a threshold: {text!r} (integer or never)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"threshold must be >= 0 or 'never': {text!r}")
+    return value
+
+
+def cmd_size_cache(args: argparse.Namespace) -> int:
+    import bandstore
+    from bandstore.sim import DEFAULT_PINNED_SHARES, DEFAULT_THRESHOLDS, format_sizing, size_cache
+
+    trace = _load_trace(args.trace)
+    with bandstore.open(args.store, writable=args.apply, cache_bytes=0) as store:
+        result = size_cache(
+            store, trace, args.budget, sample_rate=args.sample_rate,
+            thresholds=args.thresholds or DEFAULT_THRESHOLDS,
+            pinned_shares=args.pinned_shares or DEFAULT_PINNED_SHARES,
+            batch_size=args.batch_size, apply=args.apply, plot=args.plot, seed=args.seed,
+            progress=not args.json,
+        )  # fmt: skip
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_sizing(result))
     return 0
 
 
@@ -277,6 +361,25 @@ def cmd_trace_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from bandstore.plan import calibrate_store
+
+    cal = calibrate_store(args.store, quick=args.quick)
+    if args.json:
+        _print_json(cal.as_dict())
+    else:
+        from bandstore.plan.calibrate import format_calibration
+
+        print(format_calibration(cal))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bandstore.plan.report import run_plan_command
+
+    return run_plan_command(args)
+
+
 # ---- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -337,6 +440,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay only the last fraction of the queries (held-out part)",
     )
     sp.add_argument("--cold", action="store_true", help="drop block files from the page cache")
+
+    sp = add("calibrate", cmd_calibrate, "measure this machine's lookup costs, store them")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--quick", action="store_true", help="fewer, smaller measurements")
+
+    sp = add("plan", cmd_plan, "plan strategies and workers per table for a trace, and measure")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("trace", type=Path)
+    sp.add_argument("--workers", type=int, required=True, help="worker threads (W >= 1)")
+    sp.add_argument("--budget", type=_size, help="DRAM bytes (default: 25%% of the tables)")
+    sp.add_argument("--apply", action="store_true", help="store the plan; later opens serve it")
+    sp.add_argument("--batch-size", type=int, default=256, help="queries per lookup_many call")
+    sp.add_argument("--holdout", type=float, default=0.5, help="share of queries measured on")
+    sp.add_argument("--repeats", type=int, default=3, help="interleaved repetitions")
+
+    sp = add("relayout", cmd_relayout, "rebuild layouts from a trace, judged on held-out queries")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("trace", type=Path, help="a trace .npz or a directory of recorded queries")
+    sp.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "identity", "random", "frequency", "metis", "hypergraph"],
+    )
+    sp.add_argument("--holdout", type=float, default=0.2, help="share of later queries held out")
+    sp.add_argument("--cache-bytes", type=_size, help="DRAM to decide for (default: current)")
+    sp.add_argument("--batch-size", type=int, default=256, help="queries per serving call")
+    sp.add_argument("--force", action="store_true", help="commit even if not better")
+    sp.add_argument("--dry-run", action="store_true", help="report, commit nothing")
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("size-cache", cmd_size_cache,
+             "size each table's DRAM cache within a budget by mini cache simulation")  # fmt: skip
+    sp.add_argument("store", type=Path)
+    sp.add_argument("trace", type=Path, help="the tuning trace (.npz or a recorded directory)")
+    sp.add_argument("--budget", type=_size, required=True, help="total DRAM bytes (e.g. 64M)")
+    sp.add_argument("--sample-rate", type=float, default=0.01,
+                    help="SHARDS sampling rate in (0, 1]; 1 = exact (default 0.01; small "
+                         "tables run at a higher rate)")  # fmt: skip
+    sp.add_argument("--thresholds", type=_threshold_arg, nargs="+", metavar="T",
+                    help="thresholds to try (integers, never; default 0 1 4 16 never)")  # fmt: skip
+    sp.add_argument("--pinned-shares", type=float, nargs="+", metavar="P",
+                    help="pinned shares to try (default 0 0.5 0.9)")  # fmt: skip
+    sp.add_argument("--batch-size", type=int, default=256, help="queries per lookup_many call")
+    sp.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the curves (matplotlib)")
+    sp.add_argument("--apply", action="store_true",
+                    help="store the sizes in the catalog, for bandstore.open()")  # fmt: skip
+    sp.add_argument("--seed", type=int, default=0, help="sampling hash seed")
 
     sp = add("gc", cmd_gc, "remove versions no reader holds")
     sp.add_argument("store", type=Path)

@@ -50,6 +50,7 @@ from bandstore.errors import (
     UnknownTableError,
 )
 from bandstore.kernels import cache as kc
+from bandstore.kernels.resident import _all_in_range, _non_decreasing
 
 DEFAULT_BLOCK_SIZE = 4096
 #: With no tuning stored and no cache_bytes given, each table caches this share of its rows.
@@ -59,6 +60,7 @@ STAT_NAMES = ("lookups", "hits", "misses", "blocks_read", "bytes_read", "useful_
 MODES = {"sum": kc.MODE_SUM, "mean": kc.MODE_MEAN, "max": kc.MODE_MAX}
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _NO_WEIGHTS = np.empty(0, dtype=np.float32)
+_NO_POSITIONS = np.empty(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class _Table:
         self.stats = np.zeros(kc.N_STATS, dtype=np.int64)
         self.policy = CachePolicy(0)
         self.cache = CacheState(g.rows, g.dim, 0)
+        self.runner: Any = None  # a bandstore.plan strategy other than cached, if planned
 
     def configure_cache(self, policy: CachePolicy) -> None:
         """(Re)build the cache empty under ``policy``, loading its pinned rows."""
@@ -163,6 +166,10 @@ class _Table:
 
     def serve(self, ids, offsets, weights, mode, padding_idx, out) -> None:
         """Run one batch through the cache kernel; raise on a corrupt block."""
+        runner = self.runner
+        if runner is not None:  # the table's planned strategy (bandstore.plan)
+            runner.serve(ids, offsets, weights, mode, padding_idx, out)
+            return
         g = self.geometry
         batch = np.zeros(kc.N_STATS, dtype=np.int64)
         error = np.zeros(1, dtype=np.int64)
@@ -243,7 +250,7 @@ def _check_ids(ids: np.ndarray, info: TableInfo, argument: str = "ids") -> np.nd
             shape=ids.shape,
         )
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if ids.size:
+    if ids.size and not _all_in_range(ids, 0, info.rows):  # numba fast path, then the details
         bad = np.flatnonzero((ids < 0) | (ids >= info.rows))
         if bad.size:
             pos = int(bad[0])
@@ -273,7 +280,7 @@ def _check_offsets(offsets: Any, n: int, include_last_offset: bool, table: str) 
                 table=table,
                 position=0,
             )
-        dec = np.flatnonzero(np.diff(offsets) < 0)
+        dec = _NO_POSITIONS if _non_decreasing(offsets) else np.flatnonzero(np.diff(offsets) < 0)
         if dec.size:
             p = int(dec[0]) + 1
             raise InvalidOffsetsError(
@@ -308,6 +315,8 @@ class Store:
         pinned_share: float | Mapping[str, float] | None = None,
         verify_reads: bool = True,
         recorder: Any = None,
+        workers: int | None = None,
+        plan: Any = None,
     ):
         self.root = root
         self._catalog = catalog
@@ -322,6 +331,13 @@ class Store:
         self._tables: dict[str, _Table] = {}
         self._reader_lock: blockfile.ReaderLock | None = None
         self._version: dict = {}
+        from bandstore.plan.executor import LatencyLog
+
+        self._workers_arg = workers
+        self._plan_arg = plan
+        self._plan: Any = None
+        self._executor: Any = None
+        self._latency = LatencyLog()
         self._load_current()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -339,6 +355,8 @@ class Store:
             self._closed = True
             if self._recorder is not None:
                 self._recorder.close()
+            if self._executor is not None:
+                self._executor.close()
             for t in self._tables.values():
                 t.close()
             self._tables = {}
@@ -414,6 +432,14 @@ class Store:
             self._reader_lock = lock
         if previous_lock is not None:
             previous_lock.release()
+        from bandstore.plan.runtime import attach
+
+        try:
+            attach(self)  # strategies and workers of the plan (bandstore.plan) for these tables
+        except BaseException:
+            if self._executor is None:  # a store being opened with a bad plan: release it all
+                self.close()
+            raise
 
     def refresh(self) -> bool:
         """Serve the catalog's current version if it changed; return whether it did.
@@ -427,6 +453,18 @@ class Store:
             return False
         self._load_current()
         return True
+
+    def replan(self, trace: Any = None, **options: Any) -> Any:
+        """Make a new plan from ``trace`` (default: the recorder's traffic) and serve it from the
+        next call on, without blocking readers; see :func:`bandstore.plan.replan`."""
+        from bandstore.plan import replan
+
+        return replan(self, trace, **options)
+
+    @property
+    def plan(self) -> Any:
+        """The :class:`bandstore.plan.Plan` being served (None: no plan, every table cached)."""
+        return self._plan
 
     # ---- cache configuration -----------------------------------------------------------------
     def _policy_for(self, name: str, t: _Table, all_tables: Mapping[str, _Table]) -> CachePolicy:
@@ -496,6 +534,10 @@ class Store:
             )
         )
 
+    def table_counts(self, table: str) -> np.ndarray:
+        """The access counts ``table``'s admission and pinning use (zeros if none recorded)."""
+        return self._table(table).counts
+
     def cache_info(self) -> dict[str, dict[str, Any]]:
         """Per table: the cache policy in force and how full the cache is."""
         self._check_open()
@@ -512,6 +554,15 @@ class Store:
                 "dram_bytes": c.nbytes,
             }
         return out
+
+    def table_layout(self, table: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(slot_of_id, id_of_slot)`` of ``table`` in the served version, as read-only views
+        (``id_of_slot`` is -1 for holes); for offline tools such as the cache simulator."""
+        t = self._table(table)
+        layout, inverse = t.layout.view(), t.inverse_layout.view()
+        layout.flags.writeable = False
+        inverse.flags.writeable = False
+        return layout, inverse
 
     # ---- lookups ---------------------------------------------------------------------------
     def _table(self, name: str) -> _Table:
@@ -660,11 +711,9 @@ class Store:
                 argument="requests",
                 shape=tuple(p[2].shape[0] - 1 for p in prepared.values()),
             )
-        results = {}
-        for table, (t, ids, off, weights, mode_id, pad) in prepared.items():
-            out = np.zeros((off.shape[0] - 1, t.info.dim), dtype=np.float32)
-            t.serve(ids, off, weights, mode_id, pad, out)
-            results[table] = out
+        t0 = time.perf_counter()
+        results = self._executor.run(prepared)  # the plan's workers (bandstore.plan.executor)
+        self._latency.add(time.perf_counter() - t0)
         self._record({table: (p[1], p[2]) for table, p in prepared.items()})
         return results
 
@@ -684,6 +733,8 @@ class Store:
             total += s
             out[name] = _stats_dict(s)
         out["total"] = _stats_dict(total)
+        lat = self._latency.summary()  # lookup_many calls: count, p50/p99 in microseconds
+        out["total"].update({f"lookup_many_{k}": v for k, v in lat.items()})
         return out
 
     def reset_stats(self) -> None:
@@ -691,6 +742,7 @@ class Store:
         for t in self._tables.values():
             with t.lock:
                 t.stats[:] = 0
+        self._latency.reset()
 
     # ---- writing ---------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -1073,6 +1125,8 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     verify_reads: bool = True,
     record: str | os.PathLike | None = None,
     sample_rate: float = 0.01,
+    workers: int | None = None,
+    plan: Any = None,
 ) -> Store:
     """Open a store for serving.
 
@@ -1082,6 +1136,9 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     of a missed row, ``NEVER`` none) and pinned share, for all tables or per table; None keeps
     the stored ones (a store with no recorded access counts never admits neighbours).
     record: a directory to append sampled queries to (``sample_rate`` of them), for relayout.
+    workers / plan: see :mod:`bandstore.plan`: lookup_many runs on ``workers`` threads (default:
+    the plan's, else 1); ``plan`` None serves the applied plan unless ``cache_bytes`` is given,
+    False none, or a Plan / plan dict.
     """
     root = Path(path)
     catalog = Catalog.open(root)
@@ -1103,6 +1160,8 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
             pinned_share=pinned_share,
             verify_reads=verify_reads,
             recorder=recorder,
+            workers=workers,
+            plan=plan,
         )
     except BaseException:
         catalog.close()

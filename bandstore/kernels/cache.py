@@ -166,7 +166,6 @@ def _cache_batch(
             ref[s] = 1
     dim_data = cache_data.shape[1]
     for b in range(n_bags):
-        o = out[b]
         hits = 0
         for i in range(offsets[b], offsets[b + 1]):
             row_id = ids[i]
@@ -184,26 +183,26 @@ def _cache_batch(
                 continue
             if not with_data:
                 continue
-            # Specialised per mode: this loop is the all-cached hot path.
-            r = cache_data[s]
+            # Specialised per mode: this loop is the all-cached hot path. 2-D indexing, not row
+            # views: a view per row costs reference counting.
             if mode == MODE_SUM or mode == MODE_MEAN:
                 if has_weights:
                     w = weights[i]
                     for d in range(dim_data):
-                        o[d] += w * r[d]
+                        out[b, d] += w * cache_data[s, d]
                 else:
                     for d in range(dim_data):
-                        o[d] += r[d]
+                        out[b, d] += cache_data[s, d]
             elif mode == MODE_COPY:
                 for d in range(dim_data):
-                    o[d] = r[d]
+                    out[b, d] = cache_data[s, d]
             elif bag_n[b] + hits == 0:
                 for d in range(dim_data):
-                    o[d] = r[d]
+                    out[b, d] = cache_data[s, d]
             else:
                 for d in range(dim_data):
-                    if r[d] > o[d]:
-                        o[d] = r[d]
+                    if cache_data[s, d] > out[b, d]:
+                        out[b, d] = cache_data[s, d]
             hits += 1
         bag_n[b] += hits
 

@@ -1,0 +1,297 @@
+"""Kernels of the planner's strategies other than ``cached`` (which is ``kernels.cache``).
+
+- ``_gather_pool``: pool rows of a decoded, DRAM-resident table (no cache probe, no slot
+  indirection): the ``resident`` strategy, and the one that pools a bag range of a split
+  resident table.
+- ``_direct_batch``: no cache at all: the distinct blocks of the requested rows are read once
+  each, in ascending block order, verified, decoded and pooled. It computes exactly what
+  ``_cache_batch`` computes with a zero-capacity cache (same order, same counters), without
+  the per-row slot index a cache needs: the ``direct`` strategy.
+- ``_split_select``: the positions of one part of a table split by id hash (replicated hot
+  rows go to the part that owns their bag range), as a sub-request.
+- ``_combine_parts``: the parts' pooled bags combined in part order (deterministic, so a
+  split table gives the same result whatever the thread timing).
+
+Same rules as every kernel: contiguous arrays, caller-allocated outputs, never raise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from bandstore.kernels.cache import (
+    MODE_COPY,
+    MODE_MAX,
+    MODE_MEAN,
+    MODE_SUM,
+    PREFETCH_DISTANCE,
+    STAT_BLOCKS_READ,
+    STAT_BYTES_READ,
+    STAT_HITS,
+    STAT_LOOKUPS,
+    STAT_MISSES,
+    STAT_USEFUL_BYTES,
+    STATUS_CORRUPT_BLOCK,
+    STATUS_OK,
+    _divide_means,
+    _pool_into,
+)
+from bandstore.kernels.checksum import _xxh64
+from bandstore.kernels.codec import _decode_row_into
+from bandstore.kernels.prefetch import _prefetch_row
+
+#: Multiplier of the id hash that splits a table into parts (Knuth's multiplicative hash).
+HASH_MULTIPLIER = 2654435761
+
+
+@njit(nogil=True, cache=True)
+def _gather_pool(ids, offsets, weights, mode, padding_idx, out, data, stats):
+    """Pool ``data[ids]`` into ``out`` bag by bag (bags ``offsets[b]:offsets[b + 1]``).
+
+    ``data``: float32 (rows, dim), C-contiguous; ``out``: float32 (len(offsets) - 1, dim),
+    zeroed by the caller. Every non-padding id counts as a lookup and a hit. Rows are read by
+    2-D indexing, never as row views (a view per row costs reference counting, which made
+    this loop 2x slower), and added in the order the cache kernel adds them.
+    """
+    n_bags = offsets.shape[0] - 1
+    n = ids.shape[0]
+    has_weights = weights.shape[0] > 0
+    dim = data.shape[1]
+    summing = mode == MODE_SUM or mode == MODE_MEAN
+    lookups = 0
+    for b in range(n_bags):
+        cnt = 0
+        # One loop per case, so that the innermost loop has no branch left (it vectorizes).
+        if summing and not has_weights:
+            for i in range(offsets[b], offsets[b + 1]):
+                k = ids[i]
+                if k == padding_idx:
+                    continue
+                if i + PREFETCH_DISTANCE < n:
+                    _prefetch_row(data, ids[i + PREFETCH_DISTANCE])
+                for d in range(dim):
+                    out[b, d] += data[k, d]
+                cnt += 1
+        elif summing:
+            for i in range(offsets[b], offsets[b + 1]):
+                k = ids[i]
+                if k == padding_idx:
+                    continue
+                if i + PREFETCH_DISTANCE < n:
+                    _prefetch_row(data, ids[i + PREFETCH_DISTANCE])
+                w = weights[i]
+                for d in range(dim):
+                    out[b, d] += w * data[k, d]
+                cnt += 1
+        else:
+            for i in range(offsets[b], offsets[b + 1]):
+                k = ids[i]
+                if k == padding_idx:
+                    continue
+                if i + PREFETCH_DISTANCE < n:
+                    _prefetch_row(data, ids[i + PREFETCH_DISTANCE])
+                if mode == MODE_COPY or cnt == 0:
+                    for d in range(dim):
+                        out[b, d] = data[k, d]
+                else:
+                    for d in range(dim):
+                        v = data[k, d]
+                        if v > out[b, d]:
+                            out[b, d] = v
+                cnt += 1
+        if mode == MODE_MEAN and cnt > 1:
+            inv = np.float32(1.0) / np.float32(cnt)
+            for d in range(dim):
+                out[b, d] *= inv
+        lookups += cnt
+    stats[STAT_LOOKUPS] += lookups
+    stats[STAT_HITS] += lookups
+
+
+@njit(nogil=True, cache=True)
+def _direct_batch(
+    ids,
+    offsets,
+    weights,
+    mode,
+    padding_idx,
+    out,
+    layout,
+    rows_per_block,
+    block_size,
+    row_bytes,
+    codec,
+    dim,
+    blocks_u8,
+    checksums,
+    verify,
+    stats,
+    error,
+):
+    """Serve a batch straight from the block file; return a status code.
+
+    Equivalent to ``_cache_batch`` with an empty, zero-capacity cache: the distinct blocks of the
+    requested rows are read once each in ascending order, every row is pooled from its block.
+    On a corrupt block ``error[0]`` is the block and nothing is written to ``stats``.
+    """
+    n_bags = offsets.shape[0] - 1
+    n = ids.shape[0]
+    has_weights = weights.shape[0] > 0
+    keys = np.empty(n, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        row_id = ids[i]
+        if row_id == padding_idx:
+            continue
+        keys[m] = (layout[row_id] // rows_per_block) * n + i
+        m += 1
+    if m == 0:
+        return STATUS_OK
+    keys = np.sort(keys[:m])
+    if verify:
+        prev = -1
+        for k in range(m):
+            blk = keys[k] // n
+            if blk != prev:
+                prev = blk
+                start = (blk + 1) * block_size
+                if _xxh64(blocks_u8[start : start + block_size], np.uint64(0)) != checksums[blk]:
+                    error[0] = blk
+                    return STATUS_CORRUPT_BLOCK
+    bag_n = np.zeros(n_bags, dtype=np.int64)
+    bag_of = np.empty(n, dtype=np.int64)  # the bag of each position, in one pass
+    for b in range(n_bags):
+        for i in range(offsets[b], offsets[b + 1]):
+            bag_of[i] = b
+    decoded = np.empty((rows_per_block, dim), dtype=np.float32)
+    is_decoded = np.zeros(rows_per_block, dtype=np.bool_)
+    blocks_read = 0
+    useful_rows = 0
+    k = 0
+    while k < m:
+        blk = keys[k] // n
+        end = k
+        while end < m and keys[end] // n == blk:
+            end += 1
+        blocks_read += 1
+        base_slot = blk * rows_per_block
+        is_decoded[:] = False
+        for j in range(k, end):
+            i = keys[j] % n
+            local = layout[ids[i]] - base_slot
+            if not is_decoded[local]:
+                offset = (blk + 1) * block_size + local * row_bytes
+                _decode_row_into(blocks_u8, offset, codec, dim, decoded[local])
+                is_decoded[local] = True
+                useful_rows += 1
+            w = weights[i] if has_weights else np.float32(1.0)
+            _pool_into(out, bag_of[i], decoded[local], w, mode, bag_n)
+        k = end
+    stats[STAT_LOOKUPS] += m
+    stats[STAT_MISSES] += m
+    stats[STAT_BLOCKS_READ] += blocks_read
+    stats[STAT_BYTES_READ] += blocks_read * block_size
+    stats[STAT_USEFUL_BYTES] += useful_rows * row_bytes
+    if mode == MODE_MEAN:
+        _divide_means(out, bag_n)
+    return STATUS_OK
+
+
+@njit(nogil=True, cache=True)
+def _part_of_id(row_id, parts):
+    """The part of a split table that owns ``row_id`` (a multiplicative hash of the id)."""
+    x = (row_id ^ (row_id >> 31)) & 0x7FFFFFFF
+    return (((x * HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) % parts
+
+
+@njit(nogil=True, cache=True)
+def _split_select(
+    ids, offsets, weights, padding_idx, parts, part, hot_bits, sub_ids, sub_off, sub_w, bag_n
+):
+    """Write part ``part``'s positions of a request as a sub-request; return their number.
+
+    A row is owned by part ``_part_of_id``, unless it is replicated (bit set in ``hot_bits``, a
+    bitmap over the table's rows, empty for none): then bag ``b`` goes to part
+    ``b * parts // n_bags``, so the hottest rows are spread over the parts by bag ranges.
+    Padding ids are dropped. ``sub_off`` (n_bags + 1) are the sub-request's bag offsets,
+    ``bag_n[b]`` the number of its rows in bag ``b``; ``sub_w`` is filled when weights are given.
+    """
+    n_bags = offsets.shape[0] - 1
+    has_weights = weights.shape[0] > 0
+    has_hot = hot_bits.shape[0] > 0
+    m = 0
+    sub_off[0] = 0
+    for b in range(n_bags):
+        hot_part = (b * parts) // n_bags
+        for i in range(offsets[b], offsets[b + 1]):
+            r = ids[i]
+            if r == padding_idx:
+                continue
+            if has_hot and (hot_bits[r >> 3] >> (r & 7)) & 1:
+                p = hot_part
+            else:
+                p = _part_of_id(r, parts)
+            if p == part:
+                sub_ids[m] = r
+                if has_weights:
+                    sub_w[m] = weights[i]
+                m += 1
+        sub_off[b + 1] = m
+        bag_n[b] = m - sub_off[b]
+    return m
+
+
+@njit(nogil=True, cache=True)
+def _combine_parts(partials, bag_n, mode, out):
+    """Combine the parts' pooled bags into ``out``, in part order.
+
+    ``partials``: float32 (parts, n_bags, dim), each pooled with ``MODE_SUM`` for sum and mean,
+    ``MODE_MAX`` for max, ``MODE_COPY`` for copy; ``bag_n``: int64 (parts, n_bags) rows per
+    part and bag. Parts with no row in a bag are skipped (so max and copy are exact); mean
+    divides the summed bag by its total rows as the single-part kernels do.
+    """
+    parts = partials.shape[0]
+    dim = out.shape[1]
+    for b in range(out.shape[0]):
+        total = 0
+        o = out[b]
+        for j in range(parts):
+            c = bag_n[j, b]
+            if c == 0:
+                continue
+            p = partials[j, b]
+            if total == 0:
+                for d in range(dim):
+                    o[d] = p[d]
+            elif mode == MODE_MAX:
+                for d in range(dim):
+                    if p[d] > o[d]:
+                        o[d] = p[d]
+            else:
+                for d in range(dim):
+                    o[d] += p[d]
+            total += c
+        if mode == MODE_MEAN and total > 1:
+            inv = np.float32(1.0) / np.float32(total)
+            for d in range(dim):
+                o[d] *= inv
+
+
+@njit(nogil=True, cache=True)
+def _all_in_range(a, lo, hi):
+    """Whether every value of the int64 array ``a`` is in ``[lo, hi)`` (a validation fast path)."""
+    ok = True
+    for i in range(a.shape[0]):
+        v = a[i]
+        ok &= (v >= lo) & (v < hi)
+    return ok
+
+
+@njit(nogil=True, cache=True)
+def _non_decreasing(a):
+    """Whether the int64 array ``a`` never decreases (a validation fast path)."""
+    ok = True
+    for i in range(1, a.shape[0]):
+        ok &= a[i] >= a[i - 1]
+    return ok

@@ -1,0 +1,313 @@
+"""Asymmetric planning: a lookup strategy per table, tables mapped to worker cores.
+
+After Ruggeri et al. (2025; a strategy per table, an uneven table-to-core mapping) and Erdogan
+et al. (2024; access frequencies decide what to replicate), on a CPU:
+
+- strategies (``strategies``): ``resident``, ``cached``, ``direct``, ``split``;
+- calibration (``calibrate``): this machine's costs, stored in the store's catalog;
+- cost model (``model``): per-table profiles of a trace (with miss-ratio curves from
+  ``bandstore.sim``) -> time per batch and DRAM of each strategy;
+- planner (``planner``): strategies within a DRAM budget, tables (or parts) onto W workers;
+- executor (``executor``): ``Store.lookup_many`` on W threads, one owner per cache.
+
+Typical use::
+
+    cal = bandstore.plan.calibrate_store("store")             # once per machine
+    with bandstore.open("store", writable=True) as s:
+        plan = bandstore.plan.plan_store(s, trace, workers=2, budget=1 << 30)
+        bandstore.plan.apply_plan(s, plan)                     # stored; later opens serve it
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bandstore.errors import InvalidArgumentError
+from bandstore.plan.calibrate import META_KEY as CALIBRATION_KEY
+from bandstore.plan.calibrate import Calibration, calibrate, default_calibration
+from bandstore.plan.model import CurveSource, TableProfile, profile_trace, simulated_curve
+from bandstore.plan.plan import META_KEY as PLAN_KEY
+from bandstore.plan.plan import Plan, TablePlan, check_workers
+from bandstore.plan.planner import default_budget, make_plan, predict, uniform_plan
+from bandstore.plan.strategies import STRATEGIES
+
+__all__ = [
+    "STRATEGIES",
+    "Calibration",
+    "CurveSource",
+    "Plan",
+    "TablePlan",
+    "TableProfile",
+    "apply_plan",
+    "calibrate",
+    "calibrate_store",
+    "compare_plans",
+    "default_budget",
+    "load_calibration",
+    "make_plan",
+    "plan_store",
+    "predict",
+    "profile_trace",
+    "replan",
+    "simulated_curve",
+    "uniform_plan",
+]
+
+
+def calibrate_store(store: Any, *, quick: bool = False) -> Calibration:
+    """Measure this machine's costs and store them in ``store`` (an open writable Store or a
+    path). Returns the calibration."""
+    import bandstore
+
+    own = not hasattr(store, "catalog")
+    s = bandstore.open(store, writable=True, cache_bytes=0, plan=False) if own else store
+    try:
+        s._check_writable()
+        cal = calibrate(quick=quick, block_size=s.block_size)
+        s.catalog.put_meta(CALIBRATION_KEY, cal.as_dict())
+    finally:
+        if own:
+            s.close()
+    return cal
+
+
+def load_calibration(store: Any) -> tuple[Calibration, bool]:
+    """The store's stored calibration, or typical default figures; and whether it was stored."""
+    d = store.catalog.meta(CALIBRATION_KEY)
+    if isinstance(d, dict):
+        return Calibration.from_dict(d), True
+    return default_calibration(), False
+
+
+def plan_store(
+    store: Any,
+    trace: Any,
+    workers: int,
+    budget: int | None = None,
+    *,
+    batch_size: int = 256,
+    curves: CurveSource | Mapping[str, tuple[Any, Any, Any]] | None = None,
+    calibration: Calibration | None = None,
+    cold: bool = False,
+) -> Plan:
+    """The asymmetric plan for serving ``trace``-like traffic from ``store`` on ``workers``
+    threads within ``budget`` bytes of DRAM (default: a quarter of the decoded tables)."""
+    workers = check_workers(workers)
+    cal = calibration or load_calibration(store)[0]
+    profiles = profile_trace(store, trace, batch_size=batch_size, curves=curves)
+    if budget is None:
+        budget = default_budget(profiles)
+    return make_plan(profiles, cal, workers, budget, cold=cold)
+
+
+def apply_plan(store: Any, plan: Plan | Mapping[str, Any] | None, *, persist: bool = True) -> None:
+    """Serve ``plan`` from the next call on (None: back to no plan); ``persist`` stores it in
+    the catalog (the store must be writable) so that stores opened later serve it too."""
+    from bandstore.plan.runtime import attach
+
+    store._check_open()
+    if plan is not None and not isinstance(plan, Plan):
+        plan = Plan.from_dict(plan, store.tables)
+    if persist:
+        store._check_writable()
+        store.catalog.put_meta(PLAN_KEY, plan.as_dict() if plan is not None else None)
+    store._plan_arg = plan if plan is not None else False
+    attach(store)
+
+
+def _recorded_trace(store: Any, max_queries: int) -> Any:
+    from bandstore.errors import InvalidArgumentError
+    from bandstore.recorder import read_recorded
+
+    rec = store._recorder
+    if rec is None:
+        raise InvalidArgumentError(
+            "replan() needs a trace, or a store opened with record=DIR to learn from its traffic",
+            argument="trace",
+        )
+    rec.flush(fsync=False)
+    trace = read_recorded(rec.directory, num_rows={n: t.rows for n, t in store.tables.items()})
+    if trace.n_queries > max_queries:
+        trace = trace.query_slice(trace.n_queries - max_queries, trace.n_queries)
+    return trace
+
+
+def replan(
+    store: Any,
+    trace: Any = None,
+    *,
+    workers: int | None = None,
+    budget: int | None = None,
+    batch_size: int = 256,
+    min_gain: float = 0.1,
+    persist: bool = False,
+    max_queries: int = 65536,
+    curves: CurveSource | Mapping[str, tuple[Any, Any, Any]] | None = None,
+) -> dict[str, Any]:
+    """Re-plan from recent traffic (``trace``, default the recorder's latest ``max_queries``
+    queries) and switch to the new plan if the model predicts it is at least ``min_gain``
+    faster than the one being served on that traffic. The switch happens between calls:
+    runners are built beside the old ones, readers never wait.
+
+    Returns ``{"replanned": bool, "old_batch_ns", "new_batch_ns", "plan": Plan}``.
+    """
+    if trace is None:
+        trace = _recorded_trace(store, max_queries)
+    cal = load_calibration(store)[0]
+    profiles = profile_trace(store, trace, batch_size=batch_size, curves=curves)
+    current: Plan | None = store.plan
+    w = workers or (current.workers if current is not None else store._executor.workers)
+    if budget is None:
+        budget = (
+            current.budget_bytes
+            if current is not None and current.budget_bytes is not None
+            else default_budget(profiles)
+        )
+    if current is None:
+        current = uniform_plan(profiles, cal, w, budget)
+    old = predict(current, profiles, cal)["batch_ns"]
+    new_plan = make_plan(profiles, cal, w, budget)
+    new = new_plan.predicted["batch_ns"]
+    switch = new < old * (1.0 - min_gain)
+    if switch:
+        apply_plan(store, new_plan, persist=persist)
+    return {"replanned": switch, "old_batch_ns": old, "new_batch_ns": new, "plan": new_plan}
+
+
+def _batches(trace: Any, batch_size: int) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+    from bandstore.replay import trace_requests
+
+    n = trace.n_queries
+    return [trace_requests(trace, s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+
+
+def compare_plans(
+    store_path: str | os.PathLike,
+    trace: Any,
+    *,
+    workers: int,
+    budget: int | None = None,
+    batch_size: int = 256,
+    holdout: float = 0.5,
+    repeats: int = 3,
+    warm_queries: int | None = None,
+    calibration: Calibration | None = None,
+    one_worker: bool = True,
+    curves: CurveSource | Mapping[str, tuple[Any, Any, Any]] | None = None,
+) -> dict[str, Any]:
+    """Plan ``store_path`` for ``trace`` and measure it against the uniform baseline (and the
+    same planner at one worker), same budget, same run, repetitions interleaved.
+
+    The plan is made from the first ``1 - holdout`` of the queries; each contender's caches
+    are warmed on them; lookups/s and per-batch latency are measured on the held-out queries.
+    Contenders take turns batch by batch. Returns the plans, the predicted and measured batch
+    times, lookups/s, p50/p99 per batch, and the ratios (``speedup``).
+    """
+    import bandstore
+
+    if not 0.0 < holdout < 1.0:
+        raise InvalidArgumentError(f"holdout must be in (0, 1), got {holdout}", argument="holdout")
+    workers = check_workers(workers)
+    tune, held = trace.split(1.0 - holdout)
+    with bandstore.open(store_path, cache_bytes=0, plan=False) as s:
+        cal = calibration or load_calibration(s)[0]
+        calibrated = calibration is not None or load_calibration(s)[1]
+        profiles = profile_trace(s, tune, batch_size=batch_size, curves=curves)
+    if budget is None:
+        budget = default_budget(profiles)
+    plans = {
+        "plan": make_plan(profiles, cal, workers, budget),
+        "uniform": uniform_plan(profiles, cal, workers, budget),
+    }
+    if one_worker and workers > 1:
+        plans["plan, 1 worker"] = make_plan(profiles, cal, 1, budget)
+    warm = tune
+    if warm_queries is not None and tune.n_queries > warm_queries:
+        warm = tune.query_slice(tune.n_queries - warm_queries, tune.n_queries)
+    warm_batches = _batches(warm, batch_size)
+    held_batches = _batches(held, batch_size)
+    lookups = sum(int(ids.shape[0]) for b in held_batches for ids, _ in b.values())
+    stores = {}
+    try:
+        for name, plan in plans.items():
+            t0 = time.perf_counter()
+            stores[name] = bandstore.open(store_path, plan=plan, workers=plan.workers)
+            setup = time.perf_counter() - t0
+            for req in warm_batches:
+                stores[name].lookup_many(req)
+            stores[name].reset_stats()
+            stores[name]._setup_seconds = setup
+        first = {n: s.lookup_many(held_batches[0]) for n, s in stores.items()}
+        ref = first["uniform"]
+        match = {
+            n: all(np.allclose(out[t], ref[t], rtol=1e-4, atol=1e-4) for t in ref)
+            for n, out in first.items()
+        }
+        per_batch: dict[str, list[float]] = {n: [] for n in stores}
+        totals: dict[str, list[float]] = {n: [] for n in stores}
+        # Interleaved batch by batch (the first contender rotating), so that a burst of other
+        # work on the machine hits every contender alike.
+        order = list(stores)
+        for _ in range(repeats):
+            total = dict.fromkeys(order, 0.0)
+            for k, req in enumerate(held_batches):
+                for j in range(len(order)):
+                    n = order[(k + j) % len(order)]
+                    t0 = time.perf_counter()
+                    stores[n].lookup_many(req)
+                    dt = time.perf_counter() - t0
+                    per_batch[n].append(dt)
+                    total[n] += dt
+            for n in order:
+                totals[n].append(total[n])
+        results = {}
+        for n, s in stores.items():
+            st = s.stats()["total"]
+            times = np.asarray(per_batch[n])
+            results[n] = {
+                "workers": plans[n].workers,
+                "predicted_batch_us": plans[n].predicted.get("batch_ns", 0.0) / 1e3,
+                "measured_batch_us": float(np.median(times)) * 1e6,
+                "p50_batch_us": float(np.percentile(times, 50)) * 1e6,
+                "p99_batch_us": float(np.percentile(times, 99)) * 1e6,
+                "lookups_per_second": lookups / float(np.median(totals[n])),
+                "hit_ratio": st["hit_ratio"],
+                "blocks_per_1000_lookups": st["blocks_per_1000_lookups"],
+                "dram_bytes": plans[n].dram_bytes,
+                "setup_seconds": s._setup_seconds,
+                "outputs_match_uniform": match[n],
+                "strategies": _strategy_counts(plans[n]),
+            }
+    finally:
+        for s in stores.values():
+            s.close()
+    lps = {n: r["lookups_per_second"] for n, r in results.items()}
+    speedup = {"plan_vs_uniform": lps["plan"] / lps["uniform"]}
+    if "plan, 1 worker" in lps:
+        speedup["workers_vs_one"] = lps["plan"] / lps["plan, 1 worker"]
+    return {
+        "store": str(Path(store_path)),
+        "workers": workers,
+        "budget_bytes": budget,
+        "batch_size": batch_size,
+        "queries": {"tuning": tune.n_queries, "heldout": held.n_queries},
+        "heldout_lookups": lookups,
+        "calibrated": calibrated,
+        "plans": {n: p.as_dict() for n, p in plans.items()},
+        "results": results,
+        "speedup": speedup,
+    }
+
+
+def _strategy_counts(plan: Plan) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for tp in plan.tables.values():
+        key = tp.strategy if tp.strategy != "split" else f"split/{tp.inner}"
+        out[key] = out.get(key, 0) + 1
+    return out

@@ -1,0 +1,453 @@
+"""Calibration: this machine's costs of the operations the strategies are made of.
+
+Measured on synthetic arrays and a temporary block file (never the store's own files), with
+the very kernels the store serves with, and stored in the store's catalog (``calibration``)
+for the cost model. Each figure is the minimum over a few repetitions (the least disturbed).
+
+- ``gather_ns``: one pooled row from a decoded float32 array, by array size and dim (DRAM
+  latency for large arrays, cache latency for small ones): the resident path and a cache hit's
+  row read.
+- ``probe_ns``: a cache hit's extra work (slot index probe and CLOCK bit), by table rows.
+- ``row_ns``: decoding and pooling one row from a block read, per codec (at dim 32).
+- ``block_ns`` / ``block_cold_ns`` / ``verify_ns``: one distinct 4 KB block read from a warm
+  (page-cached) and a cold block file, and the checksum share of it.
+- ``cache_block_ns``: what a block read costs a cache beyond ``direct`` (scanning the block's
+  other rows for neighbour admission, admitting the requested rows, CLOCK eviction), at 32
+  rows per block.
+- ``select_ns`` / ``combine_ns``: a split table's per-lookup part selection and per-bag-value
+  combination.
+- ``call_ns`` / ``table_ns`` / ``dispatch_ns``: the Python cost of a ``lookup_many`` call,
+  per table in it, and per helper worker woken.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bandstore.kernels import cache as kc
+from bandstore.kernels import resident as kr
+
+CALIBRATION_FORMAT = 1
+META_KEY = "calibration"
+_GATHER_SIZES = (1 << 17, 1 << 21, 24 << 20, 256 << 20)
+_GATHER_DIMS = (16, 64)
+_PROBE_ROWS = (1 << 13, 1 << 17, 1 << 21, 1 << 24)
+_PY_CALLS = 50
+
+
+@dataclass
+class Calibration:
+    """Measured costs in nanoseconds (see the module docstring)."""
+
+    gather_sizes: list[int]
+    gather_ns: dict[str, list[float]]  # str(dim) -> ns per row at each size
+    probe_rows: list[int]
+    probe_ns: list[float]
+    row_ns: dict[str, float]  # codec -> ns per row at dim 32
+    block_ns: float
+    block_cold_ns: float
+    verify_ns: float
+    cache_block_ns: float
+    select_ns: float
+    combine_ns: float
+    call_ns: float
+    table_ns: float
+    dispatch_ns: float
+    block_size: int = 4096
+    cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    measured_at: float = field(default_factory=time.time)
+    seconds: float = 0.0
+    format: int = CALIBRATION_FORMAT
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        """Parse a stored calibration; figures it lacks (an older format) take the defaults."""
+        names = set(cls.__dataclass_fields__)
+        base = default_calibration().as_dict()
+        base.update({k: v for k, v in d.items() if k in names})
+        return cls(**base)
+
+    # ---- the cost functions the model uses ---------------------------------------------------
+    def gather(self, array_bytes: float, dim: int) -> float:
+        """ns to pool one row of ``dim`` floats from a float32 array of ``array_bytes``."""
+        x = np.log(max(float(array_bytes), 1.0))
+        xs = np.log(np.asarray(self.gather_sizes, dtype=np.float64))
+        lo_d, hi_d = _GATHER_DIMS
+        g_lo = float(np.interp(x, xs, self.gather_ns[str(lo_d)]))
+        g_hi = float(np.interp(x, xs, self.gather_ns[str(hi_d)]))
+        slope = (g_hi - g_lo) / (hi_d - lo_d)
+        return max(0.1, g_lo + slope * (dim - lo_d))
+
+    def probe(self, rows: int) -> float:
+        """ns of a cache hit's probe of a table of ``rows`` rows (beyond the row gather)."""
+        x = np.log(max(float(rows), 1.0))
+        xs = np.log(np.asarray(self.probe_rows, dtype=np.float64))
+        return max(0.0, float(np.interp(x, xs, self.probe_ns)))
+
+    def row(self, codec: str, dim: int) -> float:
+        """ns to decode and pool one row read from a block."""
+        return self.row_ns.get(codec, self.row_ns["float32"]) * max(dim, 1) / 32.0
+
+    def cache_block(self, rows_per_block: int) -> float:
+        """ns a cache adds to a block read (neighbour scan and admission)."""
+        return self.cache_block_ns * rows_per_block / 32.0
+
+    def block(self, cold: bool = False, verify: bool = True) -> float:
+        """ns per distinct block read (warm page cache unless ``cold``)."""
+        b = self.block_cold_ns if cold else self.block_ns
+        return b if verify else max(0.0, b - self.verify_ns)
+
+
+def _best(fn: Callable[[], Any], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _bags(n: int, bag: int) -> np.ndarray:
+    return np.arange(0, n + 1, bag, dtype=np.int64)
+
+
+def _measure_gather(rng: np.random.Generator, repeats: int, n: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    no_w = np.empty(0, dtype=np.float32)
+    stats = np.zeros(kc.N_STATS, dtype=np.int64)
+    for dim in _GATHER_DIMS:
+        vals = []
+        for size in _GATHER_SIZES:
+            rows = max(64, size // (4 * dim))
+            data = np.full((rows, dim), 0.5, dtype=np.float32)
+            ids = rng.integers(0, rows, n)
+            off = _bags(n, 32)
+            out_arr = np.zeros((off.size - 1, dim), dtype=np.float32)
+
+            def run(ids=ids, off=off, out_arr=out_arr, data=data, dim=dim):
+                kr._gather_pool(ids, off, no_w, kc.MODE_SUM, -1, out_arr, data, stats)
+
+            vals.append(_best(run, repeats) / n * 1e9)
+            del data
+        out[str(dim)] = vals
+    return out
+
+
+def _hit_setup(rows: int, dim: int):
+    slot_of_id = np.arange(rows, dtype=np.int32)
+    id_of_slot = np.arange(rows, dtype=np.int64)
+    ref = np.zeros(rows, dtype=np.uint8)
+    meta = np.array([0, rows, 0, rows], dtype=np.int64)
+    data = np.full((rows, dim), 0.5, dtype=np.float32)
+    return slot_of_id, id_of_slot, ref, meta, data
+
+
+def _measure_probe(rng, repeats: int, n: int, gather: Callable[[float, int], float]):
+    dim = 16
+    vals = []
+    no_w = np.empty(0, dtype=np.float32)
+    empty_u8 = np.empty(0, dtype=np.uint8)
+    empty_sums = np.empty(0, dtype=np.uint64)
+    for rows in _PROBE_ROWS:
+        slot_of_id, id_of_slot, ref, meta, data = _hit_setup(rows, dim)
+        counts = np.zeros(rows, dtype=np.int32)
+        layout = np.arange(rows, dtype=np.int64)
+        ids = rng.integers(0, rows, n)
+        off = _bags(n, 32)
+        out = np.zeros((off.size - 1, dim), dtype=np.float32)
+        stats = np.zeros(kc.N_STATS, dtype=np.int64)
+        err = np.zeros(1, dtype=np.int64)
+
+        def run(ids=ids, off=off, out=out, a=(slot_of_id, id_of_slot, ref, meta, data),
+                counts=counts, layout=layout, stats=stats, err=err):  # fmt: skip
+            kc._cache_batch(ids, off, no_w, kc.MODE_SUM, -1, out, True, a[0], a[1], a[2], a[3],
+                            a[4], counts, kc.NEVER, layout, layout, 1, 4096, 64, 0, dim,
+                            empty_u8, empty_sums, False, stats, err)  # fmt: skip
+
+        t = _best(run, repeats) / n * 1e9
+        vals.append(max(0.0, t - gather(rows * 4 * dim, dim)))
+    return vals
+
+
+def _write_block_file(path: Path, codec: str, dim: int, n_blocks: int, block_size: int, rng):
+    """A block file of random rows (header block + ``n_blocks``) and its checksums."""
+    from bandstore.codecs import encode_rows, row_bytes
+    from bandstore.kernels.checksum import block_checksums
+
+    rb = row_bytes(codec, dim)
+    rpb = block_size // rb
+    buf = np.zeros((n_blocks + 1) * block_size, dtype=np.uint8)
+    rows = rng.standard_normal((n_blocks * rpb, dim)).astype(np.float32)
+    enc = encode_rows(codec, rows)
+    body = buf[block_size:].reshape(n_blocks, block_size)
+    body[:, : rpb * rb] = enc.reshape(n_blocks, rpb * rb)
+    sums = block_checksums(buf[block_size:], block_size)
+    with open(path, "wb") as f:
+        f.write(buf.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    return rpb, rb, sums
+
+
+def _direct_cost(mm, ids, layout, rpb, block_size, rb, codec_id, dim, sums, verify, n_calls=1):
+    no_w = np.empty(0, dtype=np.float32)
+    off = _bags(ids.size, 32) if ids.size % 32 == 0 else np.array([0, ids.size])
+    out = np.zeros((off.size - 1, dim), dtype=np.float32)
+    stats = np.zeros(kc.N_STATS, dtype=np.int64)
+    err = np.zeros(1, dtype=np.int64)
+    t0 = time.perf_counter()
+    kr._direct_batch(ids, off, no_w, kc.MODE_SUM, -1, out, layout, rpb, block_size, rb,
+                     codec_id, dim, mm, sums, verify, stats, err)  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def _sample_lookups(quick: bool) -> int:
+    """Lookups per timed kernel call."""
+    return 1 << 16 if quick else 1 << 18
+
+
+def _calibration_blocks(quick: bool) -> int:
+    """Blocks of the temporary block files (enough to leave the CPU caches)."""
+    return 4096 if quick else 16384
+
+
+def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool):
+    """Block read costs (warm, cold, verify share) and row costs per codec, via _direct_batch."""
+    from bandstore.blockfile import evict_from_page_cache
+    from bandstore.codecs import codec_id
+
+    n_blocks = _calibration_blocks(quick)
+    row_ns: dict[str, float] = {}
+    block_ns = verify_ns = cold_ns = 0.0
+    dim = 32
+    for codec in ("float32", "float16", "int8"):
+        path = tmp / f"{codec}.blocks"
+        rpb, rb, sums = _write_block_file(path, codec, dim, n_blocks, block_size, rng)
+        mm = np.memmap(path, dtype=np.uint8, mode="r")
+        layout = np.arange(n_blocks * rpb, dtype=np.int64)
+        cid = codec_id(codec)
+        one = np.sort(rng.choice(n_blocks, n_blocks // 2, replace=False)) * rpb
+        one = rng.permutation(one)
+        every = (np.sort(rng.choice(n_blocks, n_blocks // 2 // rpb + 1, replace=False))[:, None]
+                 * rpb + np.arange(rpb)).reshape(-1)  # fmt: skip
+        every = rng.permutation(every)[: one.size]
+        _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, True)  # warm up
+        t_one = (
+            min(
+                _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, True)
+                for _ in range(repeats)
+            )
+            / one.size
+        )
+        t_every = (
+            min(
+                _direct_cost(mm, every, layout, rpb, block_size, rb, cid, dim, sums, True)
+                for _ in range(repeats)
+            )
+            / every.size
+        )
+        row = max(1e-9, (rpb * t_every - t_one) / max(1, rpb - 1))
+        row_ns[codec] = row * 1e9
+        if codec == "float32":
+            block_ns = max(0.0, t_one - row) * 1e9
+            t_nv = (
+                min(
+                    _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, False)
+                    for _ in range(repeats)
+                )
+                / one.size
+            )
+            verify_ns = max(0.0, t_one - t_nv) * 1e9
+            evict_from_page_cache(path)
+            t_cold = _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, True)
+            cold_ns = max(block_ns, (t_cold / one.size - row) * 1e9)
+            cache_block_ns = _measure_insert(mm, one, layout, rpb, block_size, rb, cid, dim, sums,
+                                        t_one, repeats)  # fmt: skip
+        del mm
+    return row_ns, block_ns, cold_ns, verify_ns, cache_block_ns
+
+
+def _measure_insert(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, t_direct, repeats):
+    """Extra ns per block read through a full cache over direct (one requested row each)."""
+    rows = layout.size
+    cap = 1024
+    no_w = np.empty(0, dtype=np.float32)
+    inverse = layout.copy()
+    counts = np.zeros(rows, dtype=np.int32)
+    best = float("inf")
+    for _ in range(repeats):
+        from bandstore.cache import CacheState
+
+        c = CacheState(rows, dim, cap)
+        # Fill the cache with rows the measured ids never read (they are all block starts).
+        warm = np.arange(1, cap + 1, dtype=np.int64) * rpb + 1
+        warm = warm[warm < rows]
+        err = np.zeros(1, dtype=np.int64)
+        stats = np.zeros(kc.N_STATS, dtype=np.int64)
+        out = np.zeros((1, dim), dtype=np.float32)
+        args = (c.slot_of_id, c.id_of_slot, c.ref, c.meta, c.data, counts, kc.NEVER, layout,
+                inverse, rpb, block_size, rb, cid, dim, mm, sums, True, stats, err)  # fmt: skip
+        kc._cache_batch(warm, np.array([0, warm.size]), no_w, kc.MODE_SUM, -1, out, True, *args)
+        off = np.array([0, ids.size], dtype=np.int64)
+        t0 = time.perf_counter()
+        kc._cache_batch(ids, off, no_w, kc.MODE_SUM, -1, out, True, *args)
+        best = min(best, (time.perf_counter() - t0) / ids.size)
+    return max(0.0, best - t_direct) * 1e9
+
+
+def _measure_split(rng, repeats: int, n: int):
+    ids = rng.integers(0, 1 << 20, n)
+    off = _bags(n, 32)
+    no_w = np.empty(0, dtype=np.float32)
+    sub_ids = np.empty(n, dtype=np.int64)
+    sub_off = np.empty(off.size, dtype=np.int64)
+    bag_n = np.empty(off.size - 1, dtype=np.int64)
+    hot = np.zeros(0, dtype=np.uint8)
+    sel = _best(lambda: kr._split_select(ids, off, no_w, -1, 2, 0, hot, sub_ids, sub_off, no_w,
+                                         bag_n), repeats) / n * 1e9  # fmt: skip
+    nb, dim, parts = 4096, 32, 2
+    partials = np.ones((parts, nb, dim), dtype=np.float32)
+    bn = np.ones((parts, nb), dtype=np.int64)
+    out = np.zeros((nb, dim), dtype=np.float32)
+    comb = _best(lambda: kr._combine_parts(partials, bn, kc.MODE_SUM, out), repeats)
+    return sel, comb / (nb * dim * parts) * 1e9
+
+
+def _measure_python(tmp: Path, repeats: int) -> tuple[float, float, float]:
+    """Per-call, per-table and per-helper-worker Python costs of lookup_many, on a tiny store."""
+    import bandstore
+
+    path = tmp / "tiny"
+    n_tables = 8
+    with bandstore.create(path, block_size=512) as s:
+        for i in range(n_tables):
+            s.add_table(f"t{i}", np.ones((64, 4), dtype=np.float32), progress=False)
+    one_id = (np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
+    resident = {
+        "workers": 2,
+        "tables": {f"t{i}": {"strategy": "resident", "worker": 0} for i in range(n_tables)},
+    }
+    spread = {
+        "workers": 2,
+        "tables": {f"t{i}": {"strategy": "resident", "worker": i % 2} for i in range(n_tables)},
+    }
+    times = {}
+    for key, plan, workers, k in (
+        ("one", resident, 1, 1),
+        ("all", resident, 1, n_tables),
+        ("spread", spread, 2, n_tables),
+    ):
+        with bandstore.open(path, plan=plan, workers=workers) as s:
+            req = {f"t{i}": one_id for i in range(k)}
+            for _ in range(_PY_CALLS // 2):
+                s.lookup_many(req)
+
+            def run(s=s, req=req):
+                for _ in range(_PY_CALLS):
+                    s.lookup_many(req)
+
+            times[key] = _best(run, repeats) / _PY_CALLS * 1e9
+    table_ns = max(0.0, (times["all"] - times["one"]) / (n_tables - 1))
+    call_ns = max(0.0, times["one"] - table_ns)
+    dispatch_ns = max(0.0, times["spread"] - times["all"])
+    return call_ns, table_ns, dispatch_ns
+
+
+def calibrate(*, quick: bool = False, block_size: int = 4096, seed: int = 0) -> Calibration:
+    """Measure this machine's costs (a few seconds; ``quick``: smaller, noisier)."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    repeats = 3 if quick else 5
+    n = _sample_lookups(quick)
+    gather_ns = _measure_gather(rng, repeats, n)
+    partial = Calibration(
+        list(_GATHER_SIZES), gather_ns, list(_PROBE_ROWS), [0.0] * len(_PROBE_ROWS), {}, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, block_size,
+    )  # fmt: skip
+    probe_ns = _measure_probe(rng, repeats, n, partial.gather)
+    with tempfile.TemporaryDirectory(prefix="bandstore-calibrate-") as d:
+        tmp = Path(d)
+        row_ns, block_ns, cold_ns, verify_ns, cache_block_ns = _measure_blocks(
+            rng, repeats, tmp, block_size, quick
+        )
+        call_ns, table_ns, dispatch_ns = _measure_python(tmp, repeats)
+    select_ns, combine_ns = _measure_split(rng, repeats, n)
+    return Calibration(
+        gather_sizes=list(_GATHER_SIZES),
+        gather_ns=gather_ns,
+        probe_rows=list(_PROBE_ROWS),
+        probe_ns=probe_ns,
+        row_ns=row_ns,
+        block_ns=block_ns,
+        block_cold_ns=cold_ns,
+        verify_ns=verify_ns,
+        cache_block_ns=cache_block_ns,
+        select_ns=select_ns,
+        combine_ns=combine_ns,
+        call_ns=call_ns,
+        table_ns=table_ns,
+        dispatch_ns=dispatch_ns,
+        block_size=block_size,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def default_calibration() -> Calibration:
+    """Typical figures of a 2-core x86 server (used when a store has none stored)."""
+    return Calibration(
+        gather_sizes=list(_GATHER_SIZES),
+        gather_ns={"16": [1.5, 2.5, 6.0, 12.0], "64": [3.0, 5.0, 10.0, 20.0]},
+        probe_rows=list(_PROBE_ROWS),
+        probe_ns=[1.0, 2.0, 5.0, 10.0],
+        row_ns={"float32": 8.0, "float16": 12.0, "int8": 10.0},
+        block_ns=1000.0,
+        block_cold_ns=20000.0,
+        verify_ns=500.0,
+        cache_block_ns=300.0,
+        select_ns=3.0,
+        combine_ns=0.3,
+        call_ns=15000.0,
+        table_ns=12000.0,
+        dispatch_ns=30000.0,
+    )
+
+
+def format_calibration(cal: Calibration) -> str:
+    """The calibration as text."""
+    lines = [f"calibration ({cal.cpus} CPUs, {cal.seconds:.1f} s):"]
+    for dim in _GATHER_DIMS:
+        cells = ", ".join(
+            f"{s / 2**20:g} MiB: {v:.1f}"
+            for s, v in zip(cal.gather_sizes, cal.gather_ns[str(dim)], strict=True)
+        )
+        lines.append(f"  row gather, dim {dim} (ns/row by array size): {cells}")
+    cells = ", ".join(f"{r:,} rows: {v:.1f}" for r, v in zip(cal.probe_rows, cal.probe_ns,
+                                                             strict=True))  # fmt: skip
+    lines.append(f"  cache probe (ns/hit by table rows): {cells}")
+    lines.append(
+        "  decode+pool a row from a block (ns, dim 32): "
+        + ", ".join(f"{c} {v:.1f}" for c, v in cal.row_ns.items())
+    )
+    lines.append(
+        f"  block read (ns): warm {cal.block_ns:.0f}, cold {cal.block_cold_ns:.0f}, "
+        f"of which checksum {cal.verify_ns:.0f}; cache admission per block {cal.cache_block_ns:.0f}"
+    )
+    lines.append(
+        f"  split: select {cal.select_ns:.1f} ns/lookup/part, combine {cal.combine_ns:.2f} ns/value"
+    )
+    lines.append(
+        f"  lookup_many Python cost: {cal.call_ns / 1e3:.1f} us/call + {cal.table_ns / 1e3:.1f} "
+        f"us/table, {cal.dispatch_ns / 1e3:.1f} us per helper worker woken"
+    )
+    return "\n".join(lines)

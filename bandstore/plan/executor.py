@@ -1,0 +1,222 @@
+"""The executor: runs one ``lookup_many`` call's tables (and table parts) on W worker threads.
+
+Worker 0 is the calling thread; workers 1..W-1 are helper threads, each pinned to one core
+where the OS allows (``os.sched_setaffinity``). A plan routes every table (or each part of a
+split table) to one worker, so a table's cache is driven by one thread: the kernels take no
+lock, and the per-table lock around each kernel call is uncontended unless several callers
+serve the same table at once (then it serializes them, which keeps results and counters exact).
+The kernels release the GIL, so the workers' tables run in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bandstore.plan.strategies import CachedRunner, Runner
+
+#: Per-call latencies kept for p50/p99 (a ring: the most recent calls).
+LATENCY_WINDOW = 4096
+
+
+class LatencyLog:
+    """A bounded ring of per-call latencies (seconds); cheap to append, percentiles on demand."""
+
+    def __init__(self, size: int = LATENCY_WINDOW):
+        self._buf = np.zeros(size, dtype=np.float64)
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._buf[self._n % self._buf.shape[0]] = seconds
+            self._n += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self._n = 0
+
+    def summary(self) -> dict[str, float]:
+        """``calls`` (all since reset), and p50/p99 in microseconds over the window."""
+        with self._lock:
+            n = self._n
+            window = self._buf[: min(n, self._buf.shape[0])].copy()
+        if window.size == 0:
+            return {"calls": 0, "p50_us": 0.0, "p99_us": 0.0}
+        p50, p99 = np.percentile(window, [50, 99]) * 1e6
+        return {"calls": n, "p50_us": float(p50), "p99_us": float(p99)}
+
+
+class _Batch:
+    """The tasks of one call: a list per helper worker, taken from the front by its worker and
+    from the back by the caller once the caller's own tasks are done (work stealing: a helper
+    that the OS is slow to wake delays nothing). Counts the tasks not yet finished."""
+
+    __slots__ = ("lists", "heads", "tails", "_lock", "_left", "_done", "error")
+
+    def __init__(self, lists: list[list[tuple[Runner, Any, int]]]):
+        self.lists = lists
+        self.heads = [0] * len(lists)
+        self.tails = [len(x) for x in lists]
+        self._lock = threading.Lock()
+        self._left = sum(len(x) for x in lists)
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+        if self._left == 0:
+            self._done.set()
+
+    def _take(self, k: int, front: bool) -> tuple[Runner, Any, int] | None:
+        with self._lock:
+            if self.heads[k] >= self.tails[k]:
+                return None
+            if front:
+                self.heads[k] += 1
+                return self.lists[k][self.heads[k] - 1]
+            self.tails[k] -= 1
+            return self.lists[k][self.tails[k]]
+
+    def _finished(self, error: BaseException | None) -> None:
+        with self._lock:
+            if error is not None and self.error is None:
+                self.error = error
+            self._left -= 1
+            if self._left == 0:
+                self._done.set()
+
+    def work(self, k: int, front: bool) -> None:
+        """Run tasks of list ``k`` until none is left."""
+        while True:
+            task = self._take(k, front)
+            if task is None:
+                return
+            runner, job, part = task
+            try:
+                runner.run_part(job, part)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+                self._finished(exc)
+            else:
+                self._finished(None)
+
+    def wait(self) -> None:
+        self._done.wait()
+
+
+def _run_tasks(tasks: Sequence[tuple[Runner, Any, int]]) -> BaseException | None:
+    """Run every task; return the first exception (the others still run: their state is
+    consistent and the call raises once all are done)."""
+    first = None
+    for runner, job, part in tasks:
+        try:
+            runner.run_part(job, part)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            if first is None:
+                first = exc
+    return first
+
+
+class Executor:
+    """W workers and the routes of a plan: table -> (runner, worker of each part)."""
+
+    def __init__(self, workers: int, routes: Mapping[str, tuple[Runner, tuple[int, ...]]],
+                 *, pin: bool = True):  # fmt: skip
+        self.workers = int(workers)
+        self.routes = dict(routes)
+        self._queues: list[queue.SimpleQueue] = []
+        self._threads: list[threading.Thread] = []
+        self.pinned: list[int | None] = [None] * self.workers
+        self._state = threading.Condition()
+        self._active = 0
+        self._closing = False
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        for w in range(1, self.workers):
+            q: queue.SimpleQueue = queue.SimpleQueue()
+            cpu = cpus[w % len(cpus)] if (pin and cpus) else None
+            th = threading.Thread(
+                target=self._loop, args=(q, cpu, w), name=f"bandstore-worker-{w}", daemon=True
+            )
+            self._queues.append(q)
+            self._threads.append(th)
+            th.start()
+
+    def _loop(self, q: queue.SimpleQueue, cpu: int | None, w: int) -> None:
+        if cpu is not None:
+            try:
+                os.sched_setaffinity(0, {cpu})  # 0: this thread
+                self.pinned[w] = cpu
+            except OSError:
+                pass
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            batch, k = item
+            batch.work(k, front=True)
+
+    def route(self, name: str, t: Any) -> tuple[Runner, tuple[int, ...]]:
+        r = self.routes.get(name)
+        if r is None or r[0].table is not t:
+            # A table the plan does not know (or an older table object): served cached.
+            return CachedRunner(t), (0,)
+        return r
+
+    def run(self, prepared: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+        """Serve validated requests ``{table: (t, ids, offsets, weights, mode, pad)}``."""
+        jobs = {}
+        per_worker: list[list[tuple[Runner, Any, int]]] = [[] for _ in range(self.workers)]
+        for name, (t, ids, off, weights, mode, pad) in prepared.items():
+            runner, where = self.route(name, t)
+            job = runner.begin(ids, off, weights, mode, pad)
+            jobs[name] = (runner, job)
+            for part, w in enumerate(where):
+                per_worker[w % self.workers].append((runner, job, part))
+        with self._state:
+            inline = self._closing or self.workers == 1
+            if not inline:
+                self._active += 1
+        if inline:  # one worker, or replaced by a new plan: everything on this thread
+            error = _run_tasks([task for tasks in per_worker for task in tasks])
+        else:
+            try:
+                batch = _Batch(per_worker[1:])
+                for w in range(1, self.workers):
+                    if per_worker[w]:
+                        self._queues[w - 1].put((batch, w - 1))
+                error = _run_tasks(per_worker[0])
+                for k in range(self.workers - 1):  # steal what the helpers have not started
+                    batch.work(k, front=False)
+                batch.wait()
+                error = error or batch.error
+            finally:
+                with self._state:
+                    self._active -= 1
+                    if self._active == 0:
+                        self._state.notify_all()
+        if error is not None:
+            raise error
+        return {name: runner.finish(job) for name, (runner, job) in jobs.items()}
+
+    def close(self) -> None:
+        """Stop the helper threads once the calls in flight are done; later calls run inline."""
+        with self._state:
+            self._closing = True
+            while self._active:
+                self._state.wait()
+        for q in self._queues:
+            q.put(None)
+        for th in self._threads:
+            th.join(timeout=5)
+        self._queues, self._threads = [], []
+
+
+def timed_run(executor: Executor, prepared: Mapping[str, tuple], log: LatencyLog):
+    """``executor.run`` with its latency appended to ``log``."""
+    t0 = time.perf_counter()
+    out = executor.run(prepared)
+    log.add(time.perf_counter() - t0)
+    return out

@@ -1,0 +1,116 @@
+"""Installing a plan on an open store: runners per table, and an executor over W workers.
+
+``attach`` is called by the store whenever it (re)installs a version, and by ``apply_plan`` /
+``Store.replan``. It builds the new runners beside the old ones (a resident table is decoded
+before anyone is switched to it; a runner whose strategy did not change is kept, warm), then
+switches each table and finally the executor: calls in flight finish on what they started
+with, later calls see the new plan. Nothing blocks readers.
+
+A store with no plan serves every table ``cached`` with the cache sizes it was opened with
+(``cache_bytes``, tuned sizes, or the default share), tables dealt round-robin to the workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from bandstore.cache import CachePolicy
+from bandstore.plan.executor import Executor
+from bandstore.plan.plan import META_KEY, Plan, TablePlan, check_workers
+from bandstore.plan.strategies import (
+    CachedRunner,
+    DirectRunner,
+    ResidentRunner,
+    Runner,
+    SplitCachedRunner,
+)
+
+_attach_lock = threading.Lock()
+
+
+def resolve_plan(store: Any) -> Plan | None:
+    """The plan a store serves: the one given to ``open(plan=...)``, else the stored one (unless
+    ``plan=False``, or an explicit ``cache_bytes`` was given to ``open`` without a plan)."""
+    arg = getattr(store, "_plan_arg", None)
+    tables = {n: t.info for n, t in store._tables.items()}
+    if arg is False:
+        return None
+    if isinstance(arg, Plan):
+        return Plan.from_dict(arg.as_dict(), tables)
+    if isinstance(arg, dict):
+        return Plan.from_dict(arg, tables)
+    if arg is None and store._cache_arg is not None:
+        return None
+    stored = store.catalog.meta(META_KEY)
+    if not stored:
+        return None
+    stored_tables = stored.get("tables", {}) if isinstance(stored, dict) else {}
+    if isinstance(stored_tables, dict) and not set(stored_tables) <= set(tables):
+        return None  # made for tables this version no longer has: serve without it
+    return Plan.from_dict(stored, tables)
+
+
+def _build_runner(store: Any, name: str, t: Any, tp: TablePlan | None, tables: dict) -> Runner:
+    """The runner of table ``t`` under ``tp`` (None: cached with the store's default policy),
+    reusing the table's current runner when it is the same."""
+    base = store._policy_for(name, t, tables)
+    kind = "cached" if tp is None else tp.kind
+    parts = 1 if tp is None else tp.parts
+    current = t.runner
+    if kind == "cached" and (tp is None or tp.strategy == "cached"):
+        policy = base if tp is None else CachePolicy(tp.cache_bytes, base.threshold,
+                                                     base.pinned_share)  # fmt: skip
+        if current is not None or t.policy != policy:
+            t.configure_cache(policy)
+        return CachedRunner(t)
+    if kind == "resident":
+        want = ("resident", parts)
+        if current is not None and current.spec == want:
+            return current
+        data = current.data if isinstance(current, ResidentRunner) else None
+        return ResidentRunner(t, parts, data)
+    if kind == "direct":
+        if current is not None and current.spec == ("direct", parts):
+            return current
+        return DirectRunner(t, parts)
+    assert tp is not None
+    import numpy as np
+
+    rep = np.asarray(tp.replicate, dtype=np.int64)
+    if (
+        current is not None
+        and current.spec == ("split", "cached", parts, tp.cache_bytes, np.unique(rep).tobytes())
+        and current.threshold == base.threshold
+    ):
+        return current
+    return SplitCachedRunner(t, parts, tp.cache_bytes, rep, base)
+
+
+def attach(store: Any) -> None:
+    """Build and install the runners and executor of the plan ``store`` serves."""
+    with _attach_lock:
+        plan = resolve_plan(store)
+        workers = store._workers_arg
+        if workers is None:
+            workers = plan.workers if plan is not None else 1
+        workers = check_workers(workers)
+        tables = store._tables
+        built: dict[str, tuple[Runner, tuple[int, ...]]] = {}
+        for i, (name, t) in enumerate(tables.items()):
+            tp = plan.tables.get(name) if plan is not None else None
+            runner = _build_runner(store, name, t, tp, tables)
+            where = (i % workers,) if tp is None else tuple(w % workers for w in tp.workers)
+            built[name] = (runner, where)
+        # Switch: tables first (each call reads its table's runner once), then the executor.
+        for name, (runner, _) in built.items():
+            t = tables[name]
+            t.runner = None if isinstance(runner, CachedRunner) else runner
+            if t.runner is not None and t.policy.cache_bytes:
+                t.configure_cache(CachePolicy(0, t.policy.threshold, t.policy.pinned_share))
+            # A replaced runner is not released: calls in flight may still use it.
+        old_exec = store._executor
+        store._executor = Executor(workers, built)
+        store._plan = plan
+    if old_exec is not None:
+        old_exec.close()

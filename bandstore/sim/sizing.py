@@ -1,0 +1,429 @@
+"""Cache sizing for a store: curves for its tables, a budget split, and the tuning it stores.
+
+``size_cache(store, trace, budget)`` is what ``bandstore size-cache`` and ``bandstore demo``
+call: it simulates every table of the (tuning) trace over the store's layouts, with the access
+counts of that trace for admission and pinning, splits the budget with
+:func:`bandstore.sim.allocate.allocate`, and optionally stores the choice (and those counts) in
+the catalog, so that ``bandstore.open(path)`` serves with it by default.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bandstore.cache import cache_row_bytes
+from bandstore.errors import BudgetError, InvalidArgumentError, UnknownTableError
+from bandstore.kernels.cache import NEVER
+from bandstore.sim.allocate import allocate
+from bandstore.sim.mrc import (
+    DEFAULT_N_SIZES,
+    DEFAULT_PINNED_SHARES,
+    DEFAULT_THRESHOLDS,
+    MAX_SAMPLED_LOOKUPS,
+    MIN_SAMPLED_BLOCKS,
+    Curves,
+    _check_rate,
+    simulate,
+)
+from bandstore.store import Store
+from bandstore.trace import Trace
+
+__all__ = [
+    "DEFAULT_SAMPLE_RATE",
+    "apply_sizing",
+    "check_trace",
+    "format_sizing",
+    "plot_curves",
+    "simulate_store",
+    "size_cache",
+    "trace_counts",
+]
+
+#: size_cache's default SHARDS rate (tables with few blocks run at a higher rate, or exact).
+DEFAULT_SAMPLE_RATE = 0.01
+
+
+def check_trace(store: Store, trace: Trace) -> list[str]:
+    """The trace's tables, after checking the store holds them and they fit; raise otherwise."""
+    if not isinstance(trace, Trace):
+        raise InvalidArgumentError(f"trace must be a Trace, got {type(trace).__name__}",
+                                   argument="trace")  # fmt: skip
+    tables = store.tables
+    for name in trace.table_names:
+        if name not in tables:
+            raise UnknownTableError(name, list(tables))
+        if trace.num_rows[name] > tables[name].rows:
+            raise InvalidArgumentError(
+                f"trace reads ids up to {trace.num_rows[name] - 1} of table {name!r}, "
+                f"which has {tables[name].rows} rows",
+                argument="trace",
+            )
+    if trace.n_queries == 0 or trace.n_lookups() == 0:
+        raise InvalidArgumentError(
+            "the trace is empty: it has no lookups to simulate a cache with", argument="trace"
+        )
+    return trace.table_names
+
+
+def trace_counts(store: Store, trace: Trace) -> dict[str, np.ndarray]:
+    """Access counts of the trace's tables, one entry per row of the store's table (int64)."""
+    out = {}
+    for name in trace.table_names:
+        rows = store.tables[name].rows
+        c = np.zeros(rows, dtype=np.int64)
+        tc = trace.access_counts(name)
+        c[: tc.shape[0]] = tc
+        out[name] = c
+    return out
+
+
+def _counts_for(store: Store, trace: Trace, counts: Any) -> dict[str, np.ndarray | None]:
+    if isinstance(counts, str):
+        if counts == "trace":
+            return dict(trace_counts(store, trace))
+        if counts == "store":
+            return {n: store.catalog.counts(n) for n in trace.table_names}
+        raise InvalidArgumentError(
+            f"counts must be 'trace', 'store' or a mapping of arrays, got {counts!r}",
+            argument="counts",
+            value=counts,
+        )
+    if not isinstance(counts, Mapping):
+        raise InvalidArgumentError("counts must be 'trace', 'store' or {table: array}",
+                                   argument="counts")  # fmt: skip
+    unknown = sorted(set(counts) - set(trace.table_names))
+    if unknown:
+        raise UnknownTableError(unknown[0], trace.table_names)
+    missing = [n for n in trace.table_names if n not in counts]
+    if missing:
+        raise InvalidArgumentError(f"counts are missing for tables {missing}", argument="counts")
+    return {n: None if counts[n] is None else np.asarray(counts[n]) for n in trace.table_names}
+
+
+def simulate_store(
+    store: Store,
+    trace: Trace,
+    *,
+    counts: str | Mapping[str, np.ndarray | None] = "trace",
+    thresholds: Sequence[int | None] = DEFAULT_THRESHOLDS,
+    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
+    sizes_bytes: Mapping[str, Sequence[int]] | None = None,
+    n_sizes: int = DEFAULT_N_SIZES,
+    batch_size: int = 256,
+    sample_rate: float = 1.0,
+    seed: int = 0,
+    min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
+    max_sampled_lookups: int | None = MAX_SAMPLED_LOOKUPS,
+    sampling: str = "stratified",
+    estimator: str = "che",
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Curves]:
+    """Curves of every table of ``trace``, simulated over ``store``'s layouts and geometry.
+
+    ``counts``: the access counts that admission and pinning use: ``"trace"`` (those of this
+    trace, the tuning trace: what ``size_cache(..., apply=True)`` stores), ``"store"`` (those
+    the store holds; without any the store never admits neighbours, so only ``NEVER`` is
+    simulated) or ``{table: array}``. Per-batch semantics are those of
+    ``bandstore.replay.replay(store, trace, batch_size=batch_size)``.
+    """
+    from tqdm.auto import tqdm
+
+    names = check_trace(store, trace)
+    table_counts = _counts_for(store, trace, counts)
+    out: dict[str, Curves] = {}
+    for name in tqdm(names, desc="simulate", unit="table",
+                     disable=None if progress is None else not progress):  # fmt: skip
+        info = store.tables[name]
+        layout, inverse = store.table_layout(name)
+        c = table_counts[name]
+        ts = thresholds
+        if c is None:
+            ts = [NEVER]  # the store never admits neighbours without recorded counts
+        indices, offsets = trace.table(name)
+        out[name] = simulate(
+            indices,
+            offsets,
+            layout,
+            info.rows_per_block,
+            info.dim,
+            c,
+            sizes_bytes=None if sizes_bytes is None else sizes_bytes.get(name),
+            thresholds=ts,
+            pinned_shares=pinned_shares,
+            batch_size=batch_size,
+            sample_rate=sample_rate,
+            seed=seed,
+            min_sampled_blocks=min_sampled_blocks,
+            max_sampled_lookups=max_sampled_lookups,
+            sampling=sampling,
+            estimator=estimator,
+            n_sizes=n_sizes,
+            block_size=info.block_size,
+            row_bytes=info.row_bytes,
+            inverse_layout=inverse,
+            workers=workers,
+            table=name,
+            check=False,
+        )
+    return out
+
+
+def _figures(lookups: int, misses: float, blocks: float) -> dict[str, float]:
+    return {
+        "lookups": int(lookups),
+        "predicted_misses": float(misses),
+        "predicted_hit_ratio": 1.0 - misses / lookups if lookups else 0.0,
+        "predicted_blocks_read": float(blocks),
+        "predicted_blocks_per_1000_lookups": 1000.0 * blocks / lookups if lookups else 0.0,
+    }
+
+
+def size_cache(
+    store: Store,
+    trace: Trace,
+    budget: int,
+    *,
+    sample_rate: float = DEFAULT_SAMPLE_RATE,
+    thresholds: Sequence[int | None] = DEFAULT_THRESHOLDS,
+    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
+    n_sizes: int = DEFAULT_N_SIZES,
+    batch_size: int = 256,
+    counts: str | Mapping[str, np.ndarray] = "trace",
+    apply: bool = False,
+    plot: str | os.PathLike | None = None,
+    seed: int = 0,
+    min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
+    max_sampled_lookups: int | None = MAX_SAMPLED_LOOKUPS,
+    sampling: str = "stratified",
+    estimator: str = "che",
+    workers: int | None = None,
+    progress: bool | None = None,
+    return_curves: bool = False,
+) -> dict[str, Any]:
+    """Size the DRAM cache of every table of ``trace`` within ``budget`` bytes in total.
+
+    Simulates the store's cache policy over ``trace`` (normally the tuning part of a log) for
+    ``n_sizes`` sizes x ``thresholds`` x ``pinned_shares`` per table (SHARDS-sampled at
+    ``sample_rate``; 1.0 = exact), chooses per table the cache bytes, threshold and pinned share
+    that minimize the total predicted blocks read under the budget, and returns::
+
+        {"budget_bytes", "allocated_bytes", "sample_rate", "batch_size", "queries",
+         "tables": {name: {"cache_bytes", "capacity_rows", "threshold", "pinned_share",
+                           "lookups", "predicted_hit_ratio", "predicted_blocks_read",
+                           "predicted_misses", "predicted_blocks_per_1000_lookups",
+                           "effective_sample_rate", "configurations", "seconds"}},
+         "total": {"cache_bytes", "lookups", "predicted_hit_ratio", "predicted_blocks_read",
+                   "predicted_misses", "predicted_blocks_per_1000_lookups"},
+         "applied", "plot", "seconds"}
+
+    Predictions are for replaying ``trace`` from cold caches with ``batch_size`` queries per
+    ``lookup_many`` call. ``apply=True`` stores the choice and the counts it was made with in
+    the catalog (the store must be writable); tables of the store that the trace does not read
+    get 0 bytes, since the budget is a total. ``plot`` draws the curves with the chosen points
+    (needs matplotlib: ``pip install bandstore[plot]``). ``return_curves`` adds the
+    :class:`Curves` objects under ``"curves"`` (not JSON).
+
+    Raises BudgetError (budget below the smallest useful cache), InvalidArgumentError (bad rate,
+    empty trace, trace larger than a table), UnknownTableError (trace names a table the store
+    does not have), ReadOnlyError (``apply`` on a read-only store).
+    """
+    t0 = time.perf_counter()
+    check_trace(store, trace)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise InvalidArgumentError(f"budget must be an integer number of bytes, got {budget!r}",
+                                   argument="budget", value=budget)  # fmt: skip
+    _check_rate(sample_rate)
+    infos = [store.tables[n] for n in trace.table_names]
+    smallest = min(min(i.rows, i.rows_per_block) * cache_row_bytes(i.dim) for i in infos)
+    if budget < smallest:  # refuse before minutes of simulation (allocate checks it again)
+        raise BudgetError(
+            f"a DRAM budget of {int(budget)} bytes is below the smallest useful cache "
+            f"({smallest} bytes: one block's worth of rows of the table with the smallest blocks)",
+            budget=int(budget),
+            needed=smallest,
+        )
+    if apply and not store.writable:
+        from bandstore.errors import ReadOnlyError
+
+        raise ReadOnlyError("size_cache(apply=True) needs a store opened for writing")
+    table_counts = _counts_for(store, trace, counts)
+    curves = simulate_store(
+        store,
+        trace,
+        counts=table_counts,  # type: ignore[arg-type]
+        thresholds=thresholds,
+        pinned_shares=pinned_shares,
+        n_sizes=n_sizes,
+        batch_size=batch_size,
+        sample_rate=sample_rate,
+        seed=seed,
+        min_sampled_blocks=min_sampled_blocks,
+        max_sampled_lookups=max_sampled_lookups,
+        sampling=sampling,
+        estimator=estimator,
+        workers=workers,
+        progress=progress,
+    )
+    choice = allocate(curves, int(budget))
+    tables: dict[str, dict[str, Any]] = {}
+    tot_bytes = tot_lookups = 0
+    tot_misses = tot_blocks = 0.0
+    for name, ch in choice.items():
+        cv = curves[name]
+        tables[name] = {
+            "cache_bytes": ch["cache_bytes"],
+            "capacity_rows": ch["capacity_rows"],
+            "threshold": ch["threshold"],
+            "pinned_share": ch["pinned_share"],
+            **_figures(cv.lookups, ch["predicted_misses"], ch["predicted_blocks_read"]),
+            "effective_sample_rate": cv.sample_rate,
+            "configurations": cv.configurations,
+            "seconds": cv.seconds,
+        }
+        tot_bytes += ch["cache_bytes"]
+        tot_lookups += cv.lookups
+        tot_misses += ch["predicted_misses"]
+        tot_blocks += ch["predicted_blocks_read"]
+    result: dict[str, Any] = {
+        "budget_bytes": int(budget),
+        "allocated_bytes": int(tot_bytes),
+        "sample_rate": float(sample_rate),
+        "batch_size": int(batch_size),
+        "queries": trace.n_queries,
+        "tables": tables,
+        "total": {"cache_bytes": int(tot_bytes), **_figures(tot_lookups, tot_misses, tot_blocks)},
+        "applied": False,
+        "plot": None,
+    }
+    if plot is not None:
+        plot_curves(curves, plot, chosen=choice)
+        result["plot"] = str(plot)
+    if apply:
+        apply_sizing(store, result, table_counts)
+        result["applied"] = True
+    result["seconds"] = time.perf_counter() - t0
+    if return_curves:
+        result["curves"] = curves
+    return result
+
+
+def apply_sizing(
+    store: Store, result: Mapping[str, Any], counts: Mapping[str, np.ndarray | None]
+) -> None:
+    """Store a :func:`size_cache` result (and the counts it used) as the store's tuning."""
+    tuning: dict[str, dict[str, Any]] = {}
+    for name, t in result["tables"].items():
+        tuning[name] = {
+            "cache_bytes": t["cache_bytes"],
+            "threshold": t["threshold"],
+            "pinned_share": t["pinned_share"],
+            "sized_by": "bandstore.sim",
+            "budget_bytes": result["budget_bytes"],
+            "predicted_hit_ratio": t["predicted_hit_ratio"],
+            "predicted_blocks_per_1000_lookups": t["predicted_blocks_per_1000_lookups"],
+        }
+    for name in store.tables:
+        if name not in tuning:  # not read by the trace: the budget went elsewhere
+            tuning[name] = {"cache_bytes": 0, "threshold": None, "pinned_share": 0.0,
+                            "sized_by": "bandstore.sim", "budget_bytes": result["budget_bytes"],
+                            "note": "not read by the sizing trace"}  # fmt: skip
+    arrays = {n: np.asarray(c) for n, c in counts.items() if c is not None}
+    store.set_tuning(tuning, counts=arrays)
+
+
+def plot_curves(
+    curves: Mapping[str, Curves],
+    path: str | os.PathLike,
+    *,
+    chosen: Mapping[str, Mapping[str, Any]] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw blocks read per 1000 lookups against cache bytes, per table and threshold.
+
+    One panel per table; one line per threshold (best pinned share at each size), the lower
+    envelope in black, the chosen point (``chosen[table]["size_index"]``) marked. Needs
+    matplotlib (the ``plot`` extra).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise InvalidArgumentError(
+            "plotting needs matplotlib: pip install 'bandstore[plot]'", argument="plot"
+        ) from exc
+    names = list(curves)
+    n = max(1, len(names))
+    cols = min(n, 4 if n > 6 else 3 if n > 2 else n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        cv = curves[name]
+        x = cv.sizes_bytes.astype(np.float64)
+        xpos = np.where(x > 0, x, max(1.0, x[x > 0].min() / 2) if np.any(x > 0) else 1.0)
+        per = 1000.0 / cv.lookups if cv.lookups else 0.0
+        for i, t in enumerate(cv.thresholds):
+            y = cv.blocks_read[i].min(axis=0) * per
+            label = "t=never" if t >= NEVER else f"t={int(t)}"
+            ax.plot(xpos, y, lw=1, label=label)
+        env, _, _ = cv.envelope()
+        ax.plot(xpos, env * per, color="black", lw=1.8, label="best")
+        if chosen is not None and name in chosen:
+            k = chosen[name]["size_index"]
+            ax.plot([xpos[k]], [env[k] * per], "o", ms=9, mfc="none", mec="red", mew=2,
+                    label="chosen")  # fmt: skip
+        ax.set_xscale("log")
+        rate = "exact" if cv.exact else f"R={cv.sample_rate:.3g}"
+        ax.set_title(f"{name} ({cv.rows:,} rows, {rate})", fontsize=9)
+        ax.set_xlabel("cache bytes", fontsize=8)
+        ax.set_ylabel("blocks / 1000 lookups", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    axes.ravel()[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_sizing(result: Mapping[str, Any]) -> str:
+    """A :func:`size_cache` result as a text table (what ``bandstore size-cache`` prints)."""
+    head = (f"{'table':<16}{'cache MiB':>11}{'rows':>12}{'threshold':>11}{'pinned':>8}"
+            f"{'hit ratio':>11}{'blocks/1000':>13}{'blocks read':>14}{'rate':>8}")  # fmt: skip
+    lines = [
+        f"DRAM budget {result['budget_bytes'] / 2**20:.2f} MiB, "
+        f"{result['queries']:,} queries in batches of {result['batch_size']}",
+        head,
+    ]
+    for name, t in result["tables"].items():
+        thr = "never" if t["threshold"] is None else str(t["threshold"])
+        lines.append(
+            f"{name[:15]:<16}{t['cache_bytes'] / 2**20:>11.2f}{t['capacity_rows']:>12,}{thr:>11}"
+            f"{t['pinned_share']:>8.2f}{t['predicted_hit_ratio']:>11.3f}"
+            f"{t['predicted_blocks_per_1000_lookups']:>13.1f}{t['predicted_blocks_read']:>14,.0f}"
+            f"{t['effective_sample_rate']:>8.3g}"
+        )
+    tot = result["total"]
+    lines.append(
+        f"{'total':<16}{tot['cache_bytes'] / 2**20:>11.2f}{'':>12}{'':>11}{'':>8}"
+        f"{tot['predicted_hit_ratio']:>11.3f}{tot['predicted_blocks_per_1000_lookups']:>13.1f}"
+        f"{tot['predicted_blocks_read']:>14,.0f}"
+    )
+    if result.get("applied"):
+        lines.append("applied: stored in the catalog; bandstore.open() now uses these sizes")
+    if result.get("plot"):
+        lines.append(f"plot: {result['plot']}")
+    return "\n".join(lines)

@@ -1,0 +1,508 @@
+"""The planner: strategies against references, the executor, plans, budgets, replanning."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import embedding_bag_ref
+
+import bandstore
+from bandstore.cache import cache_row_bytes
+from bandstore.plan import (
+    Plan,
+    apply_plan,
+    compare_plans,
+    make_plan,
+    profile_trace,
+    replan,
+    uniform_plan,
+)
+from bandstore.plan.calibrate import Calibration, default_calibration
+from bandstore.plan.strategies import _owner_of
+from bandstore.synth import synth
+
+DIM = 4
+SIZES = {"a": 300, "b": 1000, "c": 40, "d": 700}
+
+# Every strategy, and split variants, on a 2-worker store.
+ALL_STRATEGIES = {
+    "workers": 2,
+    "tables": {
+        "a": {"strategy": "resident", "worker": 1},
+        "b": {
+            "strategy": "split",
+            "inner": "cached",
+            "workers": [0, 1],
+            "cache_bytes": 60 * cache_row_bytes(DIM),
+            "replicate": [1, 2, 3, 500],
+        },
+        "c": {"strategy": "direct", "worker": 1},
+        "d": {"strategy": "split", "inner": "resident", "workers": [1, 0]},
+    },
+}
+OTHER_SPLITS = {
+    "workers": 3,
+    "tables": {
+        "a": {"strategy": "split", "inner": "direct", "workers": [2, 0, 1]},
+        "b": {
+            "strategy": "split",
+            "inner": "cached",
+            "workers": [0, 1, 2],
+            "cache_bytes": 10 * cache_row_bytes(DIM),
+        },
+        "c": {"strategy": "cached", "worker": 2, "cache_bytes": 5 * cache_row_bytes(DIM)},
+        "d": {"strategy": "resident", "worker": 0},
+    },
+}
+
+
+def _lru_free_curve(store, name, indices, offsets, batch_size):
+    """A stand-in curve (misses fall linearly to the distinct rows): the simulator's kernel
+    driver does not run under NUMBA_DISABLE_JIT (it indexes an empty output array)."""
+    t = store.tables[name]
+    n, distinct = indices.size, np.unique(indices).size
+    full = distinct * cache_row_bytes(t.dim)
+    return [0, full], [1.0, distinct / n], [1.0, distinct / n / t.rows_per_block]
+
+
+CURVES = _lru_free_curve if numba.config.DISABLE_JIT else None
+
+
+@pytest.fixture(scope="module")
+def weights():
+    rng = np.random.default_rng(7)
+    return {n: rng.standard_normal((r, DIM)).astype(np.float32) for n, r in SIZES.items()}
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory, weights):
+    path = tmp_path_factory.mktemp("plan") / "store"
+    with bandstore.create(path, block_size=512) as s:
+        for n, w in weights.items():
+            s.add_table(n, w, progress=False)
+    return path
+
+
+def random_request(rng, weights, n_bags=12, max_bag=9):
+    req = {}
+    for n, w in weights.items():
+        sizes = rng.integers(0, max_bag, n_bags)
+        ids = rng.zipf(1.3, int(sizes.sum())) % w.shape[0]
+        req[n] = (ids.astype(np.int64), np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+    return req
+
+
+# ---- strategies against the reference ---------------------------------------------------------
+@pytest.mark.parametrize("plan", [ALL_STRATEGIES, OTHER_SPLITS], ids=["all", "splits"])
+@given(seed=st.integers(0, 2**31), mode=st.sampled_from(["sum", "mean", "max"]),
+       weighted=st.booleans(), pad=st.one_of(st.none(), st.integers(0, 39)))  # fmt: skip
+def test_every_strategy_matches_the_reference(store_path, weights, plan, seed, mode, weighted,
+                                              pad):  # fmt: skip
+    rng = np.random.default_rng(seed)
+    weighted = weighted and mode == "sum"
+    with bandstore.open(store_path, plan=plan) as s:
+        for _ in range(3):  # the caches warm up between calls
+            req = random_request(rng, weights)
+            if weighted:
+                req = {n: (i, o, rng.random(i.size)) for n, (i, o) in req.items()}
+            out = s.lookup_many(req, mode=mode)
+            for n, r in req.items():
+                psw = r[2] if weighted else None
+                ref = embedding_bag_ref(weights[n], r[0], r[1], mode, psw)
+                np.testing.assert_allclose(out[n], ref, rtol=1e-5, atol=1e-5)
+                bag = s.embedding_bag(n, r[0], r[1], mode=mode, per_sample_weights=psw,
+                                      padding_idx=pad)  # fmt: skip
+                ref = embedding_bag_ref(weights[n], r[0], r[1], mode, psw, padding_idx=pad)
+                np.testing.assert_allclose(bag, ref, rtol=1e-5, atol=1e-5)
+        for n, w in weights.items():
+            ids = rng.integers(0, w.shape[0], 40)
+            assert np.array_equal(s.lookup(n, ids), w[ids])  # bit for bit
+        st_ = s.stats()
+        for n in weights:
+            assert st_[n]["lookups"] == st_[n]["hits"] + st_[n]["misses"] > 0
+        assert st_["a" if plan is ALL_STRATEGIES else "d"]["misses"] == 0  # resident
+        assert st_["c" if plan is ALL_STRATEGIES else "a"]["hits"] == 0  # direct
+
+
+def test_direct_is_a_zero_byte_cache_bit_for_bit(store_path, weights, rng):
+    direct = {"workers": 1, "tables": {n: {"strategy": "direct"} for n in SIZES}}
+    with (
+        bandstore.open(store_path, plan=direct) as d,
+        bandstore.open(store_path, cache_bytes=0, plan=False) as c,
+    ):
+        for mode in ("sum", "mean", "max"):
+            req = random_request(rng, weights, n_bags=30)
+            a, b = d.lookup_many(req, mode=mode), c.lookup_many(req, mode=mode)
+            for n in req:
+                assert np.array_equal(a[n], b[n])
+        sd, sc = d.stats(), c.stats()
+        for n in SIZES:
+            for k in ("lookups", "misses", "blocks_read", "bytes_read", "useful_bytes"):
+                assert sd[n][k] == sc[n][k], (n, k)
+
+
+def test_split_parts_own_their_ids_and_replicas_spread():
+    ids = np.arange(100_000, dtype=np.int64)
+    owner = _owner_of(ids, 3)
+    counts = np.bincount(owner, minlength=3)
+    assert counts.min() > 30_000  # the hash spreads ids evenly
+    from bandstore.kernels.resident import _split_select
+
+    hot = np.packbits(np.isin(np.arange(64), [5]), bitorder="little")
+    req_ids = np.array([5] * 8 + [6, 7], dtype=np.int64)
+    off = np.array([0, 2, 4, 6, 8, 10], dtype=np.int64)  # 5 bags; id 5 in bags 0..3: parts
+    # by bag range (b * 2 // 5): bags 0-2 -> part 0, bags 3-4 -> part 1
+    got = []
+    for part in range(2):
+        sub, so, bn = np.empty(10, np.int64), np.empty(6, np.int64), np.empty(5, np.int64)
+        m = _split_select(req_ids, off, np.empty(0, np.float32), -1, 2, part, hot, sub,
+                          so, np.empty(0, np.float32), bn)  # fmt: skip
+        got.append(sub[:m].tolist())
+    assert got[0].count(5) == 6 and got[1].count(5) == 2  # replicated: by bag range
+    assert sorted(got[0] + got[1]) == sorted(req_ids.tolist())
+
+
+def test_split_parts_share_one_slot_index_consistently(store_path, weights):
+    rng = np.random.default_rng(5)
+    with bandstore.open(store_path, plan=ALL_STRATEGIES) as s:
+        runner = s._tables["b"].runner
+        threads = [
+            threading.Thread(
+                target=lambda: [s.lookup_many(random_request(rng, weights)) for _ in range(20)]
+            )
+            for _ in range(3)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        shared = runner.caches[0].slot_of_id
+        owner = _owner_of(np.arange(SIZES["b"], dtype=np.int64), 2)
+        hot = set(runner.replicate.tolist())
+        seen = set()
+        for j, c in enumerate(runner.caches):
+            assert c.slot_of_id is shared
+            assert c.pinned == len(hot) and c.filled > c.pinned  # warmed beyond the replicas
+            for slot in range(c.filled):
+                row = int(c.id_of_slot[slot])
+                assert shared[row] == slot
+                assert row in hot or (owner[row] == j and row not in seen)
+                if row not in hot:
+                    seen.add(row)
+        cached = np.flatnonzero(shared >= 0)
+        assert set(cached.tolist()) == seen | hot
+
+
+# ---- the executor -----------------------------------------------------------------------------
+def test_parallel_results_equal_sequential_under_concurrent_callers(store_path, weights):
+    rng = np.random.default_rng(3)
+    requests = [random_request(rng, weights, n_bags=20) for _ in range(24)]
+    stateless = {  # no cache: results cannot depend on call order, so they must be identical
+        "workers": 2,
+        "tables": {
+            "a": {"strategy": "resident", "worker": 1},
+            "b": {"strategy": "split", "inner": "resident", "workers": [0, 1]},
+            "c": {"strategy": "direct", "worker": 0},
+            "d": {"strategy": "split", "inner": "direct", "workers": [1, 0]},
+        },
+    }
+    with bandstore.open(store_path, plan=stateless, workers=1) as s:
+        expected = [s.lookup_many(r) for r in requests]
+    for plan in (stateless, ALL_STRATEGIES):
+        with bandstore.open(store_path, plan=plan) as s:
+            assert s._executor.workers == 2
+            results: dict[tuple[int, int], dict] = {}
+
+            def caller(k: int, s=s, results=results) -> None:
+                for i, r in enumerate(requests):
+                    results[(k, i)] = s.lookup_many(r)
+
+            threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            for (_, i), out in results.items():
+                for n in weights:
+                    if plan is stateless:
+                        assert np.array_equal(out[n], expected[i][n])
+                    else:
+                        np.testing.assert_allclose(out[n], expected[i][n], rtol=1e-5, atol=1e-5)
+            st_ = s.stats()
+            total = sum(int(r[n][0].size) for r in requests for n in r) * 4
+            assert st_["total"]["lookups"] == total
+            assert st_["total"]["lookups"] == st_["total"]["hits"] + st_["total"]["misses"]
+            assert st_["total"]["lookup_many_calls"] == 4 * len(requests)
+            assert 0 < st_["total"]["lookup_many_p50_us"] <= st_["total"]["lookup_many_p99_us"]
+
+
+def test_one_caller_is_deterministic_whatever_the_workers(store_path, weights):
+    rng = np.random.default_rng(11)
+    requests = [random_request(rng, weights) for _ in range(10)]
+    outs = []
+    for workers in (1, 2):
+        with bandstore.open(store_path, plan=ALL_STRATEGIES, workers=workers) as s:
+            outs.append([s.lookup_many(r) for r in requests])
+            s.reset_stats()
+            assert s.stats()["total"]["lookup_many_calls"] == 0
+    for a, b in zip(*outs, strict=True):
+        for n in a:
+            assert np.array_equal(a[n], b[n])
+
+
+def test_no_plan_is_todays_store_round_robin(store_path, weights):
+    with bandstore.open(store_path, cache_bytes=10_000, workers=2) as s:
+        assert s.plan is None and s._executor.workers == 2
+        assert all(t.runner is None for t in s._tables.values())  # every table cached
+        routes = [s._executor.routes[n][1] for n in s.tables]
+        assert routes == [(i % 2,) for i in range(len(routes))]
+        req = random_request(np.random.default_rng(0), weights)
+        out = s.lookup_many(req)
+        for n, (i, o) in req.items():
+            np.testing.assert_allclose(out[n], embedding_bag_ref(weights[n], i, o), atol=1e-5)
+
+
+# ---- bad input --------------------------------------------------------------------------------
+def test_bad_plans_are_clear_errors(store_path):
+    bad = [
+        ({"workers": 0, "tables": {}}, "workers"),
+        ({"workers": 1, "tables": {"a": {"strategy": "teleport"}}}, "teleport"),
+        ({"workers": 2, "tables": {"a": {"strategy": "resident", "worker": 2}}}, "worker 2"),
+        ({"workers": 1, "tables": {"zz": {"strategy": "resident"}}}, "zz"),
+        ({"workers": 1, "tables": {"a": {"strategy": "cached"}}}, "cache_bytes"),
+        ({"workers": 2, "tables": {"a": {"strategy": "split", "inner": "x", "workers": [0]}}},
+         "inner"),
+        ({"workers": 1, "tables": {"a": {"strategy": "split", "workers": [0],
+                                         "replicate": [10**6]}}}, "out of range"),
+    ]  # fmt: skip
+    for plan, words in bad:
+        with pytest.raises(bandstore.PlanError, match=words):
+            bandstore.open(store_path, plan=plan)
+    with pytest.raises(bandstore.PlanError) as exc:
+        bandstore.open(store_path, plan={"workers": 1, "tables": {"b": {"strategy": "nope"}}})
+    assert exc.value.table == "b" and isinstance(exc.value, ValueError)
+    with pytest.raises(bandstore.PlanError):
+        bandstore.open(store_path, workers=0)
+    over = {"workers": 1, "budget_bytes": 10,
+            "tables": {"a": {"strategy": "resident", "dram_bytes": 4800}}}  # fmt: skip
+    with pytest.raises(bandstore.BudgetError):
+        bandstore.open(store_path, plan=over)
+
+
+def test_budget_too_small_for_any_plan(store_path):
+    trace = synth({n: r for n, r in SIZES.items()}, 50, pooling=3, seed=0)
+    cal = default_calibration()
+    with bandstore.open(store_path) as s:
+        profiles = profile_trace(s, trace, batch_size=16, curves=CURVES)
+    need = sum(p.min_bytes for p in profiles.values())
+    with pytest.raises(bandstore.BudgetError) as exc:
+        make_plan(profiles, cal, 2, need - 1)
+    assert exc.value.needed == need and exc.value.budget == need - 1
+    with pytest.raises(bandstore.BudgetError):
+        uniform_plan(profiles, cal, 2, 0)
+    with pytest.raises(bandstore.InvalidArgumentError):
+        make_plan(profiles, cal, 2, -5)
+    with pytest.raises(bandstore.PlanError):
+        make_plan(profiles, cal, 0, need)
+    plan = make_plan(profiles, cal, 2, need)  # the minimum: nothing but direct
+    assert {tp.strategy for tp in plan.tables.values()} <= {"direct", "split"}
+
+
+# ---- the planner ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def skewed(tmp_path_factory):
+    """A store where table 'hot' takes most lookups, and a trace for it."""
+    tables = {"hot": 2000, "s1": 50, "s2": 80, "big": 5000}
+    trace = synth(tables, 600, pooling={"hot": 40, "s1": 1, "s2": 2, "big": 3}, zipf=1.1,
+                  seed=2)  # fmt: skip
+    from bandstore.demo import create_store_for_trace
+
+    path = tmp_path_factory.mktemp("skew") / "store"
+    with create_store_for_trace(path, trace, dim=8, progress=False):
+        pass
+    return path, trace
+
+
+def test_plan_respects_budget_and_prefers_resident_for_small_tables(skewed):
+    path, trace = skewed
+    cal = default_calibration()
+    with bandstore.open(path) as s:
+        profiles = profile_trace(
+            s, trace, batch_size=600, curves=CURVES
+        )  # large batches: lookups dominate
+    assert profiles["hot"].lookups > 10 * profiles["s1"].lookups
+    small_budget = sum(p.min_bytes for p in profiles.values()) + 8 * 80 * 4 + 8 * 50 * 4
+    for budget in (small_budget, 1 << 22):
+        plan = make_plan(profiles, cal, 2, budget)
+        assert plan.dram_bytes <= budget
+        assert plan.tables["s1"].kind == "resident"  # tiny and read: decoded in DRAM
+        json.loads(json.dumps(plan.as_dict()))  # JSON-clean
+        assert Plan.from_dict(plan.as_dict()).tables == plan.tables
+    plan = make_plan(profiles, cal, 2, 1 << 22)
+    assert all(tp.kind == "resident" for tp in plan.tables.values())  # everything fits
+    assert plan.tables["hot"].strategy == "split" and plan.tables["hot"].parts == 2
+    loads = plan.predicted["worker_ns"]
+    assert max(loads) < 0.75 * sum(loads)  # the hot table no longer pins one worker
+    one = make_plan(profiles, cal, 1, 1 << 22)
+    assert all(tp.workers == (0,) and tp.strategy != "split" for tp in one.tables.values())
+    uni = uniform_plan(profiles, cal, 2, 1 << 20)
+    assert {tp.strategy for tp in uni.tables.values()} == {"cached"}
+    assert len({tp.cache_bytes for tp in uni.tables.values()}) == 1  # equal shares
+    assert [tp.workers[0] for tp in uni.tables.values()] == [0, 1, 0, 1]
+    assert uni.dram_bytes <= 1 << 20
+
+
+def test_curve_source_is_a_parameter(skewed):
+    path, trace = skewed
+    calls = []
+
+    def flat(store, name, indices, offsets, batch_size):
+        calls.append(name)
+        return [0, 10**9], [1.0, 1.0], [1.0, 1.0]  # a cache never helps
+
+    with bandstore.open(path) as s:
+        profiles = profile_trace(s, trace, batch_size=64, curves=flat)
+    assert sorted(calls) == sorted(trace.table_names)
+    plan = make_plan(profiles, default_calibration(), 1, 1 << 30)
+    assert not any(tp.kind == "cached" for tp in plan.tables.values())
+
+
+def test_apply_persists_and_open_arguments_choose(skewed):
+    path, trace = skewed
+    with bandstore.open(path) as s:
+        profiles = profile_trace(s, trace, batch_size=64, curves=CURVES)
+        with pytest.raises(bandstore.ReadOnlyError):
+            apply_plan(s, make_plan(profiles, default_calibration(), 2, 1 << 22))
+    plan = make_plan(profiles, default_calibration(), 2, 1 << 22)
+    with bandstore.open(path, writable=True) as s:
+        apply_plan(s, plan)
+        assert s.plan is not None and s._executor.workers == 2
+    with bandstore.open(path) as s:
+        assert s.plan.tables == plan.tables
+        assert type(s._tables["s1"].runner).__name__ == "ResidentRunner"
+    with bandstore.open(path, cache_bytes=1000) as s:
+        assert s.plan is None  # explicit cache sizes: the stored plan is not used
+    with bandstore.open(path, plan=False, workers=1) as s:
+        assert s.plan is None and s._executor.workers == 1
+    with bandstore.open(path, workers=1) as s:
+        assert s.plan is not None and s._executor.workers == 1  # the plan on one worker
+    with bandstore.open(path, writable=True) as s:
+        apply_plan(s, None)
+    with bandstore.open(path) as s:
+        assert s.plan is None
+
+
+def test_replan_switches_between_calls_without_blocking_readers(skewed):
+    path, trace = skewed
+    ids = np.arange(2000)
+    expected = None
+    with bandstore.open(path, plan=False, workers=2) as s:
+        expected = s.lookup("hot", ids)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                while not stop.is_set():
+                    assert np.array_equal(s.lookup_many({"hot": (ids, np.arange(2000))})["hot"],
+                                          expected)  # fmt: skip
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        th = threading.Thread(target=reader)
+        th.start()
+        try:
+            report = replan(s, trace, budget=1 << 22, min_gain=0.0, curves=CURVES)
+            assert report["replanned"] and s.plan.tables == report["plan"].tables
+            again = replan(
+                s, trace, min_gain=0.5, curves=CURVES
+            )  # the same traffic: nothing to gain
+            assert not again["replanned"] and s.plan.tables == report["plan"].tables
+        finally:
+            stop.set()
+            th.join()
+        assert not errors
+        assert s.stats()["hot"]["lookups"] > 0
+
+
+def test_replan_from_recorded_traffic(skewed, tmp_path):
+    path, trace = skewed
+    with bandstore.open(path, record=tmp_path / "rec", sample_rate=1.0, cache_bytes=0) as s:
+        with pytest.raises(bandstore.InvalidArgumentError):
+            bandstore.open(path).replan()
+        from bandstore.replay import trace_requests
+
+        for start in range(0, 300, 50):
+            s.lookup_many(trace_requests(trace, start, start + 50))
+        report = s.replan(budget=1 << 22, min_gain=0.0, curves=CURVES)
+        assert report["replanned"] and s.plan is not None
+
+
+# ---- figures ----------------------------------------------------------------------------------
+def test_compare_plans(skewed):
+    path, trace = skewed
+    result = compare_plans(path, trace, workers=2, budget=1 << 20, batch_size=64, repeats=1,
+                           curves=CURVES)  # fmt: skip
+    assert set(result["results"]) == {"plan", "uniform", "plan, 1 worker"}
+    for r in result["results"].values():
+        assert r["lookups_per_second"] > 0 and r["p99_batch_us"] >= r["p50_batch_us"] > 0
+        assert r["outputs_match_uniform"]
+        assert r["dram_bytes"] <= 1 << 20
+    assert result["speedup"]["plan_vs_uniform"] > 0
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="the simulator needs numba (see CURVES)")
+def test_plan_command(skewed, capsys, tmp_path):
+    from bandstore.cli import main
+
+    path, trace = skewed
+
+    trace_file = tmp_path / "t.npz"
+    trace.save(trace_file)
+    args = ["plan", str(path), str(trace_file), "--workers", "2", "--budget", "1M",
+            "--batch-size", "64", "--repeats", "1"]  # fmt: skip
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["plans"]["plan"]["workers"] == 2 and "uniform" in out["results"]
+    assert main([*args, "--apply"]) == 0
+    text = capsys.readouterr().out
+    assert "predicted" in text and "uniform" in text and "applied" in text
+    with bandstore.open(path) as s:
+        assert s.plan is not None
+    assert main(["plan", str(path), str(trace_file), "--workers", "0"]) == 2
+    assert "workers must be" in capsys.readouterr().err
+    assert main(["plan", str(path), str(trace_file), "--workers", "1", "--budget", "10"]) == 2
+    assert "budget" in capsys.readouterr().err
+
+
+def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
+    import importlib
+
+    calmod = importlib.import_module("bandstore.plan.calibrate")  # the package exports calibrate()
+
+    monkeypatch.setattr(calmod, "_GATHER_SIZES", (1 << 14, 1 << 16, 1 << 18, 1 << 20))
+    monkeypatch.setattr(calmod, "_PROBE_ROWS", (1 << 8, 1 << 10, 1 << 12, 1 << 14))
+    monkeypatch.setattr(calmod, "_calibration_blocks", lambda quick: 64)
+    monkeypatch.setattr(calmod, "_sample_lookups", lambda quick: 1024)
+    monkeypatch.setattr(calmod, "_PY_CALLS", 4)
+    path = tmp_path / "s"
+    bandstore.create(path).close()
+    from bandstore.cli import main
+
+    assert main(["calibrate", str(path), "--quick", "--json"]) == 0
+    with bandstore.open(path) as s:
+        from bandstore.plan import load_calibration
+
+        cal, stored = load_calibration(s)
+    assert stored and cal.block_ns > 0 and set(cal.row_ns) == {"float32", "float16", "int8"}
+    assert Calibration.from_dict(json.loads(json.dumps(cal.as_dict()))) == cal
+    d = default_calibration()
+    assert d.gather(1 << 30, 16) >= d.gather(1 << 10, 16)
+    assert d.gather(1 << 20, 64) > d.gather(1 << 20, 16)
+    assert d.block(cold=True) > d.block() > d.block(verify=False)
