@@ -71,11 +71,14 @@ def run_demo(
     seed: int = 0,
     dim: int = 32,
     cache_fraction: float = 0.10,
+    workers: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build a store from a generated trace, replay held-out queries, return the figures."""
+    from bandstore.plan import compare_plans
     from bandstore.relayout import relayout, split_point
     from bandstore.replay import replay
+    from bandstore.sim.sizing import size_cache
 
     tmp = None
     if workdir is None:
@@ -123,6 +126,20 @@ def run_demo(
             for name, e in report["tables"].items()
         }
         result["after"] = measure()
+        # Cache sizing: DRAM per table, threshold and pinned share from miniature simulations
+        # of the tuning queries, within the same total budget.
+        with bandstore.open(store_path, writable=True, cache_bytes=budget) as s:
+            sizing = size_cache(s, tune, budget, batch_size=BATCH, apply=True, progress=False)
+        result["sizing"] = {
+            name: {k: t[k] for k in ("cache_bytes", "threshold", "pinned_share")}
+            for name, t in sizing["tables"].items()
+        }
+        result["sized"] = measure()
+        # The asymmetric plan: a strategy per table and tables mapped to workers.
+        if workers > 0:
+            result["plan"] = compare_plans(
+                store_path, trace, workers=workers, budget=budget, batch_size=BATCH, repeats=1
+            )
         result["seconds"] = time.perf_counter() - t0
         return result
     finally:
@@ -145,7 +162,7 @@ def format_demo(result: dict[str, Any]) -> str:
     lines.append(f"DRAM budget: {result['dram_budget_bytes'] / 2**20:.1f} MiB (10% of the rows)")
     lines.append("")
     header = (
-        f"  {'':<26}{'blocks/1000 lookups':>21}{'hit ratio':>11}{'useful/read':>13}"
+        f"  {'':<28}{'blocks/1000 lookups':>21}{'hit ratio':>11}{'useful/read':>13}"
         f"{'lookups/s':>13}"
     )
     if "relayout" in result:
@@ -157,20 +174,40 @@ def format_demo(result: dict[str, Any]) -> str:
                 f"pinned share {r['pinned_share']:.2f}"
             )
         lines.append("")
+    if "sizing" in result:
+        lines.append("cache sizing (miniature simulations of the tuning queries):")
+        for name, r in result["sizing"].items():
+            t = "never" if r["threshold"] is None else r["threshold"]
+            lines.append(
+                f"  {name:<14} {r['cache_bytes'] / 2**20:6.2f} MiB, admission threshold {t}, "
+                f"pinned share {r['pinned_share']:.2f}"
+            )
+        lines.append("")
     lines.append("held-out replay:")
     lines.append(header)
-    for key, label in (("before", "naive store (identity)"), ("after", "after relayout")):
+    rows = (
+        ("before", "naive store (identity)"),
+        ("after", "after relayout"),
+        ("sized", "after relayout + sizing"),
+    )
+    for key, label in rows:
         if key not in result:
             continue
         s = result[key]["total"]
         lines.append(
-            f"  {label:<26}{s['blocks_per_1000_lookups']:>21.1f}{s['hit_ratio']:>11.3f}"
+            f"  {label:<28}{s['blocks_per_1000_lookups']:>21.1f}{s['hit_ratio']:>11.3f}"
             f"{s['useful_per_byte_read']:>13.3f}{result[key]['lookups_per_second']:>13,.0f}"
         )
-    if "after" in result:
-        b, a = result["before"]["total"], result["after"]["total"]
+    last = "sized" if "sized" in result else "after" if "after" in result else None
+    if last:
+        b, a = result["before"]["total"], result[last]["total"]
         ratio = b["blocks_read"] / a["blocks_read"] if a["blocks_read"] else float("inf")
-        lines.append(f"  -> {ratio:.2f}x fewer block reads on held-out queries")
+        lines.append(f"  -> {ratio:.2f}x fewer block reads on held-out queries, same DRAM")
+    if "plan" in result:
+        from bandstore.plan.report import format_comparison
+
+        lines += ["", "asymmetric plan vs uniform baseline (same DRAM):"]
+        lines.append(format_comparison(result["plan"]))
     lines.append("")
     lines.append(f"done in {result['seconds']:.1f} s")
     return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""How many fewer blocks does a co-access layout read, on held-out queries?
+
+For each trace with multi-row queries (amazon-book, lastfm-2k, ml-latest-small sessions from
+../shared/data, and synthetic traces of strong and weak co-access): split by query position
+(80% tuning, the later 20% held out; amazon-book and lastfm have no time order, so their
+queries are shuffled with a fixed seed first), build each layout from the tuning part only,
+choose the admission threshold and pinned share on the tuning part, and count blocks read per
+1000 held-out lookups by exact simulation of the store's cache (warmed by the tuning part), for
+a 64-dim float32 table (16 rows per 4 KB block):
+- naive: identity layout, plain CLOCK, no neighbour admission, nothing pinned (what a store
+  without co-access layout or admission does);
+- policy only: identity layout with the tuned policy (what the policy alone is worth);
+- each layout method with its tuned policy; ``oracle`` (synthetic only): the generator's
+  communities packed into blocks, an upper bound for the layout.
+At DRAM = 10% of the table, and over DRAM from 1% to 50% (plot).
+
+    python benchmarks/bench_layout.py            # all traces (a few minutes)
+    python benchmarks/bench_layout.py --quick    # smaller synthetic traces, fewer DRAM points
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bandstore.cache import cache_row_bytes
+from bandstore.kernels.cache import NEVER
+from bandstore.layout import build_layout
+from bandstore.relayout import (
+    DEFAULT_PINNED_SHARES,
+    DEFAULT_THRESHOLDS,
+    evaluate_layout,
+    split_point,
+)
+from bandstore.synth import communities, synth
+from bandstore.trace import Trace
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DIM, RPB, BLOCK, ROW_BYTES = 64, 16, 4096, 256
+METHODS = ("frequency", "metis", "hypergraph")
+BATCH = 64
+
+
+def real_traces() -> dict[str, tuple[Trace, str]]:
+    from bandstore.formats import convert
+
+    out = {}
+    sources = {
+        "amazon-book": ("lightgcn", DATA / "amazon-book" / "test.txt", True),
+        "lastfm-2k": ("lastfm", DATA / "lastfm-2k" / "user_artists.dat", True),
+        "ml-latest-small": ("movielens", DATA / "ml-latest-small" / "ratings.csv", False),
+    }
+    for name, (fmt, path, shuffle) in sources.items():
+        if not path.is_file():
+            print(f"skipping {name}: {path} not found")
+            continue
+        trace = convert(fmt, path)
+        if shuffle:  # no time order in the file: a random split by query
+            trace = trace.take(np.random.default_rng(0).permutation(trace.n_queries))
+        out[name] = (trace, trace.table_names[0])
+    return out
+
+
+def synth_traces(quick: bool) -> dict[str, tuple[Trace, str, np.ndarray]]:
+    rows, queries = (50_000, 20_000) if quick else (200_000, 80_000)
+    out = {}
+    for label, co in (("synth strong co-access", 0.9), ("synth weak co-access", 0.3)):
+        t = synth({"item": rows}, queries, pooling=20, zipf=1.0, community_size=RPB, co_access=co)
+        comm = communities("item", rows, community_size=RPB, seed=0)
+        oracle = np.empty(rows, dtype=np.int64)
+        oracle[np.argsort(comm, kind="stable")] = np.arange(rows)
+        out[label] = (t, "item", oracle)
+    return out
+
+
+def evaluate(trace, table, split, layout, counts, dram, policy=None):
+    thresholds, shares = (DEFAULT_THRESHOLDS, DEFAULT_PINNED_SHARES) if policy is None else policy
+    r = evaluate_layout(
+        trace, table, split, layout, RPB, DIM, counts, dram,
+        thresholds=thresholds, pinned_shares=shares, batch_size=BATCH, block_size=BLOCK,
+        row_bytes=ROW_BYTES,
+    )  # fmt: skip
+    return r
+
+
+def run_trace(name, trace, table, oracle, fractions):
+    split = split_point(trace, 0.2, BATCH)
+    tune = trace.query_slice(0, split)
+    rows = trace.num_rows[table]
+    counts = np.minimum(tune.access_counts(table), 2**31 - 1).astype(np.int32)
+    idx, off = tune.table(table)
+    layouts = {"identity": np.arange(rows, dtype=np.int64)}
+    seconds = {}
+    for m in METHODS:
+        t0 = time.perf_counter()
+        layouts[m] = build_layout(m, idx, off, rows, RPB)
+        seconds[m] = time.perf_counter() - t0
+    if oracle is not None:
+        layouts["oracle"] = oracle
+    curves: dict[str, dict[float, float]] = {}
+    at10: dict[str, dict] = {}
+    for frac in fractions:
+        dram = int(frac * rows) * cache_row_bytes(DIM)
+        contenders = {
+            "naive": evaluate(
+                trace, table, split, layouts["identity"], counts, dram, ([NEVER], [0.0])
+            ),  # fmt: skip
+            "policy only": evaluate(trace, table, split, layouts["identity"], counts, dram),
+        }
+        for m in (*METHODS, *(["oracle"] if oracle is not None else [])):
+            contenders[m] = evaluate(trace, table, split, layouts[m], counts, dram)
+        for k, r in contenders.items():
+            curves.setdefault(k, {})[frac] = r["heldout_blocks_per_1000_lookups"]
+        if abs(frac - 0.10) < 1e-9:
+            at10 = contenders
+    naive = at10["naive"]["heldout_blocks_per_1000_lookups"]
+    best = min(METHODS, key=lambda m: at10[m]["heldout_blocks_per_1000_lookups"])
+    return {
+        "trace": name,
+        "rows": rows,
+        "tuning_queries": split,
+        "heldout_queries": trace.n_queries - split,
+        "lookups_per_row_in_tuning": float(idx.size / max(1, np.count_nonzero(counts))),
+        "at_10pct": {
+            k: {
+                "blocks_per_1000": r["heldout_blocks_per_1000_lookups"],
+                "hit_ratio": r["heldout_hit_ratio"],
+                "threshold": r["threshold"],
+                "pinned_share": r["pinned_share"],
+                "vs_naive": naive / r["heldout_blocks_per_1000_lookups"],
+            }
+            for k, r in at10.items()
+        },
+        "best_method": best,
+        "layout_over_policy": at10["policy only"]["heldout_blocks_per_1000_lookups"]
+        / at10[best]["heldout_blocks_per_1000_lookups"],
+        "build_seconds": seconds,
+        "curves": curves,
+    }
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install bandstore[plot]): no plot")
+        return
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.5), squeeze=False)
+    for ax, res in zip(axes[0], results, strict=True):
+        for k, pts in res["curves"].items():
+            xs = sorted(pts)
+            ax.plot([100 * x for x in xs], [pts[x] for x in xs], marker="o", ms=3, label=k)
+        ax.set_title(res["trace"], fontsize=9)
+        ax.set_xlabel("DRAM, % of table")
+        ax.set_xscale("log")
+        ax.set_ylabel("blocks / 1000 held-out lookups")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    fractions = (0.01, 0.1, 0.5) if args.quick else (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+    jobs = [(n, t, tb, None) for n, (t, tb) in real_traces().items()]
+    jobs += [(n, t, tb, o) for n, (t, tb, o) in synth_traces(args.quick).items()]
+    results = []
+    for name, trace, table, oracle in jobs:
+        t0 = time.perf_counter()
+        results.append(run_trace(name, trace, table, oracle, fractions))
+        print(f"{name}: {time.perf_counter() - t0:.1f} s")
+    suffix = "_quick" if args.quick else ""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"layout{suffix}.json").write_text(json.dumps(results, indent=2, default=str))
+    plot(results, RESULTS / f"layout{suffix}.png")
+    cmd = "python benchmarks/bench_layout.py" + (" --quick" if args.quick else "")
+    lines = [
+        "# Blocks read per 1000 held-out lookups, DRAM = 10% of the table",
+        "",
+        f"Reproduce: `{cmd}`. 64-dim float32 rows, 16 per 4 KB block; exact simulation of the "
+        "store's cache, warmed by the tuning queries; policy (threshold t, pinned share p) "
+        "chosen on the tuning queries. Ratios are naive / contender.",
+        "",
+        "| trace | rows | lookups/row (tuning) | naive | policy only | frequency | metis "
+        "| hypergraph | oracle | best vs naive | layout over policy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        a = r["at_10pct"]
+
+        def cell(k, a=a):
+            if k not in a:
+                return "-"
+            return f"{a[k]['blocks_per_1000']:.1f} ({a[k]['vs_naive']:.2f}x)"
+
+        best = r["best_method"]
+        lines.append(
+            f"| {r['trace']} | {r['rows']:,} | {r['lookups_per_row_in_tuning']:.1f} | "
+            f"{cell('naive')} | {cell('policy only')} | {cell('frequency')} | {cell('metis')} | "
+            f"{cell('hypergraph')} | {cell('oracle')} | {a[best]['vs_naive']:.2f}x ({best}) | "
+            f"{r['layout_over_policy']:.2f}x |"
+        )
+    lines += ["", f"Curves over DRAM: `layout{suffix}.png`."]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / f"layout{suffix}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
