@@ -124,26 +124,35 @@ def test_exact_simulation_matches_store_on_random_layouts(case):
                     assert got[1:] == (cv.misses[i, j, k], cv.blocks_read[i, j, k])
 
 
-def test_size_cache_exact_prediction_is_what_the_store_reads(tmp_path):
+@pytest.mark.parametrize("warmup", [0.0, 0.5])
+def test_size_cache_exact_prediction_is_what_the_store_reads(tmp_path, warmup):
     trace = synth({"big": 20000, "mid": 3000, "small": 100}, 1500 // Q,
                   pooling={"big": 12, "mid": 5, "small": 2}, seed=2)  # fmt: skip
     with _store(tmp_path / "s", trace, dim=16, block_size=1024) as store:
         budget = 3000 * cache_row_bytes(16)
-        result = size_cache(store, trace, budget, sample_rate=1.0, apply=True, progress=False,
-                            n_sizes=33, pinned_shares=(0.0, 0.5))  # fmt: skip
+        result = size_cache(store, trace, budget, sample_rate=1.0, warmup=warmup, apply=True,
+                            progress=False, n_sizes=33, pinned_shares=(0.0, 0.5))  # fmt: skip
     assert result["allocated_bytes"] <= budget
     assert sum(t["cache_bytes"] for t in result["tables"].values()) == result["allocated_bytes"]
+    first, rest = trace.split(warmup) if warmup else (None, trace)
+    assert result["warmup_queries"] == (first.n_queries if first else 0)
     with bandstore.open(tmp_path / "s") as store:  # the stored sizes are the default now
         info = store.cache_info()
         for name, t in result["tables"].items():
             assert info[name]["cache_bytes"] == t["cache_bytes"]
             assert info[name]["threshold"] == t["threshold"]
             assert info[name]["pinned_share"] == t["pinned_share"]
-        measured = replay(store, trace, batch_size=256, progress=False)
+        if first is not None:
+            replay(store, first, batch_size=256, progress=False)  # warm, as predicted
+        measured = replay(store, rest, batch_size=256, progress=False)
     for name, t in result["tables"].items():
+        assert measured[name]["lookups"] == t["lookups"]
         assert measured[name]["blocks_read"] == t["predicted_blocks_read"]
         assert measured[name]["hit_ratio"] == pytest.approx(t["predicted_hit_ratio"])
     assert measured["total"]["blocks_read"] == result["total"]["predicted_blocks_read"]
+    if warmup:  # the counts stored are those of the warm-up part
+        with bandstore.open(tmp_path / "s") as store:
+            assert np.array_equal(store.catalog.counts("big"), first.access_counts("big"))
 
 
 def test_curves_have_32_sizes_and_are_consistent():
@@ -284,7 +293,7 @@ def test_bad_policies(small):
     store, trace = small
     for kw in ({"thresholds": [-1]}, {"thresholds": []}, {"pinned_shares": [1.5]},
                {"pinned_shares": []}, {"batch_size": 0}, {"sampling": "x"},
-               {"estimator": "x"}):  # fmt: skip
+               {"estimator": "x"}, {"warmup": 1.0}, {"warmup": -0.1}):  # fmt: skip
         with pytest.raises(InvalidArgumentError):
             size_cache(store, trace, 10**6, progress=False, **kw)
 

@@ -281,6 +281,7 @@ def simulate(
     thresholds: Sequence[int | None] = (NEVER,),
     pinned_shares: Sequence[float] = (0.0,),
     batch_size: int = 256,
+    warmup_queries: int = 0,
     sample_rate: float = 1.0,
     seed: int = 0,
     min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
@@ -306,6 +307,9 @@ def simulate(
         sizes_bytes: cache sizes; default :func:`size_grid` up to the rows of the blocks read.
         thresholds, pinned_shares: the policies to simulate at every size (None = never).
         batch_size: queries per ``lookup_many`` call of the replay being predicted.
+        warmup_queries: the first queries only warm the caches: the counters (and ``lookups``)
+            are those of the queries after them, as for a replay of the warm-up queries, then
+            of the rest (each part cut in batches from its own start).
         sample_rate: 1 for exact; else the SHARDS rate R in (0, 1]. The rate used is
             ``max(R, min(1, min_sampled_blocks / blocks read, max_sampled_lookups / lookups))``
             (``min_sampled_blocks=0`` and ``max_sampled_lookups=None``: exactly R).
@@ -427,9 +431,17 @@ def simulate(
         kept_before = cum[offsets]
     del slot_of_lookup, blk
     n_queries = offsets.shape[0] - 1
-    qb = np.append(np.arange(0, n_queries, int(batch_size)), n_queries)
+    w = int(warmup_queries)
+    if not 0 <= w <= n_queries:
+        raise InvalidArgumentError(
+            f"warmup_queries must be in [0, {n_queries}], got {warmup_queries}",
+            argument="warmup_queries",
+        )
+    qb = np.concatenate([np.arange(0, w, int(batch_size)), np.arange(w, n_queries, int(batch_size)),
+                         [n_queries]]).astype(np.int64)  # fmt: skip
+    n_warm = int(np.count_nonzero(qb < w))  # batches of the warm-up part
     bounds = np.ascontiguousarray(kept_before[qb], dtype=np.int64)
-    sampled_lookups = int(ids.shape[0])
+    sampled_lookups = int(ids.shape[0] - bounds[n_warm])
 
     # Configurations.
     caps = np.array([capacity_rows(int(s), dim, rows) for s in sizes], dtype=np.int64)
@@ -472,10 +484,11 @@ def simulate(
 
     stats = _run_configs(
         ids, bounds, c_counts, c_layout, c_inverse, rpb, block_size, row_bytes, n_compact,
-        pinned_list, cfg, workers, memory_limit,
+        pinned_list, cfg, workers, memory_limit, n_warm,
     )  # fmt: skip
 
-    lookups = int(indices.shape[0])
+    measured = indices[offsets[w] :]
+    lookups = int(measured.shape[0])
     if in_sample is None:
         scale: Any = 1.0
     elif estimator == "adjusted":
@@ -483,7 +496,8 @@ def simulate(
     elif estimator == "lookups":
         scale = lookups / sampled_lookups if sampled_lookups else 0.0
     else:
-        scale = _che_scale(indices, layout, rpb, in_sample, caps, ps, order, qb.size - 1)
+        n_batches = qb.size - 1 - n_warm
+        scale = _che_scale(measured, layout, rpb, in_sample, caps, ps, order, n_batches)
         scale = scale[None, :, :]
     misses = stats[:, kc.STAT_MISSES].astype(np.float64)[config_of] * scale
     blocks = stats[:, kc.STAT_BLOCKS_READ].astype(np.float64)[config_of] * scale
@@ -512,7 +526,7 @@ def simulate(
 
 
 def _run_configs(ids, bounds, counts, layout, inverse, rpb, block_size, row_bytes, n_rows,
-                 pinned_list, cfg, workers, memory_limit) -> np.ndarray:  # fmt: skip
+                 pinned_list, cfg, workers, memory_limit, n_warm=0) -> np.ndarray:  # fmt: skip
     """Run every mini cache of ``cfg`` over the batches; return their counters (C, N_STATS).
 
     Configurations are split into groups that fit ``memory_limit`` and spread over threads; each
@@ -548,8 +562,12 @@ def _run_configs(ids, bounds, counts, layout, inverse, rpb, block_size, row_byte
         sk._init_caches(pinned_list, n_load, n_pinned, slot_of_id, id_of_slot, slot_start, meta,
                         layout, rpb)  # fmt: skip
         out = np.zeros((g, kc.N_STATS), dtype=np.int64)
-        sk._run_batches(ids, bounds, counts, thresholds, layout, inverse, rpb, block_size,
-                        row_bytes, slot_of_id, id_of_slot, ref, slot_start, meta, out)  # fmt: skip
+        state = (slot_of_id, id_of_slot, ref, slot_start, meta)
+        fixed = (counts, thresholds, layout, inverse, rpb, block_size, row_bytes)
+        if n_warm:  # the same caches, counters thrown away
+            warm = np.ascontiguousarray(bounds[: n_warm + 1])
+            sk._run_batches(ids, warm, *fixed, *state, np.zeros_like(out))
+        sk._run_batches(ids, np.ascontiguousarray(bounds[n_warm:]), *fixed, *state, out)
         stats[group] = out
 
     if workers == 1 or len(groups) == 1:

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_SAMPLE_RATE",
     "apply_sizing",
     "check_trace",
+    "warmup_cut",
     "format_sizing",
     "plot_curves",
     "simulate_store",
@@ -83,10 +84,33 @@ def trace_counts(store: Store, trace: Trace) -> dict[str, np.ndarray]:
     return out
 
 
-def _counts_for(store: Store, trace: Trace, counts: Any) -> dict[str, np.ndarray | None]:
+def warmup_cut(trace: Trace, warmup: float) -> int:
+    """Queries of the warm-up part: ``round(warmup * n_queries)``, as ``Trace.split`` cuts."""
+    try:
+        f = float(warmup)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not 0.0 <= f < 1.0:
+        raise InvalidArgumentError(f"warmup must be in [0, 1), got {warmup!r}", argument="warmup",
+                                   value=warmup)  # fmt: skip
+    cut = int(round(f * trace.n_queries))
+    if sum(int(trace.table(n)[1][-1] - trace.table(n)[1][cut]) for n in trace.table_names) == 0:
+        raise InvalidArgumentError(
+            f"the trace has no lookups after its warm-up part ({cut} of {trace.n_queries} "
+            "queries): nothing to predict",
+            argument="warmup",
+            value=warmup,
+        )
+    return cut
+
+
+def _counts_for(
+    store: Store, trace: Trace, counts: Any, warmup_queries: int = 0
+) -> dict[str, np.ndarray | None]:
     if isinstance(counts, str):
         if counts == "trace":
-            return dict(trace_counts(store, trace))
+            part = trace.query_slice(0, warmup_queries) if warmup_queries else trace
+            return dict(trace_counts(store, part))
         if counts == "store":
             return {n: store.catalog.counts(n) for n in trace.table_names}
         raise InvalidArgumentError(
@@ -116,6 +140,7 @@ def simulate_store(
     sizes_bytes: Mapping[str, Sequence[int]] | None = None,
     n_sizes: int = DEFAULT_N_SIZES,
     batch_size: int = 256,
+    warmup: float = 0.0,
     sample_rate: float = 1.0,
     seed: int = 0,
     min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
@@ -127,16 +152,19 @@ def simulate_store(
 ) -> dict[str, Curves]:
     """Curves of every table of ``trace``, simulated over ``store``'s layouts and geometry.
 
-    ``counts``: the access counts that admission and pinning use: ``"trace"`` (those of this
-    trace, the tuning trace: what ``size_cache(..., apply=True)`` stores), ``"store"`` (those
-    the store holds; without any the store never admits neighbours, so only ``NEVER`` is
-    simulated) or ``{table: array}``. Per-batch semantics are those of
-    ``bandstore.replay.replay(store, trace, batch_size=batch_size)``.
+    ``warmup``: the first ``warmup`` share of the queries only warm the caches (see
+    :func:`size_cache`). ``counts``: the access counts that admission and pinning use:
+    ``"trace"`` (those of the warm-up part, or of the whole trace without one: what
+    ``size_cache(..., apply=True)`` stores), ``"store"`` (those the store holds; without any the
+    store never admits neighbours, so only ``NEVER`` is simulated) or ``{table: array}``.
+    Per-batch semantics are those of ``bandstore.replay.replay(store, part, batch_size=...)``
+    on the warm-up part, then on the rest.
     """
     from tqdm.auto import tqdm
 
     names = check_trace(store, trace)
-    table_counts = _counts_for(store, trace, counts)
+    cut = warmup_cut(trace, warmup)
+    table_counts = _counts_for(store, trace, counts, cut)
     out: dict[str, Curves] = {}
     for name in tqdm(names, desc="simulate", unit="table",
                      disable=None if progress is None else not progress):  # fmt: skip
@@ -158,6 +186,7 @@ def simulate_store(
             thresholds=ts,
             pinned_shares=pinned_shares,
             batch_size=batch_size,
+            warmup_queries=cut,
             sample_rate=sample_rate,
             seed=seed,
             min_sampled_blocks=min_sampled_blocks,
@@ -195,6 +224,7 @@ def size_cache(
     pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
     n_sizes: int = DEFAULT_N_SIZES,
     batch_size: int = 256,
+    warmup: float = 0.5,
     counts: str | Mapping[str, np.ndarray] = "trace",
     apply: bool = False,
     plot: str | os.PathLike | None = None,
@@ -215,6 +245,7 @@ def size_cache(
     that minimize the total predicted blocks read under the budget, and returns::
 
         {"budget_bytes", "allocated_bytes", "sample_rate", "batch_size", "queries",
+         "warmup_queries",
          "tables": {name: {"cache_bytes", "capacity_rows", "threshold", "pinned_share",
                            "lookups", "predicted_hit_ratio", "predicted_blocks_read",
                            "predicted_misses", "predicted_blocks_per_1000_lookups",
@@ -223,10 +254,15 @@ def size_cache(
                    "predicted_misses", "predicted_blocks_per_1000_lookups"},
          "applied", "plot", "seconds"}
 
-    Predictions are for replaying ``trace`` from cold caches with ``batch_size`` queries per
-    ``lookup_many`` call. ``apply=True`` stores the choice and the counts it was made with in
-    the catalog (the store must be writable); tables of the store that the trace does not read
-    get 0 bytes, since the budget is a total. ``plot`` draws the curves with the chosen points
+    The first ``warmup`` share of the queries (``Trace.split``'s cut) give the access counts
+    (admission, pinning) and warm the caches; the predictions are for the queries after them, in
+    batches of ``batch_size`` queries per ``lookup_many`` call: choices are made, and judged, on
+    queries the counts did not see. ``warmup=0`` predicts the whole trace from cold caches with
+    its own counts (optimistic: the pinned rows are then known in advance). ``apply=True``
+    stores the choice and the counts it was made with in the catalog (the store must be
+    writable), so replaying the warm-up part then the rest through ``bandstore.open(path)``
+    reads what was predicted; tables of the store that the trace does not read get 0 bytes,
+    since the budget is a total. ``plot`` draws the curves with the chosen points
     (needs matplotlib: ``pip install bandstore[plot]``). ``return_curves`` adds the
     :class:`Curves` objects under ``"curves"`` (not JSON).
 
@@ -253,7 +289,8 @@ def size_cache(
         from bandstore.errors import ReadOnlyError
 
         raise ReadOnlyError("size_cache(apply=True) needs a store opened for writing")
-    table_counts = _counts_for(store, trace, counts)
+    cut = warmup_cut(trace, warmup)
+    table_counts = _counts_for(store, trace, counts, cut)
     curves = simulate_store(
         store,
         trace,
@@ -262,6 +299,7 @@ def size_cache(
         pinned_shares=pinned_shares,
         n_sizes=n_sizes,
         batch_size=batch_size,
+        warmup=warmup,
         sample_rate=sample_rate,
         seed=seed,
         min_sampled_blocks=min_sampled_blocks,
@@ -297,6 +335,7 @@ def size_cache(
         "sample_rate": float(sample_rate),
         "batch_size": int(batch_size),
         "queries": trace.n_queries,
+        "warmup_queries": cut,
         "tables": tables,
         "total": {"cache_bytes": int(tot_bytes), **_figures(tot_lookups, tot_misses, tot_blocks)},
         "applied": False,
@@ -356,6 +395,7 @@ def plot_curves(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError as exc:
         raise InvalidArgumentError(
             "plotting needs matplotlib: pip install 'bandstore[plot]'", argument="plot"
@@ -383,6 +423,7 @@ def plot_curves(
             ax.plot([xpos[k]], [env[k] * per], "o", ms=9, mfc="none", mec="red", mew=2,
                     label="chosen")  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         rate = "exact" if cv.exact else f"R={cv.sample_rate:.3g}"
         ax.set_title(f"{name} ({cv.rows:,} rows, {rate})", fontsize=9)
         ax.set_xlabel("cache bytes", fontsize=8)
@@ -404,8 +445,10 @@ def format_sizing(result: Mapping[str, Any]) -> str:
     head = (f"{'table':<16}{'cache MiB':>11}{'rows':>12}{'threshold':>11}{'pinned':>8}"
             f"{'hit ratio':>11}{'blocks/1000':>13}{'blocks read':>14}{'rate':>8}")  # fmt: skip
     lines = [
-        f"DRAM budget {result['budget_bytes'] / 2**20:.2f} MiB, "
-        f"{result['queries']:,} queries in batches of {result['batch_size']}",
+        f"DRAM budget {result['budget_bytes'] / 2**20:.2f} MiB; predicted for the last "
+        f"{result['queries'] - result['warmup_queries']:,} of {result['queries']:,} queries "
+        f"(the first warm the caches and give the access counts), batches of "
+        f"{result['batch_size']}",
         head,
     ]
     for name, t in result["tables"].items():
