@@ -206,10 +206,14 @@ class _Table:
             if status == kc.STATUS_OK:
                 self.stats += batch
                 return
-        block = int(error[0])
+        raise self.corrupt_block_error(int(error[0]))
+
+    def corrupt_block_error(self, block: int) -> CorruptBlockError:
+        """The error naming ``block`` of this table, with its stored and actual checksums."""
+        g = self.geometry
         start = (block + 1) * g.block_size
         actual = xxhash.xxh64_intdigest(bytes(self.blocks_u8[start : start + g.block_size]))
-        raise CorruptBlockError(
+        return CorruptBlockError(
             self.name, block, str(self.block_path), int(self.checksums[block]), actual
         )
 

@@ -90,6 +90,22 @@ def _admit(row_id, slot_of_id, id_of_slot, ref, meta):
 
 
 @njit(nogil=True, cache=True)
+def _verify_sorted_blocks(keys, n, blocks_u8, block_size, checksums, error):
+    """Check each distinct block of sorted ``block * n + position`` keys against its checksum;
+    on a mismatch set ``error[0]`` to the block and return True."""
+    prev = -1
+    for k in range(keys.shape[0]):
+        blk = keys[k] // n
+        if blk != prev:
+            prev = blk
+            start = (blk + 1) * block_size
+            if _xxh64(blocks_u8[start : start + block_size], np.uint64(0)) != checksums[blk]:
+                error[0] = blk
+                return True
+    return False
+
+
+@njit(nogil=True, cache=True)
 def _pool_into(out, bag, src, weight, mode, bag_n):
     """Reduce row ``src`` into ``out[bag]`` (``bag_n[bag]`` rows were reduced into it before)."""
     dim = src.shape[0]
@@ -218,16 +234,8 @@ def _cache_batch(
 
     # Verify every distinct block before anything is admitted, so a corrupt block leaves the
     # cache holding only good rows.
-    if verify:
-        prev = -1
-        for k in range(n_miss):
-            blk = keys[k] // n
-            if blk != prev:
-                prev = blk
-                start = (blk + 1) * block_size
-                if _xxh64(blocks_u8[start : start + block_size], np.uint64(0)) != checksums[blk]:
-                    error[0] = blk
-                    return STATUS_CORRUPT_BLOCK
+    if verify and _verify_sorted_blocks(keys, n, blocks_u8, block_size, checksums, error):
+        return STATUS_CORRUPT_BLOCK
 
     # Bag of each position, for the misses (positions are sorted within a bag's range).
     pos_bag = np.empty(n_miss, dtype=np.int64)

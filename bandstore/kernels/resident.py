@@ -36,8 +36,8 @@ from bandstore.kernels.cache import (
     STATUS_OK,
     _divide_means,
     _pool_into,
+    _verify_sorted_blocks,
 )
-from bandstore.kernels.checksum import _xxh64
 from bandstore.kernels.codec import _decode_row_into
 from bandstore.kernels.prefetch import _prefetch_row
 
@@ -149,16 +149,8 @@ def _direct_batch(
     if m == 0:
         return STATUS_OK
     keys = np.sort(keys[:m])
-    if verify:
-        prev = -1
-        for k in range(m):
-            blk = keys[k] // n
-            if blk != prev:
-                prev = blk
-                start = (blk + 1) * block_size
-                if _xxh64(blocks_u8[start : start + block_size], np.uint64(0)) != checksums[blk]:
-                    error[0] = blk
-                    return STATUS_CORRUPT_BLOCK
+    if verify and _verify_sorted_blocks(keys, n, blocks_u8, block_size, checksums, error):
+        return STATUS_CORRUPT_BLOCK
     bag_n = np.zeros(n_bags, dtype=np.int64)
     bag_of = np.empty(n, dtype=np.int64)  # the bag of each position, in one pass
     for b in range(n_bags):

@@ -25,10 +25,8 @@ import threading
 from typing import Any
 
 import numpy as np
-import xxhash
 
 from bandstore.cache import CacheState, cache_row_bytes, capacity_rows
-from bandstore.errors import CorruptBlockError
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
 
@@ -58,10 +56,7 @@ class Job:
 
 def raise_corrupt(t: Any, block: int) -> None:
     """Raise the CorruptBlockError of block ``block`` of table ``t`` (as ``_Table.serve``)."""
-    g = t.geometry
-    start = (block + 1) * g.block_size
-    actual = xxhash.xxh64_intdigest(bytes(t.blocks_u8[start : start + g.block_size]))
-    raise CorruptBlockError(t.name, block, str(t.block_path), int(t.checksums[block]), actual)
+    raise t.corrupt_block_error(block)
 
 
 def _add_stats(t: Any, batch: np.ndarray) -> None:
