@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -130,6 +130,25 @@ class Curves:
         """DRAM for one block's worth of rows: less cannot even keep the rows of one read."""
         return min(self.rows, self.rows_per_block) * cache_row_bytes(self.dim)
 
+    def merge(self, other: Curves) -> Curves:
+        """These curves and ``other``'s (more sizes of the same table and policies) as one."""
+        if not (np.array_equal(self.thresholds, other.thresholds)
+                and np.array_equal(self.pinned_shares, other.pinned_shares)
+                and self.lookups == other.lookups and self.rows == other.rows):  # fmt: skip
+            raise InvalidArgumentError("curves of different tables or policies", argument="other")
+        sizes = np.concatenate([self.sizes_bytes, other.sizes_bytes])
+        sizes, first = np.unique(sizes, return_index=True)
+        cat = lambda a, b: np.concatenate([a, b], axis=-1)[..., first]  # noqa: E731
+        return replace(
+            self,
+            sizes_bytes=sizes,
+            capacity_rows=cat(self.capacity_rows, other.capacity_rows),
+            misses=cat(self.misses, other.misses),
+            blocks_read=cat(self.blocks_read, other.blocks_read),
+            configurations=self.configurations + other.configurations,
+            seconds=self.seconds + other.seconds,
+        )
+
     def envelope(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per size, the fewest blocks read over thresholds and pinned shares, and where.
 
@@ -189,7 +208,13 @@ def stratified_sample(lookups_per_block: np.ndarray, rate: float, seed: int = 0)
     lpb = np.asarray(lookups_per_block)
     read = np.flatnonzero(lpb)
     h = _hash(read.astype(np.uint64), seed)
-    order = read[np.lexsort((h, -lpb[read]))]
+    mode = os.environ.get("SIMSTRAT", "")
+    if mode.startswith("log"):
+        per = float(mode[3:] or 1)
+        bucket = np.floor(np.log2(lpb[read]) * per)
+        order = read[np.lexsort((read, -bucket))]
+    else:
+        order = read[np.lexsort((h, -lpb[read]))]
     u = float(_hash(np.array([read.size], dtype=np.uint64), seed + 1)[0] >> np.uint64(11)) / 2**53
     pos = np.floor(np.arange(read.size + 1, dtype=np.float64) * rate + u)
     out = np.zeros(lpb.shape[0], dtype=bool)
@@ -630,14 +655,25 @@ def _che_scale(indices, layout, rpb, in_sample, caps, shares, order, n_batches) 
             elif free >= a.sum():
                 x = v / k
             else:
-                lo, hi = 1e-9, 1e15
-                for _ in range(80):
-                    mid = math.sqrt(lo * hi)
-                    if float(np.dot(a, -np.expm1(logq * mid))) < free:
+                lo, hi = 0.0, 1e15
+                for _ in range(100):
+                    mid = 0.5 * (lo + hi) if hi < 4.0 else math.sqrt(max(lo, 1e-9) * hi)
+                    if float(np.dot(a, 1.0 - _miss_prob(logq, p, mid))) < free:
                         lo = mid
                     else:
                         hi = mid
-                x = v / k * (1.0 + (k - 1.0) * np.exp(logq * lo))
+                x = v / k * (1.0 + (k - 1.0) * _miss_prob(logq, p, lo))
             tx, txs = float(np.dot(a, x)), float(np.dot(b, x))
             out[j, i] = tx / txs if txs > 0 else 0.0
     return out
+
+
+def _miss_prob(logq: np.ndarray, p: np.ndarray, t: float) -> np.ndarray:
+    """P(a row read in a fraction ``p`` of the batches was not read in the last ``t`` batches).
+
+    Whole batches count fully; of the oldest, partly kept batch only a share ``t - floor(t)``
+    of its rows is still cached (a batch's misses are admitted in block order, and a cache
+    smaller than a batch keeps only the last ones): ``(1 - p)**floor(t) * (1 - frac(t) * p)``.
+    """
+    n = math.floor(t)
+    return np.exp(logq * n) * (1.0 - (t - n) * p)

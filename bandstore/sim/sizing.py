@@ -228,6 +228,7 @@ def size_cache(
     counts: str | Mapping[str, np.ndarray] = "trace",
     apply: bool = False,
     plot: str | os.PathLike | None = None,
+    refine: int = 4,
     seed: int = 0,
     min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
     max_sampled_lookups: int | None = MAX_SAMPLED_LOOKUPS,
@@ -263,8 +264,10 @@ def size_cache(
     writable), so replaying the warm-up part then the rest through ``bandstore.open(path)``
     reads what was predicted; tables of the store that the trace does not read get 0 bytes,
     since the budget is a total. ``plot`` draws the curves with the chosen points
-    (needs matplotlib: ``pip install bandstore[plot]``). ``return_curves`` adds the
-    :class:`Curves` objects under ``"curves"`` (not JSON).
+    (needs matplotlib: ``pip install bandstore[plot]``). ``refine``: after a first choice on
+    the grid, this many more sizes on each side of every table's choice (up to the next grid
+    points) are simulated and the choice is made again (0: no second pass).
+    ``return_curves`` adds the :class:`Curves` objects under ``"curves"`` (not JSON).
 
     Raises BudgetError (budget below the smallest useful cache), InvalidArgumentError (bad rate,
     empty trace, trace larger than a table), UnknownTableError (trace names a table the store
@@ -310,6 +313,29 @@ def size_cache(
         progress=progress,
     )
     choice = allocate(curves, int(budget))
+    if refine:
+        # Sizes between the grid points around each choice, then choose again: the grid is
+        # geometric, and a choice between two of its points may leave budget unused.
+        extra = {}
+        for name, ch in choice.items():
+            grid = curves[name].sizes_bytes
+            k = ch["size_index"]
+            lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
+            pts = np.unique(np.linspace(lo, hi, 2 * refine + 3).astype(np.int64))
+            crb = cache_row_bytes(curves[name].dim)
+            pts = np.setdiff1d(np.unique(pts // crb * crb), grid)
+            if pts.size:
+                extra[name] = pts
+        if extra:
+            more = simulate_store(
+                store, trace.select(list(extra)), counts={n: table_counts[n] for n in extra},
+                thresholds=thresholds, pinned_shares=pinned_shares, sizes_bytes=extra,
+                batch_size=batch_size, warmup=warmup, sample_rate=sample_rate, seed=seed,
+                min_sampled_blocks=min_sampled_blocks, max_sampled_lookups=max_sampled_lookups,
+                sampling=sampling, estimator=estimator, workers=workers, progress=False,
+            )  # fmt: skip
+            curves = {n: cv.merge(more[n]) if n in more else cv for n, cv in curves.items()}
+            choice = allocate(curves, int(budget))
     tables: dict[str, dict[str, Any]] = {}
     tot_bytes = tot_lookups = 0
     tot_misses = tot_blocks = 0.0
