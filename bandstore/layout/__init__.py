@@ -79,7 +79,15 @@ from bandstore.layout.partition import (
 )
 from bandstore.layout.refine import RefineResult, _fanout, add_block_nets, refine_blocks
 
-__all__ = ["METHODS", "DEFAULTS", "build_layout", "fanout", "validate_layout"]
+__all__ = [
+    "DEFAULTS",
+    "METHODS",
+    "access_counts",
+    "build_layout",
+    "fanout",
+    "query_weights",
+    "validate_layout",
+]
 
 HYPERGRAPH_DEFAULTS: dict[str, Any] = {
     **METIS_DEFAULTS,
@@ -244,8 +252,8 @@ def build_layout(
     **params: Any,
 ) -> np.ndarray:
     """Layout (int64 slot_of_id of length rows, injective, no holes) of one table from its
-    tuning queries. params override DEFAULTS[method]; see the module docstring and README of
-    each method for what they mean."""
+    tuning queries. params override DEFAULTS[method] (see the module docstring); unknown ones
+    are refused. progress=True draws tqdm bars per stage."""
     if method not in DEFAULTS:
         raise InvalidArgumentError(
             f"unknown layout method {method!r}; known: {list(METHODS)}",
