@@ -357,3 +357,22 @@ def test_cli_size_cache(tmp_path, capsys):
     assert "smallest useful cache" in capsys.readouterr().err
     assert main(args[:4] + ["1M", "--sample-rate", "0"]) == 2
     assert "sample_rate" in capsys.readouterr().err
+
+
+def test_a_table_the_measured_queries_do_not_read_gets_no_cache(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 400
+    a_idx = rng.integers(0, 3000, n * 5)
+    a_off = np.arange(0, n * 5 + 1, 5)
+    b_off = np.concatenate([np.arange(0, n // 2 * 3 + 1, 3), np.full(n // 2, n // 2 * 3)])
+    b_idx = rng.integers(0, 800, n // 2 * 3)  # b is read in the first half only
+    trace = Trace({"a": (a_idx, a_off), "b": (b_idx, b_off)}, {"a": 3000, "b": 800})
+    with _store(tmp_path / "s", trace) as store:
+        r = size_cache(store, trace, 10**5, warmup=0.5, n_sizes=8, progress=False)
+        assert r["tables"]["b"]["lookups"] == 0 and r["tables"]["b"]["cache_bytes"] == 0
+        assert r["tables"]["a"]["cache_bytes"] > 0
+        with pytest.raises(InvalidArgumentError, match="nothing to predict"):
+            size_cache(store, trace.select(["b"]), 10**5, warmup=0.5, progress=False)
+    idx, off = trace.table("a")
+    with pytest.raises(InvalidArgumentError):
+        simulate(idx, off, np.arange(3000), 64, 8, warmup_queries=n + 1)

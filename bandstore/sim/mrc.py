@@ -5,12 +5,17 @@ a mini cache, and each batch of the trace goes through all of them in one pass, 
 store's own cache kernel (see :mod:`bandstore.sim.kernels`), so an exact run predicts the
 store's counters bit for bit.
 
-Sampled mode follows SHARDS (Waldspurger et al., FAST 2015), spatially: block ``b`` is in the
-sample iff ``hash(b) mod 2**32 < R * 2**32``, so a block's rows are sampled together and the
-block-neighbour admission stays exact within the sample. The sampled blocks form a compact
-sub-table (blocks renumbered, layout and inverse remapped: the kernel cannot tell), the LRU
-(CLOCK) part of each mini cache is scaled by ``R`` (pinned rows are not sampled: the mini cache
-pins exactly the pinned rows that fall in the sample), and counts are scaled back. Exact mode
+Sampled mode follows SHARDS (Waldspurger et al., FAST 2015), spatially: whole blocks are
+sampled, so a block's rows are sampled together and the block-neighbour admission stays exact
+within the sample. ``sampling="hash"`` is SHARDS' fixed-rate rule (block ``b`` is in the sample
+iff ``hash(b) mod 2**32 < R * 2**32``); ``"stratified"`` (the default) sorts the blocks by
+lookups and takes every ``1/R``-th (the hash breaks ties), so that the sample holds its share of
+the hottest blocks, which otherwise dominate the error of small samples. The sampled blocks
+form a compact sub-table (blocks renumbered, layout and inverse remapped: the kernel cannot
+tell), the LRU (CLOCK) part of each mini cache is scaled by ``R`` (pinned rows are not sampled:
+the mini cache pins exactly the pinned rows that fall in the sample), and counts are scaled
+back (see :data:`ESTIMATORS`: by default a ratio estimator whose auxiliary variable is Che's
+approximation of each row's misses, which cancels most of the luck of the draw). Exact mode
 compacts the same way to the blocks the trace reads, which bounds memory by the working set.
 """
 
@@ -208,13 +213,7 @@ def stratified_sample(lookups_per_block: np.ndarray, rate: float, seed: int = 0)
     lpb = np.asarray(lookups_per_block)
     read = np.flatnonzero(lpb)
     h = _hash(read.astype(np.uint64), seed)
-    mode = os.environ.get("SIMSTRAT", "")
-    if mode.startswith("log"):
-        per = float(mode[3:] or 1)
-        bucket = np.floor(np.log2(lpb[read]) * per)
-        order = read[np.lexsort((read, -bucket))]
-    else:
-        order = read[np.lexsort((h, -lpb[read]))]
+    order = read[np.lexsort((h, -lpb[read]))]
     u = float(_hash(np.array([read.size], dtype=np.uint64), seed + 1)[0] >> np.uint64(11)) / 2**53
     pos = np.floor(np.arange(read.size + 1, dtype=np.float64) * rate + u)
     out = np.zeros(lpb.shape[0], dtype=bool)
@@ -609,11 +608,13 @@ def _che_scale(indices, layout, rpb, in_sample, caps, shares, order, n_batches) 
     """Ratio-estimator factors (pinned shares x sizes) for the ``"che"`` estimator.
 
     Che's approximation in batch time: a row read in a fraction ``p = 1 - exp(-c / n_batches)``
-    of the batches stays cached ``T`` batches after it was last read, ``T`` such that the
-    expected rows cached, ``sum(1 - (1 - p)**T)``, is the cache's unpinned capacity; a batch
-    that reads it misses with probability ``(1 - p)**T``, and its first batch always misses.
+    of the batches stays cached ``T`` batches after it was last read (see :func:`_miss_prob`
+    for a ``T`` that is not whole: a cache smaller than a batch's misses keeps only part of
+    them), ``T`` such that the expected rows cached is the cache's unpinned capacity; a batch
+    that reads the row misses with probability ``_miss_prob(p, T)``, its first batch always.
     The factor is (predicted misses, all rows) / (predicted misses, sampled rows). Pinned rows
-    (the first rows of ``order``) always hit and are left out of both.
+    (the first rows of ``order``) always hit and are left out of both. Neighbour admission is
+    not modelled: the factor only has to move with the sample's luck, not to be a prediction.
     """
     rows = layout.shape[0]
     tc = np.bincount(indices, minlength=rows)

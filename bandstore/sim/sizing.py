@@ -228,7 +228,7 @@ def size_cache(
     counts: str | Mapping[str, np.ndarray] = "trace",
     apply: bool = False,
     plot: str | os.PathLike | None = None,
-    refine: int = 4,
+    refine: int = 2,
     seed: int = 0,
     min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
     max_sampled_lookups: int | None = MAX_SAMPLED_LOOKUPS,
