@@ -488,7 +488,7 @@ def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
 
     monkeypatch.setattr(calmod, "_GATHER_SIZES", (1 << 14, 1 << 16, 1 << 18, 1 << 20))
     monkeypatch.setattr(calmod, "_PROBE_ROWS", (1 << 8, 1 << 10, 1 << 12, 1 << 14))
-    monkeypatch.setattr(calmod, "_calibration_blocks", lambda quick: 64)
+    monkeypatch.setattr(calmod, "_calibration_blocks", lambda quick, block_size=4096: (64, 256))
     monkeypatch.setattr(calmod, "_sample_lookups", lambda quick: 1024)
     monkeypatch.setattr(calmod, "_PY_CALLS", 4)
     path = tmp_path / "s"
@@ -506,3 +506,10 @@ def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
     assert d.gather(1 << 30, 16) >= d.gather(1 << 10, 16)
     assert d.gather(1 << 20, 64) > d.gather(1 << 20, 16)
     assert d.block(cold=True) > d.block() > d.block(verify=False)
+    # A block of a large file costs more than one of a small file (TLB and DRAM), in between
+    # for a size in between, and the ends are clamped.
+    small, large = d.block_file_bytes
+    assert d.block(file_bytes=large) == d.block_large_ns > d.block(file_bytes=small)
+    assert d.block(file_bytes=small) < d.block(file_bytes=(small * large) ** 0.5) < d.block_large_ns
+    assert d.block(file_bytes=64 * large) == d.block_large_ns
+    assert cal.block_large_ns >= cal.block_ns and cal.block_file_bytes == [64 * 4096, 256 * 4096]

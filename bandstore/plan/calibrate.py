@@ -10,7 +10,12 @@ for the cost model. Each figure is the minimum over a few repetitions (the least
 - ``probe_ns``: a cache hit's extra work (slot index probe and CLOCK bit), by table rows.
 - ``row_ns``: decoding and pooling one row from a block read, per codec (at dim 32).
 - ``block_ns`` / ``block_cold_ns`` / ``verify_ns``: one distinct 4 KB block read from a warm
-  (page-cached) and a cold block file, and the checksum share of it.
+  (page-cached) and a cold block file of ``block_file_bytes[0]``, and the checksum share of it;
+  ``block_large_ns``: the same warm read from a file of ``block_file_bytes[1]``, far beyond the
+  CPU caches and the TLB's reach. A table's block cost is interpolated (log scale) at its block
+  file's size: on the benchmarks' 50-900k-row tables the small-file figure alone made direct
+  block reads look 2-3x cheaper than they were, and the planner chose ``direct`` for tables a
+  cache served far better.
 - ``cache_block_ns``: what a block read costs a cache beyond ``direct`` (scanning the block's
   other rows for neighbour admission, admitting the requested rows, CLOCK eviction), at 32
   rows per block.
@@ -35,12 +40,15 @@ import numpy as np
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
 
-CALIBRATION_FORMAT = 1
+CALIBRATION_FORMAT = 2
 META_KEY = "calibration"
 _GATHER_SIZES = (1 << 17, 1 << 21, 24 << 20, 256 << 20)
 _GATHER_DIMS = (16, 64)
 _PROBE_ROWS = (1 << 13, 1 << 17, 1 << 21, 1 << 24)
 _PY_CALLS = 50
+#: Block file sizes of the block-read measurement (small, large; the large one: quick / full).
+_BLOCK_FILE_BYTES = (16 << 20, 256 << 20)
+_BLOCK_FILE_BYTES_QUICK = (16 << 20, 64 << 20)
 
 
 @dataclass
@@ -62,6 +70,8 @@ class Calibration:
     table_ns: float
     dispatch_ns: float
     block_size: int = 4096
+    block_file_bytes: list[int] = field(default_factory=lambda: list(_BLOCK_FILE_BYTES))
+    block_large_ns: float = 0.0  # 0: not measured (an older calibration): block_ns throughout
     cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     measured_at: float = field(default_factory=time.time)
     seconds: float = 0.0
@@ -76,6 +86,8 @@ class Calibration:
         names = set(cls.__dataclass_fields__)
         base = default_calibration().as_dict()
         base.update({k: v for k, v in d.items() if k in names})
+        if "block_large_ns" not in d:  # format 1 measured one file size: use it for every size
+            base["block_large_ns"] = 0.0
         return cls(**base)
 
     # ---- the cost functions the model uses ---------------------------------------------------
@@ -103,9 +115,17 @@ class Calibration:
         """ns a cache adds to a block read (neighbour scan and admission)."""
         return self.cache_block_ns * rows_per_block / 32.0
 
-    def block(self, cold: bool = False, verify: bool = True) -> float:
-        """ns per distinct block read (warm page cache unless ``cold``)."""
-        b = self.block_cold_ns if cold else self.block_ns
+    def block(self, cold: bool = False, verify: bool = True, file_bytes: float = 0.0) -> float:
+        """ns per distinct block read (warm page cache unless ``cold``) from a block file of
+        ``file_bytes`` (0: the small calibration file)."""
+        b = self.block_ns
+        if self.block_large_ns > 0 and file_bytes > 0:
+            xs = np.log(np.asarray(self.block_file_bytes[:2], dtype=np.float64))
+            b = float(
+                np.interp(np.log(float(file_bytes)), xs, [self.block_ns, self.block_large_ns])
+            )
+        if cold:
+            b = max(b, self.block_cold_ns)
         return b if verify else max(0.0, b - self.verify_ns)
 
 
@@ -217,57 +237,59 @@ def _sample_lookups(quick: bool) -> int:
     return 1 << 16 if quick else 1 << 18
 
 
-def _calibration_blocks(quick: bool) -> int:
-    """Blocks of the temporary block files (enough to leave the CPU caches)."""
-    return 4096 if quick else 16384
+def _calibration_blocks(quick: bool, block_size: int = 4096) -> tuple[int, int]:
+    """Blocks of the small and the large temporary block file."""
+    small, large = _BLOCK_FILE_BYTES_QUICK if quick else _BLOCK_FILE_BYTES
+    return max(1, small // block_size), max(2, large // block_size)
+
+
+def _block_ids(rng, n_blocks: int, rpb: int) -> np.ndarray:
+    """One row of half the blocks, each block once, in random order."""
+    return rng.permutation(np.sort(rng.choice(n_blocks, n_blocks // 2, replace=False)) * rpb)
+
+
+def _touch_all(mm, n_blocks, layout, rpb, block_size, rb, cid, dim, sums) -> None:
+    """Read every block once, so that timings see a serving store's steady state (pages mapped)
+    rather than first-touch page faults."""
+    ids = np.arange(n_blocks, dtype=np.int64) * rpb
+    _direct_cost(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, False)
 
 
 def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool):
-    """Block read costs (warm, cold, verify share) and row costs per codec, via _direct_batch."""
+    """Block read costs (warm small and large file, cold, verify share) and row costs per
+    codec, via _direct_batch."""
     from bandstore.blockfile import evict_from_page_cache
     from bandstore.codecs import codec_id
 
-    n_blocks = _calibration_blocks(quick)
+    n_blocks, n_large = _calibration_blocks(quick, block_size)
     row_ns: dict[str, float] = {}
-    block_ns = verify_ns = cold_ns = 0.0
+    block_ns = verify_ns = cold_ns = large_ns = cache_block_ns = 0.0
     dim = 32
+
+    def per_lookup(mm, ids, layout, rpb, rb, cid, sums, verify):
+        return min(
+            _direct_cost(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, verify)
+            for _ in range(repeats)
+        ) / max(1, ids.size)
+
     for codec in ("float32", "float16", "int8"):
         path = tmp / f"{codec}.blocks"
         rpb, rb, sums = _write_block_file(path, codec, dim, n_blocks, block_size, rng)
         mm = np.memmap(path, dtype=np.uint8, mode="r")
         layout = np.arange(n_blocks * rpb, dtype=np.int64)
         cid = codec_id(codec)
-        one = np.sort(rng.choice(n_blocks, n_blocks // 2, replace=False)) * rpb
-        one = rng.permutation(one)
+        one = _block_ids(rng, n_blocks, rpb)
         every = (np.sort(rng.choice(n_blocks, n_blocks // 2 // rpb + 1, replace=False))[:, None]
                  * rpb + np.arange(rpb)).reshape(-1)  # fmt: skip
         every = rng.permutation(every)[: one.size]
-        _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, True)  # warm up
-        t_one = (
-            min(
-                _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, True)
-                for _ in range(repeats)
-            )
-            / one.size
-        )
-        t_every = (
-            min(
-                _direct_cost(mm, every, layout, rpb, block_size, rb, cid, dim, sums, True)
-                for _ in range(repeats)
-            )
-            / every.size
-        )
+        _touch_all(mm, n_blocks, layout, rpb, block_size, rb, cid, dim, sums)
+        t_one = per_lookup(mm, one, layout, rpb, rb, cid, sums, True)
+        t_every = per_lookup(mm, every, layout, rpb, rb, cid, sums, True)
         row = max(1e-9, (rpb * t_every - t_one) / max(1, rpb - 1))
         row_ns[codec] = row * 1e9
         if codec == "float32":
             block_ns = max(0.0, t_one - row) * 1e9
-            t_nv = (
-                min(
-                    _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, False)
-                    for _ in range(repeats)
-                )
-                / one.size
-            )
+            t_nv = per_lookup(mm, one, layout, rpb, rb, cid, sums, False)
             verify_ns = max(0.0, t_one - t_nv) * 1e9
             evict_from_page_cache(path)
             t_cold = _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, True)
@@ -275,7 +297,18 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool):
             cache_block_ns = _measure_insert(mm, one, layout, rpb, block_size, rb, cid, dim, sums,
                                         t_one, repeats)  # fmt: skip
         del mm
-    return row_ns, block_ns, cold_ns, verify_ns, cache_block_ns
+        path.unlink()
+    # The large file: float32 only (the row costs do not depend on the file's size).
+    path = tmp / "large.blocks"
+    rpb, rb, sums = _write_block_file(path, "float32", dim, n_large, block_size, rng)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    layout = np.arange(n_large * rpb, dtype=np.int64)
+    _touch_all(mm, n_large, layout, rpb, block_size, rb, 0, dim, sums)
+    t_large = per_lookup(mm, _block_ids(rng, n_large, rpb), layout, rpb, rb, 0, sums, True)
+    large_ns = max(block_ns, (t_large - row_ns["float32"] * 1e-9) * 1e9)
+    del mm
+    path.unlink()
+    return row_ns, block_ns, cold_ns, verify_ns, cache_block_ns, large_ns
 
 
 def _measure_insert(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, t_direct, repeats):
@@ -378,7 +411,7 @@ def calibrate(*, quick: bool = False, block_size: int = 4096, seed: int = 0) -> 
     probe_ns = _measure_probe(rng, repeats, n, partial.gather)
     with tempfile.TemporaryDirectory(prefix="bandstore-calibrate-") as d:
         tmp = Path(d)
-        row_ns, block_ns, cold_ns, verify_ns, cache_block_ns = _measure_blocks(
+        row_ns, block_ns, cold_ns, verify_ns, cache_block_ns, large_ns = _measure_blocks(
             rng, repeats, tmp, block_size, quick
         )
         call_ns, table_ns, dispatch_ns = _measure_python(tmp, repeats)
@@ -399,6 +432,8 @@ def calibrate(*, quick: bool = False, block_size: int = 4096, seed: int = 0) -> 
         table_ns=table_ns,
         dispatch_ns=dispatch_ns,
         block_size=block_size,
+        block_file_bytes=[b * block_size for b in _calibration_blocks(quick, block_size)],
+        block_large_ns=large_ns,
         seconds=time.perf_counter() - t0,
     )
 
@@ -412,6 +447,7 @@ def default_calibration() -> Calibration:
         probe_ns=[1.0, 2.0, 5.0, 10.0],
         row_ns={"float32": 8.0, "float16": 12.0, "int8": 10.0},
         block_ns=1000.0,
+        block_large_ns=2500.0,
         block_cold_ns=20000.0,
         verify_ns=500.0,
         cache_block_ns=300.0,
@@ -440,7 +476,9 @@ def format_calibration(cal: Calibration) -> str:
         + ", ".join(f"{c} {v:.1f}" for c, v in cal.row_ns.items())
     )
     lines.append(
-        f"  block read (ns): warm {cal.block_ns:.0f}, cold {cal.block_cold_ns:.0f}, "
+        f"  block read (ns): warm {cal.block_ns:.0f} ({cal.block_file_bytes[0] >> 20} MiB file), "
+        f"{cal.block_large_ns:.0f} ({cal.block_file_bytes[1] >> 20} MiB), "
+        f"cold {cal.block_cold_ns:.0f}, "
         f"of which checksum {cal.verify_ns:.0f}; cache admission per block {cal.cache_block_ns:.0f}"
     )
     lines.append(

@@ -209,7 +209,8 @@ def cost(p: TableProfile, kind: str, cal: Calibration, cache_bytes: int = 0, *,
     L = p.lookups
     if L <= 0:
         return 0.0
-    block = cal.block(cold=cold, verify=p.verify)
+    file_bytes = -(-p.rows // max(1, p.rows_per_block)) * p.block_size
+    block = cal.block(cold=cold, verify=p.verify, file_bytes=file_bytes)
     row = cal.row(p.codec, p.dim)
     if kind == "resident":
         ns = L * cal.gather(p.resident_bytes, p.dim)
