@@ -295,6 +295,42 @@ def test_bad_plans_are_clear_errors(store_path):
         bandstore.open(store_path, plan=over)
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"strategy": "direct", "worker": 1},
+        {"strategy": "cached", "worker": 0, "cache_bytes": 50 * cache_row_bytes(DIM)},
+        {"strategy": "split", "inner": "direct", "workers": [0, 1]},
+        {"strategy": "split", "inner": "cached", "workers": [1, 0],
+         "cache_bytes": 50 * cache_row_bytes(DIM), "replicate": [0]},
+    ],
+    ids=["direct", "cached", "split-direct", "split-cached"],
+)  # fmt: skip
+def test_corrupt_block_is_named_on_every_block_reading_path(store_path, weights, tmp_path, entry):
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store_path, copy)
+    with bandstore.open(copy) as s:
+        t = s._tables["b"]
+        path, rpb, bs = t.block_path, t.info.rows_per_block, t.info.block_size
+        layout = np.asarray(t.layout)
+    bad_block = 3
+    raw = bytearray(path.read_bytes())
+    raw[bs * (1 + bad_block) + 7] ^= 0x5A  # block 0 of the file is the header
+    path.write_bytes(bytes(raw))
+    bad_id = int(np.flatnonzero(layout // rpb == bad_block)[0])
+    good = np.flatnonzero(layout // rpb != bad_block)[:40].astype(np.int64)
+    plan = {"workers": 2, "tables": {"b": entry}}
+    with bandstore.open(copy, plan=plan) as s:
+        for _ in range(2):  # a corrupt block is never cached: the second read fails again
+            with pytest.raises(bandstore.CorruptBlockError) as exc:
+                s.lookup_many({"b": (np.array([good[0], bad_id, 0]), np.array([0, 2]))})
+            assert (exc.value.table, exc.value.block) == ("b", bad_block)
+        got = s.lookup_many({"b": (good, np.arange(good.size))})["b"]
+        assert np.array_equal(got, weights["b"][good])  # the rest of the table still serves
+
+
 def test_budget_too_small_for_any_plan(store_path):
     trace = synth({n: r for n, r in SIZES.items()}, 50, pooling=3, seed=0)
     cal = default_calibration()
