@@ -321,6 +321,8 @@ class Store:
         recorder: Any = None,
         workers: int | None = None,
         plan: Any = None,
+        replan_every: int | None = None,
+        replan_options: Mapping[str, Any] | None = None,
     ):
         self.root = root
         self._catalog = catalog
@@ -342,6 +344,17 @@ class Store:
         self._plan: Any = None
         self._executor: Any = None
         self._latency = LatencyLog()
+        self._replanner: Any = None
+        if replan_every is not None:
+            if recorder is None:
+                raise InvalidArgumentError(
+                    "replan_every learns from recorded traffic: open the store with record=DIR",
+                    argument="replan_every",
+                    value=replan_every,
+                )
+            from bandstore.plan.elastic import AutoReplanner
+
+            self._replanner = AutoReplanner(self, replan_every, replan_options)
         self._load_current()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -353,6 +366,8 @@ class Store:
 
     def close(self) -> None:
         """Release the version, the catalog and the caches. Idempotent."""
+        if self._replanner is not None:
+            self._replanner.close()  # before the lock: a running check may be switching plans
         with self._switch_lock:
             if self._closed:
                 return
@@ -464,6 +479,11 @@ class Store:
         from bandstore.plan import replan
 
         return replan(self, trace, **options)
+
+    def replan_status(self) -> dict[str, Any] | None:
+        """The automatic re-planner's counters and last check (None without ``replan_every``);
+        see :class:`bandstore.plan.elastic.AutoReplanner`."""
+        return None if self._replanner is None else self._replanner.status()
 
     @property
     def plan(self) -> Any:
@@ -723,7 +743,9 @@ class Store:
 
     def _record(self, request: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
         if self._recorder is not None:
-            self._recorder.record(request, validate=False)  # validated before serving
+            kept = self._recorder.record(request, validate=False)  # validated before serving
+            if self._replanner is not None:
+                self._replanner.note(kept)
 
     # ---- counters --------------------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, float]]:
@@ -1131,6 +1153,8 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     sample_rate: float = 0.01,
     workers: int | None = None,
     plan: Any = None,
+    replan_every: int | None = None,
+    replan_options: Mapping[str, Any] | None = None,
 ) -> Store:
     """Open a store for serving.
 
@@ -1143,6 +1167,9 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     workers / plan: see :mod:`bandstore.plan`: lookup_many runs on ``workers`` threads (default:
     the plan's, else 1); ``plan`` None serves the applied plan unless ``cache_bytes`` is given,
     False none, or a Plan / plan dict.
+    replan_every: with ``record``, re-plan in the background after every that many recorded
+    queries (``replan_options``: options of :func:`bandstore.plan.replan`); the new plan is served
+    from the next call on if the model predicts it faster. See ``Store.replan_status()``.
     """
     root = Path(path)
     catalog = Catalog.open(root)
@@ -1150,7 +1177,7 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
         stored = catalog.format["block_size"]
         if block_size is not None and block_size != stored:
             raise FormatMismatchError("block_size", stored, block_size)
-        recorder = None
+        recorder: Any = None
         if record is not None:
             from bandstore.recorder import TraceRecorder
 
@@ -1166,8 +1193,12 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
             recorder=recorder,
             workers=workers,
             plan=plan,
+            replan_every=replan_every,
+            replan_options=replan_options,
         )
     except BaseException:
+        if recorder is not None:
+            recorder.close()
         catalog.close()
         raise
 

@@ -480,6 +480,56 @@ def test_replan_from_recorded_traffic(skewed, tmp_path):
         assert report["replanned"] and s.plan is not None
 
 
+def test_automatic_replan_from_recorded_traffic(skewed, tmp_path):
+    path, trace = skewed
+    from bandstore.replay import trace_requests
+
+    with bandstore.open(path, plan=False) as ref:
+        want = [ref.lookup_many(trace_requests(trace, a, a + 50)) for a in range(0, 600, 50)]
+    opts = {"budget": 1 << 22, "min_gain": 0.0, "curves": CURVES}
+    with bandstore.open(path, record=tmp_path / "rec", sample_rate=1.0, plan=False,
+                        replan_every=200, replan_options=opts) as s:  # fmt: skip
+        assert s.plan is None and s.replan_status()["checks"] == 0
+        for i, a in enumerate(range(0, 600, 50)):
+            got = s.lookup_many(trace_requests(trace, a, a + 50))  # served while it re-plans
+            for n in got:  # pooling order may differ between strategies: allclose
+                np.testing.assert_allclose(got[n], want[i][n], rtol=1e-5, atol=1e-5)
+            assert s._replanner.wait(60)  # (a check runs beside later calls; wait to count)
+            if a == 150:  # 200 queries recorded: one check ran
+                st1 = s.replan_status()
+                assert st1["checks"] == 1 and st1["replans"] == 1 and st1["errors"] == 0
+                assert s.plan is not None and st1["last"]["new_batch_ns"] > 0
+        assert s._replanner.wait(60)
+        st2 = s.replan_status()
+        assert st2["recorded_queries"] == 600 and st2["checks"] == 3
+    with bandstore.open(path) as s:
+        assert s.plan is None  # persist=False: the switch lived with the open store
+        assert s.replan_status() is None
+
+
+def test_automatic_replan_bad_arguments_and_failures(skewed, tmp_path):
+    path, trace = skewed
+    from bandstore.replay import trace_requests
+
+    with pytest.raises(bandstore.InvalidArgumentError, match="record=DIR"):
+        bandstore.open(path, replan_every=10)
+    for every in (0, -3, 2.5, True):
+        with pytest.raises(bandstore.InvalidArgumentError, match="replan_every"):
+            bandstore.open(path, record=tmp_path / "r0", replan_every=every)
+    with pytest.raises(bandstore.InvalidArgumentError, match="nope"):
+        bandstore.open(path, record=tmp_path / "r0", replan_every=5, replan_options={"nope": 1})
+    # A check that fails (a budget no plan fits) is counted; the reader's calls go on.
+    with bandstore.open(path, record=tmp_path / "r1", sample_rate=1.0, plan=False,
+                        replan_every=20, replan_options={"budget": 1, "curves": CURVES}
+                        ) as s:  # fmt: skip
+        for a in range(0, 100, 20):
+            s.lookup_many(trace_requests(trace, a, a + 20))
+            assert s._replanner.wait(60)
+        st = s.replan_status()
+        assert st["checks"] == 5 and st["errors"] == 5 and st["replans"] == 0
+        assert "BudgetError" in st["last_error"] and s.plan is None
+
+
 # ---- figures ----------------------------------------------------------------------------------
 def test_compare_plans(skewed):
     path, trace = skewed
