@@ -60,6 +60,26 @@ def _filter_nets(indices, offsets, vertex_of_row, mark, min_size, out_pins, out_
 
 
 @njit(nogil=True, cache=True)
+def _emit_pair(u, v, w, lo, hi, count_only, deg, cursor, adj_raw, w_raw):
+    """One undirected pair (u, v) of weight w: counted, or written in both directions whose
+    source lies in [lo, hi)."""
+    if count_only:
+        deg[u] += 1
+        deg[v] += 1
+        return
+    if lo <= u < hi:
+        c = cursor[u - lo]
+        adj_raw[c] = v
+        w_raw[c] = w
+        cursor[u - lo] = c + 1
+    if lo <= v < hi:
+        c = cursor[v - lo]
+        adj_raw[c] = u
+        w_raw[c] = w
+        cursor[v - lo] = c + 1
+
+
+@njit(nogil=True, cache=True)
 def _emit_pairs(pins, off, net_w, degree, seed, lo, hi, count_only, deg, cursor, adj_raw, w_raw):
     """Clique (or sampled) expansion of every net.
 
@@ -81,21 +101,7 @@ def _emit_pairs(pins, off, net_w, degree, seed, lo, hi, count_only, deg, cursor,
             for i in range(m):
                 u = pins[a + i]
                 for j in range(i + 1, m):
-                    v = pins[a + j]
-                    if count_only:
-                        deg[u] += 1
-                        deg[v] += 1
-                    else:
-                        if lo <= u < hi:
-                            c = cursor[u - lo]
-                            adj_raw[c] = v
-                            w_raw[c] = w
-                            cursor[u - lo] = c + 1
-                        if lo <= v < hi:
-                            c = cursor[v - lo]
-                            adj_raw[c] = u
-                            w_raw[c] = w
-                            cursor[v - lo] = c + 1
+                    _emit_pair(u, pins[a + j], w, lo, hi, count_only, deg, cursor, adj_raw, w_raw)
         else:
             # each member picks `degree` partners among the other m-1; it then takes part in
             # ~2*degree pairs of this net, each weighted 1/(2*degree)
@@ -106,21 +112,7 @@ def _emit_pairs(pins, off, net_w, degree, seed, lo, hi, count_only, deg, cursor,
                 for t in range(degree):
                     r = _hash32(h0 + i * 7919 + t * 104729) % (m - 1)
                     j = r if r < i else r + 1
-                    v = pins[a + j]
-                    if count_only:
-                        deg[u] += 1
-                        deg[v] += 1
-                    else:
-                        if lo <= u < hi:
-                            c = cursor[u - lo]
-                            adj_raw[c] = v
-                            w_raw[c] = w
-                            cursor[u - lo] = c + 1
-                        if lo <= v < hi:
-                            c = cursor[v - lo]
-                            adj_raw[c] = u
-                            w_raw[c] = w
-                            cursor[v - lo] = c + 1
+                    _emit_pair(u, pins[a + j], w, lo, hi, count_only, deg, cursor, adj_raw, w_raw)
 
 
 @njit(nogil=True, cache=True)
