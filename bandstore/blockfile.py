@@ -129,13 +129,14 @@ class BlockFileWriter:
         """The file as a writable uint8 map (until finish())."""
         return self._buf
 
-    def finish(self) -> np.ndarray:
-        """Checksum every block, flush and fsync; return the checksums (uint64, per block)."""
+    def finish(self, checksum_bytes: int) -> np.ndarray:
+        """Checksum every sector of ``checksum_bytes`` of the data blocks, flush and fsync;
+        return the checksums (uint64, ``block_size // checksum_bytes`` per block, in order)."""
         from bandstore.kernels.checksum import block_checksums
 
         g = self.geometry
         self._buf.flush()
-        checksums = block_checksums(np.asarray(self._buf[g.block_size :]), g.block_size)
+        checksums = block_checksums(np.asarray(self._buf[g.block_size :]), checksum_bytes)
         del self._rows
         del self._buf
         fsync_path(self.path)
@@ -169,13 +170,28 @@ def read_block_file(path: Path, geometry: BlockGeometry) -> np.ndarray:
     return buf
 
 
-def verify_block_file(path: Path, geometry: BlockGeometry, checksums: np.ndarray) -> None:
-    """Re-read a finished block file and check every block against ``checksums``."""
+def mismatched_blocks(
+    data_u8: np.ndarray, block_size: int, checksum_bytes: int, expected: np.ndarray
+) -> np.ndarray:
+    """Indices of the whole blocks of ``data_u8`` with a sector whose checksum differs from
+    ``expected`` (the checksums of those blocks' sectors, in order)."""
     from bandstore.kernels.checksum import block_checksums
 
+    spb = block_size // checksum_bytes
+    actual = block_checksums(data_u8, checksum_bytes)
+    bad = np.flatnonzero(actual != expected[: actual.size])
+    return np.unique(bad // spb)
+
+
+def verify_block_file(
+    path: Path, geometry: BlockGeometry, checksums: np.ndarray, checksum_bytes: int
+) -> None:
+    """Re-read a finished block file and check every sector against ``checksums``."""
     buf = read_block_file(path, geometry)
-    actual = block_checksums(np.asarray(buf[geometry.block_size :]), geometry.block_size)
-    bad = np.flatnonzero(actual != checksums)
+    bad = mismatched_blocks(
+        np.asarray(buf[geometry.block_size :]), geometry.block_size, checksum_bytes, checksums
+    )
+    del buf
     if bad.size:
         raise CorruptFileError(str(path), f"block {int(bad[0])} does not match its checksum")
 

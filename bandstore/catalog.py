@@ -1,12 +1,13 @@
 """The LMDB catalog of a store: the only place that decides what a store contains.
 
 Keys (values are JSON unless said otherwise; nothing is ever pickled):
-- ``format``: format version and the store's format parameters (block size).
+- ``format``: format version and the store's format parameters (block size, checksum sector).
 - ``next_version``: the next version id to hand out (ids are never reused, so an orphan
   directory of a crashed writer can never be mistaken for a committed version).
 - ``current``: the current version id.
 - ``version/<id>``: a version: its tables, each with geometry, files and checksum keys.
-- ``checksums/<file id>``: raw little-endian uint64 per-block checksums of one block file.
+- ``checksums/<file id>``: raw little-endian uint64 checksums of one block file, one per sector
+  of ``checksum_bytes`` (``block_size // checksum_bytes`` per block, in block order).
 - ``counts/<table>``: raw little-endian int32 access counts by id (admission, pinning).
 - ``tuning/<table>``: cache bytes, admission threshold and pinned share chosen by tuning.
 - ``meta/<name>``: other tuning results (plan, calibration).
@@ -34,7 +35,10 @@ from bandstore.errors import (
     NotAStoreError,
 )
 
-FORMAT_VERSION = 1
+#: Version 2 adds ``checksum_bytes`` (checksums per sector, not per block); a version 1 catalog
+#: reads as one checksum per block.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 CATALOG_DIR = "catalog"
 MAP_SIZE = 1 << 36  # address space only: LMDB grows the file as pages are used
 
@@ -82,7 +86,7 @@ class Catalog:
 
     # ---- lifecycle -------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, *, block_size: int) -> Catalog:
+    def create(cls, root: Path, *, block_size: int, checksum_bytes: int) -> Catalog:
         root = Path(root)
         path = root / CATALOG_DIR
         path.mkdir(parents=True, exist_ok=False)
@@ -91,7 +95,13 @@ class Catalog:
         with env.begin(write=True) as txn:
             txn.put(
                 b"format",
-                _dumps({"format_version": FORMAT_VERSION, "block_size": block_size}),
+                _dumps(
+                    {
+                        "format_version": FORMAT_VERSION,
+                        "block_size": block_size,
+                        "checksum_bytes": checksum_bytes,
+                    }
+                ),
             )
             txn.put(b"next_version", _dumps(1))
             txn.put(b"current", _dumps(0))
@@ -113,7 +123,7 @@ class Catalog:
             fmt = cat._get_json(b"format")
             if fmt is None:
                 raise NotAStoreError(str(root), "catalog has no format record")
-            if fmt.get("format_version") != FORMAT_VERSION:
+            if fmt.get("format_version") not in READABLE_FORMAT_VERSIONS:
                 raise FormatVersionError(str(root), fmt.get("format_version"), FORMAT_VERSION)
         except BaseException:
             cat.close()
@@ -148,7 +158,10 @@ class Catalog:
     # ---- format, versions ------------------------------------------------------------------
     @property
     def format(self) -> dict:
-        return self._get_json(b"format")
+        """The format record; ``checksum_bytes`` is filled in (= block_size) for version 1."""
+        fmt = self._get_json(b"format")
+        fmt.setdefault("checksum_bytes", fmt["block_size"])
+        return fmt
 
     def current_version(self) -> dict:
         with self._env.begin() as txn:

@@ -98,10 +98,13 @@ def cmd_create(args: argparse.Namespace) -> int:
             dim=args.dim,
             codec=args.codec,
             block_size=args.block_size,
+            checksum_bytes=args.checksum_bytes,
             seed=args.seed,
         )
     else:
-        store = bandstore.create(args.store, block_size=args.block_size)
+        store = bandstore.create(
+            args.store, block_size=args.block_size, checksum_bytes=args.checksum_bytes
+        )
         try:
             for spec in args.table:
                 name, _, rest = spec.partition("=")
@@ -140,13 +143,17 @@ def cmd_info(args: argparse.Namespace) -> int:
             "store": str(args.store),
             "version": store.version,
             "block_size": store.block_size,
+            "checksum_bytes": store.checksum_bytes,
             "tables": {n: t.as_dict() for n, t in store.tables.items()},
             "tuning": {n: store.catalog.tuning(n) for n in store.tables},
         }
     if args.json:
         _print_json(info)
     else:
-        print(f"{info['store']}: version {info['version']}, block size {info['block_size']}")
+        print(
+            f"{info['store']}: version {info['version']}, block size {info['block_size']}, "
+            f"checksum per {info['checksum_bytes']} bytes"
+        )
         for n, t in info["tables"].items():
             tun = info["tuning"][n]
             print(
@@ -414,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dim", type=int, default=64)
     sp.add_argument("--codec", default="float32", choices=["float32", "float16", "int8"])
     sp.add_argument("--block-size", type=int, default=4096)
+    sp.add_argument(
+        "--checksum-bytes",
+        type=int,
+        default=None,
+        help="bytes each block checksum covers (64..block size; default 512)",
+    )
     sp.add_argument("--seed", type=int, default=0)
 
     sp = add("info", cmd_info, "describe a store")

@@ -23,12 +23,13 @@ def create_store_for_trace(
     dim: int = 64,
     codec: str = "float32",
     block_size: int = 4096,
+    checksum_bytes: int | None = None,
     seed: int = 0,
     progress: bool | None = None,
 ) -> Store:
     """A new store with one table of random vectors per table of ``trace`` (for experiments)."""
     rng = np.random.default_rng(seed)
-    store = bandstore.create(path, block_size=block_size)
+    store = bandstore.create(path, block_size=block_size, checksum_bytes=checksum_bytes)
     try:
         for name in trace.table_names:
             rows = max(1, trace.num_rows[name])

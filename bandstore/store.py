@@ -53,6 +53,10 @@ from bandstore.kernels import cache as kc
 from bandstore.kernels.resident import _all_in_range, _non_decreasing
 
 DEFAULT_BLOCK_SIZE = 4096
+#: Checksum sector of new stores: a lookup hashes the 512-byte sectors holding the rows it
+#: decodes, not its whole 4 KB block (4-8x less memory traffic per missed row; 1.6% of the
+#: table's bytes in DRAM for the checksums). Persistent memory reads in 256-byte units.
+DEFAULT_CHECKSUM_BYTES = 512
 #: With no tuning stored and no cache_bytes given, each table caches this share of its rows.
 DEFAULT_CACHE_FRACTION = 0.10
 IMPORT_CHUNK_ROWS = 1 << 16
@@ -98,6 +102,7 @@ class _Table:
 
     def __init__(self, name: str, rec: dict, vdir: Path, catalog: Catalog, verify_reads: bool):
         self.name = name
+        self.checksum_bytes = int(catalog.format["checksum_bytes"])
         self.record = rec
         self.file_id = rec["file_id"]
         self.geometry = BlockGeometry(
@@ -123,7 +128,8 @@ class _Table:
         inverse[self.layout] = np.arange(g.rows, dtype=np.int64)
         self.inverse_layout = inverse
         checksums = catalog.checksums(self.file_id)
-        if checksums is None or checksums.shape != (g.n_blocks,):
+        spb = g.block_size // self.checksum_bytes
+        if checksums is None or checksums.shape != (g.n_blocks * spb,):
             raise CorruptFileError(str(self.block_path), "the catalog has no checksums for it")
         self.checksums = checksums
         counts = catalog.counts(name)
@@ -199,6 +205,7 @@ class _Table:
                 g.dim,
                 self.blocks_u8,
                 self.checksums,
+                self.checksum_bytes,
                 self.verify_reads,
                 batch,
                 error,
@@ -209,13 +216,18 @@ class _Table:
         raise self.corrupt_block_error(int(error[0]))
 
     def corrupt_block_error(self, block: int) -> CorruptBlockError:
-        """The error naming ``block`` of this table, with its stored and actual checksums."""
-        g = self.geometry
-        start = (block + 1) * g.block_size
-        actual = xxhash.xxh64_intdigest(bytes(self.blocks_u8[start : start + g.block_size]))
-        return CorruptBlockError(
-            self.name, block, str(self.block_path), int(self.checksums[block]), actual
-        )
+        """The error naming ``block`` of this table, with the stored and actual checksums of
+        its first mismatched sector."""
+        g, cb = self.geometry, self.checksum_bytes
+        spb = g.block_size // cb
+        expected = actual = 0
+        for s in range(spb):
+            start = (block + 1) * g.block_size + s * cb
+            actual = xxhash.xxh64_intdigest(bytes(self.blocks_u8[start : start + cb]))
+            expected = int(self.checksums[block * spb + s])
+            if actual != expected:
+                break
+        return CorruptBlockError(self.name, block, str(self.block_path), expected, actual)
 
     def close(self) -> None:
         # Drop the maps; in-flight calls hold their own references until they return.
@@ -399,6 +411,11 @@ class Store:
     @property
     def block_size(self) -> int:
         return int(self._catalog.format["block_size"])
+
+    @property
+    def checksum_bytes(self) -> int:
+        """The sector each stored checksum covers (``block_size`` for a format 1 store)."""
+        return int(self._catalog.format["checksum_bytes"])
 
     @property
     def tables(self) -> dict[str, TableInfo]:
@@ -869,8 +886,10 @@ class Store:
                         total=g.rows, desc=f"write {name}", unit="row", disable=_no_bar(progress)
                     ) as pbar:
                         fill(writer, pbar)
-                    checksums[file_id] = writer.finish()
-                    blockfile.verify_block_file(writer.path, g, checksums[file_id])
+                    checksums[file_id] = writer.finish(self.checksum_bytes)
+                    blockfile.verify_block_file(
+                        writer.path, g, checksums[file_id], self.checksum_bytes
+                    )
                     layout_checksum = blockfile.write_layout_file(
                         vdir / f"{name}.layout.npy", layout
                     )
@@ -998,10 +1017,8 @@ class Store:
 
     # ---- maintenance -----------------------------------------------------------------------
     def verify(self, *, progress: bool | None = None) -> list[dict[str, Any]]:
-        """Check every block of every table against its checksum; return the mismatches."""
+        """Check every block of every table against its checksums; return the mismatches."""
         from tqdm.auto import tqdm
-
-        from bandstore.kernels.checksum import block_checksums
 
         self._check_open()
         problems = []
@@ -1015,8 +1032,11 @@ class Store:
                 for b0 in range(0, g.n_blocks, chunk):
                     b1 = min(g.n_blocks, b0 + chunk)
                     buf = np.asarray(t.blocks_u8[(b0 + 1) * g.block_size : (b1 + 1) * g.block_size])
-                    sums = block_checksums(buf, g.block_size)
-                    bad_blocks.extend((b0 + np.flatnonzero(sums != t.checksums[b0:b1])).tolist())
+                    spb = g.block_size // t.checksum_bytes
+                    bad = blockfile.mismatched_blocks(
+                        buf, g.block_size, t.checksum_bytes, t.checksums[b0 * spb : b1 * spb]
+                    )
+                    bad_blocks.extend((b0 + bad).tolist())
                     pbar.update(b1 - b0)
             for b in bad_blocks:
                 problems.append({"table": name, "block": int(b), "path": str(t.block_path)})
@@ -1115,13 +1135,16 @@ def create(
     path: str | os.PathLike,
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    checksum_bytes: int | None = None,
     exist_ok: bool = False,
     verify_reads: bool = True,
 ) -> Store:
     """Create a new, empty store at ``path`` and open it for writing.
 
-    With ``exist_ok=True`` an existing store is opened for writing instead, provided its stored
-    block size is ``block_size``.
+    ``checksum_bytes``: the sector each block checksum covers, a power of two from 64 to
+    ``block_size`` (default ``min(DEFAULT_CHECKSUM_BYTES, block_size)``): lookups verify only the
+    sectors holding the rows they decode. With ``exist_ok=True`` an existing store is opened for
+    writing instead, provided its stored block size (and checksum sector, if given) match.
     """
     root = Path(path)
     if not isinstance(block_size, int) or block_size < 512 or block_size & (block_size - 1):
@@ -1130,12 +1153,27 @@ def create(
             argument="block_size",
             value=block_size,
         )
+    if checksum_bytes is not None and (
+        isinstance(checksum_bytes, bool)
+        or not isinstance(checksum_bytes, int)
+        or not 64 <= checksum_bytes <= block_size
+        or checksum_bytes & (checksum_bytes - 1)
+    ):
+        raise InvalidArgumentError(
+            f"checksum_bytes must be a power of two from 64 to block_size ({block_size}), "
+            f"got {checksum_bytes!r}",
+            argument="checksum_bytes",
+            value=checksum_bytes,
+        )
     if root.exists() and any(root.iterdir()):
         if exist_ok and (root / "catalog").is_dir():
-            return open(root, writable=True, block_size=block_size, verify_reads=verify_reads)
+            return open(root, writable=True, block_size=block_size, verify_reads=verify_reads,
+                        checksum_bytes=checksum_bytes)  # fmt: skip
         raise StoreExistsError(str(root))
     root.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog.create(root, block_size=block_size)
+    if checksum_bytes is None:
+        checksum_bytes = min(DEFAULT_CHECKSUM_BYTES, block_size)
+    catalog = Catalog.create(root, block_size=block_size, checksum_bytes=checksum_bytes)
     (root / blockfile.VERSIONS_DIR).mkdir(exist_ok=True)
     return Store(root, catalog, writable=True, verify_reads=verify_reads)
 
@@ -1148,6 +1186,7 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     pinned_share: float | Mapping[str, float] | None = None,
     writable: bool = False,
     block_size: int | None = None,
+    checksum_bytes: int | None = None,
     verify_reads: bool = True,
     record: str | os.PathLike | None = None,
     sample_rate: float = 0.01,
@@ -1173,11 +1212,14 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     """
     root = Path(path)
     catalog = Catalog.open(root)
+    recorder: Any = None
     try:
         stored = catalog.format["block_size"]
         if block_size is not None and block_size != stored:
             raise FormatMismatchError("block_size", stored, block_size)
-        recorder: Any = None
+        stored_cb = catalog.format["checksum_bytes"]
+        if checksum_bytes is not None and checksum_bytes != stored_cb:
+            raise FormatMismatchError("checksum_bytes", stored_cb, checksum_bytes)
         if record is not None:
             from bandstore.recorder import TraceRecorder
 

@@ -90,18 +90,61 @@ def _admit(row_id, slot_of_id, id_of_slot, ref, meta):
 
 
 @njit(nogil=True, cache=True)
-def _verify_sorted_blocks(keys, n, blocks_u8, block_size, checksums, error):
-    """Check each distinct block of sorted ``block * n + position`` keys against its checksum;
-    on a mismatch set ``error[0]`` to the block and return True."""
+def _verify_row_sectors(blocks_u8, blk, local, row_bytes, block_size, checksum_bytes, checksums,
+                        done):  # fmt: skip
+    """Check the not yet checked sectors of block ``blk`` that hold row ``local`` of it (a row
+    may straddle two); return False on a mismatch. ``done[s]`` marks checked sectors."""
+    spb = block_size // checksum_bytes
+    s0 = local * row_bytes // checksum_bytes
+    s1 = ((local + 1) * row_bytes - 1) // checksum_bytes
+    for s in range(s0, s1 + 1):
+        if done[s]:
+            continue
+        done[s] = True
+        start = (blk + 1) * block_size + s * checksum_bytes
+        if (
+            _xxh64(blocks_u8[start : start + checksum_bytes], np.uint64(0))
+            != checksums[blk * spb + s]
+        ):
+            return False
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _verify_sorted_blocks(
+    keys, n, ids, layout, inverse_layout, counts, threshold, rows_per_block, row_bytes, blocks_u8,
+    block_size, checksum_bytes, checksums, error,
+):  # fmt: skip
+    """Check what a batch will decode against the checksums, before anything is admitted; on a
+    mismatch set ``error[0]`` to the block and return True.
+
+    ``keys``: sorted ``block * n + position`` of the missed ids. Checksums cover sectors of
+    ``checksum_bytes`` (the whole block when it equals ``block_size``): only the sectors holding
+    a requested row, or a neighbour that admission may decode (access count >= ``threshold``),
+    are read, so a lookup pulls a few cache lines of a block through the hash, not all of it.
+    """
+    spb = block_size // checksum_bytes
+    done = np.zeros(spb, dtype=np.bool_)
     prev = -1
     for k in range(keys.shape[0]):
         blk = keys[k] // n
+        base_slot = blk * rows_per_block
         if blk != prev:
             prev = blk
-            start = (blk + 1) * block_size
-            if _xxh64(blocks_u8[start : start + block_size], np.uint64(0)) != checksums[blk]:
-                error[0] = blk
-                return True
+            done[:] = False
+            if threshold < NEVER:
+                for local in range(rows_per_block):
+                    nb = inverse_layout[base_slot + local]
+                    if nb >= 0 and counts[nb] >= threshold:
+                        if not _verify_row_sectors(blocks_u8, blk, local, row_bytes, block_size,
+                                                   checksum_bytes, checksums, done):  # fmt: skip
+                            error[0] = blk
+                            return True
+        local = layout[ids[keys[k] % n]] - base_slot
+        if not _verify_row_sectors(blocks_u8, blk, local, row_bytes, block_size, checksum_bytes,
+                                   checksums, done):  # fmt: skip
+            error[0] = blk
+            return True
     return False
 
 
@@ -151,6 +194,7 @@ def _cache_batch(
     dim,
     blocks_u8,
     checksums,
+    checksum_bytes,
     verify,
     stats,
     error,
@@ -234,7 +278,10 @@ def _cache_batch(
 
     # Verify every distinct block before anything is admitted, so a corrupt block leaves the
     # cache holding only good rows.
-    if verify and _verify_sorted_blocks(keys, n, blocks_u8, block_size, checksums, error):
+    if verify and _verify_sorted_blocks(
+        keys, n, ids, layout, inverse_layout, counts, threshold, rows_per_block, row_bytes,
+        blocks_u8, block_size, checksum_bytes, checksums, error,
+    ):  # fmt: skip
         return STATUS_CORRUPT_BLOCK
 
     # Bag of each position, for the misses (positions are sorted within a bag's range).

@@ -25,6 +25,7 @@ from bandstore.kernels.cache import (
     MODE_MAX,
     MODE_MEAN,
     MODE_SUM,
+    NEVER,
     PREFETCH_DISTANCE,
     STAT_BLOCKS_READ,
     STAT_BYTES_READ,
@@ -125,6 +126,7 @@ def _direct_batch(
     dim,
     blocks_u8,
     checksums,
+    checksum_bytes,
     verify,
     stats,
     error,
@@ -149,7 +151,12 @@ def _direct_batch(
     if m == 0:
         return STATUS_OK
     keys = np.sort(keys[:m])
-    if verify and _verify_sorted_blocks(keys, n, blocks_u8, block_size, checksums, error):
+    # No admission here: only the requested rows' sectors are checked (the layout stands in
+    # for the unused neighbour arrays).
+    if verify and _verify_sorted_blocks(
+        keys, n, ids, layout, layout, layout, NEVER, rows_per_block, row_bytes, blocks_u8,
+        block_size, checksum_bytes, checksums, error,
+    ):  # fmt: skip
         return STATUS_CORRUPT_BLOCK
     bag_n = np.zeros(n_bags, dtype=np.int64)
     bag_of = np.empty(n, dtype=np.int64)  # the bag of each position, in one pass

@@ -69,7 +69,7 @@ def calibrate_store(store: Any, *, quick: bool = False) -> Calibration:
     s = bandstore.open(store, writable=True, cache_bytes=0, plan=False) if own else store
     try:
         s._check_writable()
-        cal = calibrate(quick=quick, block_size=s.block_size)
+        cal = calibrate(quick=quick, block_size=s.block_size, checksum_bytes=s.checksum_bytes)
         s.catalog.put_meta(CALIBRATION_KEY, cal.as_dict())
     finally:
         if own:

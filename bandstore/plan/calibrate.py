@@ -40,7 +40,7 @@ import numpy as np
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
 
-CALIBRATION_FORMAT = 2
+CALIBRATION_FORMAT = 3  # 3: block reads verified per checksum sector (checksum_bytes)
 META_KEY = "calibration"
 _GATHER_SIZES = (1 << 17, 1 << 21, 24 << 20, 256 << 20)
 _GATHER_DIMS = (16, 64)
@@ -70,6 +70,7 @@ class Calibration:
     table_ns: float
     dispatch_ns: float
     block_size: int = 4096
+    checksum_bytes: int = 4096  # the checksum sector the block reads were measured with
     block_file_bytes: list[int] = field(default_factory=lambda: list(_BLOCK_FILE_BYTES))
     block_large_ns: float = 0.0  # 0: not measured (an older calibration): block_ns throughout
     cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
@@ -193,15 +194,16 @@ def _measure_probe(rng, repeats: int, n: int, gather: Callable[[float, int], flo
                 counts=counts, layout=layout, stats=stats, err=err):  # fmt: skip
             kc._cache_batch(ids, off, no_w, kc.MODE_SUM, -1, out, True, a[0], a[1], a[2], a[3],
                             a[4], counts, kc.NEVER, layout, layout, 1, 4096, 64, 0, dim,
-                            empty_u8, empty_sums, False, stats, err)  # fmt: skip
+                            empty_u8, empty_sums, 4096, False, stats, err)  # fmt: skip
 
         t = _best(run, repeats) / n * 1e9
         vals.append(max(0.0, t - gather(rows * 4 * dim, dim)))
     return vals
 
 
-def _write_block_file(path: Path, codec: str, dim: int, n_blocks: int, block_size: int, rng):
-    """A block file of random rows (header block + ``n_blocks``) and its checksums."""
+def _write_block_file(path: Path, codec: str, dim: int, n_blocks: int, block_size: int, rng,
+                      checksum_bytes: int):  # fmt: skip
+    """A block file of random rows (header block + ``n_blocks``) and its sector checksums."""
     from bandstore.codecs import encode_rows, row_bytes
     from bandstore.kernels.checksum import block_checksums
 
@@ -212,7 +214,7 @@ def _write_block_file(path: Path, codec: str, dim: int, n_blocks: int, block_siz
     enc = encode_rows(codec, rows)
     body = buf[block_size:].reshape(n_blocks, block_size)
     body[:, : rpb * rb] = enc.reshape(n_blocks, rpb * rb)
-    sums = block_checksums(buf[block_size:], block_size)
+    sums = block_checksums(buf[block_size:], checksum_bytes)
     with open(path, "wb") as f:
         f.write(buf.tobytes())
         f.flush()
@@ -220,15 +222,21 @@ def _write_block_file(path: Path, codec: str, dim: int, n_blocks: int, block_siz
     return rpb, rb, sums
 
 
-def _direct_cost(mm, ids, layout, rpb, block_size, rb, codec_id, dim, sums, verify, n_calls=1):
+def _sector_bytes(mm, sums, block_size: int) -> int:
+    """The checksum sector of a calibration block file (header block + data blocks)."""
+    return block_size * (mm.size // block_size - 1) // sums.size
+
+
+def _direct_cost(mm, ids, layout, rpb, block_size, rb, codec_id, dim, sums, verify):
     no_w = np.empty(0, dtype=np.float32)
     off = _bags(ids.size, 32) if ids.size % 32 == 0 else np.array([0, ids.size])
     out = np.zeros((off.size - 1, dim), dtype=np.float32)
     stats = np.zeros(kc.N_STATS, dtype=np.int64)
     err = np.zeros(1, dtype=np.int64)
     t0 = time.perf_counter()
+    cb = _sector_bytes(mm, sums, block_size)
     kr._direct_batch(ids, off, no_w, kc.MODE_SUM, -1, out, layout, rpb, block_size, rb,
-                     codec_id, dim, mm, sums, verify, stats, err)  # fmt: skip
+                     codec_id, dim, mm, sums, cb, verify, stats, err)  # fmt: skip
     return time.perf_counter() - t0
 
 
@@ -255,7 +263,8 @@ def _touch_all(mm, n_blocks, layout, rpb, block_size, rb, cid, dim, sums) -> Non
     _direct_cost(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, False)
 
 
-def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool):
+def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool,
+                    checksum_bytes: int):  # fmt: skip
     """Block read costs (warm small and large file, cold, verify share) and row costs per
     codec, via _direct_batch."""
     from bandstore.blockfile import evict_from_page_cache
@@ -274,7 +283,8 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool):
 
     for codec in ("float32", "float16", "int8"):
         path = tmp / f"{codec}.blocks"
-        rpb, rb, sums = _write_block_file(path, codec, dim, n_blocks, block_size, rng)
+        rpb, rb, sums = _write_block_file(path, codec, dim, n_blocks, block_size, rng,
+                                          checksum_bytes)  # fmt: skip
         mm = np.memmap(path, dtype=np.uint8, mode="r")
         layout = np.arange(n_blocks * rpb, dtype=np.int64)
         cid = codec_id(codec)
@@ -300,7 +310,8 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool):
         path.unlink()
     # The large file: float32 only (the row costs do not depend on the file's size).
     path = tmp / "large.blocks"
-    rpb, rb, sums = _write_block_file(path, "float32", dim, n_large, block_size, rng)
+    rpb, rb, sums = _write_block_file(path, "float32", dim, n_large, block_size, rng,
+                                      checksum_bytes)  # fmt: skip
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     layout = np.arange(n_large * rpb, dtype=np.int64)
     _touch_all(mm, n_large, layout, rpb, block_size, rb, 0, dim, sums)
@@ -329,8 +340,9 @@ def _measure_insert(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, t_dire
         err = np.zeros(1, dtype=np.int64)
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
         out = np.zeros((1, dim), dtype=np.float32)
+        cb = _sector_bytes(mm, sums, block_size)
         args = (c.slot_of_id, c.id_of_slot, c.ref, c.meta, c.data, counts, kc.NEVER, layout,
-                inverse, rpb, block_size, rb, cid, dim, mm, sums, True, stats, err)  # fmt: skip
+                inverse, rpb, block_size, rb, cid, dim, mm, sums, cb, True, stats, err)  # fmt: skip
         kc._cache_batch(warm, np.array([0, warm.size]), no_w, kc.MODE_SUM, -1, out, True, *args)
         off = np.array([0, ids.size], dtype=np.int64)
         t0 = time.perf_counter()
@@ -397,8 +409,11 @@ def _measure_python(tmp: Path, repeats: int) -> tuple[float, float, float]:
     return call_ns, table_ns, dispatch_ns
 
 
-def calibrate(*, quick: bool = False, block_size: int = 4096, seed: int = 0) -> Calibration:
-    """Measure this machine's costs (a few seconds; ``quick``: smaller, noisier)."""
+def calibrate(*, quick: bool = False, block_size: int = 4096, checksum_bytes: int | None = None,
+              seed: int = 0) -> Calibration:  # fmt: skip
+    """Measure this machine's costs (a few seconds; ``quick``: smaller, noisier) for a store of
+    ``block_size`` whose checksums cover ``checksum_bytes`` (default: the whole block)."""
+    checksum_bytes = block_size if checksum_bytes is None else checksum_bytes
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     repeats = 3 if quick else 5
@@ -412,7 +427,7 @@ def calibrate(*, quick: bool = False, block_size: int = 4096, seed: int = 0) -> 
     with tempfile.TemporaryDirectory(prefix="bandstore-calibrate-") as d:
         tmp = Path(d)
         row_ns, block_ns, cold_ns, verify_ns, cache_block_ns, large_ns = _measure_blocks(
-            rng, repeats, tmp, block_size, quick
+            rng, repeats, tmp, block_size, quick, checksum_bytes
         )
         call_ns, table_ns, dispatch_ns = _measure_python(tmp, repeats)
     select_ns, combine_ns = _measure_split(rng, repeats, n)
@@ -432,6 +447,7 @@ def calibrate(*, quick: bool = False, block_size: int = 4096, seed: int = 0) -> 
         table_ns=table_ns,
         dispatch_ns=dispatch_ns,
         block_size=block_size,
+        checksum_bytes=checksum_bytes,
         block_file_bytes=[b * block_size for b in _calibration_blocks(quick, block_size)],
         block_large_ns=large_ns,
         seconds=time.perf_counter() - t0,

@@ -117,9 +117,8 @@ class CachedRunner(Runner):
 
 def decode_table(t: Any) -> np.ndarray:
     """Every row of table ``t`` decoded to float32, in id order (verified block by block)."""
-    from bandstore.blockfile import rows_view
+    from bandstore.blockfile import mismatched_blocks, rows_view
     from bandstore.codecs import decode_rows
-    from bandstore.kernels.checksum import block_checksums
 
     g = t.geometry
     out = np.empty((g.rows, g.dim), dtype=np.float32)
@@ -130,7 +129,9 @@ def decode_table(t: Any) -> np.ndarray:
         if t.verify_reads:
             for b0, b1 in _runs(blocks):
                 buf = np.asarray(t.blocks_u8[(b0 + 1) * g.block_size : (b1 + 1) * g.block_size])
-                bad = np.flatnonzero(block_checksums(buf, g.block_size) != t.checksums[b0:b1])
+                spb = g.block_size // t.checksum_bytes
+                bad = mismatched_blocks(buf, g.block_size, t.checksum_bytes,
+                                        t.checksums[b0 * spb : b1 * spb])  # fmt: skip
                 if bad.size:
                     raise_corrupt(t, int(b0 + bad[0]))
         raw = rows_view(t.blocks_u8, g)[slots // g.rows_per_block, slots % g.rows_per_block]
@@ -220,7 +221,8 @@ class DirectRunner(Runner):
         error = np.zeros(1, dtype=np.int64)
         status = kr._direct_batch(
             ids, off, w, job.mode, job.pad, out, t.layout, g.rows_per_block, g.block_size,
-            g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums, t.verify_reads, stats, error,
+            g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums, t.checksum_bytes,
+            t.verify_reads, stats, error,
         )  # fmt: skip
         if status != kc.STATUS_OK:
             raise_corrupt(t, int(error[0]))
@@ -323,8 +325,8 @@ class SplitCachedRunner(Runner):
                 sub_ids[:m], sub_off, sub_w[:m], mode, -1, job.partials[j], True,
                 c.slot_of_id, c.id_of_slot, c.ref, c.meta, c.data, self.counts[j],
                 self.threshold, t.layout, t.inverse_layout, g.rows_per_block, g.block_size,
-                g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums, t.verify_reads,
-                stats, error,
+                g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums, t.checksum_bytes,
+                t.verify_reads, stats, error,
             )  # fmt: skip
         if status != kc.STATUS_OK:
             raise_corrupt(t, int(error[0]))

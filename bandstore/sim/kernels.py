@@ -77,5 +77,5 @@ def _run_batches(ids, batch_bounds, counts, thresholds, layout, inverse_layout, 
                 slot_of_id[c], id_of_slot[s0:s1], ref[s0:s1], meta[c], no_data,
                 counts, thresholds[c], layout, inverse_layout, rows_per_block, block_size,
                 row_bytes, 0, 0,
-                empty_u8, empty_sums, False, stats[c], error,
+                empty_u8, empty_sums, block_size, False, stats[c], error,
             )  # fmt: skip
