@@ -149,7 +149,7 @@ class _Table:
         g = self.geometry
         capacity = capacity_rows(policy.cache_bytes, g.dim, g.rows)
         cache = CacheState(g.rows, g.dim, capacity)
-        pinned = pinned_ids(self.counts, int(policy.pinned_share * capacity))
+        pinned = self.verified_rows(pinned_ids(self.counts, int(policy.pinned_share * capacity)))
         if pinned.size:
             kc._load_pinned(
                 pinned,
@@ -169,6 +169,35 @@ class _Table:
         with self.lock:
             self.policy = policy
             self.cache = cache
+
+    def verified_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The ``ids`` whose sectors match their checksums (all of them when reads are not
+        verified), for rows loaded into DRAM ahead of any lookup (pinned, replicated): a row
+        in a corrupt sector is left to the lookup path, which raises on it."""
+        if not self.verify_reads or ids.size == 0:
+            return ids
+        g, cb = self.geometry, self.checksum_bytes
+        spb = g.block_size // cb
+        slots = np.asarray(self.layout)[ids]
+        blk, local = slots // g.rows_per_block, slots % g.rows_per_block
+        first = blk * spb + local * g.row_bytes // cb
+        last = blk * spb + ((local + 1) * g.row_bytes - 1) // cb
+        from bandstore.kernels.checksum import block_checksums
+
+        sectors = np.unique(np.concatenate([first, last]))
+        buf = np.asarray(self.blocks_u8)
+        bad_parts = []
+        step = max(1, (32 << 20) // cb)  # gather at most 32 MiB of sectors at a time
+        for i in range(0, sectors.size, step):
+            sec = sectors[i : i + step]
+            starts = (sec // spb + 1) * g.block_size + (sec % spb) * cb
+            data = buf[starts[:, None] + np.arange(cb)].reshape(-1)
+            bad_parts.append(sec[block_checksums(data, cb) != self.checksums[sec]])
+        bad = np.concatenate(bad_parts)
+        if bad.size == 0:
+            return ids
+        ok = ~(np.isin(first, bad) | np.isin(last, bad))
+        return np.ascontiguousarray(ids[ok])
 
     def serve(self, ids, offsets, weights, mode, padding_idx, out) -> None:
         """Run one batch through the cache kernel; raise on a corrupt block."""

@@ -147,3 +147,24 @@ def test_a_format_1_store_serves_with_block_checksums(tmp_path, weights):
         ids = np.arange(0, ROWS, 7)
         assert np.array_equal(s.lookup("t", ids), weights[ids])
         assert s.verify() == []
+
+
+def test_rows_loaded_ahead_skip_corrupt_sectors(store, weights):
+    """Pinned (and replicated) rows are read before any lookup: one in a corrupt sector is not
+    loaded, so its lookup reads the block and raises instead of serving unchecked bytes."""
+    _, rpb, layout, _ = _table(store)
+    bad_id, good = _corrupt(store, 0, 1, rpb, layout)
+    counts = np.zeros(ROWS, dtype=np.int64)
+    hot = np.array([bad_id, *good[:5].tolist()])
+    counts[hot] = 100
+    with bandstore.open(store, writable=True) as s:
+        s.set_tuning({"t": {"cache_bytes": 64 * 4 * DIM, "threshold": None, "pinned_share": 1.0}},
+                     counts={"t": counts})  # fmt: skip
+    for plan in (None, {"workers": 2, "tables": {"t": {
+            "strategy": "split", "inner": "cached", "workers": [0, 1], "cache_bytes": 1 << 14,
+            "replicate": hot.tolist()}}}):  # fmt: skip
+        with bandstore.open(store, plan=plan) as s:
+            assert np.array_equal(s.lookup("t", good[:5]), weights[good[:5]])
+            assert s.stats()["t"]["hits"] == 5  # the clean hot rows were loaded ahead
+            with pytest.raises(bandstore.CorruptBlockError):
+                s.lookup("t", [bad_id])

@@ -243,7 +243,7 @@ class SplitCachedRunner(Runner):
         g = t.geometry
         self.parts = parts
         self.cache_bytes = int(cache_bytes)
-        self.replicate = np.ascontiguousarray(np.unique(replicate), dtype=np.int64)
+        self.replicate = t.verified_rows(np.ascontiguousarray(np.unique(replicate), dtype=np.int64))
         self.threshold = int(policy.threshold)
         self.hot_bits = np.zeros(0, dtype=np.uint8)
         if self.replicate.size:
