@@ -227,12 +227,14 @@ def measure(store, tune: Trace, held: Trace) -> dict[str, Any]:
 
 
 def prediction_check(path: Path, trace: Trace, fraction: float) -> dict[str, Any]:
-    """size_cache on the trace (defaults: counts and warm-up from its first half), applied; the
-    first half replayed to warm the caches, the second half measured against the prediction."""
+    """size_cache on the trace (defaults: counts and warm-up from its first half), applied with
+    the first half's counts (``apply_counts="warmup"``: those the prediction used; the default,
+    the whole trace's counts, would let the store know the measured half in advance); the first
+    half replayed to warm the caches, the second half measured against the prediction."""
     with bandstore.open(path, writable=True) as store:
         budget = int(fraction * table_bytes(store))
         t0 = time.perf_counter()
-        r = size_cache(store, trace, budget, apply=True, progress=False)
+        r = size_cache(store, trace, budget, apply=True, apply_counts="warmup", progress=False)
         secs = time.perf_counter() - t0
     first, rest = trace.split(r["warmup_queries"] / trace.n_queries)
     assert first.n_queries == r["warmup_queries"]
@@ -274,6 +276,11 @@ def best_policy_at(cv: Curves, nbytes: int) -> tuple[int | None, float]:
 
 
 def allocation_check(path: Path, trace: Trace, fraction: float, plot: Path | None):
+    """size_cache on the first 80% (chosen with the counts of its first half, predicted on its
+    second half), applied with the counts of the whole 80% (the default ``apply_counts``);
+    blocks read on the last 20%, against splits of the same budget. The held-out prediction
+    (blocks per lookup predicted on the tuning part's second half x held-out lookups) is for
+    half the counts the store has, and for other queries: a rough check, not an exact one."""
     tune, held = trace.split(0.8)
     with bandstore.open(path, writable=True) as store:
         budget = int(fraction * table_bytes(store))
