@@ -20,6 +20,9 @@
 
     python benchmarks/bench_sizing.py            # full (about 15-25 minutes on 2 cores)
     python benchmarks/bench_sizing.py --quick    # smaller (a few minutes)
+    python benchmarks/bench_sizing.py --reuse-accuracy benchmarks/results/sizing.json
+        # sections 1 and 2 carried over from an earlier full run's JSON (said so in the
+        # report, with the commit that wrote it); only section 3 is run
 
 Writes benchmarks/results/sizing[_quick].{md,json} and sizing[_quick]_*.png.
 """
@@ -30,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +47,7 @@ from bandstore.cache import cache_row_bytes
 from bandstore.demo import create_store_for_trace
 from bandstore.replay import replay
 from bandstore.sim import (
+    DEFAULT_PINNED_SHARES,
     ESTIMATORS,
     SAMPLINGS,
     Curves,
@@ -69,6 +74,50 @@ REAL = {
     "criteo-8k": ("criteo", "criteo-8k/criteo-8k.tsv"),
     "avazu-9k": ("avazu", "avazu-9k/avazu-9k.csv"),
 }
+
+
+#: The sections --reuse-accuracy can carry over: --only name -> key in the results JSON.
+CARRIABLE = {"accuracy": "accuracy_synthetic", "real": "accuracy_real",
+             "prediction": "prediction"}  # fmt: skip
+TITLES = {"accuracy_synthetic": "sampled vs exact curves (synthetic table)",
+          "accuracy_real": "sampled vs exact curves (real traces)",
+          "prediction": "prediction vs reality"}  # fmt: skip
+
+
+def git(*args: str, path: Path | None = None) -> str:
+    """A git command's output in the repository of ``path`` (default: this file's), or "?"."""
+    cwd = (path or Path(__file__)).resolve().parent
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip() or "?"  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def carry_over(path: Path, keys: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sections ``keys`` of an earlier results JSON, and where they came from."""
+    old = json.loads(path.read_text())
+    missing = [k for k in keys if k not in old]
+    if missing:
+        raise SystemExit(f"{path} has no sections {missing}: cannot carry them over")
+    source = {
+        "path": str(path),
+        "sections": keys,
+        # The last commit that wrote the file: the run the sections come from (when the file
+        # holds uncommitted changes, that commit's version is not what was read: said so).
+        "commit": git("log", "-1", "--format=%h", "--", path.name, path=path),
+        "uncommitted_changes": git("status", "--porcelain", "--", path.name, path=path) != "?",
+        "command": old.get("command", "?"),
+        "load": old.get("load", "?"),
+        "plots": [p for p in old.get("plots", []) if "accuracy" in Path(p).name],
+    }
+    earlier = old.get("carried_over")
+    if earlier and set(keys) <= set(earlier["sections"]):  # carried over there too: the origin
+        source.update({k: earlier[k] for k in ("commit", "uncommitted_changes", "command",
+                                               "load")})  # fmt: skip
+    elif earlier and set(keys) & set(earlier["sections"]):
+        raise SystemExit(f"{path} mixes sections of two runs: rerun some of {keys}")
+    return {k: old[k] for k in keys}, source
 
 
 def log(msg: str) -> None:
@@ -357,6 +406,11 @@ def plot_accuracy(exact: Curves, sampled: Curves, path: Path) -> None:
 def summary(out: dict[str, Any]) -> str:
     """The figures the issue sets targets for, in one place."""
     L = ["## Summary\n"]
+    src = out.get("carried_over") or {"sections": []}
+
+    def carried(key: str) -> str:
+        return f" (carried over from {src['commit']})" if key in src["sections"] else ""
+
     acc = out.get("accuracy_synthetic")
     if acc:
         v = next(v for v in acc["variants"]
@@ -366,13 +420,14 @@ def summary(out: dict[str, Any]) -> str:
                  f"(defaults: stratified, Che): MAE of the miss ratio {v['mae']:.4f} (worst seed "
                  f"{v['mae_worst_seed']:.4f}; target <= 0.01), {v['speedup']:.0f}x faster than "
                  f"exact (target >= 20x). SHARDS hash sampling, same estimator: MAE "
-                 f"{h['mae']:.4f}.")  # fmt: skip
+                 f"{h['mae']:.4f}{carried('accuracy_synthetic')}.")  # fmt: skip
     pred = {k: v for k, v in out.get("prediction", {}).items() if "error" in v}
     if pred:
         worst = max(abs(p["error"]) for p in pred.values())
         L.append(f"- Prediction vs the real store, same trace: total blocks read within "
                  f"{worst:.1%} (target 5%): "
-                 + ", ".join(f"{k} {p['error']:+.1%}" for k, p in pred.items()) + ".")  # fmt: skip
+                 + ", ".join(f"{k} {p['error']:+.1%}" for k, p in pred.items())
+                 + carried("prediction") + ".")  # fmt: skip
     alloc = {k: v for k, v in out.get("allocation", {}).items() if "runs" in v}
     if alloc:
         parts = []
@@ -393,11 +448,32 @@ def markdown(out: dict[str, Any]) -> str:
         f"unless noted, 4 KB blocks, batches of {BATCH} queries; load average "
         f"{out['load']}).\n"
     ]
+    src = out.get("carried_over")
+
+    def carried(key: str) -> str:
+        return f" (carried over from {src['commit']})" if src and key in src["sections"] else ""
+
+    if src:
+        L.append(
+            "**Not all of this run.** Carried over unchanged from `"
+            + Path(src["path"]).name
+            + f"` as committed at {src['commit']} (`{src['command']}`, load average "
+            f"{src['load']}"
+            + ("; the file had uncommitted changes when read" if src["uncommitted_changes"]
+               else "")
+            + "): "
+            + ", ".join(TITLES[k] for k in src["sections"])
+            + ". Those sections were computed with that commit's code, not this run's "
+            "(the accuracy sections simulate fixed policies; a carried-over prediction "
+            "section used that commit's `size_cache` defaults); the rest was run now, on commit "
+            f"{out['code_commit']} (based on main {out['base_commit']}).\n"
+        )  # fmt: skip
     L.append(summary(out))
     acc = out.get("accuracy_synthetic")
     if acc:
         L.append(
-            f"## Sampled vs exact curves: synthetic table\n\n{acc['rows']:,} rows x 32 "
+            f"## Sampled vs exact curves: synthetic table{carried('accuracy_synthetic')}\n\n"
+            f"{acc['rows']:,} rows x 32 "
             f"float32 (32 rows per block, {acc['touched_blocks']:,} blocks read), "
             f"{acc['lookups']:,} lookups, Zipf 1.0; {acc['configurations']} configurations "
             f"(thresholds 1/never x pinned 0/0.9 x 33 sizes); R = {acc['rate']:g} exactly "
@@ -418,7 +494,8 @@ def markdown(out: dict[str, Any]) -> str:
     real = out.get("accuracy_real")
     if real:
         L.append(
-            "## Sampled vs exact curves: real traces\n\nEvery table of the trace, identity "
+            f"## Sampled vs exact curves: real traces{carried('accuracy_real')}\n\n"
+            "Every table of the trace, identity "
             "layout, thresholds 1/never x pinned 0/0.9 x 33 sizes; errors weighted by "
             "lookups. `fixed`: exactly R; `default`: size_cache's rate floors (at least "
             "1024 blocks, at most 200k lookups per table unless R asks for more).\n"
@@ -442,11 +519,12 @@ def markdown(out: dict[str, Any]) -> str:
     pred = out.get("prediction")
     if pred:
         L.append(
-            "## Prediction vs reality (same trace, real store)\n\n`size_cache` with its "
-            "defaults (R = 0.01 with floors, stratified, Che estimator; the first half of "
-            "the queries give the counts and warm the caches, the second half is predicted), "
-            "applied; the trace replayed through the store: first half to warm the caches, "
-            "blocks read on the second half.\n"
+            f"## Prediction vs reality (same trace, real store){carried('prediction')}\n\n"
+            "`size_cache` with its defaults (R = 0.01 with floors, stratified, Che estimator; "
+            "the first half of the queries give the counts and warm the caches, the second "
+            "half is predicted), applied with the first half's counts (`apply_counts="
+            '"warmup"`: those the prediction used); the trace replayed through the store: '
+            "first half to warm the caches, blocks read on the second half.\n"
         )
         L.append(
             "| workload | budget | predicted blocks | measured blocks | error | table errors "
@@ -466,10 +544,16 @@ def markdown(out: dict[str, Any]) -> str:
         L.append("")
     alloc = out.get("allocation")
     if alloc:
+        shares = "/".join(f"{p:g}" for p in out.get("pinned_shares", [])) or "?"
         L.append(
             "## Tuned allocation vs splits of the same budget (held-out queries)\n\n"
-            "Sized on the first 80% of the queries (their access counts for admission "
-            "and pinning); caches warmed on them; blocks read on the last 20%. `clock`: "
+            f"Sized on the first 80% of the queries (pinned shares tried: {shares}; chosen "
+            "with the access counts of its first half, predicted on its second half), applied "
+            "with the access counts of the whole 80% for admission and pinning; caches warmed "
+            "on the 80%; blocks read on the last 20%. The held-out prediction error compares "
+            "the blocks per lookup predicted on the tuning part's second half (with half the "
+            "counts the store has) x held-out lookups to the blocks measured: a rough check, "
+            "the exact one is the prediction section's. `clock`: "
             "the peers' policy (no neighbour admission, nothing pinned); `best`: the "
             "threshold and pinned share the simulator finds best at the split's size. "
             "Ratio = blocks of the best split / blocks of the tuned allocation.\n"
@@ -512,14 +596,32 @@ def main(argv: list[str] | None = None) -> int:
                     help="parts to run (default: all)")  # fmt: skip
     ap.add_argument("--workdir", type=Path, help="keep stores here (default: temporary)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse-accuracy", type=Path, metavar="PATH.json",
+                    help="carry the accuracy, real and prediction sections over from this "
+                         "earlier results JSON (those --only does not name; without --only, "
+                         "only the allocation section runs); the report says so")  # fmt: skip
     args = ap.parse_args(argv)
     q = args.quick
-    only = set(args.only or ["accuracy", "real", "prediction", "allocation"])
+    default = ["allocation"] if args.reuse_accuracy else list(CARRIABLE) + ["allocation"]
+    only = set(args.only or default)
     cmd = " ".join(["python benchmarks/bench_sizing.py", *(sys.argv[1:] if argv is None else argv)])
     suffix = "_quick" if q else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"command": cmd, "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+                           "code_commit": git("rev-parse", "--short", "HEAD"),
+                           "base_commit": git("merge-base", "HEAD", "main")[:7],
+                           "pinned_shares": list(DEFAULT_PINNED_SHARES),
+                           "apply_counts": "trace (allocation), warmup (prediction)",
                            "plots": []}  # fmt: skip
+    if git("status", "--porcelain", "--", "bandstore") != "?":
+        out["code_commit"] += " with uncommitted changes"
+    if args.reuse_accuracy:
+        keys = [CARRIABLE[k] for k in CARRIABLE if k not in only]
+        carried, source = carry_over(args.reuse_accuracy, keys)
+        out.update(carried)
+        out["plots"] += source.pop("plots")
+        out["carried_over"] = source
+        log(f"carried over from {source['path']} (commit {source['commit']}): {keys}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-sizing-", dir=args.workdir))
     t_start = time.perf_counter()
     try:
