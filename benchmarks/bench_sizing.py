@@ -21,8 +21,9 @@
     python benchmarks/bench_sizing.py            # full (about 15-25 minutes on 2 cores)
     python benchmarks/bench_sizing.py --quick    # smaller (a few minutes)
     python benchmarks/bench_sizing.py --reuse-accuracy benchmarks/results/sizing.json
-        # sections 1 and 2 carried over from an earlier full run's JSON (said so in the
-        # report, with the commit that wrote it); only section 3 is run
+        # sections 1 and 2 carried over from an earlier run's JSON (said so in the report,
+        # with the commit that wrote each); only section 3 is run. With --only, the sections
+        # it does not name are carried over, e.g. --only prediction reruns 2's second half.
 
 Writes benchmarks/results/sizing[_quick].{md,json} and sizing[_quick]_*.png.
 """
@@ -78,10 +79,11 @@ REAL = {
 
 #: The sections --reuse-accuracy can carry over: --only name -> key in the results JSON.
 CARRIABLE = {"accuracy": "accuracy_synthetic", "real": "accuracy_real",
-             "prediction": "prediction"}  # fmt: skip
+             "prediction": "prediction", "allocation": "allocation"}  # fmt: skip
 TITLES = {"accuracy_synthetic": "sampled vs exact curves (synthetic table)",
           "accuracy_real": "sampled vs exact curves (real traces)",
-          "prediction": "prediction vs reality"}  # fmt: skip
+          "prediction": "prediction vs reality",
+          "allocation": "tuned allocation vs splits"}  # fmt: skip
 
 
 def git(*args: str, path: Path | None = None) -> str:
@@ -95,29 +97,30 @@ def git(*args: str, path: Path | None = None) -> str:
 
 
 def carry_over(path: Path, keys: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The sections ``keys`` of an earlier results JSON, and where they came from."""
+    """The sections ``keys`` of an earlier results JSON, and where each came from.
+
+    A section's origin is the last commit that wrote the file (the run it comes from), or, if
+    that run had itself carried the section over, that run's origin for it. When the file holds
+    uncommitted changes, the commit's version is not what was read: that is said too.
+    """
     old = json.loads(path.read_text())
-    missing = [k for k in keys if k not in old]
-    if missing:
-        raise SystemExit(f"{path} has no sections {missing}: cannot carry them over")
-    source = {
-        "path": str(path),
-        "sections": keys,
-        # The last commit that wrote the file: the run the sections come from (when the file
-        # holds uncommitted changes, that commit's version is not what was read: said so).
+    keys = [k for k in keys if k in old]
+    here = {
         "commit": git("log", "-1", "--format=%h", "--", path.name, path=path),
         "uncommitted_changes": git("status", "--porcelain", "--", path.name, path=path) != "?",
         "command": old.get("command", "?"),
         "load": old.get("load", "?"),
-        "plots": [p for p in old.get("plots", []) if "accuracy" in Path(p).name],
+        "pinned_shares": old.get("pinned_shares"),  # size_cache's defaults then, if recorded
     }
-    earlier = old.get("carried_over")
-    if earlier and set(keys) <= set(earlier["sections"]):  # carried over there too: the origin
-        source.update({k: earlier[k] for k in ("commit", "uncommitted_changes", "command",
-                                               "load")})  # fmt: skip
-    elif earlier and set(keys) & set(earlier["sections"]):
-        raise SystemExit(f"{path} mixes sections of two runs: rerun some of {keys}")
-    return {k: old[k] for k in keys}, source
+    earlier = old.get("carried_over") or {}
+    prior = earlier.get("sections", {})
+    if isinstance(prior, list):  # the first format: one origin for all sections
+        prior = {k: {f: earlier.get(f) for f in here} for k in prior}
+    sections = {k: prior.get(k, here) for k in keys}
+    plots = [p for p in old.get("plots", [])
+             if ("accuracy" in Path(p).name and "accuracy_synthetic" in keys)
+             or ("curves" in Path(p).name and "allocation" in keys)]  # fmt: skip
+    return {k: old[k] for k in keys}, {"path": str(path), "sections": sections, "plots": plots}
 
 
 def log(msg: str) -> None:
@@ -406,10 +409,11 @@ def plot_accuracy(exact: Curves, sampled: Curves, path: Path) -> None:
 def summary(out: dict[str, Any]) -> str:
     """The figures the issue sets targets for, in one place."""
     L = ["## Summary\n"]
-    src = out.get("carried_over") or {"sections": []}
+    src = out.get("carried_over") or {"sections": {}}
 
     def carried(key: str) -> str:
-        return f" (carried over from {src['commit']})" if key in src["sections"] else ""
+        o = src["sections"].get(key)
+        return f" (carried over from {o['commit']})" if o else ""
 
     acc = out.get("accuracy_synthetic")
     if acc:
@@ -438,7 +442,8 @@ def summary(out: dict[str, Any]) -> str:
         L.append("- Tuned allocation vs the best split of the same budget, held-out blocks read, "
                  "budgets 5%/20% (target >= 1.3x): " + "; ".join(parts) + " against splits "
                  "with the peers' plain CLOCK (in parentheses: against splits that also get "
-                 "the simulator's best threshold and pinned share at their size).")  # fmt: skip
+                 "the simulator's best threshold and pinned share at their size)"
+                 + carried("allocation") + ".")  # fmt: skip
     return "\n".join(L) + "\n"
 
 
@@ -448,24 +453,30 @@ def markdown(out: dict[str, Any]) -> str:
         f"unless noted, 4 KB blocks, batches of {BATCH} queries; load average "
         f"{out['load']}).\n"
     ]
-    src = out.get("carried_over")
+    src = out.get("carried_over") or {"sections": {}}
 
     def carried(key: str) -> str:
-        return f" (carried over from {src['commit']})" if src and key in src["sections"] else ""
+        o = src["sections"].get(key)
+        return f" (carried over from {o['commit']})" if o else ""
 
-    if src:
+    if src["sections"]:
+        by_origin: dict[str, list[str]] = {}
+        for key, o in src["sections"].items():
+            by_origin.setdefault(json.dumps(o, sort_keys=True), []).append(TITLES[key])
+        parts = []
+        for o_json, titles in by_origin.items():
+            o = json.loads(o_json)
+            dirty = (
+                "; the file had uncommitted changes when read" if o["uncommitted_changes"] else ""
+            )
+            parts.append(f"{', '.join(titles)} from the run committed at {o['commit']} "
+                         f"(`{o['command']}`, load average {o['load']}{dirty})")  # fmt: skip
         L.append(
-            "**Not all of this run.** Carried over unchanged from `"
-            + Path(src["path"]).name
-            + f"` as committed at {src['commit']} (`{src['command']}`, load average "
-            f"{src['load']}"
-            + ("; the file had uncommitted changes when read" if src["uncommitted_changes"]
-               else "")
-            + "): "
-            + ", ".join(TITLES[k] for k in src["sections"])
-            + ". Those sections were computed with that commit's code, not this run's "
-            "(the accuracy sections simulate fixed policies; a carried-over prediction "
-            "section used that commit's `size_cache` defaults); the rest was run now, on commit "
+            f"**Not all of this run.** Carried over unchanged from `{Path(src['path']).name}`: "
+            + "; ".join(parts)
+            + ". Those sections were computed with their run's code, not this run's (the "
+            "accuracy sections simulate fixed policies; the prediction and allocation sections "
+            "use `size_cache`'s defaults of their time). The rest was run now, on commit "
             f"{out['code_commit']} (based on main {out['base_commit']}).\n"
         )  # fmt: skip
     L.append(summary(out))
@@ -544,10 +555,12 @@ def markdown(out: dict[str, Any]) -> str:
         L.append("")
     alloc = out.get("allocation")
     if alloc:
-        shares = "/".join(f"{p:g}" for p in out.get("pinned_shares", [])) or "?"
+        o = src["sections"].get("allocation")
+        shares = "/".join(f"{p:g}" for p in ((o or out).get("pinned_shares") or [])) or "?"
         L.append(
-            "## Tuned allocation vs splits of the same budget (held-out queries)\n\n"
-            f"Sized on the first 80% of the queries (pinned shares tried: {shares}; chosen "
+            "## Tuned allocation vs splits of the same budget (held-out queries)"
+            f"{carried('allocation')}\n\nSized on the first 80% of the queries (pinned "
+            f"shares tried: {shares}; chosen "
             "with the access counts of its first half, predicted on its second half), applied "
             "with the access counts of the whole 80% for admission and pinning; caches warmed "
             "on the 80%; blocks read on the last 20%. The held-out prediction error compares "
@@ -621,7 +634,10 @@ def main(argv: list[str] | None = None) -> int:
         out.update(carried)
         out["plots"] += source.pop("plots")
         out["carried_over"] = source
-        log(f"carried over from {source['path']} (commit {source['commit']}): {keys}")
+        log(
+            f"carried over from {source['path']}: "
+            + ", ".join(f"{k} ({o['commit']})" for k, o in source["sections"].items())
+        )
     tmp = Path(tempfile.mkdtemp(prefix="bench-sizing-", dir=args.workdir))
     t_start = time.perf_counter()
     try:
