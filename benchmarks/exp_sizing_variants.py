@@ -9,7 +9,10 @@ few variants of ``size_cache``'s settings that need no change to the store's cac
 - ``warmup 0.75``: the choice simulated with the counts of the first 75% of the tuning part
   (closer to the whole-part counts the store is given), predicted on its last 25%;
 - ``warmup 0.25``: the other way;
-- ``thresholds+``: thresholds 0/1/2/3/4/8/16/never.
+- ``thresholds+``: thresholds 0/1/2/3/4/8/16/never;
+- ``shares 0/.5/.9``, ``warm-up counts applied``, ``both old``: this branch's two changes to
+  the defaults undone one at a time and together (pinned shares 0/0.5/0.9; the store given the
+  counts of the tuning part's first half, as size_cache stored before).
 
 The ratio is against the best of the equal / by-size / by-lookups splits with plain CLOCK
 (independent of the variant). Every variant tried is reported: picking the best one after
@@ -17,7 +20,7 @@ seeing these held-out figures would be a choice made on the held-out queries.
 
     python benchmarks/exp_sizing_variants.py [--workloads criteo-8k avazu-9k synthetic-5q]
 
-Writes benchmarks/results/sizing_variants.{md,json}.
+Writes benchmarks/results/sizing_variants.{md,json} (``--name`` for another name).
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "warmup 0.75": {"warmup": 0.75},
     "warmup 0.25": {"warmup": 0.25},
     "thresholds+": {"thresholds": (0, 1, 2, 3, 4, 8, 16, NEVER)},
+    # this branch's two changes, one at a time
+    "shares 0/.5/.9": {"pinned_shares": (0.0, 0.5, 0.9)},
+    "warm-up counts applied": {"apply_counts": "warmup"},
+    "both old": {"pinned_shares": (0.0, 0.5, 0.9), "apply_counts": "warmup"},
 }
 WORKLOADS = {
     "criteo-8k": lambda seed: bs.load_real("criteo-8k"),
@@ -53,7 +60,7 @@ WORKLOADS = {
 }
 
 
-def run(path: Path, trace, fraction: float) -> dict[str, Any]:
+def run(path: Path, trace, fraction: float, variants: list[str]) -> dict[str, Any]:
     tune, held = trace.split(0.8)
     with bandstore.open(path, writable=True) as store:
         budget = int(fraction * bs.table_bytes(store))
@@ -66,7 +73,8 @@ def run(path: Path, trace, fraction: float) -> dict[str, Any]:
             clock[label] = bs.measure(store, tune, held)["total"]["blocks_read"]
     best_clock = min(clock.values())
     out: dict[str, Any] = {"budget": budget, "clock_splits": clock, "variants": {}}
-    for name, kw in VARIANTS.items():
+    for name in variants:
+        kw = VARIANTS[name]
         t0 = time.perf_counter()
         with bandstore.open(path, writable=True) as store:
             r = size_cache(store, tune, budget, apply=True, progress=False, **kw)
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", nargs="+", choices=list(WORKLOADS),
                     default=["criteo-8k", "avazu-9k", "synthetic-5q"])  # fmt: skip
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.2])
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--name", default="sizing_variants", help="results file name (no suffix)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     cmd = " ".join(["python benchmarks/exp_sizing_variants.py", *(sys.argv[1:] if argv is None
@@ -106,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             bs.log(f"{wl}: {len(trace.table_names)} tables, {trace.n_lookups():,} lookups")
             path = tmp / wl
             create_store_for_trace(path, trace, dim=bs.DIM, seed=args.seed, progress=False).close()
-            res["workloads"][wl] = {f"{f:g}": run(path, trace, f) for f in args.fractions}
+            res["workloads"][wl] = {
+                f"{f:g}": run(path, trace, f, args.variants) for f in args.fractions
+            }
             shutil.rmtree(path, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
          "Protocol of bench_sizing.py's allocation section; ratio = blocks of the best "
          "plain-CLOCK split / blocks of the variant's tuned allocation (higher is better). "
          "Every variant tried is listed.\n"]  # fmt: skip
-    names = list(VARIANTS)
+    names = args.variants
     L.append("| workload | budget | " + " | ".join(names) + " |")
     L.append("|---|---|" + "---|" * len(names))
     for wl, by_f in res["workloads"].items():
@@ -127,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             L.append(f"| {wl} | {float(f):.0%} | {cells} |")
     L.append("\n(in parentheses: blocks read per 1000 held-out lookups)\n")
     md = "\n".join(L)
-    (bs.RESULTS / "sizing_variants.json").write_text(json.dumps(res, indent=1, default=float))
-    (bs.RESULTS / "sizing_variants.md").write_text(md)
+    (bs.RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=1, default=float))
+    (bs.RESULTS / f"{args.name}.md").write_text(md)
     print(md)
     return 0
 
