@@ -299,8 +299,8 @@ def cmd_size_cache(args: argparse.Namespace) -> int:
             store, trace, args.budget, sample_rate=args.sample_rate,
             thresholds=args.thresholds or DEFAULT_THRESHOLDS,
             pinned_shares=args.pinned_shares or DEFAULT_PINNED_SHARES,
-            batch_size=args.batch_size, warmup=args.warmup, apply=args.apply, plot=args.plot,
-            seed=args.seed,
+            batch_size=args.batch_size, warmup=args.warmup, apply=args.apply,
+            apply_counts=args.apply_counts, plot=args.plot, seed=args.seed,
             progress=not args.json,
         )  # fmt: skip
     if args.json:
@@ -495,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--thresholds", type=_threshold_arg, nargs="+", metavar="T",
                     help="thresholds to try (integers, never; default 0 1 4 16 never)")  # fmt: skip
     sp.add_argument("--pinned-shares", type=float, nargs="+", metavar="P",
-                    help="pinned shares to try (default 0 0.5 0.9)")  # fmt: skip
+                    help="pinned shares to try (default 0 0.25 0.5 0.75 0.9 1)")  # fmt: skip
     sp.add_argument("--batch-size", type=int, default=256, help="queries per lookup_many call")
     sp.add_argument("--warmup", type=float, default=0.5,
                     help="share of the queries that give the access counts and warm the caches; "
@@ -503,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the curves (matplotlib)")
     sp.add_argument("--apply", action="store_true",
                     help="store the sizes in the catalog, for bandstore.open()")  # fmt: skip
+    sp.add_argument("--apply-counts", choices=["trace", "warmup"], default="trace",
+                    help="access counts stored with --apply: the whole trace's (default) "
+                         "or its warm-up part's (those the predictions used)")  # fmt: skip
     sp.add_argument("--seed", type=int, default=0, help="sampling hash seed")
 
     sp = add("gc", cmd_gc, "remove versions no reader holds")

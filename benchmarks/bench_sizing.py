@@ -20,6 +20,10 @@
 
     python benchmarks/bench_sizing.py            # full (about 15-25 minutes on 2 cores)
     python benchmarks/bench_sizing.py --quick    # smaller (a few minutes)
+    python benchmarks/bench_sizing.py --reuse-accuracy benchmarks/results/sizing.json
+        # sections 1 and 2 carried over from an earlier run's JSON (said so in the report,
+        # with the commit that wrote each); only section 3 is run. With --only, the sections
+        # it does not name are carried over, e.g. --only prediction reruns 2's second half.
 
 Writes benchmarks/results/sizing[_quick].{md,json} and sizing[_quick]_*.png.
 """
@@ -30,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +48,7 @@ from bandstore.cache import cache_row_bytes
 from bandstore.demo import create_store_for_trace
 from bandstore.replay import replay
 from bandstore.sim import (
+    DEFAULT_PINNED_SHARES,
     ESTIMATORS,
     SAMPLINGS,
     Curves,
@@ -69,6 +75,52 @@ REAL = {
     "criteo-8k": ("criteo", "criteo-8k/criteo-8k.tsv"),
     "avazu-9k": ("avazu", "avazu-9k/avazu-9k.csv"),
 }
+
+
+#: The sections --reuse-accuracy can carry over: --only name -> key in the results JSON.
+CARRIABLE = {"accuracy": "accuracy_synthetic", "real": "accuracy_real",
+             "prediction": "prediction", "allocation": "allocation"}  # fmt: skip
+TITLES = {"accuracy_synthetic": "sampled vs exact curves (synthetic table)",
+          "accuracy_real": "sampled vs exact curves (real traces)",
+          "prediction": "prediction vs reality",
+          "allocation": "tuned allocation vs splits"}  # fmt: skip
+
+
+def git(*args: str, path: Path | None = None) -> str:
+    """A git command's output in the repository of ``path`` (default: this file's), or "?"."""
+    cwd = (path or Path(__file__)).resolve().parent
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip() or "?"  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def carry_over(path: Path, keys: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sections ``keys`` of an earlier results JSON, and where each came from.
+
+    A section's origin is the last commit that wrote the file (the run it comes from), or, if
+    that run had itself carried the section over, that run's origin for it. When the file holds
+    uncommitted changes, the commit's version is not what was read: that is said too.
+    """
+    old = json.loads(path.read_text())
+    keys = [k for k in keys if k in old]
+    here = {
+        "commit": git("log", "-1", "--format=%h", "--", path.name, path=path),
+        "uncommitted_changes": git("status", "--porcelain", "--", path.name, path=path) != "?",
+        "command": old.get("command", "?"),
+        "load": old.get("load", "?"),
+        "pinned_shares": old.get("pinned_shares"),  # size_cache's defaults then, if recorded
+    }
+    earlier = old.get("carried_over") or {}
+    prior = earlier.get("sections", {})
+    if isinstance(prior, list):  # the first format: one origin for all sections
+        prior = {k: {f: earlier.get(f) for f in here} for k in prior}
+    sections = {k: prior.get(k, here) for k in keys}
+    plots = [p for p in old.get("plots", [])
+             if ("accuracy" in Path(p).name and "accuracy_synthetic" in keys)
+             or ("curves" in Path(p).name and "allocation" in keys)]  # fmt: skip
+    return {k: old[k] for k in keys}, {"path": str(path), "sections": sections, "plots": plots}
 
 
 def log(msg: str) -> None:
@@ -227,12 +279,14 @@ def measure(store, tune: Trace, held: Trace) -> dict[str, Any]:
 
 
 def prediction_check(path: Path, trace: Trace, fraction: float) -> dict[str, Any]:
-    """size_cache on the trace (defaults: counts and warm-up from its first half), applied; the
-    first half replayed to warm the caches, the second half measured against the prediction."""
+    """size_cache on the trace (defaults: counts and warm-up from its first half), applied with
+    the first half's counts (``apply_counts="warmup"``: those the prediction used; the default,
+    the whole trace's counts, would let the store know the measured half in advance); the first
+    half replayed to warm the caches, the second half measured against the prediction."""
     with bandstore.open(path, writable=True) as store:
         budget = int(fraction * table_bytes(store))
         t0 = time.perf_counter()
-        r = size_cache(store, trace, budget, apply=True, progress=False)
+        r = size_cache(store, trace, budget, apply=True, apply_counts="warmup", progress=False)
         secs = time.perf_counter() - t0
     first, rest = trace.split(r["warmup_queries"] / trace.n_queries)
     assert first.n_queries == r["warmup_queries"]
@@ -274,6 +328,11 @@ def best_policy_at(cv: Curves, nbytes: int) -> tuple[int | None, float]:
 
 
 def allocation_check(path: Path, trace: Trace, fraction: float, plot: Path | None):
+    """size_cache on the first 80% (chosen with the counts of its first half, predicted on its
+    second half), applied with the counts of the whole 80% (the default ``apply_counts``);
+    blocks read on the last 20%, against splits of the same budget. The held-out prediction
+    (blocks per lookup predicted on the tuning part's second half x held-out lookups) is for
+    half the counts the store has, and for other queries: a rough check, not an exact one."""
     tune, held = trace.split(0.8)
     with bandstore.open(path, writable=True) as store:
         budget = int(fraction * table_bytes(store))
@@ -350,6 +409,12 @@ def plot_accuracy(exact: Curves, sampled: Curves, path: Path) -> None:
 def summary(out: dict[str, Any]) -> str:
     """The figures the issue sets targets for, in one place."""
     L = ["## Summary\n"]
+    src = out.get("carried_over") or {"sections": {}}
+
+    def carried(key: str) -> str:
+        o = src["sections"].get(key)
+        return f" (carried over from {o['commit']})" if o else ""
+
     acc = out.get("accuracy_synthetic")
     if acc:
         v = next(v for v in acc["variants"]
@@ -359,13 +424,14 @@ def summary(out: dict[str, Any]) -> str:
                  f"(defaults: stratified, Che): MAE of the miss ratio {v['mae']:.4f} (worst seed "
                  f"{v['mae_worst_seed']:.4f}; target <= 0.01), {v['speedup']:.0f}x faster than "
                  f"exact (target >= 20x). SHARDS hash sampling, same estimator: MAE "
-                 f"{h['mae']:.4f}.")  # fmt: skip
+                 f"{h['mae']:.4f}{carried('accuracy_synthetic')}.")  # fmt: skip
     pred = {k: v for k, v in out.get("prediction", {}).items() if "error" in v}
     if pred:
         worst = max(abs(p["error"]) for p in pred.values())
         L.append(f"- Prediction vs the real store, same trace: total blocks read within "
                  f"{worst:.1%} (target 5%): "
-                 + ", ".join(f"{k} {p['error']:+.1%}" for k, p in pred.items()) + ".")  # fmt: skip
+                 + ", ".join(f"{k} {p['error']:+.1%}" for k, p in pred.items())
+                 + carried("prediction") + ".")  # fmt: skip
     alloc = {k: v for k, v in out.get("allocation", {}).items() if "runs" in v}
     if alloc:
         parts = []
@@ -376,7 +442,8 @@ def summary(out: dict[str, Any]) -> str:
         L.append("- Tuned allocation vs the best split of the same budget, held-out blocks read, "
                  "budgets 5%/20% (target >= 1.3x): " + "; ".join(parts) + " against splits "
                  "with the peers' plain CLOCK (in parentheses: against splits that also get "
-                 "the simulator's best threshold and pinned share at their size).")  # fmt: skip
+                 "the simulator's best threshold and pinned share at their size)"
+                 + carried("allocation") + ".")  # fmt: skip
     return "\n".join(L) + "\n"
 
 
@@ -386,11 +453,38 @@ def markdown(out: dict[str, Any]) -> str:
         f"unless noted, 4 KB blocks, batches of {BATCH} queries; load average "
         f"{out['load']}).\n"
     ]
+    src = out.get("carried_over") or {"sections": {}}
+
+    def carried(key: str) -> str:
+        o = src["sections"].get(key)
+        return f" (carried over from {o['commit']})" if o else ""
+
+    if src["sections"]:
+        by_origin: dict[str, list[str]] = {}
+        for key, o in src["sections"].items():
+            by_origin.setdefault(json.dumps(o, sort_keys=True), []).append(TITLES[key])
+        parts = []
+        for o_json, titles in by_origin.items():
+            o = json.loads(o_json)
+            dirty = (
+                "; the file had uncommitted changes when read" if o["uncommitted_changes"] else ""
+            )
+            parts.append(f"{', '.join(titles)} from the run committed at {o['commit']} "
+                         f"(`{o['command']}`, load average {o['load']}{dirty})")  # fmt: skip
+        L.append(
+            f"**Not all of this run.** Carried over unchanged from `{Path(src['path']).name}`: "
+            + "; ".join(parts)
+            + ". Those sections were computed with their run's code, not this run's (the "
+            "accuracy sections simulate fixed policies; the prediction and allocation sections "
+            "use `size_cache`'s defaults of their time). The rest was run now, on commit "
+            f"{out['code_commit']} (based on main {out['base_commit']}).\n"
+        )  # fmt: skip
     L.append(summary(out))
     acc = out.get("accuracy_synthetic")
     if acc:
         L.append(
-            f"## Sampled vs exact curves: synthetic table\n\n{acc['rows']:,} rows x 32 "
+            f"## Sampled vs exact curves: synthetic table{carried('accuracy_synthetic')}\n\n"
+            f"{acc['rows']:,} rows x 32 "
             f"float32 (32 rows per block, {acc['touched_blocks']:,} blocks read), "
             f"{acc['lookups']:,} lookups, Zipf 1.0; {acc['configurations']} configurations "
             f"(thresholds 1/never x pinned 0/0.9 x 33 sizes); R = {acc['rate']:g} exactly "
@@ -411,7 +505,8 @@ def markdown(out: dict[str, Any]) -> str:
     real = out.get("accuracy_real")
     if real:
         L.append(
-            "## Sampled vs exact curves: real traces\n\nEvery table of the trace, identity "
+            f"## Sampled vs exact curves: real traces{carried('accuracy_real')}\n\n"
+            "Every table of the trace, identity "
             "layout, thresholds 1/never x pinned 0/0.9 x 33 sizes; errors weighted by "
             "lookups. `fixed`: exactly R; `default`: size_cache's rate floors (at least "
             "1024 blocks, at most 200k lookups per table unless R asks for more).\n"
@@ -435,11 +530,12 @@ def markdown(out: dict[str, Any]) -> str:
     pred = out.get("prediction")
     if pred:
         L.append(
-            "## Prediction vs reality (same trace, real store)\n\n`size_cache` with its "
-            "defaults (R = 0.01 with floors, stratified, Che estimator; the first half of "
-            "the queries give the counts and warm the caches, the second half is predicted), "
-            "applied; the trace replayed through the store: first half to warm the caches, "
-            "blocks read on the second half.\n"
+            f"## Prediction vs reality (same trace, real store){carried('prediction')}\n\n"
+            "`size_cache` with its defaults (R = 0.01 with floors, stratified, Che estimator; "
+            "the first half of the queries give the counts and warm the caches, the second "
+            "half is predicted), applied with the first half's counts (`apply_counts="
+            '"warmup"`: those the prediction used); the trace replayed through the store: '
+            "first half to warm the caches, blocks read on the second half.\n"
         )
         L.append(
             "| workload | budget | predicted blocks | measured blocks | error | table errors "
@@ -459,10 +555,18 @@ def markdown(out: dict[str, Any]) -> str:
         L.append("")
     alloc = out.get("allocation")
     if alloc:
+        o = src["sections"].get("allocation")
+        shares = "/".join(f"{p:g}" for p in ((o or out).get("pinned_shares") or [])) or "?"
         L.append(
-            "## Tuned allocation vs splits of the same budget (held-out queries)\n\n"
-            "Sized on the first 80% of the queries (their access counts for admission "
-            "and pinning); caches warmed on them; blocks read on the last 20%. `clock`: "
+            "## Tuned allocation vs splits of the same budget (held-out queries)"
+            f"{carried('allocation')}\n\nSized on the first 80% of the queries (pinned "
+            f"shares tried: {shares}; chosen "
+            "with the access counts of its first half, predicted on its second half), applied "
+            "with the access counts of the whole 80% for admission and pinning; caches warmed "
+            "on the 80%; blocks read on the last 20%. The held-out prediction error compares "
+            "the blocks per lookup predicted on the tuning part's second half (with half the "
+            "counts the store has) x held-out lookups to the blocks measured: a rough check, "
+            "the exact one is the prediction section's. `clock`: "
             "the peers' policy (no neighbour admission, nothing pinned); `best`: the "
             "threshold and pinned share the simulator finds best at the split's size. "
             "Ratio = blocks of the best split / blocks of the tuned allocation.\n"
@@ -505,14 +609,35 @@ def main(argv: list[str] | None = None) -> int:
                     help="parts to run (default: all)")  # fmt: skip
     ap.add_argument("--workdir", type=Path, help="keep stores here (default: temporary)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse-accuracy", type=Path, metavar="PATH.json",
+                    help="carry the accuracy, real and prediction sections over from this "
+                         "earlier results JSON (those --only does not name; without --only, "
+                         "only the allocation section runs); the report says so")  # fmt: skip
     args = ap.parse_args(argv)
     q = args.quick
-    only = set(args.only or ["accuracy", "real", "prediction", "allocation"])
+    default = ["allocation"] if args.reuse_accuracy else list(CARRIABLE) + ["allocation"]
+    only = set(args.only or default)
     cmd = " ".join(["python benchmarks/bench_sizing.py", *(sys.argv[1:] if argv is None else argv)])
     suffix = "_quick" if q else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"command": cmd, "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+                           "code_commit": git("rev-parse", "--short", "HEAD"),
+                           "base_commit": git("merge-base", "HEAD", "main")[:7],
+                           "pinned_shares": list(DEFAULT_PINNED_SHARES),
+                           "apply_counts": "trace (allocation), warmup (prediction)",
                            "plots": []}  # fmt: skip
+    if git("status", "--porcelain", "--", "bandstore") != "?":
+        out["code_commit"] += " with uncommitted changes"
+    if args.reuse_accuracy:
+        keys = [CARRIABLE[k] for k in CARRIABLE if k not in only]
+        carried, source = carry_over(args.reuse_accuracy, keys)
+        out.update(carried)
+        out["plots"] += source.pop("plots")
+        out["carried_over"] = source
+        log(
+            f"carried over from {source['path']}: "
+            + ", ".join(f"{k} ({o['commit']})" for k, o in source["sections"].items())
+        )
     tmp = Path(tempfile.mkdtemp(prefix="bench-sizing-", dir=args.workdir))
     t_start = time.perf_counter()
     try:

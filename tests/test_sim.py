@@ -130,8 +130,10 @@ def test_size_cache_exact_prediction_is_what_the_store_reads(tmp_path, warmup):
                   pooling={"big": 12, "mid": 5, "small": 2}, seed=2)  # fmt: skip
     with _store(tmp_path / "s", trace, dim=16, block_size=1024) as store:
         budget = 3000 * cache_row_bytes(16)
+        # apply_counts="warmup": the store admits and pins by the counts the simulation used.
         result = size_cache(store, trace, budget, sample_rate=1.0, warmup=warmup, apply=True,
-                            progress=False, n_sizes=33, pinned_shares=(0.0, 0.5))  # fmt: skip
+                            apply_counts="warmup", progress=False, n_sizes=33,
+                            pinned_shares=(0.0, 0.5))  # fmt: skip
     assert result["allocated_bytes"] <= budget
     assert sum(t["cache_bytes"] for t in result["tables"].values()) == result["allocated_bytes"]
     first, rest = trace.split(warmup) if warmup else (None, trace)
@@ -153,6 +155,44 @@ def test_size_cache_exact_prediction_is_what_the_store_reads(tmp_path, warmup):
     if warmup:  # the counts stored are those of the warm-up part
         with bandstore.open(tmp_path / "s") as store:
             assert np.array_equal(store.catalog.counts("big"), first.access_counts("big"))
+    assert result["applied_counts"] == "warmup"
+
+
+def _full_counts(trace: Trace, name: str, rows: int) -> np.ndarray:
+    c = np.zeros(rows, dtype=np.int64)
+    tc = trace.access_counts(name)
+    c[: tc.size] = tc
+    return c
+
+
+@pytest.mark.parametrize("mode", [None, "trace", "warmup"])
+def test_apply_stores_the_whole_trace_counts_by_default(tmp_path, mode):
+    trace = synth({"a": 4000, "b": 500}, 400 // Q, pooling={"a": 6, "b": 2}, seed=4)
+    first, _ = trace.split(0.5)
+    kw = {} if mode is None else {"apply_counts": mode}
+    with _store(tmp_path / "s", trace) as store:
+        r = size_cache(store, trace, 10**5, warmup=0.5, n_sizes=8, apply=True, progress=False,
+                       **kw)  # fmt: skip
+        rows = {n: store.tables[n].rows for n in ("a", "b")}
+    assert r["applied_counts"] == (mode or "trace")
+    part = first if mode == "warmup" else trace
+    with bandstore.open(tmp_path / "s") as store:
+        for name in ("a", "b"):
+            stored = store.catalog.counts(name)
+            expected = _full_counts(part, name, rows[name])
+            other = _full_counts(trace if mode == "warmup" else first, name, rows[name])
+            assert not np.array_equal(expected, other)  # the two modes are told apart
+            assert np.array_equal(stored, expected)
+            assert int(stored.sum()) == part.n_lookups(name)
+
+
+def test_apply_counts_must_be_trace_or_warmup(small):
+    store, trace = small
+    for bad in ("all", "", None, 1, "Trace"):
+        with pytest.raises(InvalidArgumentError, match="apply_counts") as exc:
+            size_cache(store, trace, 10**6, apply=True, apply_counts=bad, progress=False)
+        assert exc.value.argument == "apply_counts"
+    assert store.catalog.tuning("a") is None  # nothing was stored
 
 
 def test_curves_have_32_sizes_and_are_consistent():
@@ -350,6 +390,16 @@ def test_cli_size_cache(tmp_path, capsys):
     assert out["applied"] and out["total"]["cache_bytes"] <= 100 * 1024
     with bandstore.open(tmp_path / "s") as s:
         assert s.cache_info()["a"]["cache_bytes"] == out["tables"]["a"]["cache_bytes"]
+    with bandstore.open(tmp_path / "s") as s:  # the whole trace's counts by default
+        assert np.array_equal(s.catalog.counts("a")[:4000], _full_counts(trace, "a", 4000))
+    assert main(args + ["--apply", "--apply-counts", "warmup"]) == 0
+    assert json.loads(capsys.readouterr().out)["applied_counts"] == "warmup"
+    with bandstore.open(tmp_path / "s") as s:
+        first, _ = trace.split(0.5)
+        assert np.array_equal(s.catalog.counts("a"), _full_counts(first, "a", 4000))
+    with pytest.raises(SystemExit):
+        main(args + ["--apply", "--apply-counts", "all"])
+    assert "--apply-counts" in capsys.readouterr().err
     assert main(args[:-1]) == 0  # text
     text = capsys.readouterr().out
     assert "total" in text and "hit ratio" in text

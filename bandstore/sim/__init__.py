@@ -6,7 +6,8 @@
 - :func:`allocate`: the budget split (cache bytes, threshold, pinned share per table) that
   minimizes the predicted blocks read.
 - :func:`size_cache`: all of it for ``bandstore size-cache`` and the demo; ``apply=True``
-  stores the choice in the catalog so ``bandstore.open(path)`` uses it.
+  stores the choice in the catalog so ``bandstore.open(path)`` uses it (with the access counts
+  of the whole tuning trace, or of its warm-up part: ``apply_counts``).
 """
 
 from bandstore.sim.allocate import allocate, knapsack
@@ -24,6 +25,7 @@ from bandstore.sim.mrc import (
     stratified_sample,
 )
 from bandstore.sim.sizing import (
+    APPLY_COUNTS,
     DEFAULT_SAMPLE_RATE,
     apply_sizing,
     format_sizing,
@@ -34,6 +36,7 @@ from bandstore.sim.sizing import (
 )
 
 __all__ = [
+    "APPLY_COUNTS",
     "Curves",
     "DEFAULT_PINNED_SHARES",
     "DEFAULT_SAMPLE_RATE",

@@ -55,8 +55,9 @@ __all__ = [
 #: Admission thresholds simulated by default: every neighbour, neighbours read at least
 #: 1, 4 or 16 times in the counts, and none (plain CLOCK).
 DEFAULT_THRESHOLDS: tuple[int, ...] = (0, 1, 4, 16, NEVER)
-#: Pinned shares simulated by default.
-DEFAULT_PINNED_SHARES: tuple[float, ...] = (0.0, 0.5, 0.9)
+#: Pinned shares simulated by default: the best share moves with the cache size, hence a grid
+#: finer than 0/0.5/0.9; 1.0 pins the whole cache (a static cache of the hottest rows).
+DEFAULT_PINNED_SHARES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 #: Default number of cache sizes per curve (0 bytes included).
 DEFAULT_N_SIZES = 33
 #: With sampling, a table is sampled at a rate that keeps at least this many of the blocks the

@@ -2,9 +2,10 @@
 
 ``size_cache(store, trace, budget)`` is what ``bandstore size-cache`` and ``bandstore demo``
 call: it simulates every table of the (tuning) trace over the store's layouts, with the access
-counts of that trace for admission and pinning, splits the budget with
-:func:`bandstore.sim.allocate.allocate`, and optionally stores the choice (and those counts) in
-the catalog, so that ``bandstore.open(path)`` serves with it by default.
+counts of that trace's warm-up part for admission and pinning, splits the budget with
+:func:`bandstore.sim.allocate.allocate`, and optionally stores the choice in the catalog, with
+the access counts of the whole trace (or, ``apply_counts="warmup"``, of its warm-up part), so
+that ``bandstore.open(path)`` serves with it by default.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from bandstore.store import Store
 from bandstore.trace import Trace
 
 __all__ = [
+    "APPLY_COUNTS",
     "DEFAULT_SAMPLE_RATE",
     "apply_sizing",
     "check_trace",
@@ -48,6 +50,10 @@ __all__ = [
 
 #: size_cache's default SHARDS rate (tables with few blocks run at a higher rate, or exact).
 DEFAULT_SAMPLE_RATE = 0.01
+#: What ``size_cache(..., apply=True)`` stores as the access counts (with ``counts="trace"``):
+#: those of the whole tuning trace (the default: a serving store admits and pins by everything
+#: it has seen) or those of its warm-up part (the counts the predictions were simulated with).
+APPLY_COUNTS = ("trace", "warmup")
 
 
 def check_trace(store: Store, trace: Trace) -> list[str]:
@@ -154,8 +160,8 @@ def simulate_store(
 
     ``warmup``: the first ``warmup`` share of the queries only warm the caches (see
     :func:`size_cache`). ``counts``: the access counts that admission and pinning use:
-    ``"trace"`` (those of the warm-up part, or of the whole trace without one: what
-    ``size_cache(..., apply=True)`` stores), ``"store"`` (those the store holds; without any the
+    ``"trace"`` (those of the warm-up part, or of the whole trace without one),
+    ``"store"`` (those the store holds; without any the
     store never admits neighbours, so only ``NEVER`` is simulated) or ``{table: array}``.
     Per-batch semantics are those of ``bandstore.replay.replay(store, part, batch_size=...)``
     on the warm-up part, then on the rest.
@@ -227,6 +233,7 @@ def size_cache(
     warmup: float = 0.5,
     counts: str | Mapping[str, np.ndarray] = "trace",
     apply: bool = False,
+    apply_counts: str = "trace",
     plot: str | os.PathLike | None = None,
     refine: int = 2,
     seed: int = 0,
@@ -253,25 +260,32 @@ def size_cache(
                            "effective_sample_rate", "configurations", "seconds"}},
          "total": {"cache_bytes", "lookups", "predicted_hit_ratio", "predicted_blocks_read",
                    "predicted_misses", "predicted_blocks_per_1000_lookups"},
-         "applied", "plot", "seconds"}
+         "applied", "applied_counts" (with apply), "plot", "seconds"}
 
     The first ``warmup`` share of the queries (``Trace.split``'s cut) give the access counts
     (admission, pinning) and warm the caches; the predictions are for the queries after them, in
     batches of ``batch_size`` queries per ``lookup_many`` call: choices are made, and judged, on
     queries the counts did not see. ``warmup=0`` predicts the whole trace from cold caches with
     its own counts (optimistic: the pinned rows are then known in advance). ``apply=True``
-    stores the choice and the counts it was made with in the catalog (the store must be
-    writable), so replaying the warm-up part then the rest through ``bandstore.open(path)``
-    reads what was predicted; tables of the store that the trace does not read get 0 bytes,
-    since the budget is a total. ``plot`` draws the curves with the chosen points
-    (needs matplotlib: ``pip install bandstore[plot]``). ``refine``: after a first choice on
-    the grid, this many more sizes on each side of every table's choice (up to the next grid
-    points) are simulated and the choice is made again (0: no second pass).
+    stores the choice in the catalog (the store must be writable), with access counts for
+    admission and pinning per ``apply_counts`` (when ``counts="trace"``; explicit counts or
+    ``"store"`` are stored as given): ``"trace"`` (default) the counts of the whole trace, as a
+    serving store counts everything it has seen, so the store serves the queries after the
+    trace with more evidence than the simulation had (the predictions are then for the
+    warm-up-part counts, not exactly what a replay of the trace's own second part reads, since
+    the stored counts have seen it); ``"warmup"`` the counts of the warm-up part, those the
+    predictions were made with, so replaying the warm-up part then the rest through
+    ``bandstore.open(path)`` reads what was predicted. Tables of the store that the trace does
+    not read get 0 bytes, since the budget is a total. ``plot`` draws the curves with the
+    chosen points (needs matplotlib: ``pip install bandstore[plot]``). ``refine``: after a
+    first choice on the grid, this many more sizes on each side of every table's choice (up to
+    the next grid points) are simulated and the choice is made again (0: no second pass).
     ``return_curves`` adds the :class:`Curves` objects under ``"curves"`` (not JSON).
 
     Raises BudgetError (budget below the smallest useful cache), InvalidArgumentError (bad rate,
-    empty trace, trace larger than a table), UnknownTableError (trace names a table the store
-    does not have), ReadOnlyError (``apply`` on a read-only store).
+    empty trace, trace larger than a table, ``apply_counts`` not in :data:`APPLY_COUNTS`),
+    UnknownTableError (trace names a table the store does not have), ReadOnlyError (``apply``
+    on a read-only store).
     """
     t0 = time.perf_counter()
     check_trace(store, trace)
@@ -279,6 +293,13 @@ def size_cache(
         raise InvalidArgumentError(f"budget must be an integer number of bytes, got {budget!r}",
                                    argument="budget", value=budget)  # fmt: skip
     _check_rate(sample_rate)
+    if not isinstance(apply_counts, str) or apply_counts not in APPLY_COUNTS:
+        raise InvalidArgumentError(
+            f"apply_counts must be one of {', '.join(repr(a) for a in APPLY_COUNTS)}, "
+            f"got {apply_counts!r}",
+            argument="apply_counts",
+            value=apply_counts,
+        )
     infos = [store.tables[n] for n in trace.table_names]
     smallest = min(min(i.rows, i.rows_per_block) * cache_row_bytes(i.dim) for i in infos)
     if budget < smallest:  # refuse before minutes of simulation (allocate checks it again)
@@ -371,8 +392,12 @@ def size_cache(
         plot_curves(curves, plot, chosen=choice)
         result["plot"] = str(plot)
     if apply:
-        apply_sizing(store, result, table_counts)
+        stored = table_counts
+        if counts == "trace" and apply_counts == "trace" and cut:
+            stored = dict(trace_counts(store, trace))
+        apply_sizing(store, result, stored)
         result["applied"] = True
+        result["applied_counts"] = apply_counts if counts == "trace" else "given"
     result["seconds"] = time.perf_counter() - t0
     if return_curves:
         result["curves"] = curves
