@@ -516,13 +516,12 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         )
         tx = f.get("time_at_bar_extrapolated_s")
         mx = f.get("memory_at_bar_extrapolated_bytes")
+        km = f.get("memory_exponent")
         lines.append(
             f"| {m} | {'-' if k is None else f'{k:.2f}'} | {st or '-'} | {ab} "
             f"| {'-' if tx is None else f'{tx:.3g} s'} "
-            f"| {f['memory_exponent']:.2f} "
+            f"| {'-' if km is None else f'{km:.2f}'} "
             f"| {'-' if mx is None else f'{mx / 2**30:.2f} GiB'} |"
-            if "memory_exponent" in f
-            else f"| {m} | {'-' if k is None else f'{k:.2f}'} | {st or '-'} | {ab} | - | - | - |"
         )
     lines += [
         "",
