@@ -59,6 +59,7 @@ DIM, RPB, BLOCK, ROW_BYTES = 64, 16, 4096, 256
 POOLING, COMMUNITY, CO_ACCESS, ZIPF = 20, 16, 0.8, 1.0
 BATCH, HOLDOUT, DRAM_SHARE = 256, 0.2, 0.10
 METHODS = ("identity", "frequency", "metis", "hypergraph")
+COLORS = {"identity": "0.5", "frequency": "C0", "metis": "C1", "hypergraph": "C2"}
 MAIN_SIZES = ((10_000, 100_000), (100_000, 1_000_000), (1_000_000, 10_000_000))
 FULL_SIZE = (10_000_000, 100_000_000)
 # fixed rows, more lookups per row: separates the growth with lookups from that with rows
@@ -436,13 +437,21 @@ def plot(points: list[dict[str, Any]], methods: list[str], fits: dict, path: Pat
         if m != "identity":
             kc = fits.get(m, {}).get("cpu_time_exponent")
             lab = m if kc is None else f"{m} CPU (~lookups^{kc:.2f})"
-            line = axes[0].plot(x, [p["build_cpu_seconds"] for p in pts], marker="o", label=lab)
+            line = axes[0].plot(
+                x, [p["build_cpu_seconds"] for p in pts], marker="o", color=COLORS.get(m), label=lab
+            )
             lab = m if k is None else f"{m} wall (~lookups^{k:.2f})"
             axes[0].plot(x, [p["build_seconds"] for p in pts], marker="o", ls="--", mfc="none",
                          color=line[0].get_color(), label=lab)  # fmt: skip
         km = fits.get(m, {}).get("memory_exponent")
         lab = m if km is None else f"{m} (~lookups^{km:.2f})"
-        axes[1].plot(x, [p["peak_rss_bytes"] / 2**30 for p in pts], marker="o", label=lab)
+        axes[1].plot(
+            x,
+            [p["peak_rss_bytes"] / 2**30 for p in pts],
+            marker="o",
+            color=COLORS.get(m),
+            label=lab,
+        )
     bar_x = FULL_SIZE[1] * (1 - HOLDOUT)
     axes[0].plot([bar_x], [BAR_SECONDS], marker="*", ms=12, color="k", ls="none",
                  label="issue #3 bar (15 min @ 100M)")  # fmt: skip
