@@ -376,6 +376,9 @@ def summarize(points: list[dict[str, Any]], methods: list[str]) -> dict[str, Any
         f: dict[str, Any] = {}
         tune_bar = FULL_SIZE[1] * (1 - HOLDOUT)
         x = [p["tuning_lookups"] for p in main]
+        # extrapolations start from the sizes below the bar (a measured bar point checks them)
+        below = [p for p in main if p["nominal_lookups"] < FULL_SIZE[1]]
+        xb = [p["tuning_lookups"] for p in below]
         if m != "identity":
             for tag, key in (("", "build_seconds"), ("cpu_", "build_cpu_seconds")):
                 y = [p[key] for p in main]
@@ -384,10 +387,14 @@ def summarize(points: list[dict[str, Any]], methods: list[str]) -> dict[str, Any
                     continue
                 f[f"{tag}time_exponent"] = t[0]
                 # the slope between the two largest sizes: what the next size up will see
-                last = fit_loglog(x[-2:], y[-2:])
-                f[f"{tag}time_exponent_last_two"] = last[0]
-                # extrapolation to the bar's size (lookups / rows = 10) along that last slope
-                f[f"{tag}time_at_bar_extrapolated_s"] = y[-1] * (tune_bar / x[-1]) ** last[0]
+                f[f"{tag}time_exponent_last_two"] = fit_loglog(x[-2:], y[-2:])[0]
+                # extrapolation to the bar's size (lookups / rows = 10) from the largest size
+                # below it, along the slope between the two largest sizes below it
+                yb = [p[key] for p in below]
+                last = fit_loglog(xb[-2:], yb[-2:])
+                if last is not None:
+                    f[f"{tag}time_at_bar_extrapolated_s"] = yb[-1] * (tune_bar / xb[-1]) ** last[0]
+                    f["extrapolated_from_lookups"] = below[-1]["nominal_lookups"]
             stage_fit = {}
             for s in STAGES:
                 xs = [p["tuning_lookups"] for p in main if p["stage_cpu_seconds"].get(s, 0) > 0]
@@ -404,15 +411,21 @@ def summarize(points: list[dict[str, Any]], methods: list[str]) -> dict[str, Any
                     f[f"{tag}time_rows_exponent"], f[f"{tag}time_lookups_exponent"] = both
         # below ~16 MiB the build's memory is lost in the allocator's and numba's noise
         big = [p for p in main if p["peak_above_before_bytes"] >= MEM_FIT_MIN]
+        big_below = [p for p in big if p["nominal_lookups"] < FULL_SIZE[1]]
         mm = fit_loglog(
             [p["tuning_lookups"] for p in big], [p["peak_above_before_bytes"] for p in big]
         )
         if mm is not None:
             f["memory_exponent"] = mm[0]
-            last = big[-1]
+        mb = fit_loglog(
+            [p["tuning_lookups"] for p in big_below],
+            [p["peak_above_before_bytes"] for p in big_below],
+        )
+        if mb is not None:
+            last = big_below[-1]
             f["memory_at_bar_extrapolated_bytes"] = last["peak_above_before_bytes"] * (
                 tune_bar / last["tuning_lookups"]
-            ) ** max(mm[0], 1.0)  # at least linear: the arrays of the build grow with the trace
+            ) ** max(mb[0], 1.0)  # at least linear: the arrays of the build grow with the trace
         fits[m] = f
     return fits
 
@@ -427,7 +440,8 @@ def plot(points: list[dict[str, Any]], methods: list[str], fits: dict, path: Pat
         print("matplotlib not installed (pip install bandstore[plot]): no plot")
         return
     ok = [p for p in points if "error" not in p and p["series"] == "main"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fixed = [p for p in points if "error" not in p and p["series"] != "main"]
+    fig, axes = plt.subplots(1, 3 if fixed else 2, figsize=(15 if fixed else 10, 4.2))
     for m in methods:
         pts = sorted((p for p in ok if p["method"] == m), key=lambda p: p["lookups"])
         if not pts:
@@ -444,7 +458,7 @@ def plot(points: list[dict[str, Any]], methods: list[str], fits: dict, path: Pat
             axes[0].plot(x, [p["build_seconds"] for p in pts], marker="o", ls="--", mfc="none",
                          color=line[0].get_color(), label=lab)  # fmt: skip
         km = fits.get(m, {}).get("memory_exponent")
-        lab = m if km is None else f"{m} (~lookups^{km:.2f})"
+        lab = m if km is None else f"{m} (part above the trace ~lookups^{km:.2f})"
         axes[1].plot(
             x,
             [p["peak_rss_bytes"] / 2**30 for p in pts],
@@ -457,12 +471,33 @@ def plot(points: list[dict[str, Any]], methods: list[str], fits: dict, path: Pat
                  label="issue #3 bar (15 min @ 100M)")  # fmt: skip
     axes[1].plot([bar_x], [BAR_BYTES / 2**30], marker="*", ms=12, color="k", ls="none",
                  label="issue #3 bar (8 GB @ 100M)")  # fmt: skip
+    if fixed:
+        for m in methods:
+            pts = sorted((p for p in fixed if p["method"] == m), key=lambda p: p["lookups"])
+            if not pts or m == "identity":
+                continue
+            f = fits.get(m, {})
+            lab = m
+            if "cpu_time_rows_exponent" in f:
+                lab += (
+                    f" (all points: ~rows^{f['cpu_time_rows_exponent']:.2f}"
+                    f" lookups^{f['cpu_time_lookups_exponent']:.2f})"
+                )
+            axes[2].plot([p["tuning_lookups"] for p in pts], [p["build_cpu_seconds"] for p in pts],
+                         marker="s", color=COLORS.get(m), label=lab)  # fmt: skip
+        axes[2].set_title(f"fixed {fixed[0]['rows']:,} rows", fontsize=9)
+        axes[2].set_ylabel("build_layout CPU time, s")
+    axes[0].set_title("rows = lookups / 10", fontsize=9)
+    axes[1].set_title("rows = lookups / 10", fontsize=9)
     axes[0].set_ylabel("build_layout time, s (CPU solid, wall dashed)")
     axes[1].set_ylabel("peak RSS of the build process, GiB")
+    from matplotlib.ticker import NullFormatter
+
     for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("tuning lookups (rows = lookups / 10 / 0.8)")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("tuning lookups (80% of the trace)")
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle("Layout build scaling (synthetic community trace, 16 rows per block)", fontsize=10)
@@ -478,6 +513,15 @@ def _size(p: dict[str, Any]) -> str:
         return str(n)
 
     return f"{short(p['rows'])} / {short(p['nominal_lookups'])}"
+
+
+def peak_stage(p: dict[str, Any]) -> str:
+    """', stage' of the stage whose own peak is the build's peak (within 1%), if any."""
+    sp = p.get("stage_peak_rss_bytes", {})
+    if not sp or p["peak_above_before_bytes"] < MEM_FIT_MIN:
+        return ""
+    stage = max(sp, key=sp.get)
+    return f", {stage}" if sp[stage] >= 0.99 * p["peak_rss_bytes"] else ""
 
 
 def markdown(res: dict[str, Any], cmd: str) -> str:
@@ -508,9 +552,9 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         "refines three starts on the earlier 80% of the tuning part, then once on all of it):",
         "",
         "| rows / lookups | method | build s wall (CPU) | counts | nets | graph | metis "
-        "| repair | refine (valid.) | refine | other | peak GiB (+) "
-        "| no-cache blocks/1000 (x) | 10% DRAM blocks/1000 (x) | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| repair | refine (valid.) | refine | other | peak GiB (+, in stage) "
+        "| no-cache blocks/1000 (x) | 10% DRAM blocks/1000 (x) | eval s | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in sorted(pts, key=lambda p: (p["series"] != "main", p["lookups"], p["rows"])):
         st = p["stage_cpu_seconds"]
@@ -524,9 +568,11 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
             f"| {s('counts')} | {s('nets')} | {s('graph')} "
             f"| {s('metis')} | {s('repair')} | {s('refine (validation)')} | {s('refine')} "
             f"| {s('other')} "
-            f"| {p['peak_rss_bytes'] / 2**30:.2f} (+{p['peak_above_before_bytes'] / 2**30:.2f}) "
+            f"| {p['peak_rss_bytes'] / 2**30:.2f} (+{p['peak_above_before_bytes'] / 2**30:.2f}"
+            f"{peak_stage(p)}) "
             f"| {p['heldout_fanout_per_1000']:.0f} ({p.get('fanout_vs_identity', 1):.2f}x) "
             f"| {p['heldout_blocks_per_1000']:.1f} ({p.get('blocks_vs_identity', 1):.2f}x) "
+            f"| {p['eval_seconds']:.0f} "
             f"| {p['loadavg_start'][0]:.1f}-{p['loadavg_end'][0]:.1f} |"
         )
     lines += [
@@ -535,8 +581,8 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         "least squares in log-log over all its sizes, and between its two largest sizes (the "
         "local slope); stage exponents on CPU time over all sizes; a, b of CPU time ~ rows^a "
         "lookups^b over all points (needs the fixed-rows series); extrapolations to the bar's "
-        "10M rows / 100M lookups from the largest size along the local slope (memory: at "
-        "least linearly):",
+        "10M rows / 100M lookups from the largest size below it, along the slope between the "
+        "two largest sizes below it (memory: at least linearly):",
         "",
         "| method | k wall (all / last two) | k CPU (all / last two) | stage CPU exponents "
         "| CPU ~ rows^a lookups^b | @ 100M wall (CPU), extrapolated | peak (+) ~ lookups^k "
@@ -549,7 +595,7 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
 
     for m in methods:
         f = res["fits"].get(m, {})
-        if not f:
+        if not f or m == "identity":
             continue
         st = ", ".join(f"{s} {v:.2f}" for s, v in f.get("stage_cpu_time_exponents", {}).items())
         ab = (
@@ -577,10 +623,20 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
     for p in at_bar:
         ok_t = p["build_seconds"] < BAR_SECONDS
         ok_m = p["peak_rss_bytes"] < BAR_BYTES
+        f = res["fits"].get(p["method"], {})
+        ext = ""
+        if "time_at_bar_extrapolated_s" in f:
+            ext = (
+                f" (extrapolated from {f['extrapolated_from_lookups'] / 1e6:g}M lookups: "
+                f"{f['time_at_bar_extrapolated_s']:.0f} s wall, "
+                f"{f['cpu_time_at_bar_extrapolated_s']:.0f} s CPU)"
+            )
         lines.append(
             f"- measured, {p['method']}: {p['build_seconds']:.0f} s wall "
-            f"({p['build_cpu_seconds']:.0f} s CPU), peak {p['peak_rss_bytes'] / 2**30:.2f} GiB: "
-            f"{'within' if ok_t and ok_m else 'OVER'} the bar"
+            f"({p['build_cpu_seconds']:.0f} s CPU){ext}, peak "
+            f"{p['peak_rss_bytes'] / 2**30:.2f} GiB: {'within' if ok_t and ok_m else 'OVER'} "
+            f"the bar; evaluating its layout (exact simulation, 6 policies) took "
+            f"{p['eval_seconds']:.0f} s more"
         )
     if not at_bar:
         lines.append("- not measured in this run (`--full` measures it); see the extrapolations.")
@@ -599,7 +655,15 @@ def main() -> None:
     ap.add_argument("--rows-series", action="store_true",
                     help="add a series at 100k rows with 0.3M-10M lookups")  # fmt: skip
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--replot", metavar="JSON", help="rewrite md and png from a results json")
     args = ap.parse_args()
+    if args.replot:
+        res = json.loads(Path(args.replot).read_text())
+        suffix = "_quick" if args.replot.endswith("_quick.json") else ""
+        text = write_results(res["points"], res["methods"], res["command"], suffix,
+                             res["seconds"], date=res["date"])  # fmt: skip
+        print(text)
+        return
     methods = [m for m in args.methods.split(",") if m]
     if "identity" not in methods:
         methods.insert(0, "identity")  # the reference of the quality ratios
@@ -628,12 +692,17 @@ def main() -> None:
 
 
 def write_results(
-    points: list[dict[str, Any]], methods: list[str], cmd: str, suffix: str, seconds: float
+    points: list[dict[str, Any]],
+    methods: list[str],
+    cmd: str,
+    suffix: str,
+    seconds: float,
+    date: str | None = None,
 ) -> str:
     fits = summarize(points, methods)
     res = {
         "command": cmd,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "date": date or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "cpus": os.cpu_count(),
