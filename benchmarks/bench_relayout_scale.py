@@ -31,9 +31,9 @@ fixed rows separates the effect of lookups from that of rows (time ~ rows^a * lo
 over all points). The machine is a shared 2-core VM: the load average is recorded around every
 run; compare ratios and exponents rather than absolute seconds.
 
-    python benchmarks/bench_relayout_scale.py            # 10k/100k, 100k/1M, 1M/10M (~10 min)
+    python benchmarks/bench_relayout_scale.py            # 10k/100k, 100k/1M, 1M/10M (~6 min)
     python benchmarks/bench_relayout_scale.py --quick    # the two smaller sizes only
-    python benchmarks/bench_relayout_scale.py --full     # adds 10M rows / 100M lookups (long)
+    python benchmarks/bench_relayout_scale.py --full     # + 10M rows / 100M lookups (~30 min more)
 """
 
 from __future__ import annotations
