@@ -42,7 +42,7 @@ def test_relayout_commits_a_better_layout_with_identical_rows(co_access_store):
         report = relayout(s, trace, batch_size=16)
         entry = report["tables"]["item"]
         assert entry["action"] == "commit" and report["committed_version"] == s.version > v0
-        chosen = entry["candidates"][entry["chosen"]]
+        chosen = entry["result"]
         assert chosen["heldout_blocks_read"] < entry["current"]["heldout_blocks_read"]
         assert entry["improvement_over_naive"] > 1.5
         assert np.array_equal(all_rows(s, "item"), before)
