@@ -50,7 +50,8 @@ def test_relayout_commits_a_better_layout_with_identical_rows(co_access_store):
     with bandstore.open(path, writable=True, cache_bytes=cache) as s:
         before = all_rows(s, "item")
         v0 = s.version
-        report = relayout(s, trace, batch_size=16)
+        # A small auto grid (this table is big for a test; the full grid is tested below).
+        report = relayout(s, trace, batch_size=16, half_lives=(None, 0.25), colds=("inline",))
         entry = report["tables"]["item"]
         assert entry["action"] == "commit" and report["committed_version"] == s.version > v0
         chosen = entry["result"]
@@ -275,6 +276,13 @@ def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
         expected = recency_counts(trace.query_slice(0, split), "item", 8000, c["half_life"])
         assert np.array_equal(committed_counts, expected)
         assert s.cache_info()["item"]["pinned_share"] == c["pinned_share"]
+    # A new store serves with the committed (recency-weighted) counts and policy, and reads
+    # on the held-out queries exactly the blocks the simulator predicted.
+    with bandstore.open(path, cache_bytes=cache) as s:
+        replay(s, trace.query_slice(0, split), batch_size=16)
+        held = replay(s, trace.query_slice(split, trace.n_queries), batch_size=16)
+        assert held["item"]["blocks_read"] == e["result"]["heldout_blocks_read"]
+    with bandstore.open(path, writable=True, cache_bytes=cache) as s:
         # Again on the same trace: the same choice is what the store now has; equal is not
         # fewer, so nothing is committed.
         v = s.version
@@ -284,6 +292,20 @@ def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
         assert e2["result"]["heldout_blocks_read"] == e2["current"]["heldout_blocks_read"]
         assert e2["action"] == "keep" and again["committed_version"] is None and s.version == v
         assert "not fewer" in e2["reason"]
+        # A recency-weighted choice (the only half-life offered) is committed with its counts.
+        forced = relayout(
+            s, trace, batch_size=16, auto_methods=("metis",), half_lives=(0.25,), force=True
+        )
+        e3 = forced["tables"]["item"]
+        assert e3["configuration"]["half_life"] == 0.25 and forced["committed_version"] > v
+        recent = recency_counts(trace.query_slice(0, split), "item", 8000, 0.25)
+        assert np.array_equal(s.table_counts("item"), recent)
+        assert not np.array_equal(recent, recency_counts(trace.query_slice(0, split), "item",
+                                                         8000, None))  # fmt: skip
+    with bandstore.open(path, cache_bytes=cache) as s:
+        replay(s, trace.query_slice(0, split), batch_size=16)
+        held = replay(s, trace.query_slice(split, trace.n_queries), batch_size=16)
+        assert held["item"]["blocks_read"] == e3["result"]["heldout_blocks_read"]
 
 
 def test_auto_can_choose_identity(tmp_path):
