@@ -413,20 +413,27 @@ def choose_configurations(
     replayed after the first through the exact simulator, scores it. Returns ``chosen`` (the
     configuration that reads the fewest blocks on the last part; the earlier in grid order on
     ties), ``configurations`` (every configuration with its policy and score: ``select_*``
-    figures) and the inner split.
+    figures) and the inner split. progress: one bar over the configurations.
     """
     inner = inner_split(tune, batch_size, inner_share)
     grid = configuration_grid(methods, half_lives, colds)
     evaluations: dict[tuple, dict[str, Any]] = {}
     scores = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(grid), desc=f"auto {table}: configurations", leave=False)
     for cfg in grid:
         res, _, _ = evaluate_choice(
             tune, table, inner, cfg, rows=rows, rows_per_block=rows_per_block, dim=dim,
             cache_bytes=cache_bytes, thresholds=thresholds, pinned_shares=pinned_shares,
             batch_size=batch_size, block_size=block_size, row_bytes=row_bytes, seed=seed,
-            layout_params=layout_params, progress=progress, layouts=layouts,
+            layout_params=layout_params, progress=False, layouts=layouts,
             evaluations=evaluations,
         )  # fmt: skip
+        if bar is not None:
+            bar.update(1)
         scores.append(
             {
                 **res["configuration"],
@@ -437,6 +444,8 @@ def choose_configurations(
                 "build_seconds": res["build_seconds"],
             }
         )
+    if bar is not None:
+        bar.close()
     best = min(range(len(scores)), key=lambda i: (scores[i]["select_blocks_read"], i))
     return {
         "queries": {"fit": inner, "select": tune.n_queries - inner},
