@@ -31,11 +31,14 @@ For each table of the trace:
 Cost: ``auto`` builds each co-access layout once per grid point on the inner part (2 cold
 placements x 4 half-lives for ``metis`` and ``hypergraph``) plus the per-method candidates and
 the chosen one on the whole tuning part: about 19 co-access builds instead of 2; and it runs 24
-coarse policy searches (12 points, on 75% of the tuning part) besides the 4-5 full ones (40
-points). On the demo's trace (3 tables, 300k rows, 1.5M lookups) that is about 6x the time of
-one method (176 s vs 28 s on 2 loaded cores), half of it the inner builds. Pass smaller
-``half_lives`` / ``colds`` / ``auto_methods`` grids to :func:`relayout` to trade choice for
-time.
+policy searches (on 75% of the tuning part) besides the 4-5 on the whole tuning part. On the
+demo's trace (3 tables, 300k rows, 1.5M lookups) that is about 9x the time of one method
+(246 s vs 28 s on 2 loaded cores; 94 s of it the inner builds). Smaller ``half_lives`` /
+``colds`` / ``auto_methods`` grids, or a coarser policy grid for the inner split
+(``inner_thresholds`` / ``inner_pinned_shares``), trade choice for time: a 4 x 3 policy grid
+cut the demo's relayout to 176 s with the same choices there, but on ml-latest-small at 50%
+DRAM it chose a recency weighting that read more held-out blocks than the naive store, which
+the full grid did not.
 """
 
 from __future__ import annotations
@@ -68,11 +71,6 @@ AUTO_HALF_LIVES: tuple[float | None, ...] = (None, 0.1, 0.25, 0.5)
 #: Placements of the rows never read (``cold`` of ``build_layout``) tried by ``auto`` for the
 #: methods that have the option (metis, hypergraph).
 AUTO_COLDS: tuple[str, ...] = ("after", "inline")
-#: The policy grid each configuration gets on the inner split (a coarse one: it only has to
-#: rank layouts fairly; the chosen layout gets the full grid on the whole tuning part). 12
-#: points instead of 40 make auto's inner stage ~3x cheaper to simulate.
-AUTO_INNER_THRESHOLDS: tuple[int, ...] = (0, 2, 8, NEVER)
-AUTO_INNER_PINNED_SHARES: tuple[float, ...] = (0.0, 0.5, 1.0)
 #: Share of the tuning queries (the last ones) that chooses among configurations.
 INNER_SHARE = 0.25
 #: Methods whose ``cold`` placement is a parameter.
@@ -403,8 +401,8 @@ def choose_configurations(
     half_lives: Sequence[float | None] = AUTO_HALF_LIVES,
     colds: Sequence[str] = AUTO_COLDS,
     inner_share: float = INNER_SHARE,
-    thresholds: Sequence[int] = AUTO_INNER_THRESHOLDS,
-    pinned_shares: Sequence[float] = AUTO_INNER_PINNED_SHARES,
+    thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
     batch_size: int,
     block_size: int,
     row_bytes: int,
@@ -417,8 +415,7 @@ def choose_configurations(
 
     The tuning queries are split by :func:`inner_split`: for every configuration of
     :func:`configuration_grid`, the first part builds the layout, gives the access counts and
-    chooses the threshold and pinned share (among ``thresholds`` x ``pinned_shares``, by
-    default the coarse :data:`AUTO_INNER_THRESHOLDS` x :data:`AUTO_INNER_PINNED_SHARES`); the
+    chooses the threshold and pinned share (among ``thresholds`` x ``pinned_shares``); the
     last part (``inner_share`` of the queries), replayed after the first through the exact
     simulator, scores it. Returns ``chosen`` (the
     configuration that reads the fewest blocks on the last part; the earlier in grid order on
@@ -484,14 +481,16 @@ def relayout(
     half_lives: Sequence[float | None] = AUTO_HALF_LIVES,
     colds: Sequence[str] = AUTO_COLDS,
     inner_share: float = INNER_SHARE,
-    inner_thresholds: Sequence[int] = AUTO_INNER_THRESHOLDS,
-    inner_pinned_shares: Sequence[float] = AUTO_INNER_PINNED_SHARES,
+    inner_thresholds: Sequence[int] | None = None,
+    inner_pinned_shares: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Relayout ``store``'s tables from ``trace``; return the per-table report.
 
     method: ``auto`` (the configuration chosen on an inner split of the tuning part, see
     :func:`choose_configurations`, over ``auto_methods`` x ``half_lives`` x ``colds``) or one
-    method with default parameters (and ``layout_params``).
+    method with default parameters (and ``layout_params``). inner_thresholds /
+    inner_pinned_shares: the policy grid of the inner split (default: thresholds /
+    pinned_shares).
     cache_bytes: the DRAM the decision is made for: a total (split by table size), per table,
     or None for each table's current cache size.
 
@@ -586,8 +585,10 @@ def relayout(
             choice = choose_configurations(
                 tune, name, methods=auto_methods, half_lives=half_lives, colds=colds,
                 inner_share=inner_share,
-                **{**choice_args, "thresholds": inner_thresholds,
-                   "pinned_shares": inner_pinned_shares},
+                **{**choice_args,
+                   "thresholds": thresholds if inner_thresholds is None else inner_thresholds,
+                   "pinned_shares": (pinned_shares if inner_pinned_shares is None
+                                     else inner_pinned_shares)},
             )  # fmt: skip
             entry["choice"] = choice
             cfg = choice["chosen"]

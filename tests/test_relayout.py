@@ -15,12 +15,9 @@ import pytest
 import bandstore
 from bandstore.cache import cache_row_bytes
 from bandstore.demo import create_store_for_trace
-from bandstore.kernels.cache import NEVER
 from bandstore.relayout import (
     AUTO_COLDS,
     AUTO_HALF_LIVES,
-    AUTO_INNER_PINNED_SHARES,
-    AUTO_INNER_THRESHOLDS,
     AUTO_METHODS,
     choose_configurations,
     configuration_grid,
@@ -216,11 +213,7 @@ def test_choose_configurations_scores_on_the_last_tuning_queries():
     assert choice["chosen"] == {k: first_best[k] for k in ("method", "half_life", "cold")}
     # Each score is evaluate_choice of that configuration on the inner split.
     c = scores[5]
-    res, layout, counts = evaluate_choice(
-        trace, "item", inner, c, thresholds=AUTO_INNER_THRESHOLDS,
-        pinned_shares=AUTO_INNER_PINNED_SHARES, **common,
-    )  # fmt: skip
-    assert c["threshold"] in [None if t == NEVER else t for t in AUTO_INNER_THRESHOLDS]
+    res, layout, counts = evaluate_choice(trace, "item", inner, c, **common)
     assert res["heldout_blocks_read"] == c["select_blocks_read"]
     assert res["configuration"] == {k: c[k] for k in res["configuration"]}
     assert np.array_equal(counts, recency_counts(trace.query_slice(0, inner), "item", 8000,
