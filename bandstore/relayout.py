@@ -32,13 +32,13 @@ Cost: ``auto`` builds each co-access layout once per grid point on the inner par
 placements x 4 half-lives for ``metis`` and ``hypergraph``) plus the per-method candidates and
 the chosen one on the whole tuning part: about 19 co-access builds instead of 2; and it runs 24
 policy searches (on 75% of the tuning part) besides the 4-5 on the whole tuning part. On the
-demo's trace (3 tables, 300k rows, 1.5M lookups) that is about 9x the time of one method
-(246 s vs 28 s on 2 loaded cores; 94 s of it the inner builds). Smaller ``half_lives`` /
-``colds`` / ``auto_methods`` grids, or a coarser policy grid for the inner split
-(``inner_thresholds`` / ``inner_pinned_shares``), trade choice for time: a 4 x 3 policy grid
-cut the demo's relayout to 176 s with the same choices there, but on ml-latest-small at 50%
-DRAM it chose a recency weighting that read more held-out blocks than the naive store, which
-the full grid did not.
+demo's trace (3 tables, 300k rows, 1.5M lookups) that is 7-9x the time of one method (81 s vs
+9-13 s for hypergraph at load ~1.5; 246 s vs 28 s at load ~6, 94 s of it the inner builds).
+Smaller ``half_lives`` / ``colds`` / ``auto_methods`` grids, or a coarser policy grid for the
+inner split (``inner_thresholds`` / ``inner_pinned_shares``), trade choice for time: a 4 x 3
+policy grid cut the demo's relayout from 246 s to 176 s (load ~6) with the same choices there,
+but on ml-latest-small at 50% DRAM it chose a recency weighting that read more held-out blocks
+than the naive store, which the full grid did not.
 """
 
 from __future__ import annotations
