@@ -263,11 +263,23 @@ def cmd_relayout(args: argparse.Namespace) -> int:
         print(f"\n{name} (cache {e['cache_bytes'] / 2**20:.1f} MiB):\n  {cols}")
         rows = [("naive", e["naive"]), ("current", e["current"]), ("policy only", e["policy_only"])]
         rows += list(e["candidates"].items())
+        if "choice" in e:
+            rows.append(("auto", e["result"]))
         for label, r in rows:
             t = "never" if r["threshold"] is None else r["threshold"]
             print(
                 f"  {label:<16}{r['heldout_blocks_per_1000_lookups']:>12.1f}"
                 f"{r['heldout_hit_ratio']:>10.3f}{t!s:>10}{r['pinned_share']:>8.2f}"
+            )
+        c = e["configuration"]
+        if "choice" in e:
+            q = e["choice"]["queries"]
+            print(
+                f"  auto chose {c['method']} (recency half-life "
+                f"{'none' if c['half_life'] is None else c['half_life']}"
+                + (f", cold rows {c['cold']}" if c["cold"] is not None else "")
+                + f") out of {len(e['choice']['configurations'])} configurations, on the last "
+                f"{q['select']} tuning queries (layouts built from the {q['fit']} before them)"
             )
         verdict = f"commit {e['chosen']}" if e["action"] == "commit" else f"keep ({e['reason']})"
         print(f"  -> {verdict}; {e['improvement_over_naive']:.2f}x fewer blocks than naive")

@@ -117,12 +117,11 @@ def run_demo(
         result["relayout"] = {
             name: {
                 "chosen": e["chosen"],
+                "configuration": e["configuration"],
                 "action": e["action"],
-                "threshold": e["candidates"][e["chosen"]]["threshold"],
-                "pinned_share": e["candidates"][e["chosen"]]["pinned_share"],
-                "predicted_heldout_blocks_read": e["candidates"][e["chosen"]][
-                    "heldout_blocks_read"
-                ],
+                "threshold": e["result"]["threshold"],
+                "pinned_share": e["result"]["pinned_share"],
+                "predicted_heldout_blocks_read": e["result"]["heldout_blocks_read"],
             }
             for name, e in report["tables"].items()
         }
@@ -170,9 +169,12 @@ def format_demo(result: dict[str, Any]) -> str:
         lines.append("relayout (chosen on the tuning queries):")
         for name, r in result["relayout"].items():
             t = "never" if r["threshold"] is None else r["threshold"]
+            c = r["configuration"]
+            hl = "none" if c["half_life"] is None else c["half_life"]
+            cold = f", cold rows {c['cold']}" if c["cold"] is not None else ""
             lines.append(
-                f"  {name:<14} {r['action']} {r['chosen']:<11} admission threshold {t}, "
-                f"pinned share {r['pinned_share']:.2f}"
+                f"  {name:<14} {r['action']} {r['chosen']:<11} (recency half-life {hl}{cold}), "
+                f"admission threshold {t}, pinned share {r['pinned_share']:.2f}"
             )
         lines.append("")
     if "sizing" in result:

@@ -1,24 +1,52 @@
 """Rebuild block layouts from an access log, prove them on held-out queries, commit atomically.
 
 For each table of the trace:
+
 1. the trace is split by query position: the tuning part (earlier queries) and the held-out part
-   (later queries, never used for any decision);
-2. candidate layouts are built from the tuning part only (``bandstore.layout.build_layout``),
-   next to the layout the store has now;
-3. for each candidate, the admission threshold and pinned share are chosen on the tuning part by
-   exact simulation of the store's cache policy (``bandstore.sim``), at the table's cache size;
-4. each candidate, with its policy, is replayed over the held-out part by the same exact
-   simulator, the cache warmed by the tuning part as a serving store's would be;
-5. the best candidate is committed only if it reads fewer blocks than the current layout with
-   its current policy (``force`` overrides): a new version, rows copied byte for byte and checked,
-   committed in one catalog transaction together with the access counts and policy it used.
+   (later queries). The held-out part decides nothing: it only measures, for the report and for
+   the guard of step 6;
+2. candidate layouts are built from the whole tuning part (``bandstore.layout.build_layout``,
+   default parameters, one per method), next to the layout the store has now, and each one's
+   admission threshold and pinned share are chosen on the tuning part by exact simulation of the
+   store's cache policy (``bandstore.sim``) at the table's cache size; each candidate, with its
+   policy, is replayed over the held-out part by the same simulator, the cache warmed by the
+   tuning part as a serving store's would be. These figures are reported, never used to choose;
+3. ``auto`` chooses a configuration on an *inner* split of the tuning part
+   (:func:`inner_split`): the first 75% of the tuning queries build a layout for every
+   configuration of the grid (:func:`configuration_grid`: method, including ``identity``, x
+   cold-row placement x recency half-life of the access counts, :func:`recency_counts`) and
+   choose its admission threshold and pinned share; the last 25% of the tuning queries,
+   replayed after them, choose the configuration that reads the fewest blocks
+   (:func:`choose_configurations`). A single ``method`` skips this step (default parameters);
+4. the chosen configuration is rebuilt on the whole tuning part, its policy chosen again on the
+   whole tuning part, and it is replayed over the held-out part (:func:`evaluate_choice`);
+5. the report gives, per table, the held-out figures of the store as it is (``current``), of the
+   naive store, of every candidate method and of the chosen configuration (``result``, with
+   ``configuration`` and, for ``auto``, the inner-split score of every configuration);
+6. the chosen layout is committed only if it reads fewer held-out blocks than the current layout
+   with its current policy (``force`` overrides): a new version, rows copied byte for byte and
+   checked, committed in one catalog transaction together with the access counts (recency
+   weighted as chosen) and the policy it used.
+
+Cost: ``auto`` builds each co-access layout once per grid point on the inner part (2 cold
+placements x 4 half-lives for ``metis`` and ``hypergraph``) plus the per-method candidates and
+the chosen one on the whole tuning part: about 19 co-access builds instead of 2; and it runs 24
+policy searches (on 75% of the tuning part) besides the 4-5 on the whole tuning part. On the
+demo's trace (3 tables, 300k rows, 1.5M lookups) that is 7-9x the time of one method (81 s vs
+9-13 s for hypergraph at load ~1.5; 246 s vs 28 s at load ~6, 94 s of it the inner builds).
+Smaller ``half_lives`` / ``colds`` / ``auto_methods`` grids, or a coarser policy grid for the
+inner split (``inner_thresholds`` / ``inner_pinned_shares``), trade choice for time: a 4 x 3
+policy grid cut the demo's relayout from 246 s to 176 s (load ~6) with the same choices there,
+but on ml-latest-small at 50% DRAM it chose a recency weighting that read more held-out blocks
+than the naive store, which the full grid did not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,13 +57,28 @@ from bandstore.kernels.cache import NEVER
 from bandstore.store import Store
 from bandstore.trace import Trace
 
-#: Candidate methods of ``auto``.
-AUTO_METHODS = ("frequency", "metis", "hypergraph")
+#: Candidate methods of ``auto`` (each reported on held-out queries; all in the inner grid).
+AUTO_METHODS = ("identity", "frequency", "metis", "hypergraph")
 METHODS = ("auto", "identity", "random", "frequency", "metis", "hypergraph")
 #: Admission thresholds tried on the tuning part (NEVER: no neighbour admission).
 DEFAULT_THRESHOLDS: tuple[int, ...] = (0, 1, 2, 3, 5, 8, 16, NEVER)
 #: Pinned shares tried on the tuning part.
 DEFAULT_PINNED_SHARES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Recency half-lives of the access counts tried by ``auto``, as a share of the queries they
+#: are counted on (None: plain counts). Also passed to the layout build (counts, graph and
+#: objective weighted alike).
+AUTO_HALF_LIVES: tuple[float | None, ...] = (None, 0.1, 0.25, 0.5)
+#: Placements of the rows never read (``cold`` of ``build_layout``) tried by ``auto`` for the
+#: methods that have the option (metis, hypergraph).
+AUTO_COLDS: tuple[str, ...] = ("after", "inline")
+#: Share of the tuning queries (the last ones) that chooses among configurations.
+INNER_SHARE = 0.25
+#: Methods whose ``cold`` placement is a parameter.
+_COLD_METHODS = ("metis", "hypergraph")
+
+
+def _batch_split(n_queries: int, share: float, batch_size: int) -> int:
+    return int(round((1.0 - share) * n_queries / batch_size)) * batch_size
 
 
 def split_point(trace: Trace, holdout: float, batch_size: int) -> int:
@@ -44,7 +87,7 @@ def split_point(trace: Trace, holdout: float, batch_size: int) -> int:
         raise InvalidArgumentError(
             f"holdout must be in (0, 1), got {holdout}", argument="holdout", value=holdout
         )
-    split = int(round((1.0 - holdout) * trace.n_queries / batch_size)) * batch_size
+    split = _batch_split(trace.n_queries, holdout, batch_size)
     if split <= 0 or split >= trace.n_queries:
         raise InvalidArgumentError(
             f"a trace of {trace.n_queries} queries cannot be split into tuning and held-out "
@@ -55,11 +98,71 @@ def split_point(trace: Trace, holdout: float, batch_size: int) -> int:
     return split
 
 
-def _counts(trace: Trace, table: str, rows: int) -> np.ndarray:
-    c = trace.access_counts(table)
-    if c.shape[0] < rows:
-        c = np.concatenate([c, np.zeros(rows - c.shape[0], dtype=c.dtype)])
+def inner_split(tune: Trace, batch_size: int, share: float = INNER_SHARE) -> int:
+    """The first query of the part of the tuning trace ``tune`` that chooses the configuration
+    (the last ``share`` of its queries), on a batch boundary like :func:`split_point`.
+
+    Raises InvalidArgumentError when either part would hold no whole batch.
+    """
+    if not 0.0 < share < 1.0:
+        raise InvalidArgumentError(
+            f"the inner share must be in (0, 1), got {share}", argument="inner_share", value=share
+        )
+    if batch_size < 1:
+        raise InvalidArgumentError(
+            f"batch_size must be >= 1, got {batch_size}", argument="batch_size"
+        )
+    split = _batch_split(tune.n_queries, share, batch_size)
+    if split <= 0 or split >= tune.n_queries:
+        raise InvalidArgumentError(
+            f"a tuning part of {tune.n_queries} queries is too short to choose a configuration "
+            f"on its last {share:.0%} in whole batches of {batch_size} queries; use a longer "
+            "trace, a smaller batch size or a single method",
+            argument="trace",
+            value=tune.n_queries,
+        )
+    return split
+
+
+def recency_counts(trace: Trace, table: str, rows: int, half_life: float | None) -> np.ndarray:
+    """Access counts of ``table`` (int32, length ``rows``), recency weighted.
+
+    half_life None: plain counts (clipped to int32, the store's type). Otherwise each query
+    weighs ``2 ** (-age / (half_life * n_queries))``, age = queries after it in ``trace`` (the
+    last weighs 1; half_life is a share of the trace's queries), each row gets the sum of the
+    weights of the queries that read it (once per read), and the sums are scaled so that they
+    add up to the number of lookups (counts keep their unit, so admission thresholds keep
+    theirs), then rounded to the nearest integer: rows read only long ago fall to 0.
+    """
+    if half_life is not None and (
+        isinstance(half_life, bool) or not isinstance(half_life, int | float) or half_life <= 0
+    ):
+        raise InvalidArgumentError(
+            f"half_life must be None or > 0, got {half_life!r}",
+            argument="half_life",
+            value=half_life,
+        )
+    idx, off = trace.table(table)
+    if idx.size and int(idx.max()) >= rows:
+        raise InvalidArgumentError(
+            f"trace reads id {int(idx.max())} of table {table!r}, which has {rows} rows",
+            argument="rows",
+            value=rows,
+        )
+    if half_life is None:
+        c = np.bincount(idx, minlength=rows)
+    else:
+        from bandstore.layout import query_weights
+
+        per_lookup = np.repeat(query_weights(off, float(half_life)), np.diff(off))
+        w = np.bincount(idx, weights=per_lookup, minlength=rows)
+        total = float(per_lookup.sum())
+        c = np.rint(w * (idx.size / total)) if total > 0 else np.zeros(rows)
     return np.minimum(c, 2**31 - 1).astype(np.int32)
+
+
+def _counts(trace: Trace, table: str, rows: int) -> np.ndarray:
+    return recency_counts(trace, table, rows, None)
 
 
 def _table_cache_bytes(store: Store, table: str, cache_bytes: Any) -> int:
@@ -135,6 +238,229 @@ def evaluate_layout(
     }
 
 
+def configuration_grid(
+    methods: Sequence[str] = AUTO_METHODS,
+    half_lives: Sequence[float | None] = AUTO_HALF_LIVES,
+    colds: Sequence[str] = AUTO_COLDS,
+) -> list[dict[str, Any]]:
+    """The layout configurations ``auto`` compares: method x recency half-life (of the counts
+    and of the layout build) x cold-row placement (for the methods that have one; None for the
+    others). The simplest come first (identity, no recency), and win ties."""
+    from bandstore.layout import METHODS as LAYOUT_METHODS
+
+    if not methods or not half_lives or not colds:
+        raise InvalidArgumentError(
+            "auto needs at least one method, half-life and cold placement", argument="methods"
+        )
+    for m in methods:
+        if m not in LAYOUT_METHODS:
+            raise InvalidArgumentError(
+                f"unknown layout method {m!r}; known: {list(LAYOUT_METHODS)}",
+                argument="methods",
+                value=m,
+            )
+    for c in colds:
+        if c not in ("after", "inline"):
+            raise InvalidArgumentError(
+                f"cold must be 'after' or 'inline', got {c!r}", argument="colds", value=c
+            )
+    grid = []
+    for m in methods:
+        for hl in half_lives:
+            for cold in colds if m in _COLD_METHODS else (None,):
+                grid.append({"method": m, "half_life": hl, "cold": cold})
+    return grid
+
+
+def _default_configuration(
+    method: str, layout_params: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, Any]:
+    """The configuration a single method is built with (its DEFAULTS and layout_params)."""
+    from bandstore.layout import DEFAULTS
+
+    p = {**DEFAULTS[method], **dict((layout_params or {}).get(method, {}))}
+    return {"method": method, "half_life": p.get("half_life"), "cold": p.get("cold")}
+
+
+def _config_key(n_queries: int, cfg: Mapping[str, Any]) -> tuple:
+    return (n_queries, cfg["method"], cfg["half_life"], cfg["cold"])
+
+
+def _build(
+    cfg: Mapping[str, Any],
+    tune: Trace,
+    table: str,
+    rows: int,
+    rows_per_block: int,
+    *,
+    seed: int,
+    progress: bool,
+    layout_params: Mapping[str, Mapping[str, Any]] | None,
+    layouts: MutableMapping[tuple, tuple[np.ndarray, float]] | None,
+) -> tuple[np.ndarray, float]:
+    """(layout, build seconds) of one configuration from the queries of ``tune``."""
+    from bandstore.layout import DEFAULTS, build_layout
+
+    key = _config_key(tune.n_queries, cfg)
+    if layouts is not None and key in layouts:
+        return layouts[key]
+    m = cfg["method"]
+    params = dict((layout_params or {}).get(m, {}))
+    if "half_life" in DEFAULTS[m]:
+        params["half_life"] = cfg["half_life"]
+    if cfg["cold"] is not None and m in _COLD_METHODS:
+        params["cold"] = cfg["cold"]
+    t0 = time.perf_counter()
+    if m == "identity":
+        layout = np.arange(rows, dtype=np.int64)
+    else:
+        idx, off = tune.table(table)
+        layout = build_layout(
+            m, idx, off, rows, rows_per_block, seed=seed, progress=progress, **params
+        )
+    out = (layout, time.perf_counter() - t0)
+    if layouts is not None:
+        layouts[key] = out
+    return out
+
+
+def evaluate_choice(
+    trace: Trace,
+    table: str,
+    split: int,
+    configuration: Mapping[str, Any],
+    *,
+    rows: int,
+    rows_per_block: int,
+    dim: int,
+    cache_bytes: int,
+    thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
+    batch_size: int,
+    block_size: int,
+    row_bytes: int,
+    seed: int = 0,
+    layout_params: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool = False,
+    layouts: MutableMapping[tuple, tuple[np.ndarray, float]] | None = None,
+    evaluations: MutableMapping[tuple, dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Build ``configuration`` (method, half_life, cold) from queries ``[0, split)`` of
+    ``trace``, with access counts :func:`recency_counts` of the same queries; choose its
+    threshold and pinned share on them and replay the queries after ``split``
+    (:func:`evaluate_layout`). Returns (figures, layout, counts); the figures carry
+    ``configuration`` (with the policy) and ``build_seconds``.
+
+    ``layouts``: a memo of built layouts for one trace and table (keyed by the number of
+    queries built from and the configuration), shared between calls to save builds.
+    ``evaluations``: a memo of figures by content (layout, counts, split, cache bytes) for one
+    trace, table and policy grid: configurations that build the same layout with the same
+    counts (e.g. a refinement that stops at its start) are simulated once.
+    """
+    tune = trace.query_slice(0, split)
+    cfg = {k: configuration[k] for k in ("method", "half_life", "cold")}
+    layout, seconds = _build(
+        cfg, tune, table, rows, rows_per_block, seed=seed, progress=progress,
+        layout_params=layout_params, layouts=layouts,
+    )  # fmt: skip
+    counts = recency_counts(tune, table, rows, cfg["half_life"])
+    digest = None
+    if evaluations is not None:
+        h = hashlib.blake2b(digest_size=16)
+        for a in (np.ascontiguousarray(layout), np.ascontiguousarray(counts)):
+            h.update(a.view(np.uint8))
+        digest = (h.hexdigest(), split, cache_bytes)
+    if digest is not None and digest in evaluations:
+        res = dict(evaluations[digest])
+    else:
+        res = evaluate_layout(
+            trace, table, split, layout, rows_per_block, dim, counts, cache_bytes,
+            thresholds=thresholds, pinned_shares=pinned_shares, batch_size=batch_size,
+            block_size=block_size, row_bytes=row_bytes,
+        )  # fmt: skip
+        if digest is not None:
+            evaluations[digest] = dict(res)
+    res["build_seconds"] = seconds
+    res["configuration"] = {
+        **cfg,
+        "threshold": res["threshold"],
+        "pinned_share": res["pinned_share"],
+    }
+    return res, layout, counts
+
+
+def choose_configurations(
+    tune: Trace,
+    table: str,
+    *,
+    rows: int,
+    rows_per_block: int,
+    dim: int,
+    cache_bytes: int,
+    methods: Sequence[str] = AUTO_METHODS,
+    half_lives: Sequence[float | None] = AUTO_HALF_LIVES,
+    colds: Sequence[str] = AUTO_COLDS,
+    inner_share: float = INNER_SHARE,
+    thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
+    batch_size: int,
+    block_size: int,
+    row_bytes: int,
+    seed: int = 0,
+    layout_params: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool = False,
+    layouts: MutableMapping[tuple, tuple[np.ndarray, float]] | None = None,
+) -> dict[str, Any]:
+    """Choose a layout configuration of ``table`` from the tuning trace ``tune`` alone.
+
+    The tuning queries are split by :func:`inner_split`: for every configuration of
+    :func:`configuration_grid`, the first part builds the layout, gives the access counts and
+    chooses the threshold and pinned share (among ``thresholds`` x ``pinned_shares``); the
+    last part (``inner_share`` of the queries), replayed after the first through the exact
+    simulator, scores it. Returns ``chosen`` (the
+    configuration that reads the fewest blocks on the last part; the earlier in grid order on
+    ties), ``configurations`` (every configuration with its policy and score: ``select_*``
+    figures) and the inner split. progress: one bar over the configurations.
+    """
+    inner = inner_split(tune, batch_size, inner_share)
+    grid = configuration_grid(methods, half_lives, colds)
+    evaluations: dict[tuple, dict[str, Any]] = {}
+    scores = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(grid), desc=f"auto {table}: configurations", leave=False)
+    for cfg in grid:
+        res, _, _ = evaluate_choice(
+            tune, table, inner, cfg, rows=rows, rows_per_block=rows_per_block, dim=dim,
+            cache_bytes=cache_bytes, thresholds=thresholds, pinned_shares=pinned_shares,
+            batch_size=batch_size, block_size=block_size, row_bytes=row_bytes, seed=seed,
+            layout_params=layout_params, progress=False, layouts=layouts,
+            evaluations=evaluations,
+        )  # fmt: skip
+        if bar is not None:
+            bar.update(1)
+        scores.append(
+            {
+                **res["configuration"],
+                "select_blocks_read": res["heldout_blocks_read"],
+                "select_blocks_per_1000_lookups": res["heldout_blocks_per_1000_lookups"],
+                "select_hit_ratio": res["heldout_hit_ratio"],
+                "fit_blocks_per_1000_lookups": res["tuning_blocks_per_1000_lookups"],
+                "build_seconds": res["build_seconds"],
+            }
+        )
+    if bar is not None:
+        bar.close()
+    best = min(range(len(scores)), key=lambda i: (scores[i]["select_blocks_read"], i))
+    return {
+        "queries": {"fit": inner, "select": tune.n_queries - inner},
+        "chosen": dict(grid[best]),
+        "configurations": scores,
+    }
+
+
 def relayout(
     store: Store,
     trace: Trace,
@@ -151,15 +477,29 @@ def relayout(
     seed: int = 0,
     progress: bool | None = None,
     layout_params: Mapping[str, Mapping[str, Any]] | None = None,
+    auto_methods: Sequence[str] = AUTO_METHODS,
+    half_lives: Sequence[float | None] = AUTO_HALF_LIVES,
+    colds: Sequence[str] = AUTO_COLDS,
+    inner_share: float = INNER_SHARE,
+    inner_thresholds: Sequence[int] | None = None,
+    inner_pinned_shares: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Relayout ``store``'s tables from ``trace``; return the per-table report.
 
-    method: ``auto`` (the best of the candidates on held-out queries) or one method.
+    method: ``auto`` (the configuration chosen on an inner split of the tuning part, see
+    :func:`choose_configurations`, over ``auto_methods`` x ``half_lives`` x ``colds``) or one
+    method with default parameters (and ``layout_params``). inner_thresholds /
+    inner_pinned_shares: the policy grid of the inner split (default: thresholds /
+    pinned_shares).
     cache_bytes: the DRAM the decision is made for: a total (split by table size), per table,
     or None for each table's current cache size.
-    """
-    from bandstore.layout import build_layout
 
+    Per table, the report has ``current``, ``naive``, ``policy_only`` and ``candidates`` (per
+    method) held-out figures, ``chosen`` (the method of the chosen configuration),
+    ``configuration`` (method, half_life, cold, threshold, pinned_share), ``result`` (its
+    held-out figures), for ``auto`` ``choice`` (the inner split and every configuration's
+    score), and ``action`` (``commit`` or ``keep`` with a ``reason``).
+    """
     if method not in METHODS:
         raise InvalidArgumentError(
             f"unknown method {method!r}; known: {list(METHODS)}", argument="method", value=method
@@ -182,7 +522,10 @@ def relayout(
             )
     split = split_point(trace, holdout, batch_size)
     tune = trace.query_slice(0, split)
-    candidates = AUTO_METHODS if method == "auto" else (method,)
+    if method == "auto":
+        configuration_grid(auto_methods, half_lives, colds)  # refuse a bad grid up front
+        inner_split(tune, batch_size, inner_share)
+    candidates = tuple(auto_methods) if method == "auto" else (method,)
     report: dict[str, Any] = {
         "queries": {"tuning": split, "heldout": trace.n_queries - split},
         "method": method,
@@ -194,12 +537,16 @@ def relayout(
         rows, rpb = info.rows, info.rows_per_block
         counts = _counts(tune, name, rows)
         cb = _table_cache_bytes(store, name, cache_bytes)
-        tune_idx, tune_off = tune.table(name)
         evaluate = dict(
             rows_per_block=rpb, dim=info.dim, cache_bytes=cb, thresholds=thresholds,
             pinned_shares=pinned_shares, batch_size=batch_size, block_size=info.block_size,
             row_bytes=info.row_bytes,
         )  # fmt: skip
+        choice_args = dict(
+            rows=rows, seed=seed, layout_params=layout_params, progress=bool(progress),
+            **evaluate,
+        )  # fmt: skip
+        built: dict[tuple, tuple[np.ndarray, float]] = {}
         current_layout = np.asarray(store.table_layout(name)[0])
         current_policy = store.cache_info()[name]
         entry: dict[str, Any] = {"cache_bytes": cb, "candidates": {}}
@@ -218,29 +565,43 @@ def relayout(
             trace, name, split, identity, counts=counts,
             **{**evaluate, "thresholds": [NEVER], "pinned_shares": [0.0]},
         )  # fmt: skip
-        built = {"identity": identity}
+        # Each candidate method, default parameters, built on the whole tuning part: reported.
+        outcomes: dict[tuple, tuple[dict[str, Any], np.ndarray, np.ndarray]] = {}
         for m in candidates:
-            t0 = time.perf_counter()
-            if m not in built:
-                built[m] = build_layout(
-                    m, tune_idx, tune_off, rows, rpb, seed=seed,
-                    progress=bool(progress), **dict((layout_params or {}).get(m, {})),
-                )  # fmt: skip
-            build_seconds = time.perf_counter() - t0
-            res = evaluate_layout(trace, name, split, built[m], counts=counts, **evaluate)
-            res["build_seconds"] = build_seconds
-            entry["candidates"][m] = res
+            cfg = _default_configuration(m, layout_params)
+            out = evaluate_choice(trace, name, split, cfg, layouts=built, **choice_args)
+            outcomes[_config_key(split, cfg)] = out
+            entry["candidates"][m] = out[0]
         # The identity layout with a tuned policy: what the policy alone is worth.
-        entry["policy_only"] = evaluate_layout(
-            trace, name, split, identity, counts=counts, **evaluate
-        )
-        best = min(
-            entry["candidates"],
-            key=lambda m: entry["candidates"][m]["heldout_blocks_read"],
-        )
-        chosen = entry["candidates"][best]
+        if "identity" in entry["candidates"]:
+            entry["policy_only"] = entry["candidates"]["identity"]
+        else:
+            entry["policy_only"] = evaluate_layout(
+                trace, name, split, identity, counts=counts, **evaluate
+            )
+        if method == "auto":
+            # Chosen on the tuning part alone, then rebuilt on all of it. (The inner-part
+            # layouts are not kept: at most one layout per candidate is held at a time.)
+            choice = choose_configurations(
+                tune, name, methods=auto_methods, half_lives=half_lives, colds=colds,
+                inner_share=inner_share,
+                **{**choice_args,
+                   "thresholds": thresholds if inner_thresholds is None else inner_thresholds,
+                   "pinned_shares": (pinned_shares if inner_pinned_shares is None
+                                     else inner_pinned_shares)},
+            )  # fmt: skip
+            entry["choice"] = choice
+            cfg = choice["chosen"]
+        else:
+            cfg = _default_configuration(method, layout_params)
+        key = _config_key(split, cfg)
+        if key not in outcomes:
+            outcomes[key] = evaluate_choice(trace, name, split, cfg, layouts=built, **choice_args)
+        chosen, chosen_layout, chosen_counts = outcomes[key]
+        entry["chosen"] = cfg["method"]
+        entry["configuration"] = chosen["configuration"]
+        entry["result"] = chosen
         better = chosen["heldout_blocks_read"] < cur["heldout_blocks_read"]
-        entry["chosen"] = best
         entry["improvement_over_current"] = (
             cur["heldout_blocks_read"] / chosen["heldout_blocks_read"]
             if chosen["heldout_blocks_read"]
@@ -251,20 +612,21 @@ def relayout(
             if chosen["heldout_blocks_read"]
             else math.inf
         )
+        label = _describe(entry["configuration"])
         if better or force:
             entry["action"] = "commit"
-            layouts[name] = built[best]
-            counts_by_table[name] = counts
+            layouts[name] = chosen_layout
+            counts_by_table[name] = chosen_counts
             tuning[name] = {
                 "cache_bytes": cb,
                 "threshold": chosen["threshold"],
                 "pinned_share": chosen["pinned_share"],
-                "source": f"relayout {best}",
+                "source": f"relayout {method}: {label}",
             }
         else:
             entry["action"] = "keep"
             entry["reason"] = (
-                f"{best} reads {chosen['heldout_blocks_read']} blocks on held-out queries, "
+                f"{label} reads {chosen['heldout_blocks_read']} blocks on held-out queries, "
                 f"not fewer than the current layout's {cur['heldout_blocks_read']}"
             )
         report["tables"][name] = entry
@@ -275,3 +637,13 @@ def relayout(
             progress=progress,
         )  # fmt: skip
     return report
+
+
+def _describe(cfg: Mapping[str, Any]) -> str:
+    """'hypergraph (half-life 0.25, cold inline)'-style label of a configuration."""
+    extra = []
+    if cfg.get("half_life") is not None:
+        extra.append(f"half-life {cfg['half_life']}")
+    if cfg.get("cold") is not None:
+        extra.append(f"cold {cfg['cold']}")
+    return cfg["method"] + (f" ({', '.join(extra)})" if extra else "")

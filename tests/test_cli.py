@@ -89,3 +89,22 @@ def test_demo_runs_small(capsys):
     out = run_json(capsys, "demo", "--scale", "0.05")
     before = out["before"]["total"]
     assert before["lookups"] > 0 and before["lookups"] == before["hits"] + before["misses"]
+
+
+def test_relayout_auto_reports_its_configuration(tmp_path, capsys, trace_file):
+    store = tmp_path / "s"
+    run_json(capsys, "create", str(store), "--from-trace", str(trace_file), "--dim", "16")
+    out = run_json(
+        capsys, "relayout", str(store), str(trace_file), "--batch-size", "16",
+        "--cache-bytes", "64K", "--dry-run",
+    )  # fmt: skip
+    assert out["method"] == "auto" and out["committed_version"] is None
+    for e in out["tables"].values():
+        c = e["configuration"]
+        assert c["method"] == e["chosen"] in ("identity", "frequency", "metis", "hypergraph")
+        assert set(c) == {"method", "half_life", "cold", "threshold", "pinned_share"}
+        assert e["choice"]["queries"] == {"fit": 240, "select": 80}
+        assert len(e["choice"]["configurations"]) == 24
+    assert main(["relayout", str(store), str(trace_file), "--batch-size", "16", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "auto chose" in text and "out of 24 configurations" in text

@@ -23,7 +23,8 @@ amazon-book, lastfm-2k, ml-latest-small and synthetic community traces, rows_per
 - ``half_life`` (None): recency weight of the queries as a share of the trace (a query that
   far from the end weighs 1/2) for counts, graph and objective. On time-ordered logs whose
   popularity drifts (ml-latest-small) 0.1-0.25 read 7-8% fewer blocks; on logs without time
-  order it only loses data. Choose it on an inner split.
+  order it only loses data. ``bandstore.relayout``'s ``auto`` chooses it (None, 0.1, 0.25, 0.5)
+  on an inner split of the tuning queries, with the method and ``cold``.
 - ``alpha`` (0.5): edge weights divided by ``(count_u * count_v) ** alpha``; 0, 0.5 and 1 were
   within 2% of each other once hot rows are excluded.
 - ``degree`` (8): nets of more than ``2 * degree + 1`` rows get ``degree`` sampled partners per
