@@ -51,6 +51,13 @@ class TableProfile:
     blocks_per_lookup: np.ndarray
     hot_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     verify: bool = True
+    #: Block bytes of every table the batch reads: they share the CPU caches and the TLB, so a
+    #: block read costs what it costs in a file of this size, not of the table's own size.
+    working_set_bytes: float = 0.0
+
+    @property
+    def file_bytes(self) -> int:
+        return -(-self.rows // max(1, self.rows_per_block)) * self.block_size
 
     @property
     def resident_bytes(self) -> int:
@@ -151,6 +158,10 @@ def profile_trace(
                 argument="trace",
             )
     source = curves if curves is not None else simulated_curve()
+    working_set = float(sum(
+        -(-store.tables[n].rows // store.tables[n].rows_per_block) * store.tables[n].block_size
+        for n in trace.table_names if trace.n_lookups(n) > 0
+    ))  # fmt: skip
     nq = max(1, trace.n_queries)
     batches = nq / batch_size
     out = {}
@@ -188,6 +199,7 @@ def profile_trace(
             blocks_per_lookup=np.asarray(block_rate, dtype=np.float64)[order],
             hot_ids=np.sort(hot).astype(np.int64),
             verify=bool(store._verify_reads),
+            working_set_bytes=working_set,
         )
     return out
 
@@ -209,7 +221,7 @@ def cost(p: TableProfile, kind: str, cal: Calibration, cache_bytes: int = 0, *,
     L = p.lookups
     if L <= 0:
         return 0.0
-    file_bytes = -(-p.rows // max(1, p.rows_per_block)) * p.block_size
+    file_bytes = max(p.file_bytes, p.working_set_bytes)
     block = cal.block(cold=cold, verify=p.verify, file_bytes=file_bytes)
     row = cal.row(p.codec, p.dim)
     if kind == "resident":
