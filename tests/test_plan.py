@@ -14,6 +14,7 @@ from reference import embedding_bag_ref
 
 import bandstore
 from bandstore.cache import cache_row_bytes
+from bandstore.kernels import cache as kc
 from bandstore.plan import (
     Plan,
     apply_plan,
@@ -599,3 +600,43 @@ def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
     assert d.block(file_bytes=small) < d.block(file_bytes=(small * large) ** 0.5) < d.block_large_ns
     assert d.block(file_bytes=64 * large) == d.block_large_ns
     assert cal.block_large_ns >= cal.block_ns and cal.block_file_bytes == [64 * 4096, 256 * 4096]
+
+
+def test_split_cached_parts_pin_their_own_hottest_rows(store_path, weights, tmp_path):
+    """A cached split keeps the policy's pinned share, as the table's own cache would: each
+    part pins the hottest rows it owns (the planner's curves assume that policy)."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store_path, copy)
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 50, SIZES["b"]).astype(np.int64)
+    with bandstore.open(copy, writable=True) as s:
+        s.set_tuning({"b": {"cache_bytes": 60 * cache_row_bytes(DIM), "threshold": None,
+                            "pinned_share": 1.0}}, counts={"b": counts})  # fmt: skip
+    plan = {
+        "workers": 2,
+        "tables": {
+            "b": {
+                "strategy": "split",
+                "inner": "cached",
+                "workers": [0, 1],
+                "cache_bytes": 30 * cache_row_bytes(DIM),
+                "replicate": [7],
+            }
+        },
+    }
+    hottest = np.argsort(-counts, kind="stable")
+    with bandstore.open(copy, plan=plan) as s:
+        runner = s._tables["b"].runner
+        pinned = [set(c.id_of_slot[: int(c.meta[kc.META_PINNED])].tolist()) for c in runner.caches]
+        for j, ids in enumerate(pinned):
+            assert 7 in ids and len(ids) == 31  # the replica and 30 rows of its own
+            own = {i for i in ids if i != 7}
+            assert all(int(_owner_of(np.array([i]), 2)[0]) == j for i in own)
+            mine = [i for i in hottest.tolist() if i != 7 and _owner_of(np.array([i]), 2)[0] == j]
+            assert own == set(mine[:30])  # the hottest it owns
+        ids = np.array(sorted(pinned[0] | pinned[1]), dtype=np.int64)
+        got = s.lookup_many({"b": (ids, np.arange(ids.size))})["b"]
+        assert np.array_equal(got, weights["b"][ids])
+        assert s.stats()["b"]["hits"] == ids.size  # served from the pinned slots

@@ -82,6 +82,7 @@ def _build_runner(store: Any, name: str, t: Any, tp: TablePlan | None, tables: d
         current is not None
         and current.spec == ("split", "cached", parts, tp.cache_bytes, np.unique(rep).tobytes())
         and current.threshold == base.threshold
+        and current.pinned_share == base.pinned_share
     ):
         return current
     return SplitCachedRunner(t, parts, tp.cache_bytes, rep, base)

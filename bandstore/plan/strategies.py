@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bandstore.cache import CacheState, cache_row_bytes, capacity_rows
+from bandstore.cache import CacheState, cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
 
@@ -245,6 +245,7 @@ class SplitCachedRunner(Runner):
         self.cache_bytes = int(cache_bytes)
         self.replicate = t.verified_rows(np.ascontiguousarray(np.unique(replicate), dtype=np.int64))
         self.threshold = int(policy.threshold)
+        self.pinned_share = float(policy.pinned_share)
         self.hot_bits = np.zeros(0, dtype=np.uint8)
         if self.replicate.size:
             bits = np.zeros(g.rows, dtype=bool)
@@ -265,17 +266,31 @@ class SplitCachedRunner(Runner):
         # same pinned slot in every part, so the parts never write one entry differently.
         slot_of_id = np.full(g.rows, -1, dtype=np.int32)
         self.caches = []
-        for _ in range(parts):
+        own_cap = capacity_rows(self.cache_bytes, g.dim, g.rows)
+        n_pin = int(self.pinned_share * own_cap)
+        hottest = np.empty(0, dtype=np.int64)
+        if n_pin > 0 and t.has_counts:
+            # The policy's pinned share holds, per part, the hottest rows that part owns (as the
+            # whole table's cache would, which is what the planner's curves assume).
+            hottest = pinned_ids(t.counts, g.rows)  # every read row, hottest first
+            hottest = hottest[~np.isin(hottest, self.replicate)]
+            owners = _owner_of(hottest, parts)
+        for j in range(parts):
             n_hot = self.replicate.size
-            cap = min(g.rows, n_hot + capacity_rows(self.cache_bytes, g.dim, g.rows))
+            cap = min(g.rows, n_hot + own_cap)
             cache = CacheState(1, g.dim, cap)
             cache.slot_of_id = slot_of_id
             cache.rows = g.rows
-            if n_hot:
+            # Replicated rows first: the same slots in every part.
+            pinned = self.replicate
+            if hottest.size:
+                own = t.verified_rows(np.ascontiguousarray(hottest[owners == j][:n_pin]))
+                pinned = np.concatenate([self.replicate, own])[:cap]
+            if pinned.size:
                 kc._load_pinned(
-                    self.replicate, True, cache.slot_of_id, cache.id_of_slot, cache.meta,
-                    cache.data, t.layout, g.rows_per_block, g.block_size, g.row_bytes, t.codec,
-                    g.dim, t.blocks_u8,
+                    np.ascontiguousarray(pinned), True, cache.slot_of_id, cache.id_of_slot,
+                    cache.meta, cache.data, t.layout, g.rows_per_block, g.block_size,
+                    g.row_bytes, t.codec, g.dim, t.blocks_u8,
                 )  # fmt: skip
             self.caches.append(cache)
         self.locks = [threading.Lock() for _ in range(parts)]
