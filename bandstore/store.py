@@ -170,6 +170,14 @@ class _Table:
             self.policy = policy
             self.cache = cache
 
+    def mismatched_blocks(self, b0: int, b1: int) -> np.ndarray:
+        """The blocks in ``[b0, b1)`` with a sector that does not match its checksum."""
+        g = self.geometry
+        spb = g.block_size // self.checksum_bytes
+        buf = np.asarray(self.blocks_u8[(b0 + 1) * g.block_size : (b1 + 1) * g.block_size])
+        sums = self.checksums[b0 * spb : b1 * spb]
+        return b0 + blockfile.mismatched_blocks(buf, g.block_size, self.checksum_bytes, sums)
+
     def verified_rows(self, ids: np.ndarray) -> np.ndarray:
         """The ``ids`` whose sectors match their checksums (all of them when reads are not
         verified), for rows loaded into DRAM ahead of any lookup (pinned, replicated): a row
@@ -1060,12 +1068,7 @@ class Store:
             ) as pbar:
                 for b0 in range(0, g.n_blocks, chunk):
                     b1 = min(g.n_blocks, b0 + chunk)
-                    buf = np.asarray(t.blocks_u8[(b0 + 1) * g.block_size : (b1 + 1) * g.block_size])
-                    spb = g.block_size // t.checksum_bytes
-                    bad = blockfile.mismatched_blocks(
-                        buf, g.block_size, t.checksum_bytes, t.checksums[b0 * spb : b1 * spb]
-                    )
-                    bad_blocks.extend((b0 + bad).tolist())
+                    bad_blocks.extend(t.mismatched_blocks(b0, b1).tolist())
                     pbar.update(b1 - b0)
             for b in bad_blocks:
                 problems.append({"table": name, "block": int(b), "path": str(t.block_path)})

@@ -158,10 +158,6 @@ def profile_trace(
                 argument="trace",
             )
     source = curves if curves is not None else simulated_curve()
-    working_set = float(sum(
-        -(-store.tables[n].rows // store.tables[n].rows_per_block) * store.tables[n].block_size
-        for n in trace.table_names if trace.n_lookups(n) > 0
-    ))  # fmt: skip
     nq = max(1, trace.n_queries)
     batches = nq / batch_size
     out = {}
@@ -199,8 +195,10 @@ def profile_trace(
             blocks_per_lookup=np.asarray(block_rate, dtype=np.float64)[order],
             hot_ids=np.sort(hot).astype(np.int64),
             verify=bool(store._verify_reads),
-            working_set_bytes=working_set,
         )
+    working_set = float(sum(p.file_bytes for p in out.values() if p.lookups > 0))
+    for p in out.values():
+        p.working_set_bytes = working_set
     return out
 
 

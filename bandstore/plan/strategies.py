@@ -117,7 +117,7 @@ class CachedRunner(Runner):
 
 def decode_table(t: Any) -> np.ndarray:
     """Every row of table ``t`` decoded to float32, in id order (verified block by block)."""
-    from bandstore.blockfile import mismatched_blocks, rows_view
+    from bandstore.blockfile import rows_view
     from bandstore.codecs import decode_rows
 
     g = t.geometry
@@ -128,12 +128,9 @@ def decode_table(t: Any) -> np.ndarray:
         blocks = np.unique(slots // g.rows_per_block)
         if t.verify_reads:
             for b0, b1 in _runs(blocks):
-                buf = np.asarray(t.blocks_u8[(b0 + 1) * g.block_size : (b1 + 1) * g.block_size])
-                spb = g.block_size // t.checksum_bytes
-                bad = mismatched_blocks(buf, g.block_size, t.checksum_bytes,
-                                        t.checksums[b0 * spb : b1 * spb])  # fmt: skip
+                bad = t.mismatched_blocks(b0, b1)
                 if bad.size:
-                    raise_corrupt(t, int(b0 + bad[0]))
+                    raise_corrupt(t, int(bad[0]))
         raw = rows_view(t.blocks_u8, g)[slots // g.rows_per_block, slots % g.rows_per_block]
         out[start:stop] = decode_rows(g.codec, raw, g.dim)
     return out
