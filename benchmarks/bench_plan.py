@@ -12,7 +12,9 @@ For each: the plan is made from the first half of the queries, every contender's
 warmed on it, and the second half is replayed through ``lookup_many`` in batches: the
 asymmetric plan on 2 workers vs the uniform baseline on 2 workers (every table cached with an
 equal share of the same DRAM budget, tables dealt round-robin) vs the asymmetric plan on 1
-worker. Repetitions interleaved; medians. Also: resident tables vs torch's EmbeddingBag.
+worker. Contenders interleaved batch by batch; each held-out batch is served once (a replay
+would find its rows cached); lookups/s is the median over 5 consecutive chunks of the batches.
+Also: resident tables vs torch's EmbeddingBag.
 
     python benchmarks/bench_plan.py            # full size (10M-row tables; ~15 minutes)
     python benchmarks/bench_plan.py --quick    # 1M-row tables at most (~3 minutes)
@@ -140,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--budget-fraction", type=float, default=0.2,
                     help="DRAM budget as a share of the decoded tables (default 0.2)")  # fmt: skip
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="chunks of the held-out batches (the median chunk rate is reported)",
+    )
     ap.add_argument("--only", nargs="*", help="workloads to run (criteo avazu dlrm extreme torch)")
     ap.add_argument("--workdir", type=Path, help="keep stores here (default: temporary)")
     ap.add_argument("--seed", type=int, default=0)
@@ -238,8 +245,9 @@ def markdown(out: dict) -> str:
         "",
         f"`{out['command']}` (dim {out['dim']} float32, {out['workers']} workers, DRAM budget "
         f"{out['budget_fraction']:.0%} of the decoded tables, same budget for every contender; "
-        "held-out half of the queries, caches warmed on the first half; contenders take turns "
-        "batch by batch; medians of repetitions; batch = one `lookup_many` call). The machine "
+        "held-out half of the queries, each served once, caches warmed on the first half; "
+        "contenders take turns batch by batch; lookups/s: median over consecutive chunks of "
+        "the held-out batches; batch = one `lookup_many` call). The machine "
         "has 2 cores; the load average (other processes included) is given per workload: at a "
         "load near 2 or above, the second worker shares a core with other work and the 2-worker "
         "figures mean little.",

@@ -21,7 +21,7 @@ from numba import njit
 
 from bandstore.kernels.checksum import _xxh64
 from bandstore.kernels.codec import _decode_row_into
-from bandstore.kernels.prefetch import _prefetch_row
+from bandstore.kernels.prefetch import _prefetch_at, _prefetch_row
 
 # Pooling modes.
 MODE_SUM = 0
@@ -53,6 +53,10 @@ NEVER = 2**62
 
 # How many positions ahead the pooling loop prefetches cached rows.
 PREFETCH_DISTANCE = 12
+# How many missed keys ahead the block pass prefetches a sector (the layout entry it needs
+# twice as far ahead). Measured on a 900k-row table at 4096 lookups per batch: the checksum
+# pass took 2-3x less time with 8 or 16 than with none, 16 slightly ahead.
+BLOCK_PREFETCH_DISTANCE = 16
 
 
 @njit(nogil=True, cache=True)
@@ -126,7 +130,22 @@ def _verify_sorted_blocks(
     spb = block_size // checksum_bytes
     done = np.zeros(spb, dtype=np.bool_)
     prev = -1
-    for k in range(keys.shape[0]):
+    nk = keys.shape[0]
+    far = 2 * BLOCK_PREFETCH_DISTANCE
+    for k in range(nk):
+        # A software pipeline over the sorted keys: the layout entry of the key 2D ahead, then
+        # the sector and checksum of the key D ahead (its layout entry has arrived by now).
+        if BLOCK_PREFETCH_DISTANCE > 0:
+            if k + far < nk:
+                _prefetch_at(layout, ids[keys[k + far] % n])
+            if k + BLOCK_PREFETCH_DISTANCE < nk:
+                ka = keys[k + BLOCK_PREFETCH_DISTANCE]
+                ba = ka // n
+                sa = (layout[ids[ka % n]] - ba * rows_per_block) * row_bytes // checksum_bytes
+                _prefetch_at(blocks_u8, (ba + 1) * block_size + sa * checksum_bytes)
+                _prefetch_at(checksums, ba * spb + sa)
+                if threshold < NEVER:  # the neighbour scan reads the block's inverse layout
+                    _prefetch_at(inverse_layout, ba * rows_per_block)
         blk = keys[k] // n
         base_slot = blk * rows_per_block
         if blk != prev:

@@ -14,10 +14,22 @@ if config.DISABLE_JIT:
     def _prefetch_row(arr2d, row):
         """No-op in plain Python."""
 
+    def _prefetch_at(arr1d, index):
+        """No-op in plain Python."""
+
 else:
     from llvmlite import ir
     from numba import types
     from numba.extending import intrinsic
+
+    def _emit_prefetch(builder, ptr):
+        """llvm.prefetch for reading, locality 3 (keep in all levels), data cache."""
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+        rw, locality, data_cache = (ir.Constant(i32, v) for v in (0, 3, 1))
+        builder.call(fn, [builder.bitcast(ptr, i8p), rw, locality, data_cache])
 
     @intrinsic
     def _prefetch_row(typingctx, arr2d, row):
@@ -34,13 +46,25 @@ else:
             index = builder.mul(
                 context.cast(builder, args[1], signature.args[1], types.intp), ncols
             )
-            ptr = builder.gep(ary.data, [index])
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-            fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
-            rw, locality, data_cache = (ir.Constant(i32, v) for v in (0, 3, 1))
-            builder.call(fn, [builder.bitcast(ptr, i8p), rw, locality, data_cache])
+            _emit_prefetch(builder, builder.gep(ary.data, [index]))
             return context.get_dummy_value()
 
         return types.void(arr2d, row), codegen
+
+    @intrinsic
+    def _prefetch_at(typingctx, arr1d, index):
+        """Hint the CPU to bring ``arr1d[index]`` (a contiguous 1-D array) into cache: a block
+        read's first touch of its sector, issued a few blocks ahead, overlaps the TLB and DRAM
+        misses of several blocks instead of paying them one after another."""
+        if not (isinstance(arr1d, types.Array) and arr1d.ndim == 1 and arr1d.layout in "CF"):
+            return None
+        if not isinstance(index, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            i = context.cast(builder, args[1], signature.args[1], types.intp)
+            _emit_prefetch(builder, builder.gep(ary.data, [i]))
+            return context.get_dummy_value()
+
+        return types.void(arr1d, index), codegen
