@@ -251,7 +251,9 @@ def main() -> None:
     for name, trace, table, comm in jobs:
         t0 = time.perf_counter()
         results.append(run_trace(name, trace, table, comm, fractions))
-        print(f"{name}: {time.perf_counter() - t0:.1f} s")
+        a = results[-1]["at_10pct"]
+        ratios = ", ".join(f"{k} {v['vs_naive']:.2f}x" for k, v in a.items())
+        print(f"{name}: {time.perf_counter() - t0:.1f} s; at 10%: {ratios}", flush=True)
     suffix = "_quick" if args.quick else ""
     if not args.only:
         RESULTS.mkdir(exist_ok=True)
