@@ -69,18 +69,26 @@ def test_windowed_evaluation_replays_the_whole_held_out_part(trace):
                                    policy_from=w, **args)  # fmt: skip
         for k in ("heldout_lookups", "heldout_blocks_read", "heldout_hit_ratio"):
             assert windowed[k] == exact[k], (t, p, k)
-        assert windowed["tuning_blocks_per_1000_lookups"] != exact[
-            "tuning_blocks_per_1000_lookups"
-        ]
+        assert windowed["tuning_blocks_per_1000_lookups"] != exact["tuning_blocks_per_1000_lookups"]
     # With a grid, the window chooses the policy: the one that reads fewest blocks on it.
     grid = dict(thresholds=[0, 4, NEVER], pinned_shares=[0.0, 1.0], **GEOM)
     res = evaluate_layout(trace, "item", split, layout, counts=counts, cache_bytes=cb,
                           policy_from=w, **grid)  # fmt: skip
     best = min(
         (
-            evaluate_layout(trace.query_slice(w, split + 0), "item", (split - w) // 4 // 16 * 16,
-                            layout, counts=counts, cache_bytes=cb, thresholds=[t],
-                            pinned_shares=[p], **GEOM)["heldout_blocks_read"], i)  # fmt: skip
+            evaluate_layout(
+                trace.query_slice(w, split + 0),
+                "item",
+                (split - w) // 4 // 16 * 16,
+                layout,
+                counts=counts,
+                cache_bytes=cb,
+                thresholds=[t],
+                pinned_shares=[p],
+                **GEOM,
+            )["heldout_blocks_read"],
+            i,
+        )  # fmt: skip
         for i, (t, p) in enumerate((t, p) for t in (0, 4, NEVER) for p in (0.0, 1.0))
     )
     t_best, p_best = [(t, p) for t in (0, 4, NEVER) for p in (0.0, 1.0)][best[1]]
