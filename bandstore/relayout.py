@@ -39,6 +39,17 @@ inner split (``inner_thresholds`` / ``inner_pinned_shares``), trade choice for t
 policy grid cut the demo's relayout from 246 s to 176 s (load ~6) with the same choices there,
 but on ml-latest-small at 50% DRAM it chose a recency weighting that read more held-out blocks
 than the naive store, which the full grid did not.
+
+Long traces (``max_tuning_lookups``, default :data:`DEFAULT_MAX_TUNING_LOOKUPS`): the costs above
+grow with the tuning lookups times the policies simulated (an exact replay of 80M lookups over
+the 40-policy grid takes minutes) and with the number of co-access builds. Above the bound, a
+table's policies and ``auto``'s configuration are chosen on the most recent tuning queries
+holding at most that many lookups (:func:`tuning_window`); the chosen configuration is built
+once from the whole tuning part, and the held-out part is replayed in full, in one pass warmed
+by the whole tuning part, so the reported figures and the guard of step 6 are exact as before.
+``auto`` then builds at full size only ``identity`` and the chosen configuration. Below the
+bound nothing changes. See ``benchmarks/results/relayout_e2e.md`` for the figures at 10M rows /
+100M lookups.
 """
 
 from __future__ import annotations

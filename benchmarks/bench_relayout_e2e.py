@@ -217,8 +217,8 @@ def worker(args: argparse.Namespace) -> None:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
-    if args.max_tuning_lookups is not None:
-        opts["max_tuning_lookups"] = args.max_tuning_lookups
+    if args.max_tuning_lookups is not None:  # 0: no bound (as the CLI's option)
+        opts["max_tuning_lookups"] = args.max_tuning_lookups or None
     return opts
 
 
@@ -253,6 +253,93 @@ def _slim(report: dict[str, Any]) -> dict[str, Any]:
             }
         out["tables"][name] = keep
     return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _short(n: int) -> str:
+    for unit, div in (("M", 1_000_000), ("k", 1_000)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def markdown(files: list[Path]) -> str:
+    """Tables of every run in ``files`` (results JSON of this script) and growth exponents."""
+    runs = []
+    for f in files:
+        res = json.loads(Path(f).read_text())
+        for r in res["runs"]:
+            runs.append({**r, "meta": res["meta"]})
+    gib = 2**30
+    lines = [
+        "| rows / lookups | mode | method | max tuning lookups | wall s | CPU s | peak RSS GiB "
+        "| load 1-min (start-end) | chosen | held-out blocks/1000: naive -> result | when |",
+        "|---|---|---|---:|---:|---:|---:|---|---|---|---|",
+    ]
+    for r in runs:
+        m = r["meta"]
+        c = r["child"]
+        wall = r.get("wall", c["wall"])
+        cpu = r.get("cpu", c["cpu"])
+        peak = max(c["peak_rss_bytes"], r.get("peak_rss_bytes", 0))
+        chosen, q = "-", "-"
+        if "report" in r:
+            e = next(iter(r["report"]["tables"].values()))
+            chosen = _describe_cfg(e["configuration"])
+            q = (
+                f"{e['naive']['heldout_blocks_per_1000_lookups']:.1f} -> "
+                f"{e['result']['heldout_blocks_per_1000_lookups']:.1f} ({e['action']})"
+            )
+        mtl = r.get("max_tuning_lookups")
+        lines.append(
+            f"| {_short(m['rows'])} / {_short(m['lookups'])} | {r['mode']} | {r['method']} | "
+            f"{'default' if mtl is None else _short(mtl)} | {wall:.0f} | {cpu:.0f} | "
+            f"{peak / gib:.2f} | {c['loadavg_start'][0]:.1f}-{c['loadavg_end'][0]:.1f} | "
+            f"{chosen} | {q} | {r.get('when', '')} |"
+        )
+    lines += ["", "Phases of the api runs (wall s / CPU s / peak RSS GiB inside the phase; calls):",
+              ""]  # fmt: skip
+    for r in runs:
+        if "phases" not in r:
+            continue
+        m = r["meta"]
+        parts = [
+            f"{k} {v['wall']:.0f}/{v['cpu']:.0f}/{v['peak_rss_bytes'] / gib:.2f} (x{v['calls']})"
+            for k, v in r["phases"].items()
+        ]
+        lines.append(
+            f"- {_short(m['rows'])} / {_short(m['lookups'])} {r['method']}: numba warm-up "
+            f"{r['warmup_seconds']:.0f} s (off the clock); " + "; ".join(parts)
+        )
+    # growth: time ~ lookups^k per (mode, method, bound) over the sizes measured
+    lines += ["", "Growth (least squares in log-log over the sizes measured, lookups/rows = 10):",
+              ""]  # fmt: skip
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["mode"], r["method"], r.get("max_tuning_lookups")), []).append(r)
+    for (mode, method, mtl), rs in groups.items():
+        xs = [r["meta"]["lookups"] for r in rs]
+        if len(set(xs)) < 2:
+            continue
+        for key in ("wall", "cpu"):
+            ys = [r.get(key, r["child"][key]) for r in rs]
+            k = np.polyfit(np.log(xs), np.log(ys), 1)[0]
+            lines.append(
+                f"- {mode} {method} (bound {'default' if mtl is None else mtl}): {key} ~ "
+                f"lookups^{k:.2f} over {', '.join(_short(x) for x in sorted(set(xs)))}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _describe_cfg(c: dict[str, Any]) -> str:
+    extra = [f"hl {c['half_life']}"] if c.get("half_life") is not None else []
+    if c.get("cold") is not None:
+        extra.append(f"cold {c['cold']}")
+    t = "never" if c.get("threshold") is None else c["threshold"]
+    extra.append(f"t {t}, pin {c.get('pinned_share')}")
+    return f"{c['method']} ({', '.join(extra)})"
 
 
 # --------------------------------------------------------------------------- driver
@@ -291,7 +378,7 @@ def main() -> None:
     ap.add_argument("--methods", default="metis,auto", help="api runs, comma separated")
     ap.add_argument("--cli", default="", help="methods run through the CLI, comma separated")
     ap.add_argument("--max-tuning-lookups", type=int, default=None,
-                    help="passed to relayout (default: relayout's own default)")  # fmt: skip
+                    help="passed to relayout (default: relayout's own; 0: no bound)")  # fmt: skip
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="results JSON (appended runs)")
     ap.add_argument("--no-progress", action="store_true")
@@ -300,7 +387,12 @@ def main() -> None:
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--trace", help=argparse.SUPPRESS)
+    ap.add_argument("--report", nargs="+", type=Path, metavar="JSON",
+                    help="print the markdown tables of these results files")  # fmt: skip
     args = ap.parse_args()
+    if args.report:
+        print(markdown(args.report), end="")
+        return
     if args.worker:
         worker(args)
         return
