@@ -250,6 +250,21 @@ def _slim(report: dict[str, Any]) -> dict[str, Any]:
                 "queries": e["choice"]["queries"],
                 "sample": e["choice"].get("sample"),
                 "n_configurations": len(e["choice"]["configurations"]),
+                "configurations": [
+                    {
+                        k: c.get(k)
+                        for k in (
+                            "method",
+                            "half_life",
+                            "cold",
+                            "threshold",
+                            "pinned_share",
+                            "select_blocks_per_1000_lookups",
+                            "build_seconds",
+                        )
+                    }  # fmt: skip
+                    for c in e["choice"]["configurations"]
+                ],
             }
         out["tables"][name] = keep
     return out

@@ -123,9 +123,19 @@ def test_bounded_auto_chooses_on_the_window_and_builds_the_choice_once(tmp_path,
         assert e["skipped_candidates"] == ["frequency", "metis"]
         # The choice is that of choose_configurations on the window alone.
         window = trace.query_slice(w, split)
+        defaults = [
+            {"method": "identity", "half_life": None, "cold": None},
+            {"method": "frequency", "half_life": None, "cold": None},
+            {"method": "metis", "half_life": None, "cold": "after"},
+        ]
         direct = choose_configurations(
-            window, "item", rows=8000, cache_bytes=cache, **grid_args(grid), **GEOM
+            window, "item", rows=8000, cache_bytes=cache, grid=defaults, **GEOM
         )
+        # One configuration per method (the defaults), not the half-life x cold grid.
+        assert [
+            {k: c[k] for k in ("method", "half_life", "cold")}
+            for c in e["choice"]["configurations"]
+        ] == defaults
         assert e["choice"]["chosen"] == direct["chosen"]
         assert e["choice"]["queries"]["fit"] == inner_split(window, 16)
         assert [c["select_blocks_read"] for c in e["choice"]["configurations"]] == [
@@ -142,10 +152,6 @@ def test_bounded_auto_chooses_on_the_window_and_builds_the_choice_once(tmp_path,
         replay(s, trace.query_slice(0, split), batch_size=16)
         held = replay(s, trace.query_slice(split, trace.n_queries), batch_size=16)
         assert held["item"]["blocks_read"] == chosen["heldout_blocks_read"]
-
-
-def grid_args(grid):
-    return dict(methods=grid["auto_methods"], half_lives=grid["half_lives"])
 
 
 def test_bounded_relayout_refuses_a_window_too_short_to_choose_on(tmp_path, trace):
