@@ -252,6 +252,11 @@ def cmd_relayout(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             progress=not args.json,
+            **(
+                {}
+                if args.max_tuning_lookups is None
+                else {"max_tuning_lookups": args.max_tuning_lookups or None}
+            ),
         )
     if args.json:
         _print_json(report)
@@ -272,6 +277,14 @@ def cmd_relayout(args: argparse.Namespace) -> int:
                 f"{r['heldout_hit_ratio']:>10.3f}{t!s:>10}{r['pinned_share']:>8.2f}"
             )
         c = e["configuration"]
+        if "skipped_candidates" in e:
+            print(f"  (not built at full size: {', '.join(e['skipped_candidates'])})")
+        if "policy_window" in e:
+            pw = e["policy_window"]
+            print(
+                f"  policies{' and configuration' if 'choice' in e else ''} chosen on the last "
+                f"{pw['queries']} tuning queries ({pw['lookups']} lookups)"
+            )
         if "choice" in e:
             q = e["choice"]["queries"]
             print(
@@ -495,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="commit even if not better")
     sp.add_argument("--dry-run", action="store_true", help="report, commit nothing")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--max-tuning-lookups", type=int, default=None, metavar="N",
+                    help="above N tuning lookups per table, choose policies (and auto's "
+                         "configuration) on the most recent N; held-out figures stay whole "
+                         "(default: bandstore.relayout.DEFAULT_MAX_TUNING_LOOKUPS; 0: no "
+                         "bound)")  # fmt: skip
 
     sp = add("size-cache", cmd_size_cache,
              "size each table's DRAM cache within a budget by mini cache simulation")  # fmt: skip

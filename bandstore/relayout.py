@@ -39,6 +39,21 @@ inner split (``inner_thresholds`` / ``inner_pinned_shares``), trade choice for t
 policy grid cut the demo's relayout from 246 s to 176 s (load ~6) with the same choices there,
 but on ml-latest-small at 50% DRAM it chose a recency weighting that read more held-out blocks
 than the naive store, which the full grid did not.
+
+Long traces (``max_tuning_lookups``, default :data:`DEFAULT_MAX_TUNING_LOOKUPS`): the costs above
+grow with the tuning lookups times the policies simulated (an exact replay of 80M lookups over
+the 40-policy grid takes minutes) and with the number of co-access builds. Above the bound, a
+table's policies and ``auto``'s configuration are chosen on the most recent tuning queries
+holding at most that many lookups (:func:`tuning_window`); the chosen configuration is built
+once from the whole tuning part, and the held-out part is replayed in full, in one pass warmed
+by the whole tuning part, so the reported figures and the guard of step 6 are exact as before.
+``auto`` then compares the methods' default configurations only (a build takes a time
+proportional to the rows however short the window: 24 builds on a 4M-lookup window of a 10M-row
+table took 475 s) and builds at full size only ``identity`` and the chosen one. The window must
+hold enough lookups per row for co-access to show: on a 10M-row table a 4M-lookup window chose
+``identity`` (101.8 held-out blocks per 1000 lookups) where ``metis`` reads 73.3. Below the
+bound nothing changes. See ``benchmarks/results/relayout_e2e.md`` for the figures at 10M rows /
+100M lookups.
 """
 
 from __future__ import annotations
@@ -73,6 +88,9 @@ AUTO_HALF_LIVES: tuple[float | None, ...] = (None, 0.1, 0.25, 0.5)
 AUTO_COLDS: tuple[str, ...] = ("after", "inline")
 #: Share of the tuning queries (the last ones) that chooses among configurations.
 INNER_SHARE = 0.25
+#: Above this many tuning lookups (per table), policies and ``auto``'s configuration are chosen
+#: on the most recent ``max_tuning_lookups`` lookups of the tuning part (see :func:`relayout`).
+DEFAULT_MAX_TUNING_LOOKUPS = 20_000_000
 #: Methods whose ``cold`` placement is a parameter.
 _COLD_METHODS = ("metis", "hypergraph")
 
@@ -122,6 +140,40 @@ def inner_split(tune: Trace, batch_size: int, share: float = INNER_SHARE) -> int
             value=tune.n_queries,
         )
     return split
+
+
+def tuning_window(trace: Trace, table: str, split: int, max_lookups: int | None,
+                  batch_size: int) -> int:  # fmt: skip
+    """The first query of the most recent whole batches of queries ``[0, split)`` of ``table``
+    that hold at most ``max_lookups`` lookups (at least one batch); 0 when all of them fit or
+    ``max_lookups`` is None. ``split`` must be on a batch boundary; so is the result.
+
+    The window is contiguous in time, not a random subset of queries: a cache replay of a
+    contiguous window sees the same reuse distances as the whole stream (up to the window's
+    length), while a random share r of the queries would shrink them by r (a fixed cache would
+    look 1/r times larger); the most recent queries are also the closest to the held-out ones.
+    """
+    if max_lookups is None:
+        return 0
+    _check_max_tuning_lookups(max_lookups)
+    off = trace.table(table)[1]
+    if int(off[split] - off[0]) <= max_lookups:
+        return 0
+    # first q with off[split] - off[q] <= max_lookups, rounded up to a batch boundary
+    q = int(np.searchsorted(off[: split + 1], off[split] - max_lookups, side="left"))
+    q = -(-q // batch_size) * batch_size
+    return min(q, split - batch_size)
+
+
+def _check_max_tuning_lookups(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise InvalidArgumentError(
+            f"max_tuning_lookups must be None or an integer >= 1, got {value!r}",
+            argument="max_tuning_lookups",
+            value=value,
+        )
 
 
 def recency_counts(trace: Trace, table: str, rows: int, half_life: float | None) -> np.ndarray:
@@ -189,16 +241,30 @@ def evaluate_layout(
     batch_size: int,
     block_size: int,
     row_bytes: int,
+    policy_from: int = 0,
 ) -> dict[str, Any]:
     """Choose (threshold, pinned share) on queries ``[0, split)``; report queries after it.
 
     The held-out counters are (whole trace) - (tuning part) of two exact simulations: the
     simulator is deterministic and batches align at ``split``, so the difference is exactly
     the held-out part replayed through a cache warmed by the tuning part.
+
+    policy_from > 0 (a batch boundary, see :func:`tuning_window`): the policy is chosen on
+    queries ``[policy_from, split)`` alone (their first quarter only warms the mini caches),
+    and the held-out part is replayed once with the chosen policy through a cache warmed by
+    the whole tuning part (``simulate(..., warmup_queries=split)``: the same held-out figures
+    as the difference above, in one pass); ``tuning_blocks_per_1000_lookups`` is then that of
+    the window.
     """
     from bandstore.sim.mrc import simulate
 
     idx, off = trace.table(table)
+    if policy_from:
+        return _evaluate_windowed(
+            idx, off, split, policy_from, layout, rows_per_block, dim, counts, cache_bytes,
+            thresholds=thresholds, pinned_shares=pinned_shares, batch_size=batch_size,
+            block_size=block_size, row_bytes=row_bytes, table=table,
+        )  # fmt: skip
     tune_idx, tune_off = idx[: off[split]], off[: split + 1]
     common = dict(
         sizes_bytes=[cache_bytes],
@@ -222,12 +288,21 @@ def evaluate_layout(
     held_lookups = whole.lookups - tune.lookups
     held_misses = int(whole.misses[0, 0, 0] - tune.misses[t_i, p_i, 0])
     held_blocks = int(whole.blocks_read[0, 0, 0] - tune.blocks_read[t_i, p_i, 0])
+    return _figures(
+        threshold, share, 1000.0 * float(blocks[0]) / max(1, tune.lookups), held_lookups,
+        held_misses, held_blocks, row_bytes, block_size,
+    )  # fmt: skip
+
+
+def _figures(threshold: int, share: float, tuning_per_1000: float, held_lookups: int,
+             held_misses: int, held_blocks: int, row_bytes: int,
+             block_size: int) -> dict[str, Any]:  # fmt: skip
     return {
         "threshold": threshold_to_json(threshold),
         "pinned_share": share,
-        "tuning_blocks_per_1000_lookups": 1000.0 * float(blocks[0]) / max(1, tune.lookups),
+        "tuning_blocks_per_1000_lookups": tuning_per_1000,
         "heldout_lookups": int(held_lookups),
-        "heldout_blocks_read": held_blocks,
+        "heldout_blocks_read": int(held_blocks),
         "heldout_blocks_per_1000_lookups": 1000.0 * held_blocks / max(1, held_lookups),
         "heldout_hit_ratio": 1.0 - held_misses / held_lookups if held_lookups else 0.0,
         # Each miss is one requested row served from a block read (rows read twice in one
@@ -236,6 +311,57 @@ def evaluate_layout(
             held_misses * row_bytes / (held_blocks * block_size) if held_blocks else 0.0
         ),
     }
+
+
+def _evaluate_windowed(
+    idx: np.ndarray,
+    off: np.ndarray,
+    split: int,
+    policy_from: int,
+    layout: np.ndarray,
+    rows_per_block: int,
+    dim: int,
+    counts: np.ndarray,
+    cache_bytes: int,
+    *,
+    thresholds: Sequence[int],
+    pinned_shares: Sequence[float],
+    batch_size: int,
+    block_size: int,
+    row_bytes: int,
+    table: str,
+) -> dict[str, Any]:
+    """:func:`evaluate_layout` with the policy chosen on queries ``[policy_from, split)``."""
+    from bandstore.sim.mrc import simulate
+
+    if not 0 < policy_from < split or policy_from % batch_size:
+        raise InvalidArgumentError(
+            f"policy_from must be a batch boundary in (0, {split}), got {policy_from}",
+            argument="policy_from",
+            value=policy_from,
+        )
+    common = dict(
+        sizes_bytes=[cache_bytes], batch_size=batch_size, block_size=block_size,
+        row_bytes=row_bytes, check=False, table=table,
+    )  # fmt: skip
+    w_off = off[policy_from : split + 1] - off[policy_from]
+    w_idx = idx[off[policy_from] : off[split]]
+    warm = (split - policy_from) // batch_size // 4 * batch_size
+    window = simulate(
+        w_idx, w_off, layout, rows_per_block, dim, counts, thresholds=thresholds,
+        pinned_shares=pinned_shares, warmup_queries=warm, **common,
+    )  # fmt: skip
+    blocks, ti, pi = window.envelope()
+    threshold = int(window.thresholds[ti[0]])
+    share = float(window.pinned_shares[pi[0]])
+    held = simulate(
+        idx, off, layout, rows_per_block, dim, counts, thresholds=[threshold],
+        pinned_shares=[share], warmup_queries=split, **common,
+    )  # fmt: skip
+    return _figures(
+        threshold, share, 1000.0 * float(blocks[0]) / max(1, window.lookups), held.lookups,
+        int(held.misses[0, 0, 0]), int(held.blocks_read[0, 0, 0]), row_bytes, block_size,
+    )  # fmt: skip
 
 
 def configuration_grid(
@@ -344,6 +470,7 @@ def evaluate_choice(
     progress: bool = False,
     layouts: MutableMapping[tuple, tuple[np.ndarray, float]] | None = None,
     evaluations: MutableMapping[tuple, dict[str, Any]] | None = None,
+    policy_from: int = 0,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Build ``configuration`` (method, half_life, cold) from queries ``[0, split)`` of
     ``trace``, with access counts :func:`recency_counts` of the same queries; choose its
@@ -356,6 +483,7 @@ def evaluate_choice(
     ``evaluations``: a memo of figures by content (layout, counts, split, cache bytes) for one
     trace, table and policy grid: configurations that build the same layout with the same
     counts (e.g. a refinement that stops at its start) are simulated once.
+    policy_from: see :func:`evaluate_layout`.
     """
     tune = trace.query_slice(0, split)
     cfg = {k: configuration[k] for k in ("method", "half_life", "cold")}
@@ -369,14 +497,14 @@ def evaluate_choice(
         h = hashlib.blake2b(digest_size=16)
         for a in (np.ascontiguousarray(layout), np.ascontiguousarray(counts)):
             h.update(a.view(np.uint8))
-        digest = (h.hexdigest(), split, cache_bytes)
+        digest = (h.hexdigest(), split, cache_bytes, policy_from)
     if digest is not None and digest in evaluations:
         res = dict(evaluations[digest])
     else:
         res = evaluate_layout(
             trace, table, split, layout, rows_per_block, dim, counts, cache_bytes,
             thresholds=thresholds, pinned_shares=pinned_shares, batch_size=batch_size,
-            block_size=block_size, row_bytes=row_bytes,
+            block_size=block_size, row_bytes=row_bytes, policy_from=policy_from,
         )  # fmt: skip
         if digest is not None:
             evaluations[digest] = dict(res)
@@ -410,6 +538,7 @@ def choose_configurations(
     layout_params: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = False,
     layouts: MutableMapping[tuple, tuple[np.ndarray, float]] | None = None,
+    grid: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Choose a layout configuration of ``table`` from the tuning trace ``tune`` alone.
 
@@ -421,9 +550,16 @@ def choose_configurations(
     configuration that reads the fewest blocks on the last part; the earlier in grid order on
     ties), ``configurations`` (every configuration with its policy and score: ``select_*``
     figures) and the inner split. progress: one bar over the configurations.
+    grid: the configurations to compare (dicts with method, half_life, cold) instead of
+    :func:`configuration_grid` of methods x half_lives x colds.
     """
     inner = inner_split(tune, batch_size, inner_share)
-    grid = configuration_grid(methods, half_lives, colds)
+    if grid is None:
+        grid = configuration_grid(methods, half_lives, colds)
+    else:
+        grid = [{k: dict(c)[k] for k in ("method", "half_life", "cold")} for c in grid]
+        if not grid:
+            raise InvalidArgumentError("grid must hold a configuration", argument="grid")
     evaluations: dict[tuple, dict[str, Any]] = {}
     scores = []
     bar = None
@@ -483,6 +619,7 @@ def relayout(
     inner_share: float = INNER_SHARE,
     inner_thresholds: Sequence[int] | None = None,
     inner_pinned_shares: Sequence[float] | None = None,
+    max_tuning_lookups: int | None = DEFAULT_MAX_TUNING_LOOKUPS,
 ) -> dict[str, Any]:
     """Relayout ``store``'s tables from ``trace``; return the per-table report.
 
@@ -499,6 +636,19 @@ def relayout(
     ``configuration`` (method, half_life, cold, threshold, pinned_share), ``result`` (its
     held-out figures), for ``auto`` ``choice`` (the inner split and every configuration's
     score), and ``action`` (``commit`` or ``keep`` with a ``reason``).
+
+    max_tuning_lookups: a bound for long traces (None: no bound). When a table's tuning part
+    holds more lookups, its most recent whole batches holding at most this many
+    (:func:`tuning_window`, reported as ``policy_window``) choose every admission threshold and
+    pinned share (:func:`evaluate_layout`'s ``policy_from``) and, for ``auto``, are the tuning
+    part the configuration is chosen on (inner split and all); the chosen configuration is
+    then built once from the whole tuning part and every held-out figure, and so the guard,
+    still replays the whole held-out part through a cache warmed by the whole tuning part.
+    ``auto`` then compares one configuration per method (its defaults, with ``layout_params``:
+    not the half-life x cold grid, as every build costs a time proportional to the table's rows
+    however short the window), builds and replays at full size only ``identity`` (the
+    policy-only figure) and the chosen configuration; the other methods are listed in
+    ``skipped_candidates`` (their inner-split scores are in ``choice``).
     """
     if method not in METHODS:
         raise InvalidArgumentError(
@@ -522,13 +672,18 @@ def relayout(
             )
     split = split_point(trace, holdout, batch_size)
     tune = trace.query_slice(0, split)
+    _check_max_tuning_lookups(max_tuning_lookups)
+    windows = {n: tuning_window(trace, n, split, max_tuning_lookups, batch_size) for n in names}
     if method == "auto":
         configuration_grid(auto_methods, half_lives, colds)  # refuse a bad grid up front
         inner_split(tune, batch_size, inner_share)
+        for w in set(windows.values()) - {0}:
+            inner_split(tune.query_slice(w, split), batch_size, inner_share)
     candidates = tuple(auto_methods) if method == "auto" else (method,)
     report: dict[str, Any] = {
         "queries": {"tuning": split, "heldout": trace.n_queries - split},
         "method": method,
+        "max_tuning_lookups": max_tuning_lookups,
         "tables": {},
     }
     layouts, counts_by_table, tuning = {}, {}, {}
@@ -537,6 +692,7 @@ def relayout(
         rows, rpb = info.rows, info.rows_per_block
         counts = _counts(tune, name, rows)
         cb = _table_cache_bytes(store, name, cache_bytes)
+        w = windows[name]
         evaluate = dict(
             rows_per_block=rpb, dim=info.dim, cache_bytes=cb, thresholds=thresholds,
             pinned_shares=pinned_shares, batch_size=batch_size, block_size=info.block_size,
@@ -546,58 +702,113 @@ def relayout(
             rows=rows, seed=seed, layout_params=layout_params, progress=bool(progress),
             **evaluate,
         )  # fmt: skip
+        # A long tuning part: policies (and auto's configuration) are chosen on its most
+        # recent window, the held-out part is still replayed in full after all of it.
+        full_args = {**choice_args, "policy_from": w}
+        if method == "auto" and w:
+            # Only the identity layout (cheap: it gives the policy-only figure) and the chosen
+            # configuration are built and replayed at full size.
+            run = tuple(m for m in candidates if m == "identity")
+        else:
+            run = candidates
+        steps = ["naive", "current", *run, *(["choice"] if method == "auto" else []), "chosen"]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(steps), desc=f"relayout {name}", leave=False)
+
+        def step(label: str, bar: Any = bar, first: str = steps[0]) -> None:
+            """Progress: one step per replay / build of the table (the label shows which)."""
+            if bar is not None:
+                if label != first:
+                    bar.update(1)
+                bar.set_postfix_str(label)
+
         built: dict[tuple, tuple[np.ndarray, float]] = {}
         current_layout = np.asarray(store.table_layout(name)[0])
         current_policy = store.cache_info()[name]
         entry: dict[str, Any] = {"cache_bytes": cb, "candidates": {}}
-        # The store as it is: its layout and its policy (its own counts, if it has any).
-        cur_counts = store.table_counts(name)
-        cur_threshold = current_policy["threshold"]
-        cur = evaluate_layout(
-            trace, name, split, current_layout, counts=cur_counts,
-            **{**evaluate, "thresholds": [NEVER if cur_threshold is None else int(cur_threshold)],
-               "pinned_shares": [current_policy["pinned_share"]]},
-        )  # fmt: skip
-        entry["current"] = cur
-        # The naive store: identity layout, plain CLOCK, no admission, nothing pinned.
+        if w:
+            entry["policy_window"] = {
+                "first_query": w,
+                "queries": split - w,
+                "lookups": int(tune.table(name)[1][split] - tune.table(name)[1][w]),
+            }
         identity = np.arange(rows, dtype=np.int64)
+        # The naive store: identity layout, plain CLOCK, no admission, nothing pinned.
+        step("naive")
         entry["naive"] = evaluate_layout(
-            trace, name, split, identity, counts=counts,
+            trace, name, split, identity, counts=counts, policy_from=w,
             **{**evaluate, "thresholds": [NEVER], "pinned_shares": [0.0]},
         )  # fmt: skip
+        # The store as it is: its layout and its policy (its own counts, if it has any).
+        step("current")
+        cur_threshold = current_policy["threshold"]
+        cur_t = NEVER if cur_threshold is None else min(int(cur_threshold), NEVER)
+        if (
+            cur_t >= NEVER
+            and float(current_policy["pinned_share"]) == 0.0
+            and np.array_equal(current_layout, identity)
+        ):
+            # The naive store exactly (counts unused: nothing admitted, nothing pinned).
+            cur = dict(entry["naive"])
+        else:
+            cur = evaluate_layout(
+                trace, name, split, current_layout, counts=store.table_counts(name),
+                policy_from=w,
+                **{**evaluate, "thresholds": [cur_t],
+                   "pinned_shares": [current_policy["pinned_share"]]},
+            )  # fmt: skip
+        entry["current"] = cur
         # Each candidate method, default parameters, built on the whole tuning part: reported.
         outcomes: dict[tuple, tuple[dict[str, Any], np.ndarray, np.ndarray]] = {}
-        for m in candidates:
+        for m in run:
+            step(m)
             cfg = _default_configuration(m, layout_params)
-            out = evaluate_choice(trace, name, split, cfg, layouts=built, **choice_args)
+            out = evaluate_choice(trace, name, split, cfg, layouts=built, **full_args)
             outcomes[_config_key(split, cfg)] = out
             entry["candidates"][m] = out[0]
+        if len(run) < len(candidates):
+            entry["skipped_candidates"] = [m for m in candidates if m not in run]
         # The identity layout with a tuned policy: what the policy alone is worth.
         if "identity" in entry["candidates"]:
             entry["policy_only"] = entry["candidates"]["identity"]
         else:
             entry["policy_only"] = evaluate_layout(
-                trace, name, split, identity, counts=counts, **evaluate
+                trace, name, split, identity, counts=counts, policy_from=w, **evaluate
             )
         if method == "auto":
-            # Chosen on the tuning part alone, then rebuilt on all of it. (The inner-part
-            # layouts are not kept: at most one layout per candidate is held at a time.)
+            # Chosen on the tuning part (or its window) alone, then rebuilt on all of it.
+            # (The inner-part layouts are not kept: at most one layout per candidate is held.)
+            step("choice")
+            # On a window, one configuration per method (its defaults): a build costs a
+            # time proportional to the table's rows however short the window is.
             choice = choose_configurations(
-                tune, name, methods=auto_methods, half_lives=half_lives, colds=colds,
-                inner_share=inner_share,
+                tune.query_slice(w, split) if w else tune, name, methods=auto_methods,
+                half_lives=half_lives, colds=colds, inner_share=inner_share,
+                grid=[_default_configuration(m, layout_params) for m in auto_methods]
+                if w else None,
                 **{**choice_args,
                    "thresholds": thresholds if inner_thresholds is None else inner_thresholds,
                    "pinned_shares": (pinned_shares if inner_pinned_shares is None
                                      else inner_pinned_shares)},
             )  # fmt: skip
+            if w:
+                choice["first_query"] = w
             entry["choice"] = choice
             cfg = choice["chosen"]
         else:
             cfg = _default_configuration(method, layout_params)
+        step("chosen")
         key = _config_key(split, cfg)
         if key not in outcomes:
-            outcomes[key] = evaluate_choice(trace, name, split, cfg, layouts=built, **choice_args)
+            outcomes[key] = evaluate_choice(trace, name, split, cfg, layouts=built, **full_args)
+        if bar is not None:
+            bar.update(1)
+            bar.close()
         chosen, chosen_layout, chosen_counts = outcomes[key]
+        del outcomes, built
         entry["chosen"] = cfg["method"]
         entry["configuration"] = chosen["configuration"]
         entry["result"] = chosen
