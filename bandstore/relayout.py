@@ -259,21 +259,36 @@ def evaluate_layout(
     from bandstore.sim.mrc import simulate
 
     idx, off = trace.table(table)
+    common = dict(
+        sizes_bytes=[cache_bytes], batch_size=batch_size, block_size=block_size,
+        row_bytes=row_bytes, check=False, table=table,
+    )  # fmt: skip
     if policy_from:
-        return _evaluate_windowed(
-            idx, off, split, policy_from, layout, rows_per_block, dim, counts, cache_bytes,
-            thresholds=thresholds, pinned_shares=pinned_shares, batch_size=batch_size,
-            block_size=block_size, row_bytes=row_bytes, table=table,
+        if not 0 < policy_from < split or policy_from % batch_size:
+            raise InvalidArgumentError(
+                f"policy_from must be a batch boundary in (0, {split}), got {policy_from}",
+                argument="policy_from",
+                value=policy_from,
+            )
+        w_off = off[policy_from : split + 1] - off[policy_from]
+        w_idx = idx[off[policy_from] : off[split]]
+        warm = (split - policy_from) // batch_size // 4 * batch_size
+        window = simulate(
+            w_idx, w_off, layout, rows_per_block, dim, counts, thresholds=thresholds,
+            pinned_shares=pinned_shares, warmup_queries=warm, **common,
+        )  # fmt: skip
+        blocks, ti, pi = window.envelope()
+        threshold = int(window.thresholds[ti[0]])
+        share = float(window.pinned_shares[pi[0]])
+        held = simulate(
+            idx, off, layout, rows_per_block, dim, counts, thresholds=[threshold],
+            pinned_shares=[share], warmup_queries=split, **common,
+        )  # fmt: skip
+        return _figures(
+            threshold, share, 1000.0 * float(blocks[0]) / max(1, window.lookups), held.lookups,
+            int(held.misses[0, 0, 0]), int(held.blocks_read[0, 0, 0]), row_bytes, block_size,
         )  # fmt: skip
     tune_idx, tune_off = idx[: off[split]], off[: split + 1]
-    common = dict(
-        sizes_bytes=[cache_bytes],
-        batch_size=batch_size,
-        block_size=block_size,
-        row_bytes=row_bytes,
-        check=False,
-        table=table,
-    )
     tune = simulate(
         tune_idx, tune_off, layout, rows_per_block, dim, counts,
         thresholds=thresholds, pinned_shares=pinned_shares, **common,
@@ -311,57 +326,6 @@ def _figures(threshold: int, share: float, tuning_per_1000: float, held_lookups:
             held_misses * row_bytes / (held_blocks * block_size) if held_blocks else 0.0
         ),
     }
-
-
-def _evaluate_windowed(
-    idx: np.ndarray,
-    off: np.ndarray,
-    split: int,
-    policy_from: int,
-    layout: np.ndarray,
-    rows_per_block: int,
-    dim: int,
-    counts: np.ndarray,
-    cache_bytes: int,
-    *,
-    thresholds: Sequence[int],
-    pinned_shares: Sequence[float],
-    batch_size: int,
-    block_size: int,
-    row_bytes: int,
-    table: str,
-) -> dict[str, Any]:
-    """:func:`evaluate_layout` with the policy chosen on queries ``[policy_from, split)``."""
-    from bandstore.sim.mrc import simulate
-
-    if not 0 < policy_from < split or policy_from % batch_size:
-        raise InvalidArgumentError(
-            f"policy_from must be a batch boundary in (0, {split}), got {policy_from}",
-            argument="policy_from",
-            value=policy_from,
-        )
-    common = dict(
-        sizes_bytes=[cache_bytes], batch_size=batch_size, block_size=block_size,
-        row_bytes=row_bytes, check=False, table=table,
-    )  # fmt: skip
-    w_off = off[policy_from : split + 1] - off[policy_from]
-    w_idx = idx[off[policy_from] : off[split]]
-    warm = (split - policy_from) // batch_size // 4 * batch_size
-    window = simulate(
-        w_idx, w_off, layout, rows_per_block, dim, counts, thresholds=thresholds,
-        pinned_shares=pinned_shares, warmup_queries=warm, **common,
-    )  # fmt: skip
-    blocks, ti, pi = window.envelope()
-    threshold = int(window.thresholds[ti[0]])
-    share = float(window.pinned_shares[pi[0]])
-    held = simulate(
-        idx, off, layout, rows_per_block, dim, counts, thresholds=[threshold],
-        pinned_shares=[share], warmup_queries=split, **common,
-    )  # fmt: skip
-    return _figures(
-        threshold, share, 1000.0 * float(blocks[0]) / max(1, window.lookups), held.lookups,
-        int(held.misses[0, 0, 0]), int(held.blocks_read[0, 0, 0]), row_bytes, block_size,
-    )  # fmt: skip
 
 
 def configuration_grid(

@@ -135,17 +135,16 @@ def _verify_sorted_blocks(
     for k in range(nk):
         # A software pipeline over the sorted keys: the layout entry of the key 2D ahead, then
         # the sector and checksum of the key D ahead (its layout entry has arrived by now).
-        if BLOCK_PREFETCH_DISTANCE > 0:
-            if k + far < nk:
-                _prefetch_at(layout, ids[keys[k + far] % n])
-            if k + BLOCK_PREFETCH_DISTANCE < nk:
-                ka = keys[k + BLOCK_PREFETCH_DISTANCE]
-                ba = ka // n
-                sa = (layout[ids[ka % n]] - ba * rows_per_block) * row_bytes // checksum_bytes
-                _prefetch_at(blocks_u8, (ba + 1) * block_size + sa * checksum_bytes)
-                _prefetch_at(checksums, ba * spb + sa)
-                if threshold < NEVER:  # the neighbour scan reads the block's inverse layout
-                    _prefetch_at(inverse_layout, ba * rows_per_block)
+        if k + far < nk:
+            _prefetch_at(layout, ids[keys[k + far] % n])
+        if k + BLOCK_PREFETCH_DISTANCE < nk:
+            ka = keys[k + BLOCK_PREFETCH_DISTANCE]
+            ba = ka // n
+            sa = (layout[ids[ka % n]] - ba * rows_per_block) * row_bytes // checksum_bytes
+            _prefetch_at(blocks_u8, (ba + 1) * block_size + sa * checksum_bytes)
+            _prefetch_at(checksums, ba * spb + sa)
+            if threshold < NEVER:  # the neighbour scan reads the block's inverse layout
+                _prefetch_at(inverse_layout, ba * rows_per_block)
         blk = keys[k] // n
         base_slot = blk * rows_per_block
         if blk != prev:

@@ -238,7 +238,8 @@ def compare_plans(
     held_batches = _batches(held, batch_size)
     if not held_batches:
         raise InvalidArgumentError("no held-out queries to measure on", argument="holdout")
-    lookups = sum(int(ids.shape[0]) for b in held_batches for ids, _ in b.values())
+    sizes = np.array([sum(int(ids.shape[0]) for ids, _ in b.values()) for b in held_batches])
+    lookups = int(sizes.sum())
     stores = {}
     try:
         for name, plan in plans.items():
@@ -267,7 +268,6 @@ def compare_plans(
             n: all(np.allclose(out[t], ref[t], rtol=1e-4, atol=1e-4) for t in ref)
             for n, out in first.items()
         }
-        sizes = np.array([sum(int(ids.shape[0]) for ids, _ in b.values()) for b in held_batches])
         chunks = np.array_split(np.arange(len(held_batches)), max(1, min(repeats, len(sizes))))
         results = {}
         for n, s in stores.items():
