@@ -462,14 +462,18 @@ def read_recorded(
     *,
     strict: bool = False,
     num_rows: Mapping[str, int] | None = None,
+    last_queries: int | None = None,
 ) -> Trace:
     """All queries recorded in ``directory``, segment after segment, as one Trace.
 
     Tables are ordered by first appearance; a query that did not read a table has an empty bag
     there. A torn tail is dropped with a ``RuntimeWarning`` (``strict=True``: CorruptFileError
-    instead). See :func:`read_recorded_with_report` for the details.
+    instead). ``last_queries``: only the most recent that many queries (only the newest
+    segments that hold them are read). See :func:`read_recorded_with_report` for the details.
     """
-    trace, report = read_recorded_with_report(directory, strict=strict, num_rows=num_rows)
+    trace, report = read_recorded_with_report(
+        directory, strict=strict, num_rows=num_rows, last_queries=last_queries
+    )
     if report.torn:
         where = ", ".join(f"{p} at byte {o} ({n} bytes)" for p, o, n in report.torn)
         warnings.warn(
@@ -485,8 +489,13 @@ def read_recorded_with_report(
     *,
     strict: bool = False,
     num_rows: Mapping[str, int] | None = None,
+    last_queries: int | None = None,
 ) -> tuple[Trace, RecordingReport]:
     """Like :func:`read_recorded`, also returning a :class:`RecordingReport` (no warning).
+
+    With ``last_queries``, segments are read newest first until they hold that many queries
+    (a serving store's log grows without end; a re-plan wants its recent traffic only); the
+    report then covers the segments read.
 
     Raises FileNotFoundError if ``directory`` does not exist, CorruptFileError for a bad
     segment header or a bad frame followed by valid data, FormatVersionError for a newer format.
@@ -494,12 +503,38 @@ def read_recorded_with_report(
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no recorded trace directory at {directory}")
+    if last_queries is not None and (
+        isinstance(last_queries, bool) or not isinstance(last_queries, (int, np.integer))
+        or last_queries < 1
+    ):  # fmt: skip
+        raise InvalidArgumentError(
+            f"last_queries must be an integer >= 1 or None, got {last_queries!r}",
+            argument="last_queries",
+            value=last_queries,
+        )
     report = RecordingReport()
+    segments = _segments(directory)
+    # Each segment carries its own table dictionary, so the newest ones read alone.
+    parts: list[tuple[list[str], list[tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]]]] = []
+    held = 0
+    for _, path in segments if last_queries is None else segments[::-1]:
+        seg_names: list[str] = []
+        seg_frames: list[tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]] = []
+        report.segments += 1
+        _read_segment(path, strict, report, seg_names, seg_frames)
+        parts.append((seg_names, seg_frames))
+        held += sum(q for q, _ in seg_frames)
+        if last_queries is not None and held >= last_queries:
+            break
+    if last_queries is not None:
+        parts.reverse()
     names: list[str] = []
     frames: list[tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]] = []
-    for _, path in _segments(directory):
-        report.segments += 1
-        _read_segment(path, strict, report, names, frames)
+    for seg_names, seg_frames in parts:
+        names += [n for n in seg_names if n not in names]
+        frames += seg_frames
+    if last_queries is not None and held > last_queries:
+        frames = _drop_first_queries(frames, held - int(last_queries))
     tables = {}
     total = sum(q for q, _ in frames)
     for name in names:
@@ -518,6 +553,25 @@ def read_recorded_with_report(
         tables[name] = (ids, offsets)
     report.queries = total
     return Trace(tables, num_rows), report
+
+
+def _drop_first_queries(
+    frames: list[tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]], drop: int
+) -> list[tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]]:
+    """``frames`` without their first ``drop`` queries (a frame may be cut)."""
+    out = []
+    for q, content in frames:
+        if drop >= q:
+            drop -= q
+            continue
+        if drop:
+            content = {
+                name: (ids[int(sizes[:drop].sum()) :], sizes[drop:])
+                for name, (ids, sizes) in content.items()
+            }
+            q, drop = q - drop, 0
+        out.append((q, content))
+    return out
 
 
 def _read_segment(

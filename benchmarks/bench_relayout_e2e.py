@@ -290,8 +290,8 @@ def markdown(files: list[Path]) -> str:
     gib = 2**30
     lines = [
         "| rows / lookups | mode | method | max tuning lookups | wall s | CPU s | peak RSS GiB "
-        "| load 1-min (start-end) | chosen | held-out blocks/1000: naive -> result | when |",
-        "|---|---|---|---:|---:|---:|---:|---|---|---|---|",
+        "| load 1-min (start-end) | chosen | held-out blocks/1000: naive -> result | code | when |",
+        "|---|---|---|---:|---:|---:|---:|---|---|---|---|---|",
     ]
     for r in runs:
         m = r["meta"]
@@ -312,7 +312,7 @@ def markdown(files: list[Path]) -> str:
             f"| {_short(m['rows'])} / {_short(m['lookups'])} | {r['mode']} | {r['method']} | "
             f"{'default' if mtl is None else _short(mtl)} | {wall:.0f} | {cpu:.0f} | "
             f"{peak / gib:.2f} | {c['loadavg_start'][0]:.1f}-{c['loadavg_end'][0]:.1f} | "
-            f"{chosen} | {q} | {r.get('when', '')} |"
+            f"{chosen} | {q} | {r.get('commit', '-')} | {r.get('when', '')} |"
         )
     lines += ["", "Phases of the api runs (wall s / CPU s / peak RSS GiB inside the phase; calls):",
               ""]  # fmt: skip
@@ -378,6 +378,22 @@ def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def code_version() -> str:
+    """Commit of the code measured (``+dirty`` with uncommitted changes), for the table."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    try:
+        rev = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "-"
+    return rev + ("+dirty" if dirty else "")
+
+
 def fresh_store(data: Path, run: Path) -> Path:
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
@@ -436,7 +452,7 @@ def main() -> None:
         inner = json.loads(res_file.read_text())
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         run = {"mode": "api", "method": m, "max_tuning_lookups": args.max_tuning_lookups,
-               "child": outer, **inner, "when": when}  # fmt: skip
+               "child": outer, **inner, "commit": code_version(), "when": when}  # fmt: skip
         results["runs"].append(run)
         out_path.write_text(json.dumps(results, indent=2, default=str))
         print(json.dumps({k: v for k, v in run.items() if k != "report"}, indent=1, default=str))
@@ -452,7 +468,7 @@ def main() -> None:
         outer = run_child(cmd, env)
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         run = {"mode": "cli", "method": m, "max_tuning_lookups": args.max_tuning_lookups,
-               "child": outer, "when": when}  # fmt: skip
+               "child": outer, "commit": code_version(), "when": when}  # fmt: skip
         results["runs"].append(run)
         out_path.write_text(json.dumps(results, indent=2, default=str))
         print(json.dumps(run, indent=1, default=str), flush=True)

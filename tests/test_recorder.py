@@ -84,6 +84,26 @@ def test_round_trip_across_segments(tmp_path, trace: Trace) -> None:
     assert report.metadata[0]["sample_rate"] == 1.0
 
 
+@pytest.mark.parametrize("last", [1, 7, 100, 333, 599, 600, 5000])
+def test_last_queries_reads_the_newest_segments_only(tmp_path, trace: Trace, last: int) -> None:
+    record_all(tmp_path, trace, batch=7, segment_bytes=4096, frame_bytes=600)
+    n_files = len(segments(tmp_path))
+    back, report = read_recorded_with_report(tmp_path, num_rows=trace.num_rows, last_queries=last)
+    keep = min(last, trace.n_queries)
+    assert back.equals(trace.query_slice(trace.n_queries - keep, trace.n_queries))
+    # Only the fewest newest segments that hold those queries were read.
+    per_segment = []
+    for i, f in enumerate(segments(tmp_path)):
+        (tmp_path / f"one{i}").mkdir()
+        (tmp_path / f"one{i}" / f.name).write_bytes(f.read_bytes())
+        per_segment.append(read_recorded(tmp_path / f"one{i}").n_queries)
+    newest = np.cumsum(per_segment[::-1])
+    assert report.segments == min(n_files, int(np.searchsorted(newest, keep)) + 1)
+    assert report.queries == keep
+    with pytest.raises(InvalidArgumentError, match="last_queries"):
+        read_recorded(tmp_path, last_queries=0)
+
+
 def test_varying_tables_wide_ids_and_empty_bags(tmp_path) -> None:
     big = 2**40 + 5
     with TraceRecorder(tmp_path, sample_rate=1.0) as rec:

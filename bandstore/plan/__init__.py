@@ -132,10 +132,11 @@ def _recorded_trace(store: Any, max_queries: int) -> Any:
             argument="trace",
         )
     rec.flush(fsync=False)
-    trace = read_recorded(rec.directory, num_rows={n: t.rows for n, t in store.tables.items()})
-    if trace.n_queries > max_queries:
-        trace = trace.query_slice(trace.n_queries - max_queries, trace.n_queries)
-    return trace
+    return read_recorded(
+        rec.directory,
+        num_rows={n: t.rows for n, t in store.tables.items()},
+        last_queries=max_queries,
+    )
 
 
 def replan(

@@ -69,6 +69,8 @@ MIN_SAMPLED_BLOCKS = 1024
 MAX_SAMPLED_LOOKUPS = 200_000
 #: Memory the mini caches of one table may take at once; more configurations run in groups.
 DEFAULT_MEMORY_LIMIT = 2 << 30
+#: Lookups mapped to blocks at a time (bounds the temporaries of a long trace).
+_MAP_CHUNK = 1 << 22
 
 #: Spatial sampling schemes (see :func:`simulate`).
 SAMPLINGS = ("hash", "stratified")
@@ -399,10 +401,14 @@ def simulate(
         inverse = np.asarray(inverse_layout)
     n_blocks = inverse.shape[0] // rpb
 
-    # Blocks the trace reads, and the sample.
-    slot_of_lookup = layout[indices]
-    blk = slot_of_lookup // rpb
-    per_block = np.bincount(blk, minlength=n_blocks) if blk.size else np.zeros(n_blocks, np.int64)
+    # Blocks the trace reads, and the sample. The trace is mapped in chunks: a whole-trace
+    # int64 temporary costs 8 bytes per lookup (800 MB at 100M lookups), and several were alive
+    # at once.
+    n_lookups = int(indices.shape[0])
+    chunks = [(s, min(s + _MAP_CHUNK, n_lookups)) for s in range(0, n_lookups, _MAP_CHUNK)]
+    per_block = np.zeros(n_blocks, dtype=np.int64)
+    for s, e in chunks:
+        per_block += np.bincount(layout[indices[s:e]] // rpb, minlength=n_blocks)
     touched = per_block > 0
     n_touched = int(np.count_nonzero(touched))
     if sizes_bytes is None:
@@ -446,15 +452,21 @@ def simulate(
         return out
 
     if in_sample is None:
-        ids = to_compact(slot_of_lookup)
+        ids = np.empty(n_lookups, dtype=np.int64)
+        for s, e in chunks:
+            ids[s:e] = to_compact(layout[indices[s:e]])
         kept_before = offsets
     else:
-        keep = selected[blk]
-        ids = to_compact(slot_of_lookup[keep])
-        cum = np.zeros(keep.shape[0] + 1, dtype=np.int64)
+        keep = np.empty(n_lookups, dtype=bool)
+        for s, e in chunks:
+            keep[s:e] = selected[layout[indices[s:e]] // rpb]
+        cum = np.zeros(n_lookups + 1, dtype=np.int64)
         np.cumsum(keep, out=cum[1:])
+        ids = np.empty(int(cum[-1]), dtype=np.int64)
+        for s, e in chunks:
+            ids[cum[s] : cum[e]] = to_compact(layout[indices[s:e][keep[s:e]]])
         kept_before = cum[offsets]
-    del slot_of_lookup, blk
+        del keep, cum
     n_queries = offsets.shape[0] - 1
     w = int(warmup_queries)
     if not 0 <= w <= n_queries:
