@@ -6,7 +6,9 @@ For each table of the trace:
    (later queries). The held-out part decides nothing: it only measures, for the report and for
    the guard of step 6;
 2. candidate layouts are built from the whole tuning part (``bandstore.layout.build_layout``,
-   default parameters, one per method), next to the layout the store has now, and each one's
+   default parameters, one per method; the co-access methods leave out of the partition the
+   rows the table's cache holds: ``hot_fraction`` = the cache's share of the rows,
+   :func:`cache_share`), next to the layout the store has now, and each one's
    admission threshold and pinned share are chosen on the tuning part by exact simulation of the
    store's cache policy (``bandstore.sim``) at the table's cache size; each candidate, with its
    policy, is replayed over the held-out part by the same simulator, the cache warmed by the
@@ -66,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from bandstore.cache import threshold_to_json
+from bandstore.cache import capacity_rows, threshold_to_json
 from bandstore.errors import InvalidArgumentError, UnknownTableError
 from bandstore.kernels.cache import NEVER
 from bandstore.store import Store
@@ -372,8 +374,14 @@ def _default_configuration(
     return {"method": method, "half_life": p.get("half_life"), "cold": p.get("cold")}
 
 
-def _config_key(n_queries: int, cfg: Mapping[str, Any]) -> tuple:
-    return (n_queries, cfg["method"], cfg["half_life"], cfg["cold"])
+def _config_key(n_queries: int, cfg: Mapping[str, Any], hot_fraction: float | None = None) -> tuple:
+    return (n_queries, cfg["method"], cfg["half_life"], cfg["cold"], hot_fraction)
+
+
+def cache_share(cache_bytes: int, dim: int, rows: int) -> float:
+    """The share of a table's rows its DRAM cache holds (``hot_fraction`` of the co-access
+    layouts built for that cache: the rows the cache holds are left out of the partition)."""
+    return capacity_rows(cache_bytes, dim, rows) / rows if rows > 0 else 0.0
 
 
 def _build(
@@ -387,15 +395,21 @@ def _build(
     progress: bool,
     layout_params: Mapping[str, Mapping[str, Any]] | None,
     layouts: MutableMapping[tuple, tuple[np.ndarray, float]] | None,
+    hot_fraction: float | None = None,
 ) -> tuple[np.ndarray, float]:
-    """(layout, build seconds) of one configuration from the queries of ``tune``."""
+    """(layout, build seconds) of one configuration from the queries of ``tune``.
+    hot_fraction: that of the co-access methods (the cache's share of the rows), unless
+    ``layout_params`` sets it."""
     from bandstore.layout import DEFAULTS, build_layout
 
-    key = _config_key(tune.n_queries, cfg)
-    if layouts is not None and key in layouts:
-        return layouts[key]
     m = cfg["method"]
     params = dict((layout_params or {}).get(m, {}))
+    if hot_fraction is not None and "hot_fraction" in DEFAULTS[m]:
+        params.setdefault("hot_fraction", float(hot_fraction))
+    hf = params.get("hot_fraction") if "hot_fraction" in DEFAULTS[m] else None
+    key = _config_key(tune.n_queries, cfg, hf)
+    if layouts is not None and key in layouts:
+        return layouts[key]
     if "half_life" in DEFAULTS[m]:
         params["half_life"] = cfg["half_life"]
     if cfg["cold"] is not None and m in _COLD_METHODS:
@@ -454,6 +468,7 @@ def evaluate_choice(
     layout, seconds = _build(
         cfg, tune, table, rows, rows_per_block, seed=seed, progress=progress,
         layout_params=layout_params, layouts=layouts,
+        hot_fraction=cache_share(cache_bytes, dim, rows),
     )  # fmt: skip
     counts = recency_counts(tune, table, rows, cfg["half_life"])
     digest = None

@@ -424,3 +424,43 @@ def test_killed_relayouts_lose_nothing(tmp_path):
     collect_garbage(path)
     with bandstore.open(path, cache_bytes=0) as s:
         assert s.verify() == [] and np.array_equal(all_rows(s, "t"), w)
+
+
+def test_co_access_layouts_leave_out_the_rows_the_cache_holds():
+    """relayout builds metis / hypergraph with hot_fraction = the cache's share of the rows
+    (not a fixed 10%): the hot section, hottest first, is as long as the cache, in whole
+    blocks; an explicit hot_fraction in layout_params wins."""
+    from bandstore.layout import build_layout
+    from bandstore.relayout import cache_share
+
+    rows, rpb, dim = 4000, 16, 16
+    trace = synth({"item": rows}, 1200, pooling=10, zipf=1.0, community_size=16, co_access=0.8)
+    common = dict(
+        rows=rows, rows_per_block=rpb, dim=dim, batch_size=16, block_size=1024, row_bytes=64,
+        thresholds=[0], pinned_shares=[1.0],
+    )  # fmt: skip
+    idx, off = trace.query_slice(0, 960).table("item")
+    for share in (0.02, 0.3):
+        cb = int(share * rows) * cache_row_bytes(dim)
+        assert cache_share(cb, dim, rows) == pytest.approx(share)
+        cfg = {"method": "metis", "half_life": None, "cold": "after"}
+        _, layout, _ = evaluate_choice(trace, "item", 960, cfg, cache_bytes=cb, **common)
+        n_hot = -(-int(share * rows) // rpb) * rpb
+        tune_counts = np.bincount(idx, minlength=rows)
+        hot = np.argsort(layout)[:n_hot]
+        # the first n_hot slots hold the n_hot most read rows of the tuning part
+        assert np.all(np.diff(tune_counts[hot]) <= 0)
+        assert tune_counts[hot].min() >= np.sort(tune_counts)[::-1][n_hot - 1]
+        assert np.array_equal(
+            layout, build_layout("metis", idx, off, rows, rpb, hot_fraction=share, cold="after")
+        )
+    # layout_params override the cache's share
+    cb = int(0.3 * rows) * cache_row_bytes(dim)
+    cfg = {"method": "metis", "half_life": None, "cold": "after"}
+    _, layout, _ = evaluate_choice(
+        trace, "item", 960, cfg, cache_bytes=cb, layout_params={"metis": {"hot_fraction": 0.0}},
+        **common,
+    )  # fmt: skip
+    assert np.array_equal(
+        layout, build_layout("metis", idx, off, rows, rpb, hot_fraction=0.0, cold="after")
+    )

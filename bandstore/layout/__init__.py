@@ -18,8 +18,10 @@ rows read together share blocks. Methods:
 Parameters (``DEFAULTS``), with the measurements behind the defaults (held-out queries of
 amazon-book, lastfm-2k, ml-latest-small and synthetic community traces, rows_per_block 16):
 
-- ``hot_fraction`` (0.1): set it to the share of the table the DRAM cache holds. Excluding
-  them from graph and objective was as good as or better than down-weighting their edges.
+- ``hot_fraction`` (0.1): the share of the table the DRAM cache holds; ``bandstore.relayout``
+  sets it to that share of the cache it decides for (``relayout.cache_share``), unless
+  ``layout_params`` give one. Excluding them from graph and objective was as good as or better
+  than down-weighting their edges.
 - ``half_life`` (None): recency weight of the queries as a share of the trace (a query that
   far from the end weighs 1/2) for counts, graph and objective. On time-ordered logs whose
   popularity drifts (ml-latest-small) 0.1-0.25 read 7-8% fewer blocks; on logs without time
