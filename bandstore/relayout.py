@@ -20,8 +20,10 @@ For each table of the trace:
    choose its admission threshold and pinned share; the last 25% of the tuning queries,
    replayed after them, choose the configuration that reads the fewest blocks
    (:func:`choose_configurations`). A single ``method`` skips this step (default parameters);
-4. the chosen configuration is rebuilt on the whole tuning part, its policy chosen again on the
-   whole tuning part, and it is replayed over the held-out part (:func:`evaluate_choice`);
+4. the chosen configuration is rebuilt on the whole tuning part (a recency half-life keeps the
+   length in queries it was chosen with, :func:`transfer_configuration`), its policy chosen
+   again on the whole tuning part, and it is replayed over the held-out part
+   (:func:`evaluate_choice`);
 5. the report gives, per table, the held-out figures of the store as it is (``current``), of the
    naive store, of every candidate method and of the chosen configuration (``result``, with
    ``configuration`` and, for ``auto``, the inner-split score of every configuration);
@@ -362,6 +364,23 @@ def configuration_grid(
             for cold in colds if m in _COLD_METHODS else (None,):
                 grid.append({"method": m, "half_life": hl, "cold": cold})
     return grid
+
+
+def transfer_configuration(choice: Mapping[str, Any], n_queries: int) -> dict[str, Any]:
+    """The configuration ``choice`` (of :func:`choose_configurations`) chose, for a build on
+    ``n_queries`` queries: a recency half-life keeps its length in queries, not its share.
+
+    A half-life is a share of the queries it weighs; the inner split chose it on its first
+    ``choice["queries"]["fit"]`` queries, and the drift it measured is per query, not per share
+    of a log: carried to a longer log as a share, it would weigh older queries more than was
+    chosen (4/3 the length from the inner split of a whole tuning part; on a bounded tuning
+    window, the whole tuning part over the window's first part).
+    """
+    cfg = dict(choice["chosen"])
+    fit = int(choice["queries"]["fit"])
+    if cfg.get("half_life") is not None and n_queries > 0 and fit != n_queries:
+        cfg["half_life"] = float(cfg["half_life"]) * fit / n_queries
+    return cfg
 
 
 def _default_configuration(
@@ -776,7 +795,7 @@ def relayout(
             if w:
                 choice["first_query"] = w
             entry["choice"] = choice
-            cfg = choice["chosen"]
+            cfg = transfer_configuration(choice, split)
         else:
             cfg = _default_configuration(method, layout_params)
         step("chosen")
@@ -833,7 +852,7 @@ def _describe(cfg: Mapping[str, Any]) -> str:
     """'hypergraph (half-life 0.25, cold inline)'-style label of a configuration."""
     extra = []
     if cfg.get("half_life") is not None:
-        extra.append(f"half-life {cfg['half_life']}")
+        extra.append(f"half-life {cfg['half_life']:.3g}")
     if cfg.get("cold") is not None:
         extra.append(f"cold {cfg['cold']}")
     return cfg["method"] + (f" ({', '.join(extra)})" if extra else "")

@@ -45,6 +45,7 @@ from bandstore.relayout import (
     evaluate_choice,
     evaluate_layout,
     split_point,
+    transfer_configuration,
 )
 from bandstore.synth import communities, synth
 from bandstore.trace import Trace
@@ -133,7 +134,8 @@ def evaluate_auto(trace, table, split, dram, inner_layouts, layouts):
     choice = choose_configurations(
         trace.query_slice(0, split), table, layouts=inner_layouts, **common
     )
-    r, _, _ = evaluate_choice(trace, table, split, choice["chosen"], layouts=layouts, **common)
+    cfg = transfer_configuration(choice, split)
+    r, _, _ = evaluate_choice(trace, table, split, cfg, layouts=layouts, **common)
     r["choose_seconds"] = time.perf_counter() - t0
     r["inner"] = choice["configurations"]
     return r
@@ -283,7 +285,7 @@ def main() -> None:
         best = r["best_method"]
         c = r["auto"][str(0.1)]["configuration"]
         how = ", ".join(
-            [f"half-life {c['half_life']}" if c["half_life"] is not None else "no recency"]
+            [f"half-life {c['half_life']:.3g}" if c["half_life"] is not None else "no recency"]
             + ([f"cold {c['cold']}"] if c["cold"] is not None else [])
             + [f"t {'never' if c['threshold'] is None else c['threshold']}"]
             + [f"p {c['pinned_share']}"]

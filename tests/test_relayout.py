@@ -25,6 +25,7 @@ from bandstore.relayout import (
     inner_split,
     recency_counts,
     relayout,
+    transfer_configuration,
 )
 from bandstore.replay import replay
 from bandstore.synth import synth
@@ -263,7 +264,10 @@ def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
         c = e["configuration"]
         assert set(c) == {"method", "half_life", "cold", "threshold", "pinned_share"}
         assert c["method"] == e["chosen"] == e["choice"]["chosen"]["method"]
-        assert {k: c[k] for k in ("method", "half_life", "cold")} == e["choice"]["chosen"]
+        split = report["queries"]["tuning"]
+        assert {k: c[k] for k in ("method", "half_life", "cold")} == transfer_configuration(
+            e["choice"], split
+        )
         assert c["threshold"] == e["result"]["threshold"]
         assert len(e["choice"]["configurations"]) == 24
         assert set(e["candidates"]) == set(AUTO_METHODS)
@@ -297,8 +301,12 @@ def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
             s, trace, batch_size=16, auto_methods=("metis",), half_lives=(0.25,), force=True
         )
         e3 = forced["tables"]["item"]
-        assert e3["configuration"]["half_life"] == 0.25 and forced["committed_version"] > v
-        recent = recency_counts(trace.query_slice(0, split), "item", 8000, 0.25)
+        # chosen on the inner split's first part, kept as a length in queries
+        hl = 0.25 * e3["choice"]["queries"]["fit"] / split
+        assert e3["choice"]["chosen"]["half_life"] == 0.25
+        assert e3["configuration"]["half_life"] == pytest.approx(hl) and hl < 0.25
+        assert forced["committed_version"] > v
+        recent = recency_counts(trace.query_slice(0, split), "item", 8000, hl)
         assert np.array_equal(s.table_counts("item"), recent)
         assert not np.array_equal(recent, recency_counts(trace.query_slice(0, split), "item",
                                                          8000, None))  # fmt: skip
@@ -464,3 +472,22 @@ def test_co_access_layouts_leave_out_the_rows_the_cache_holds():
     assert np.array_equal(
         layout, build_layout("metis", idx, off, rows, rpb, hot_fraction=0.0, cold="after")
     )
+
+
+def test_a_chosen_half_life_keeps_its_length_in_queries():
+    choice = {"queries": {"fit": 750, "select": 250},
+              "chosen": {"method": "hypergraph", "half_life": 0.4, "cold": "inline"}}  # fmt: skip
+    assert transfer_configuration(choice, 1000) == {
+        "method": "hypergraph",
+        "half_life": pytest.approx(0.3),
+        "cold": "inline",
+    }
+    # the same weights on the queries: 0.4 of 750 queries = 0.3 of 1000
+    from bandstore.layout import query_weights
+
+    w_fit = query_weights(np.arange(751), 0.4)
+    w_all = query_weights(np.arange(1001), transfer_configuration(choice, 1000)["half_life"])
+    assert np.allclose(w_fit, w_all[250:])
+    plain = {**choice, "chosen": {**choice["chosen"], "half_life": None}}
+    assert transfer_configuration(plain, 1000)["half_life"] is None
+    assert choice["chosen"]["half_life"] == 0.4  # not modified
