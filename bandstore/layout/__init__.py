@@ -21,7 +21,13 @@ amazon-book, lastfm-2k, ml-latest-small and synthetic community traces, rows_per
 - ``hot_fraction`` (0.1): the share of the table the DRAM cache holds; ``bandstore.relayout``
   sets it to that share of the cache it decides for (``relayout.cache_share``), unless
   ``layout_params`` give one. Excluding them from graph and objective was as good as or better
-  than down-weighting their edges.
+  than down-weighting their edges. Following the cache instead of a fixed 0.1
+  (``bench_layout.py --quick``, auto's held-out blocks per 1000 lookups, fixed 0.1 -> cache
+  share): at DRAM 50% amazon-book 168.7 -> 166.8, lastfm-2k 39.3 -> 37.4, ml-latest-small
+  59.8 -> 59.3, strong synthetic 48.2 -> 49.7; at 1% amazon-book 749.6 -> 733.8, strong
+  synthetic 180.3 -> 141.8 (its long log 147.1 -> 88.2), but lastfm-2k 144.8 -> 149.4 and
+  ml-latest-small 216.5 -> 219.8: with a small cache, rows between 1% and 10% are hubs that
+  blur sparse co-access (metis alone at 1%: lastfm-2k 174.9 -> 230.7). At 10% nothing moves.
 - ``half_life`` (None): recency weight of the queries as a share of the trace (a query that
   far from the end weighs 1/2) for counts, graph and objective. On time-ordered logs whose
   popularity drifts (ml-latest-small) 0.1-0.25 read 7-8% fewer blocks; on logs without time
