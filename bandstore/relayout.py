@@ -6,7 +6,9 @@ For each table of the trace:
    (later queries). The held-out part decides nothing: it only measures, for the report and for
    the guard of step 6;
 2. candidate layouts are built from the whole tuning part (``bandstore.layout.build_layout``,
-   default parameters, one per method), next to the layout the store has now, and each one's
+   default parameters, one per method; the co-access methods leave out of the partition the
+   rows the table's cache holds: ``hot_fraction`` = the cache's share of the rows,
+   :func:`cache_share`), next to the layout the store has now, and each one's
    admission threshold and pinned share are chosen on the tuning part by exact simulation of the
    store's cache policy (``bandstore.sim``) at the table's cache size; each candidate, with its
    policy, is replayed over the held-out part by the same simulator, the cache warmed by the
@@ -18,8 +20,10 @@ For each table of the trace:
    choose its admission threshold and pinned share; the last 25% of the tuning queries,
    replayed after them, choose the configuration that reads the fewest blocks
    (:func:`choose_configurations`). A single ``method`` skips this step (default parameters);
-4. the chosen configuration is rebuilt on the whole tuning part, its policy chosen again on the
-   whole tuning part, and it is replayed over the held-out part (:func:`evaluate_choice`);
+4. the chosen configuration is rebuilt on the whole tuning part (a recency half-life keeps the
+   length in queries it was chosen with, :func:`transfer_configuration`), its policy chosen
+   again on the whole tuning part, and it is replayed over the held-out part
+   (:func:`evaluate_choice`);
 5. the report gives, per table, the held-out figures of the store as it is (``current``), of the
    naive store, of every candidate method and of the chosen configuration (``result``, with
    ``configuration`` and, for ``auto``, the inner-split score of every configuration);
@@ -66,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from bandstore.cache import threshold_to_json
+from bandstore.cache import capacity_rows, threshold_to_json
 from bandstore.errors import InvalidArgumentError, UnknownTableError
 from bandstore.kernels.cache import NEVER
 from bandstore.store import Store
@@ -362,6 +366,23 @@ def configuration_grid(
     return grid
 
 
+def transfer_configuration(choice: Mapping[str, Any], n_queries: int) -> dict[str, Any]:
+    """The configuration ``choice`` (of :func:`choose_configurations`) chose, for a build on
+    ``n_queries`` queries: a recency half-life keeps its length in queries, not its share.
+
+    A half-life is a share of the queries it weighs; the inner split chose it on its first
+    ``choice["queries"]["fit"]`` queries, and the drift it measured is per query, not per share
+    of a log: carried to a longer log as a share, it would weigh older queries more than was
+    chosen (4/3 the length from the inner split of a whole tuning part; on a bounded tuning
+    window, the whole tuning part over the window's first part).
+    """
+    cfg = dict(choice["chosen"])
+    fit = int(choice["queries"]["fit"])
+    if cfg.get("half_life") is not None and n_queries > 0 and fit != n_queries:
+        cfg["half_life"] = float(cfg["half_life"]) * fit / n_queries
+    return cfg
+
+
 def _default_configuration(
     method: str, layout_params: Mapping[str, Mapping[str, Any]] | None
 ) -> dict[str, Any]:
@@ -372,8 +393,14 @@ def _default_configuration(
     return {"method": method, "half_life": p.get("half_life"), "cold": p.get("cold")}
 
 
-def _config_key(n_queries: int, cfg: Mapping[str, Any]) -> tuple:
-    return (n_queries, cfg["method"], cfg["half_life"], cfg["cold"])
+def _config_key(n_queries: int, cfg: Mapping[str, Any], hot_fraction: float | None = None) -> tuple:
+    return (n_queries, cfg["method"], cfg["half_life"], cfg["cold"], hot_fraction)
+
+
+def cache_share(cache_bytes: int, dim: int, rows: int) -> float:
+    """The share of a table's rows its DRAM cache holds (``hot_fraction`` of the co-access
+    layouts built for that cache: the rows the cache holds are left out of the partition)."""
+    return capacity_rows(cache_bytes, dim, rows) / rows if rows > 0 else 0.0
 
 
 def _build(
@@ -387,15 +414,21 @@ def _build(
     progress: bool,
     layout_params: Mapping[str, Mapping[str, Any]] | None,
     layouts: MutableMapping[tuple, tuple[np.ndarray, float]] | None,
+    hot_fraction: float | None = None,
 ) -> tuple[np.ndarray, float]:
-    """(layout, build seconds) of one configuration from the queries of ``tune``."""
+    """(layout, build seconds) of one configuration from the queries of ``tune``.
+    hot_fraction: that of the co-access methods (the cache's share of the rows), unless
+    ``layout_params`` sets it."""
     from bandstore.layout import DEFAULTS, build_layout
 
-    key = _config_key(tune.n_queries, cfg)
-    if layouts is not None and key in layouts:
-        return layouts[key]
     m = cfg["method"]
     params = dict((layout_params or {}).get(m, {}))
+    if hot_fraction is not None and "hot_fraction" in DEFAULTS[m]:
+        params.setdefault("hot_fraction", float(hot_fraction))
+    hf = params.get("hot_fraction") if "hot_fraction" in DEFAULTS[m] else None
+    key = _config_key(tune.n_queries, cfg, hf)
+    if layouts is not None and key in layouts:
+        return layouts[key]
     if "half_life" in DEFAULTS[m]:
         params["half_life"] = cfg["half_life"]
     if cfg["cold"] is not None and m in _COLD_METHODS:
@@ -454,6 +487,7 @@ def evaluate_choice(
     layout, seconds = _build(
         cfg, tune, table, rows, rows_per_block, seed=seed, progress=progress,
         layout_params=layout_params, layouts=layouts,
+        hot_fraction=cache_share(cache_bytes, dim, rows),
     )  # fmt: skip
     counts = recency_counts(tune, table, rows, cfg["half_life"])
     digest = None
@@ -761,7 +795,7 @@ def relayout(
             if w:
                 choice["first_query"] = w
             entry["choice"] = choice
-            cfg = choice["chosen"]
+            cfg = transfer_configuration(choice, split)
         else:
             cfg = _default_configuration(method, layout_params)
         step("chosen")
@@ -818,7 +852,7 @@ def _describe(cfg: Mapping[str, Any]) -> str:
     """'hypergraph (half-life 0.25, cold inline)'-style label of a configuration."""
     extra = []
     if cfg.get("half_life") is not None:
-        extra.append(f"half-life {cfg['half_life']}")
+        extra.append(f"half-life {cfg['half_life']:.3g}")
     if cfg.get("cold") is not None:
         extra.append(f"cold {cfg['cold']}")
     return cfg["method"] + (f" ({', '.join(extra)})" if extra else "")

@@ -25,6 +25,7 @@ from bandstore.relayout import (
     inner_split,
     recency_counts,
     relayout,
+    transfer_configuration,
 )
 from bandstore.replay import replay
 from bandstore.synth import synth
@@ -263,7 +264,10 @@ def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
         c = e["configuration"]
         assert set(c) == {"method", "half_life", "cold", "threshold", "pinned_share"}
         assert c["method"] == e["chosen"] == e["choice"]["chosen"]["method"]
-        assert {k: c[k] for k in ("method", "half_life", "cold")} == e["choice"]["chosen"]
+        split = report["queries"]["tuning"]
+        assert {k: c[k] for k in ("method", "half_life", "cold")} == transfer_configuration(
+            e["choice"], split
+        )
         assert c["threshold"] == e["result"]["threshold"]
         assert len(e["choice"]["configurations"]) == 24
         assert set(e["candidates"]) == set(AUTO_METHODS)
@@ -297,8 +301,12 @@ def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
             s, trace, batch_size=16, auto_methods=("metis",), half_lives=(0.25,), force=True
         )
         e3 = forced["tables"]["item"]
-        assert e3["configuration"]["half_life"] == 0.25 and forced["committed_version"] > v
-        recent = recency_counts(trace.query_slice(0, split), "item", 8000, 0.25)
+        # chosen on the inner split's first part, kept as a length in queries
+        hl = 0.25 * e3["choice"]["queries"]["fit"] / split
+        assert e3["choice"]["chosen"]["half_life"] == 0.25
+        assert e3["configuration"]["half_life"] == pytest.approx(hl) and hl < 0.25
+        assert forced["committed_version"] > v
+        recent = recency_counts(trace.query_slice(0, split), "item", 8000, hl)
         assert np.array_equal(s.table_counts("item"), recent)
         assert not np.array_equal(recent, recency_counts(trace.query_slice(0, split), "item",
                                                          8000, None))  # fmt: skip
@@ -424,3 +432,62 @@ def test_killed_relayouts_lose_nothing(tmp_path):
     collect_garbage(path)
     with bandstore.open(path, cache_bytes=0) as s:
         assert s.verify() == [] and np.array_equal(all_rows(s, "t"), w)
+
+
+def test_co_access_layouts_leave_out_the_rows_the_cache_holds():
+    """relayout builds metis / hypergraph with hot_fraction = the cache's share of the rows
+    (not a fixed 10%): the hot section, hottest first, is as long as the cache, in whole
+    blocks; an explicit hot_fraction in layout_params wins."""
+    from bandstore.layout import build_layout
+    from bandstore.relayout import cache_share
+
+    rows, rpb, dim = 4000, 16, 16
+    trace = synth({"item": rows}, 1200, pooling=10, zipf=1.0, community_size=16, co_access=0.8)
+    common = dict(
+        rows=rows, rows_per_block=rpb, dim=dim, batch_size=16, block_size=1024, row_bytes=64,
+        thresholds=[0], pinned_shares=[1.0],
+    )  # fmt: skip
+    idx, off = trace.query_slice(0, 960).table("item")
+    for share in (0.02, 0.3):
+        cb = int(share * rows) * cache_row_bytes(dim)
+        assert cache_share(cb, dim, rows) == pytest.approx(share)
+        cfg = {"method": "metis", "half_life": None, "cold": "after"}
+        _, layout, _ = evaluate_choice(trace, "item", 960, cfg, cache_bytes=cb, **common)
+        n_hot = -(-int(share * rows) // rpb) * rpb
+        tune_counts = np.bincount(idx, minlength=rows)
+        hot = np.argsort(layout)[:n_hot]
+        # the first n_hot slots hold the n_hot most read rows of the tuning part
+        assert np.all(np.diff(tune_counts[hot]) <= 0)
+        assert tune_counts[hot].min() >= np.sort(tune_counts)[::-1][n_hot - 1]
+        assert np.array_equal(
+            layout, build_layout("metis", idx, off, rows, rpb, hot_fraction=share, cold="after")
+        )
+    # layout_params override the cache's share
+    cb = int(0.3 * rows) * cache_row_bytes(dim)
+    cfg = {"method": "metis", "half_life": None, "cold": "after"}
+    _, layout, _ = evaluate_choice(
+        trace, "item", 960, cfg, cache_bytes=cb, layout_params={"metis": {"hot_fraction": 0.0}},
+        **common,
+    )  # fmt: skip
+    assert np.array_equal(
+        layout, build_layout("metis", idx, off, rows, rpb, hot_fraction=0.0, cold="after")
+    )
+
+
+def test_a_chosen_half_life_keeps_its_length_in_queries():
+    choice = {"queries": {"fit": 750, "select": 250},
+              "chosen": {"method": "hypergraph", "half_life": 0.4, "cold": "inline"}}  # fmt: skip
+    assert transfer_configuration(choice, 1000) == {
+        "method": "hypergraph",
+        "half_life": pytest.approx(0.3),
+        "cold": "inline",
+    }
+    # the same weights on the queries: 0.4 of 750 queries = 0.3 of 1000
+    from bandstore.layout import query_weights
+
+    w_fit = query_weights(np.arange(751), 0.4)
+    w_all = query_weights(np.arange(1001), transfer_configuration(choice, 1000)["half_life"])
+    assert np.allclose(w_fit, w_all[250:])
+    plain = {**choice, "chosen": {**choice["chosen"], "half_life": None}}
+    assert transfer_configuration(plain, 1000)["half_life"] is None
+    assert choice["chosen"]["half_life"] == 0.4  # not modified
