@@ -280,10 +280,11 @@ def evaluate_layout(
     *,
     policy_from: int = 0,
 ) -> dict[str, Any]:
-    """Choose (threshold, pinned share) on queries ``[0, split)``; report queries after it.
+    """Choose (threshold, pinned share) among ``scoring``'s on queries ``[0, split)``; report
+    queries after it.
 
     ``layout`` and ``counts`` (the access counts admission reads) are those of the table
-    ``target`` describes, replayed with its cache as ``scoring`` says.
+    ``target`` describes; every replay has its cache size and ``scoring``'s batch size.
 
     The held-out counters are (whole trace) - (tuning part) of two exact simulations: the
     simulator is deterministic and batches align at ``split``, so the difference is exactly
