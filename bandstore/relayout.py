@@ -66,6 +66,7 @@ import hashlib
 import math
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ import numpy as np
 from bandstore.cache import capacity_rows, threshold_to_json
 from bandstore.errors import InvalidArgumentError, UnknownTableError
 from bandstore.kernels.cache import NEVER
-from bandstore.store import Store
+from bandstore.store import Store, TableInfo
 from bandstore.trace import Trace
 
 #: Candidate methods of ``auto`` (each reported on held-out queries; all in the inner grid).
@@ -97,6 +98,44 @@ INNER_SHARE = 0.25
 DEFAULT_MAX_TUNING_LOOKUPS = 20_000_000
 #: Methods whose ``cold`` placement is a parameter.
 _COLD_METHODS = ("metis", "hypergraph")
+
+
+@dataclass(frozen=True)
+class LayoutTarget:
+    """What is being laid out and for which cache: a table's block geometry (``rows``,
+    ``rows_per_block``, ``dim``, ``block_size``, ``row_bytes``, as in its ``TableInfo``) and
+    ``cache_bytes``, the DRAM of the table's cache that layouts and policies are chosen for
+    (co-access layouts leave out of the partition the rows it holds, :func:`cache_share`)."""
+
+    rows: int
+    rows_per_block: int
+    dim: int
+    block_size: int
+    row_bytes: int
+    cache_bytes: int
+
+    @classmethod
+    def of(cls, info: TableInfo, cache_bytes: int) -> LayoutTarget:
+        """The target of a store's table ``info`` with a cache of ``cache_bytes``."""
+        return cls(
+            rows=info.rows,
+            rows_per_block=info.rows_per_block,
+            dim=info.dim,
+            block_size=info.block_size,
+            row_bytes=info.row_bytes,
+            cache_bytes=cache_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a layout is scored: exact replays of the store's cache policy (``bandstore.sim``) in
+    batches of ``batch_size`` queries, its admission threshold and pinned share chosen among
+    ``thresholds`` x ``pinned_shares`` on the tuning queries."""
+
+    batch_size: int
+    thresholds: Sequence[int] = DEFAULT_THRESHOLDS
+    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES
 
 
 def _batch_split(n_queries: int, share: float, batch_size: int) -> int:
@@ -235,19 +274,17 @@ def evaluate_layout(
     table: str,
     split: int,
     layout: np.ndarray,
-    rows_per_block: int,
-    dim: int,
     counts: np.ndarray,
-    cache_bytes: int,
+    target: LayoutTarget,
+    scoring: Scoring,
     *,
-    thresholds: Sequence[int],
-    pinned_shares: Sequence[float],
-    batch_size: int,
-    block_size: int,
-    row_bytes: int,
     policy_from: int = 0,
 ) -> dict[str, Any]:
-    """Choose (threshold, pinned share) on queries ``[0, split)``; report queries after it.
+    """Choose (threshold, pinned share) among ``scoring``'s on queries ``[0, split)``; report
+    queries after it.
+
+    ``layout`` and ``counts`` (the access counts admission reads) are those of the table
+    ``target`` describes; every replay has its cache size and ``scoring``'s batch size.
 
     The held-out counters are (whole trace) - (tuning part) of two exact simulations: the
     simulator is deterministic and batches align at ``split``, so the difference is exactly
@@ -263,9 +300,10 @@ def evaluate_layout(
     from bandstore.sim.mrc import simulate
 
     idx, off = trace.table(table)
+    batch_size, rows_per_block, dim = scoring.batch_size, target.rows_per_block, target.dim
     common = dict(
-        sizes_bytes=[cache_bytes], batch_size=batch_size, block_size=block_size,
-        row_bytes=row_bytes, check=False, table=table,
+        sizes_bytes=[target.cache_bytes], batch_size=batch_size, block_size=target.block_size,
+        row_bytes=target.row_bytes, check=False, table=table,
     )  # fmt: skip
     if policy_from:
         if not 0 < policy_from < split or policy_from % batch_size:
@@ -278,8 +316,8 @@ def evaluate_layout(
         w_idx = idx[off[policy_from] : off[split]]
         warm = (split - policy_from) // batch_size // 4 * batch_size
         window = simulate(
-            w_idx, w_off, layout, rows_per_block, dim, counts, thresholds=thresholds,
-            pinned_shares=pinned_shares, warmup_queries=warm, **common,
+            w_idx, w_off, layout, rows_per_block, dim, counts, thresholds=scoring.thresholds,
+            pinned_shares=scoring.pinned_shares, warmup_queries=warm, **common,
         )  # fmt: skip
         blocks, ti, pi = window.envelope()
         threshold = int(window.thresholds[ti[0]])
@@ -290,12 +328,12 @@ def evaluate_layout(
         )  # fmt: skip
         return _figures(
             threshold, share, 1000.0 * float(blocks[0]) / max(1, window.lookups), held.lookups,
-            int(held.misses[0, 0, 0]), int(held.blocks_read[0, 0, 0]), row_bytes, block_size,
+            int(held.misses[0, 0, 0]), int(held.blocks_read[0, 0, 0]), target,
         )  # fmt: skip
     tune_idx, tune_off = idx[: off[split]], off[: split + 1]
     tune = simulate(
         tune_idx, tune_off, layout, rows_per_block, dim, counts,
-        thresholds=thresholds, pinned_shares=pinned_shares, **common,
+        thresholds=scoring.thresholds, pinned_shares=scoring.pinned_shares, **common,
     )  # fmt: skip
     blocks, ti, pi = tune.envelope()
     threshold, share = int(tune.thresholds[ti[0]]), float(tune.pinned_shares[pi[0]])
@@ -309,13 +347,14 @@ def evaluate_layout(
     held_blocks = int(whole.blocks_read[0, 0, 0] - tune.blocks_read[t_i, p_i, 0])
     return _figures(
         threshold, share, 1000.0 * float(blocks[0]) / max(1, tune.lookups), held_lookups,
-        held_misses, held_blocks, row_bytes, block_size,
+        held_misses, held_blocks, target,
     )  # fmt: skip
 
 
 def _figures(threshold: int, share: float, tuning_per_1000: float, held_lookups: int,
-             held_misses: int, held_blocks: int, row_bytes: int,
-             block_size: int) -> dict[str, Any]:  # fmt: skip
+             held_misses: int, held_blocks: int,
+             target: LayoutTarget) -> dict[str, Any]:  # fmt: skip
+    row_bytes, block_size = target.row_bytes, target.block_size
     return {
         "threshold": threshold_to_json(threshold),
         "pinned_share": share,
@@ -407,24 +446,23 @@ def _build(
     cfg: Mapping[str, Any],
     tune: Trace,
     table: str,
-    rows: int,
-    rows_per_block: int,
+    target: LayoutTarget,
     *,
     seed: int,
     progress: bool,
     layout_params: Mapping[str, Mapping[str, Any]] | None,
     layouts: MutableMapping[tuple, tuple[np.ndarray, float]] | None,
-    hot_fraction: float | None = None,
 ) -> tuple[np.ndarray, float]:
-    """(layout, build seconds) of one configuration from the queries of ``tune``.
-    hot_fraction: that of the co-access methods (the cache's share of the rows), unless
-    ``layout_params`` sets it."""
+    """(layout, build seconds) of one configuration from the queries of ``tune``. The
+    co-access methods get ``hot_fraction`` = the share of the rows ``target``'s cache holds
+    (:func:`cache_share`), unless ``layout_params`` sets it."""
     from bandstore.layout import DEFAULTS, build_layout
 
     m = cfg["method"]
+    rows = target.rows
     params = dict((layout_params or {}).get(m, {}))
-    if hot_fraction is not None and "hot_fraction" in DEFAULTS[m]:
-        params.setdefault("hot_fraction", float(hot_fraction))
+    if "hot_fraction" in DEFAULTS[m]:
+        params.setdefault("hot_fraction", float(cache_share(target.cache_bytes, target.dim, rows)))
     hf = params.get("hot_fraction") if "hot_fraction" in DEFAULTS[m] else None
     key = _config_key(tune.n_queries, cfg, hf)
     if layouts is not None and key in layouts:
@@ -439,7 +477,7 @@ def _build(
     else:
         idx, off = tune.table(table)
         layout = build_layout(
-            m, idx, off, rows, rows_per_block, seed=seed, progress=progress, **params
+            m, idx, off, rows, target.rows_per_block, seed=seed, progress=progress, **params
         )
     out = (layout, time.perf_counter() - t0)
     if layouts is not None:
@@ -452,16 +490,9 @@ def evaluate_choice(
     table: str,
     split: int,
     configuration: Mapping[str, Any],
+    target: LayoutTarget,
+    scoring: Scoring,
     *,
-    rows: int,
-    rows_per_block: int,
-    dim: int,
-    cache_bytes: int,
-    thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
-    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
-    batch_size: int,
-    block_size: int,
-    row_bytes: int,
     seed: int = 0,
     layout_params: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = False,
@@ -469,41 +500,38 @@ def evaluate_choice(
     evaluations: MutableMapping[tuple, dict[str, Any]] | None = None,
     policy_from: int = 0,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Build ``configuration`` (method, half_life, cold) from queries ``[0, split)`` of
-    ``trace``, with access counts :func:`recency_counts` of the same queries; choose its
-    threshold and pinned share on them and replay the queries after ``split``
-    (:func:`evaluate_layout`). Returns (figures, layout, counts); the figures carry
-    ``configuration`` (with the policy) and ``build_seconds``.
+    """Build ``configuration`` (method, half_life, cold) of the table ``target`` describes
+    from queries ``[0, split)`` of ``trace``, with access counts :func:`recency_counts` of the
+    same queries; choose its threshold and pinned share on them and replay the queries after
+    ``split`` (:func:`evaluate_layout` with ``scoring``). Returns (figures, layout, counts); the
+    figures carry ``configuration`` (with the policy) and ``build_seconds``.
 
     ``layouts``: a memo of built layouts for one trace and table (keyed by the number of
     queries built from and the configuration), shared between calls to save builds.
     ``evaluations``: a memo of figures by content (layout, counts, split, cache bytes) for one
-    trace, table and policy grid: configurations that build the same layout with the same
+    trace, table and ``scoring``: configurations that build the same layout with the same
     counts (e.g. a refinement that stops at its start) are simulated once.
     policy_from: see :func:`evaluate_layout`.
     """
     tune = trace.query_slice(0, split)
     cfg = {k: configuration[k] for k in ("method", "half_life", "cold")}
     layout, seconds = _build(
-        cfg, tune, table, rows, rows_per_block, seed=seed, progress=progress,
-        layout_params=layout_params, layouts=layouts,
-        hot_fraction=cache_share(cache_bytes, dim, rows),
+        cfg, tune, table, target, seed=seed, progress=progress, layout_params=layout_params,
+        layouts=layouts,
     )  # fmt: skip
-    counts = recency_counts(tune, table, rows, cfg["half_life"])
+    counts = recency_counts(tune, table, target.rows, cfg["half_life"])
     digest = None
     if evaluations is not None:
         h = hashlib.blake2b(digest_size=16)
         for a in (np.ascontiguousarray(layout), np.ascontiguousarray(counts)):
             h.update(a.view(np.uint8))
-        digest = (h.hexdigest(), split, cache_bytes, policy_from)
+        digest = (h.hexdigest(), split, target.cache_bytes, policy_from)
     if digest is not None and digest in evaluations:
         res = dict(evaluations[digest])
     else:
         res = evaluate_layout(
-            trace, table, split, layout, rows_per_block, dim, counts, cache_bytes,
-            thresholds=thresholds, pinned_shares=pinned_shares, batch_size=batch_size,
-            block_size=block_size, row_bytes=row_bytes, policy_from=policy_from,
-        )  # fmt: skip
+            trace, table, split, layout, counts, target, scoring, policy_from=policy_from
+        )
         if digest is not None:
             evaluations[digest] = dict(res)
     res["build_seconds"] = seconds
@@ -518,20 +546,13 @@ def evaluate_choice(
 def choose_configurations(
     tune: Trace,
     table: str,
+    target: LayoutTarget,
+    scoring: Scoring,
     *,
-    rows: int,
-    rows_per_block: int,
-    dim: int,
-    cache_bytes: int,
     methods: Sequence[str] = AUTO_METHODS,
     half_lives: Sequence[float | None] = AUTO_HALF_LIVES,
     colds: Sequence[str] = AUTO_COLDS,
     inner_share: float = INNER_SHARE,
-    thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
-    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
-    batch_size: int,
-    block_size: int,
-    row_bytes: int,
     seed: int = 0,
     layout_params: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = False,
@@ -542,16 +563,16 @@ def choose_configurations(
 
     The tuning queries are split by :func:`inner_split`: for every configuration of
     :func:`configuration_grid`, the first part builds the layout, gives the access counts and
-    chooses the threshold and pinned share (among ``thresholds`` x ``pinned_shares``); the
-    last part (``inner_share`` of the queries), replayed after the first through the exact
-    simulator, scores it. Returns ``chosen`` (the
-    configuration that reads the fewest blocks on the last part; the earlier in grid order on
-    ties), ``configurations`` (every configuration with its policy and score: ``select_*``
-    figures) and the inner split. progress: one bar over the configurations.
+    chooses the threshold and pinned share (among those of ``scoring``); the last part
+    (``inner_share`` of the queries), replayed after the first through the exact simulator,
+    scores it. Returns ``chosen`` (the configuration that reads the fewest blocks on the last
+    part; the earlier in grid order on ties), ``configurations`` (every configuration with its
+    policy and score: ``select_*`` figures) and the inner split. progress: one bar over the
+    configurations.
     grid: the configurations to compare (dicts with method, half_life, cold) instead of
     :func:`configuration_grid` of methods x half_lives x colds.
     """
-    inner = inner_split(tune, batch_size, inner_share)
+    inner = inner_split(tune, scoring.batch_size, inner_share)
     if grid is None:
         grid = configuration_grid(methods, half_lives, colds)
     else:
@@ -567,11 +588,8 @@ def choose_configurations(
         bar = tqdm(total=len(grid), desc=f"auto {table}: configurations", leave=False)
     for cfg in grid:
         res, _, _ = evaluate_choice(
-            tune, table, inner, cfg, rows=rows, rows_per_block=rows_per_block, dim=dim,
-            cache_bytes=cache_bytes, thresholds=thresholds, pinned_shares=pinned_shares,
-            batch_size=batch_size, block_size=block_size, row_bytes=row_bytes, seed=seed,
-            layout_params=layout_params, progress=False, layouts=layouts,
-            evaluations=evaluations,
+            tune, table, inner, cfg, target, scoring, seed=seed, layout_params=layout_params,
+            progress=False, layouts=layouts, evaluations=evaluations,
         )  # fmt: skip
         if bar is not None:
             bar.update(1)
@@ -670,6 +688,13 @@ def relayout(
             )
     split = split_point(trace, holdout, batch_size)
     tune = trace.query_slice(0, split)
+    scoring = Scoring(batch_size, thresholds, pinned_shares)
+    inner_scoring = Scoring(
+        batch_size,
+        thresholds if inner_thresholds is None else inner_thresholds,
+        pinned_shares if inner_pinned_shares is None else inner_pinned_shares,
+    )
+    build = dict(seed=seed, layout_params=layout_params, progress=bool(progress))
     _check_max_tuning_lookups(max_tuning_lookups)
     windows = {n: tuning_window(trace, n, split, max_tuning_lookups, batch_size) for n in names}
     if method == "auto":
@@ -686,23 +711,12 @@ def relayout(
     }
     layouts, counts_by_table, tuning = {}, {}, {}
     for name in names:
-        info = store.tables[name]
-        rows, rpb = info.rows, info.rows_per_block
+        target = LayoutTarget.of(store.tables[name], _table_cache_bytes(store, name, cache_bytes))
+        rows = target.rows
         counts = _counts(tune, name, rows)
-        cb = _table_cache_bytes(store, name, cache_bytes)
-        w = windows[name]
-        evaluate = dict(
-            rows_per_block=rpb, dim=info.dim, cache_bytes=cb, thresholds=thresholds,
-            pinned_shares=pinned_shares, batch_size=batch_size, block_size=info.block_size,
-            row_bytes=info.row_bytes,
-        )  # fmt: skip
-        choice_args = dict(
-            rows=rows, seed=seed, layout_params=layout_params, progress=bool(progress),
-            **evaluate,
-        )  # fmt: skip
         # A long tuning part: policies (and auto's configuration) are chosen on its most
         # recent window, the held-out part is still replayed in full after all of it.
-        full_args = {**choice_args, "policy_from": w}
+        w = windows[name]
         if method == "auto" and w:
             # Only the identity layout (cheap: it gives the policy-only figure) and the chosen
             # configuration are built and replayed at full size.
@@ -726,7 +740,7 @@ def relayout(
         built: dict[tuple, tuple[np.ndarray, float]] = {}
         current_layout = np.asarray(store.table_layout(name)[0])
         current_policy = store.cache_info()[name]
-        entry: dict[str, Any] = {"cache_bytes": cb, "candidates": {}}
+        entry: dict[str, Any] = {"cache_bytes": target.cache_bytes, "candidates": {}}
         if w:
             entry["policy_window"] = {
                 "first_query": w,
@@ -736,10 +750,10 @@ def relayout(
         identity = np.arange(rows, dtype=np.int64)
         # The naive store: identity layout, plain CLOCK, no admission, nothing pinned.
         step("naive")
+        naive_scoring = replace(scoring, thresholds=[NEVER], pinned_shares=[0.0])
         entry["naive"] = evaluate_layout(
-            trace, name, split, identity, counts=counts, policy_from=w,
-            **{**evaluate, "thresholds": [NEVER], "pinned_shares": [0.0]},
-        )  # fmt: skip
+            trace, name, split, identity, counts, target, naive_scoring, policy_from=w
+        )
         # The store as it is: its layout and its policy (its own counts, if it has any).
         step("current")
         cur_threshold = current_policy["threshold"]
@@ -752,11 +766,12 @@ def relayout(
             # The naive store exactly (counts unused: nothing admitted, nothing pinned).
             cur = dict(entry["naive"])
         else:
+            cur_scoring = replace(
+                scoring, thresholds=[cur_t], pinned_shares=[current_policy["pinned_share"]]
+            )
             cur = evaluate_layout(
-                trace, name, split, current_layout, counts=store.table_counts(name),
-                policy_from=w,
-                **{**evaluate, "thresholds": [cur_t],
-                   "pinned_shares": [current_policy["pinned_share"]]},
+                trace, name, split, current_layout, store.table_counts(name), target,
+                cur_scoring, policy_from=w,
             )  # fmt: skip
         entry["current"] = cur
         # Each candidate method, default parameters, built on the whole tuning part: reported.
@@ -764,7 +779,9 @@ def relayout(
         for m in run:
             step(m)
             cfg = _default_configuration(m, layout_params)
-            out = evaluate_choice(trace, name, split, cfg, layouts=built, **full_args)
+            out = evaluate_choice(
+                trace, name, split, cfg, target, scoring, layouts=built, policy_from=w, **build
+            )
             outcomes[_config_key(split, cfg)] = out
             entry["candidates"][m] = out[0]
         if len(run) < len(candidates):
@@ -774,7 +791,7 @@ def relayout(
             entry["policy_only"] = entry["candidates"]["identity"]
         else:
             entry["policy_only"] = evaluate_layout(
-                trace, name, split, identity, counts=counts, policy_from=w, **evaluate
+                trace, name, split, identity, counts, target, scoring, policy_from=w
             )
         if method == "auto":
             # Chosen on the tuning part (or its window) alone, then rebuilt on all of it.
@@ -783,14 +800,12 @@ def relayout(
             # On a window, one configuration per method (its defaults): a build costs a
             # time proportional to the table's rows however short the window is.
             choice = choose_configurations(
-                tune.query_slice(w, split) if w else tune, name, methods=auto_methods,
-                half_lives=half_lives, colds=colds, inner_share=inner_share,
+                tune.query_slice(w, split) if w else tune, name, target, inner_scoring,
+                methods=auto_methods, half_lives=half_lives, colds=colds,
+                inner_share=inner_share,
                 grid=[_default_configuration(m, layout_params) for m in auto_methods]
                 if w else None,
-                **{**choice_args,
-                   "thresholds": thresholds if inner_thresholds is None else inner_thresholds,
-                   "pinned_shares": (pinned_shares if inner_pinned_shares is None
-                                     else inner_pinned_shares)},
+                **build,
             )  # fmt: skip
             if w:
                 choice["first_query"] = w
@@ -801,7 +816,9 @@ def relayout(
         step("chosen")
         key = _config_key(split, cfg)
         if key not in outcomes:
-            outcomes[key] = evaluate_choice(trace, name, split, cfg, layouts=built, **full_args)
+            outcomes[key] = evaluate_choice(
+                trace, name, split, cfg, target, scoring, layouts=built, policy_from=w, **build
+            )
         if bar is not None:
             bar.update(1)
             bar.close()
@@ -827,7 +844,7 @@ def relayout(
             layouts[name] = chosen_layout
             counts_by_table[name] = chosen_counts
             tuning[name] = {
-                "cache_bytes": cb,
+                "cache_bytes": target.cache_bytes,
                 "threshold": chosen["threshold"],
                 "pinned_share": chosen["pinned_share"],
                 "source": f"relayout {method}: {label}",

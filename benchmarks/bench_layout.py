@@ -41,8 +41,8 @@ from bandstore.cache import cache_row_bytes
 from bandstore.kernels.cache import NEVER
 from bandstore.layout import build_layout
 from bandstore.relayout import (
-    DEFAULT_PINNED_SHARES,
-    DEFAULT_THRESHOLDS,
+    LayoutTarget,
+    Scoring,
     cache_share,
     choose_configurations,
     evaluate_choice,
@@ -116,29 +116,32 @@ def oracles(comm: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def evaluate(trace, table, split, layout, counts, dram, policy=None):
-    thresholds, shares = (DEFAULT_THRESHOLDS, DEFAULT_PINNED_SHARES) if policy is None else policy
-    r = evaluate_layout(
-        trace, table, split, layout, RPB, DIM, counts, dram,
-        thresholds=thresholds, pinned_shares=shares, batch_size=BATCH, block_size=BLOCK,
-        row_bytes=ROW_BYTES,
+def target(rows: int, dram: int) -> LayoutTarget:
+    """The benchmark's table geometry (DIM-dim float32 rows, RPB per BLOCK) with ``dram``."""
+    return LayoutTarget(
+        rows=rows, rows_per_block=RPB, dim=DIM, block_size=BLOCK, row_bytes=ROW_BYTES,
+        cache_bytes=dram,
     )  # fmt: skip
-    return r
+
+
+def evaluate(trace, table, split, layout, counts, dram, policy=None):
+    """evaluate_layout at ``dram``, the policy chosen among the defaults or ``policy``
+    (thresholds, pinned shares)."""
+    scoring = Scoring(BATCH) if policy is None else Scoring(BATCH, *policy)
+    return evaluate_layout(
+        trace, table, split, layout, counts, target(trace.num_rows[table], dram), scoring
+    )
 
 
 def evaluate_auto(trace, table, split, dram, inner_layouts, layouts):
     """relayout's auto at this DRAM size: chosen on the tuning part, reported on held-out."""
-    rows = trace.num_rows[table]
-    common = dict(
-        rows=rows, rows_per_block=RPB, dim=DIM, cache_bytes=dram, batch_size=BATCH,
-        block_size=BLOCK, row_bytes=ROW_BYTES,
-    )  # fmt: skip
+    tgt, scoring = target(trace.num_rows[table], dram), Scoring(BATCH)
     t0 = time.perf_counter()
     choice = choose_configurations(
-        trace.query_slice(0, split), table, layouts=inner_layouts, **common
+        trace.query_slice(0, split), table, tgt, scoring, layouts=inner_layouts
     )
     cfg = transfer_configuration(choice, split)
-    r, _, _ = evaluate_choice(trace, table, split, cfg, layouts=layouts, **common)
+    r, _, _ = evaluate_choice(trace, table, split, cfg, tgt, scoring, layouts=layouts)
     r["choose_seconds"] = time.perf_counter() - t0
     r["inner"] = choice["configurations"]
     return r

@@ -198,7 +198,7 @@ def evaluate(trace, split: int, layout: np.ndarray, counts: np.ndarray) -> dict[
     from bandstore.cache import cache_row_bytes
     from bandstore.kernels.cache import NEVER
     from bandstore.layout import fanout
-    from bandstore.relayout import evaluate_layout
+    from bandstore.relayout import LayoutTarget, Scoring, evaluate_layout
 
     rows = trace.num_rows["item"]
     idx, off = trace.table("item")
@@ -207,11 +207,12 @@ def evaluate(trace, split: int, layout: np.ndarray, counts: np.ndarray) -> dict[
         "heldout_fanout_per_1000": 1000.0 * fanout(h_idx, h_off, layout, RPB) / max(1, h_idx.size)
     }
     dram = int(DRAM_SHARE * rows) * cache_row_bytes(DIM)
-    r = evaluate_layout(
-        trace, "item", split, layout, RPB, DIM, counts, dram,
-        thresholds=[0, 2, NEVER], pinned_shares=[0.0, 0.5], batch_size=BATCH,
-        block_size=BLOCK, row_bytes=ROW_BYTES,
+    target = LayoutTarget(
+        rows=rows, rows_per_block=RPB, dim=DIM, block_size=BLOCK, row_bytes=ROW_BYTES,
+        cache_bytes=dram,
     )  # fmt: skip
+    scoring = Scoring(BATCH, thresholds=[0, 2, NEVER], pinned_shares=[0.0, 0.5])
+    r = evaluate_layout(trace, "item", split, layout, counts, target, scoring)
     out.update(
         heldout_blocks_per_1000=r["heldout_blocks_per_1000_lookups"],
         heldout_hit_ratio=r["heldout_hit_ratio"],

@@ -35,20 +35,20 @@ import json
 import time
 
 import numpy as np
-from bench_layout import BATCH, BLOCK, DIM, RESULTS, ROW_BYTES, RPB, real_traces
+from bench_layout import BATCH, DIM, RESULTS, RPB, real_traces, target
 
 from bandstore.cache import cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.kernels.cache import NEVER
 from bandstore.layout import build_layout
-from bandstore.relayout import evaluate_layout, recency_counts, split_point
+from bandstore.relayout import Scoring, evaluate_layout, recency_counts, split_point
 
 HALF_LIFE = {"ml-latest-small": 0.25}
 
 
 def blocks(trace, table, split, layout, counts, dram, policy=([0], [1.0])):
     r = evaluate_layout(
-        trace, table, split, layout, RPB, DIM, counts, dram, thresholds=policy[0],
-        pinned_shares=policy[1], batch_size=BATCH, block_size=BLOCK, row_bytes=ROW_BYTES,
+        trace, table, split, layout, counts, target(trace.num_rows[table], dram),
+        Scoring(BATCH, *policy),
     )  # fmt: skip
     return r["heldout_blocks_per_1000_lookups"]
 

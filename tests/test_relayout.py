@@ -19,6 +19,8 @@ from bandstore.relayout import (
     AUTO_COLDS,
     AUTO_HALF_LIVES,
     AUTO_METHODS,
+    LayoutTarget,
+    Scoring,
     choose_configurations,
     configuration_grid,
     evaluate_choice,
@@ -176,10 +178,11 @@ def test_inner_split_refuses_short_traces_and_bad_shares():
     # choose_configurations refuses a tuning part too short for the inner split.
     trace = runs_trace(40)
     with pytest.raises(bandstore.InvalidArgumentError, match="too short"):
-        choose_configurations(
-            trace, "t", rows=3100, rows_per_block=64, dim=16, cache_bytes=1 << 16,
-            batch_size=64, block_size=4096, row_bytes=64,
+        target = LayoutTarget(
+            rows=3100, rows_per_block=64, dim=16, block_size=4096, row_bytes=64,
+            cache_bytes=1 << 16,
         )  # fmt: skip
+        choose_configurations(trace, "t", target, Scoring(batch_size=64))
 
 
 def test_configuration_grid():
@@ -200,11 +203,12 @@ def test_configuration_grid():
 
 def test_choose_configurations_scores_on_the_last_tuning_queries():
     trace = synth({"item": 8000}, 3000, pooling=12, zipf=0.9, community_size=64, co_access=0.95)
-    common = dict(
-        rows=8000, rows_per_block=64, dim=16, cache_bytes=800 * cache_row_bytes(16),
-        batch_size=16, block_size=4096, row_bytes=64,
+    target = LayoutTarget(
+        rows=8000, rows_per_block=64, dim=16, block_size=4096, row_bytes=64,
+        cache_bytes=800 * cache_row_bytes(16),
     )  # fmt: skip
-    choice = choose_configurations(trace, "item", **common)
+    scoring = Scoring(batch_size=16)
+    choice = choose_configurations(trace, "item", target, scoring)
     scores = choice["configurations"]
     assert len(scores) == len(configuration_grid())
     inner = choice["queries"]["fit"]
@@ -214,7 +218,7 @@ def test_choose_configurations_scores_on_the_last_tuning_queries():
     assert choice["chosen"] == {k: first_best[k] for k in ("method", "half_life", "cold")}
     # Each score is evaluate_choice of that configuration on the inner split.
     c = scores[5]
-    res, layout, counts = evaluate_choice(trace, "item", inner, c, **common)
+    res, layout, counts = evaluate_choice(trace, "item", inner, c, target, scoring)
     assert res["heldout_blocks_read"] == c["select_blocks_read"]
     assert res["configuration"] == {k: c[k] for k in res["configuration"]}
     assert np.array_equal(counts, recency_counts(trace.query_slice(0, inner), "item", 8000,
@@ -443,16 +447,20 @@ def test_co_access_layouts_leave_out_the_rows_the_cache_holds():
 
     rows, rpb, dim = 4000, 16, 16
     trace = synth({"item": rows}, 1200, pooling=10, zipf=1.0, community_size=16, co_access=0.8)
-    common = dict(
-        rows=rows, rows_per_block=rpb, dim=dim, batch_size=16, block_size=1024, row_bytes=64,
-        thresholds=[0], pinned_shares=[1.0],
-    )  # fmt: skip
+
+    def target(cache_bytes: int) -> LayoutTarget:
+        return LayoutTarget(
+            rows=rows, rows_per_block=rpb, dim=dim, block_size=1024, row_bytes=64,
+            cache_bytes=cache_bytes,
+        )  # fmt: skip
+
+    scoring = Scoring(batch_size=16, thresholds=[0], pinned_shares=[1.0])
     idx, off = trace.query_slice(0, 960).table("item")
     for share in (0.02, 0.3):
         cb = int(share * rows) * cache_row_bytes(dim)
         assert cache_share(cb, dim, rows) == pytest.approx(share)
         cfg = {"method": "metis", "half_life": None, "cold": "after"}
-        _, layout, _ = evaluate_choice(trace, "item", 960, cfg, cache_bytes=cb, **common)
+        _, layout, _ = evaluate_choice(trace, "item", 960, cfg, target(cb), scoring)
         n_hot = -(-int(share * rows) // rpb) * rpb
         tune_counts = np.bincount(idx, minlength=rows)
         hot = np.argsort(layout)[:n_hot]
@@ -466,8 +474,8 @@ def test_co_access_layouts_leave_out_the_rows_the_cache_holds():
     cb = int(0.3 * rows) * cache_row_bytes(dim)
     cfg = {"method": "metis", "half_life": None, "cold": "after"}
     _, layout, _ = evaluate_choice(
-        trace, "item", 960, cfg, cache_bytes=cb, layout_params={"metis": {"hot_fraction": 0.0}},
-        **common,
+        trace, "item", 960, cfg, target(cb), scoring,
+        layout_params={"metis": {"hot_fraction": 0.0}},
     )  # fmt: skip
     assert np.array_equal(
         layout, build_layout("metis", idx, off, rows, rpb, hot_fraction=0.0, cold="after")

@@ -11,6 +11,8 @@ from bandstore.cache import cache_row_bytes
 from bandstore.demo import create_store_for_trace
 from bandstore.kernels.cache import NEVER
 from bandstore.relayout import (
+    LayoutTarget,
+    Scoring,
     choose_configurations,
     evaluate_layout,
     inner_split,
@@ -21,7 +23,10 @@ from bandstore.relayout import (
 from bandstore.replay import replay
 from bandstore.synth import synth
 
-GEOM = dict(rows_per_block=64, dim=16, batch_size=16, block_size=4096, row_bytes=64)
+CACHE = 800 * cache_row_bytes(16)
+TARGET = LayoutTarget(
+    rows=8000, rows_per_block=64, dim=16, block_size=4096, row_bytes=64, cache_bytes=CACHE
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +63,20 @@ def test_windowed_evaluation_replays_the_whole_held_out_part(trace):
     layout = rng.permutation(8000).astype(np.int64)
     counts = np.bincount(trace.query_slice(0, split).table("item")[0], minlength=8000)
     counts = counts.astype(np.int32)
-    cb = 800 * cache_row_bytes(16)
     w = tuning_window(trace, "item", split, 5000, 16)
     assert w > 0
     for t, p in ((2, 0.5), (NEVER, 0.0), (0, 1.0)):
-        args = dict(thresholds=[t], pinned_shares=[p], **GEOM)
-        exact = evaluate_layout(trace, "item", split, layout, counts=counts, cache_bytes=cb,
-                                **args)  # fmt: skip
-        windowed = evaluate_layout(trace, "item", split, layout, counts=counts, cache_bytes=cb,
-                                   policy_from=w, **args)  # fmt: skip
+        scoring = Scoring(batch_size=16, thresholds=[t], pinned_shares=[p])
+        exact = evaluate_layout(trace, "item", split, layout, counts, TARGET, scoring)
+        windowed = evaluate_layout(
+            trace, "item", split, layout, counts, TARGET, scoring, policy_from=w
+        )
         for k in ("heldout_lookups", "heldout_blocks_read", "heldout_hit_ratio"):
             assert windowed[k] == exact[k], (t, p, k)
         assert windowed["tuning_blocks_per_1000_lookups"] != exact["tuning_blocks_per_1000_lookups"]
     # With a grid, the window chooses the policy: the one that reads fewest blocks on it.
-    grid = dict(thresholds=[0, 4, NEVER], pinned_shares=[0.0, 1.0], **GEOM)
-    res = evaluate_layout(trace, "item", split, layout, counts=counts, cache_bytes=cb,
-                          policy_from=w, **grid)  # fmt: skip
+    grid = Scoring(batch_size=16, thresholds=[0, 4, NEVER], pinned_shares=[0.0, 1.0])
+    res = evaluate_layout(trace, "item", split, layout, counts, TARGET, grid, policy_from=w)
     best = min(
         (
             evaluate_layout(
@@ -81,11 +84,9 @@ def test_windowed_evaluation_replays_the_whole_held_out_part(trace):
                 "item",
                 (split - w) // 4 // 16 * 16,
                 layout,
-                counts=counts,
-                cache_bytes=cb,
-                thresholds=[t],
-                pinned_shares=[p],
-                **GEOM,
+                counts,
+                TARGET,
+                Scoring(batch_size=16, thresholds=[t], pinned_shares=[p]),
             )["heldout_blocks_read"],
             i,
         )  # fmt: skip
@@ -97,16 +98,14 @@ def test_windowed_evaluation_replays_the_whole_held_out_part(trace):
         p_best,
     )
     with pytest.raises(bandstore.InvalidArgumentError):
-        evaluate_layout(trace, "item", split, layout, counts=counts, cache_bytes=cb,
-                        policy_from=w + 1, **grid)  # fmt: skip
+        evaluate_layout(trace, "item", split, layout, counts, TARGET, grid, policy_from=w + 1)
 
 
 def test_bounded_auto_chooses_on_the_window_and_builds_the_choice_once(tmp_path, trace):
     path = tmp_path / "s"
     create_store_for_trace(path, trace, dim=16).close()
-    cache = 800 * cache_row_bytes(16)
     grid = dict(auto_methods=("identity", "frequency", "metis"), half_lives=(None, 0.25))
-    with bandstore.open(path, writable=True, cache_bytes=cache) as s:
+    with bandstore.open(path, writable=True, cache_bytes=CACHE) as s:
         before = s.lookup("item", np.arange(8000))
         unbounded = relayout(s, trace, batch_size=16, dry_run=True, max_tuning_lookups=None,
                              **grid)["tables"]["item"]  # fmt: skip
@@ -129,7 +128,7 @@ def test_bounded_auto_chooses_on_the_window_and_builds_the_choice_once(tmp_path,
             {"method": "metis", "half_life": None, "cold": "after"},
         ]
         direct = choose_configurations(
-            window, "item", rows=8000, cache_bytes=cache, grid=defaults, **GEOM
+            window, "item", TARGET, Scoring(batch_size=16), grid=defaults
         )
         # One configuration per method (the defaults), not the half-life x cold grid.
         assert [
