@@ -101,14 +101,16 @@ def random_request(rng, weights, n_bags=12, max_bag=9):
 
 
 # ---- strategies against the reference ---------------------------------------------------------
+@pytest.mark.parametrize("verify", [True, False], ids=["verified", "unverified"])
 @pytest.mark.parametrize("plan", [ALL_STRATEGIES, OTHER_SPLITS], ids=["all", "splits"])
 @given(seed=st.integers(0, 2**31), mode=st.sampled_from(["sum", "mean", "max"]),
        weighted=st.booleans(), pad=st.one_of(st.none(), st.integers(0, 39)))  # fmt: skip
-def test_every_strategy_matches_the_reference(store_path, weights, plan, seed, mode, weighted,
-                                              pad):  # fmt: skip
+def test_every_strategy_matches_the_reference(store_path, weights, plan, verify, seed, mode,
+                                              weighted, pad):  # fmt: skip
+    """Unverified reads take the decode passes' own prefetching path (no checksum pass)."""
     rng = np.random.default_rng(seed)
     weighted = weighted and mode == "sum"
-    with bandstore.open(store_path, plan=plan) as s:
+    with bandstore.open(store_path, plan=plan, verify_reads=verify) as s:
         for _ in range(3):  # the caches warm up between calls
             req = random_request(rng, weights)
             if weighted:

@@ -37,6 +37,7 @@ from bandstore.kernels.cache import (
     STATUS_OK,
     _divide_means,
     _pool_into,
+    _prefetch_block_row,
     _verify_sorted_blocks,
 )
 from bandstore.kernels.codec import _decode_row_into
@@ -177,6 +178,9 @@ def _direct_batch(
         base_slot = blk * rows_per_block
         is_decoded[:] = False
         for j in range(k, end):
+            if not verify:  # (verifying, the checksum pass has brought these rows in)
+                _prefetch_block_row(keys, j, m, n, ids, layout, rows_per_block, block_size,
+                                    row_bytes, blocks_u8)  # fmt: skip
             i = keys[j] % n
             local = layout[ids[i]] - base_slot
             if not is_decoded[local]:
