@@ -81,7 +81,7 @@ def calibration(workdir: Path, quick: bool, fresh: bool) -> Calibration:
 
 def instrument(store, acc):
     """Wrap every runner's run_part to add its time to acc[(table, part)] and the thread's."""
-    for name, (runner, where) in store._executor.routes.items():
+    for name, (runner, _where) in store._executor.routes.items():
         orig = runner.run_part
 
         def timed(job, j, orig=orig, name=name):
@@ -104,7 +104,16 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh-calibration", action="store_true")
     ap.add_argument("--contenders", nargs="*", default=["plan", "uniform", "plan, 1 worker"])
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--switch-interval", type=float)
     args = ap.parse_args(argv)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+    if args.no_pin:
+        import bandstore.plan.runtime as rt
+
+        ex = rt.Executor
+        rt.Executor = lambda w, b: ex(w, b, pin=False)
     spath, trace, batch = prepare(args.workload, args.quick, args.workdir)
     cal = calibration(args.workdir, args.quick, args.fresh_calibration)
     tune, held = trace.split(0.5)
@@ -117,6 +126,7 @@ def main(argv=None) -> int:
         "uniform": uniform_plan(profiles, cal, args.workers, budget),
         "plan, 1 worker": make_plan(profiles, cal, 1, budget),
     }
+    plans["plan, 1 thread"] = plans["plan"]
     plans = {k: v for k, v in plans.items() if k in args.contenders}
     warm = tune
     if batch <= 256 and tune.n_queries > 20_000:
@@ -126,7 +136,7 @@ def main(argv=None) -> int:
     stores, accs, walls = {}, {}, {}
     faults = defaultdict(int)
     for n, plan in plans.items():
-        st = bandstore.open(spath, plan=plan, workers=plan.workers)
+        st = bandstore.open(spath, plan=plan, workers=1 if "1 thread" in n else plan.workers)
         for req in warm_b:
             st.lookup_many(req)
         st.reset_stats()
@@ -177,7 +187,7 @@ def main(argv=None) -> int:
             print(f"   {tn:>8}[{j}] w{tp.workers[j]} {kind:>14} cache {tp.cache_bytes / 2**20:6.1f}"
                   f" MiB rows {p.rows:>9,} L {p.lookups:8.0f}: measured {us:8.0f} us, predicted "
                   f"{pus:8.0f} us ({us / max(pus, 1e-9):4.2f}x); hit {ts['hit_ratio']:.3f}, "
-                  f"blk/1k {bpl:6.1f} (pred {1000 * p.at(tp.cache_bytes * tp.parts)[1]:6.1f})")  # fmt: skip
+                  f"blk/1k {bpl:6.1f}")  # fmt: skip
         st.close()
     return 0
 

@@ -164,7 +164,7 @@ def test_split_parts_own_their_ids_and_replicas_spread():
     # by bag range (b * 2 // 5): bags 0-2 -> part 0, bags 3-4 -> part 1
     got = []
     for part in range(2):
-        sub, so, bn = np.empty(10, np.int64), np.empty(6, np.int64), np.empty(5, np.int64)
+        sub, so, bn = np.empty(11, np.int64), np.empty(6, np.int64), np.empty(5, np.int64)
         m = _split_select(req_ids, off, np.empty(0, np.float32), -1, 2, part, hot, sub,
                           so, np.empty(0, np.float32), bn)  # fmt: skip
         got.append(sub[:m].tolist())

@@ -203,9 +203,10 @@ def _direct_batch(
 
 @njit(nogil=True, cache=True)
 def _part_of_id(row_id, parts):
-    """The part of a split table that owns ``row_id`` (a multiplicative hash of the id)."""
+    """The part of a split table that owns ``row_id``: a 16-bit multiplicative hash of the id,
+    scaled to ``[0, parts)`` by a multiply and a shift (no integer division)."""
     x = (row_id ^ (row_id >> 31)) & 0x7FFFFFFF
-    return (((x * HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) % parts
+    return ((((x * HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) * parts) >> 16
 
 
 @njit(nogil=True, cache=True)
@@ -219,6 +220,8 @@ def _split_select(
     ``b * parts // n_bags``, so the hottest rows are spread over the parts by bag ranges.
     Padding ids are dropped. ``sub_off`` (n_bags + 1) are the sub-request's bag offsets,
     ``bag_n[b]`` the number of its rows in bag ``b``; ``sub_w`` is filled when weights are given.
+    ``sub_ids`` (and ``sub_w``) need one spare entry beyond the request's ids: the loop writes
+    every id and advances past the ones this part keeps (no branch to mispredict).
     """
     n_bags = offsets.shape[0] - 1
     has_weights = weights.shape[0] > 0
@@ -229,17 +232,14 @@ def _split_select(
         hot_part = (b * parts) // n_bags
         for i in range(offsets[b], offsets[b + 1]):
             r = ids[i]
-            if r == padding_idx:
-                continue
+            p = _part_of_id(r, parts)
             if has_hot and (hot_bits[r >> 3] >> (r & 7)) & 1:
                 p = hot_part
-            else:
-                p = _part_of_id(r, parts)
-            if p == part:
-                sub_ids[m] = r
-                if has_weights:
-                    sub_w[m] = weights[i]
-                m += 1
+            keep = (p == part) & (r != padding_idx)
+            sub_ids[m] = r
+            if has_weights:
+                sub_w[m] = weights[i]
+            m += np.int64(keep)
         sub_off[b + 1] = m
         bag_n[b] = m - sub_off[b]
     return m

@@ -169,24 +169,35 @@ class Executor:
         """Serve validated requests ``{table: (t, ids, offsets, weights, mode, pad)}``."""
         jobs = {}
         per_worker: list[list[tuple[Runner, Any, int]]] = [[] for _ in range(self.workers)]
-        for name, (t, ids, off, weights, mode, pad) in prepared.items():
-            runner, where = self.route(name, t)
-            job = runner.begin(ids, off, weights, mode, pad)
-            jobs[name] = (runner, job)
-            for part, w in enumerate(where):
-                per_worker[w % self.workers].append((runner, job, part))
+        routed = [(name, self.route(name, req[0]), req) for name, req in prepared.items()]
+
+        def begin(helpers: bool) -> None:
+            # A job's output is allocated (zeroed) in begin: the helpers' jobs are begun first
+            # and handed over at once, then this thread begins its own while they run.
+            for name, (runner, where), (_, ids, off, weights, mode, pad) in routed:
+                if any(w % self.workers for w in where) != helpers:
+                    continue
+                job = runner.begin(ids, off, weights, mode, pad)
+                jobs[name] = (runner, job)
+                for part, w in enumerate(where):
+                    per_worker[w % self.workers].append((runner, job, part))
+
         with self._state:
             inline = self._closing or self.workers == 1
             if not inline:
                 self._active += 1
         if inline:  # one worker, or replaced by a new plan: everything on this thread
+            begin(True)
+            begin(False)
             error = _run_tasks([task for tasks in per_worker for task in tasks])
         else:
             try:
+                begin(True)
                 batch = _Batch(per_worker[1:])
                 for w in range(1, self.workers):
                     if per_worker[w]:
                         self._queues[w - 1].put((batch, w - 1))
+                begin(False)
                 error = _run_tasks(per_worker[0])
                 for k in range(self.workers - 1):  # steal what the helpers have not started
                     batch.work(k, front=False)
@@ -199,7 +210,7 @@ class Executor:
                         self._state.notify_all()
         if error is not None:
             raise error
-        return {name: runner.finish(job) for name, (runner, job) in jobs.items()}
+        return {name: jobs[name][0].finish(jobs[name][1]) for name in prepared}
 
     def close(self) -> None:
         """Stop the helper threads once the calls in flight are done; later calls run inline."""
