@@ -89,34 +89,66 @@ class _Batch:
             if self._left == 0:
                 self._done.set()
 
-    def work(self, k: int, front: bool) -> None:
+    def work(self, k: int, front: bool, busy: BusyLog | None = None) -> None:
         """Run tasks of list ``k`` until none is left."""
         while True:
             task = self._take(k, front)
             if task is None:
                 return
             runner, job, part = task
+            t0 = time.perf_counter()
             try:
                 runner.run_part(job, part)
             except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
                 self._finished(exc)
             else:
+                if busy is not None:
+                    busy.add(runner.table.name, time.perf_counter() - t0)
                 self._finished(None)
 
     def wait(self) -> None:
         self._done.wait()
 
 
-def _run_tasks(tasks: Sequence[tuple[Runner, Any, int]]) -> BaseException | None:
+class BusyLog:
+    """Seconds each table's tasks took (all parts, on whichever worker), since ``reset``:
+    what a plan really costs per table on this machine in this mix of tables, which the
+    planner can use to correct its model (``bandstore.plan.refine_plan``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+        self.calls = 0
+
+    def add(self, table: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[table] = self.seconds.get(table, 0.0) + seconds
+
+    def called(self) -> None:
+        with self._lock:
+            self.calls += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seconds = {}
+            self.calls = 0
+
+
+def _run_tasks(tasks: Sequence[tuple[Runner, Any, int]], busy: BusyLog | None = None
+               ) -> BaseException | None:  # fmt: skip
     """Run every task; return the first exception (the others still run: their state is
     consistent and the call raises once all are done)."""
     first = None
     for runner, job, part in tasks:
+        t0 = time.perf_counter()
         try:
             runner.run_part(job, part)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
             if first is None:
                 first = exc
+        else:
+            if busy is not None:
+                busy.add(runner.table.name, time.perf_counter() - t0)
     return first
 
 
@@ -133,6 +165,7 @@ class Executor:
         self._state = threading.Condition()
         self._active = 0
         self._closing = False
+        self.busy = BusyLog()
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         for w in range(1, self.workers):
             q: queue.SimpleQueue = queue.SimpleQueue()
@@ -156,7 +189,7 @@ class Executor:
             if item is None:
                 return
             batch, k = item
-            batch.work(k, front=True)
+            batch.work(k, front=True, busy=self.busy)
 
     def route(self, name: str, t: Any) -> tuple[Runner, tuple[int, ...]]:
         r = self.routes.get(name)
@@ -189,7 +222,7 @@ class Executor:
         if inline:  # one worker, or replaced by a new plan: everything on this thread
             begin(True)
             begin(False)
-            error = _run_tasks([task for tasks in per_worker for task in tasks])
+            error = _run_tasks([task for tasks in per_worker for task in tasks], self.busy)
         else:
             try:
                 begin(True)
@@ -198,9 +231,9 @@ class Executor:
                     if per_worker[w]:
                         self._queues[w - 1].put((batch, w - 1))
                 begin(False)
-                error = _run_tasks(per_worker[0])
+                error = _run_tasks(per_worker[0], self.busy)
                 for k in range(self.workers - 1):  # steal what the helpers have not started
-                    batch.work(k, front=False)
+                    batch.work(k, front=False, busy=self.busy)
                 batch.wait()
                 error = error or batch.error
             finally:
@@ -210,6 +243,7 @@ class Executor:
                         self._state.notify_all()
         if error is not None:
             raise error
+        self.busy.called()
         return {name: jobs[name][0].finish(jobs[name][1]) for name in prepared}
 
     def close(self) -> None:
