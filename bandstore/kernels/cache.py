@@ -171,6 +171,45 @@ def _verify_sorted_blocks(
     return False
 
 
+#: Digit width of the miss keys' radix sort (2048 buckets: the counts stay in L1).
+_RADIX_BITS = 11
+
+
+@njit(nogil=True, cache=True)
+def _sort_keys(keys):
+    """``keys`` (distinct non-negative int64) sorted ascending: an LSD radix sort over the
+    key's significant bits, a few linear passes where a comparison sort of a batch's few
+    thousand ``block * n + position`` keys took ~30 ns per key."""
+    n = keys.shape[0]
+    if n < 256:
+        return np.sort(keys)
+    hi = 0
+    for i in range(n):
+        hi = max(hi, keys[i])
+    bits = 0
+    while hi >> bits:
+        bits += 1
+    src = keys.copy()
+    dst = np.empty(n, dtype=np.int64)
+    count = np.empty(1 << _RADIX_BITS, dtype=np.int64)
+    mask = (1 << _RADIX_BITS) - 1
+    for shift in range(0, bits, _RADIX_BITS):
+        count[:] = 0
+        for i in range(n):
+            count[(src[i] >> shift) & mask] += 1
+        total = 0
+        for d in range(1 << _RADIX_BITS):
+            c = count[d]
+            count[d] = total
+            total += c
+        for i in range(n):
+            d = (src[i] >> shift) & mask
+            dst[count[d]] = src[i]
+            count[d] += 1
+        src, dst = dst, src
+    return src
+
+
 @njit(nogil=True, cache=True)
 def _prefetch_block_row(keys, j, nk, n, ids, layout, rows_per_block, block_size, row_bytes,
                         blocks_u8):  # fmt: skip
@@ -314,7 +353,7 @@ def _cache_batch(
             _divide_means(out, bag_n)
         return STATUS_OK
 
-    keys = np.sort(miss_keys[:n_miss])
+    keys = _sort_keys(miss_keys[:n_miss])
 
     # Verify every distinct block before anything is admitted, so a corrupt block leaves the
     # cache holding only good rows.

@@ -38,6 +38,7 @@ from bandstore.kernels.cache import (
     _divide_means,
     _pool_into,
     _prefetch_block_row,
+    _sort_keys,
     _verify_sorted_blocks,
 )
 from bandstore.kernels.codec import _decode_row_into
@@ -151,7 +152,7 @@ def _direct_batch(
         m += 1
     if m == 0:
         return STATUS_OK
-    keys = np.sort(keys[:m])
+    keys = _sort_keys(keys[:m])
     # No admission here: only the requested rows' sectors are checked (the layout stands in
     # for the unused neighbour arrays).
     if verify and _verify_sorted_blocks(
@@ -201,11 +202,18 @@ def _direct_batch(
     return STATUS_OK
 
 
+#: A split table's ids are owned in runs of this many (log2): 16 consecutive ids share one
+#: 64-byte line of the parts' common slot index (int32), so two parts never write one line
+#: (a line written by both cores would bounce between them on every admission).
+OWNER_RUN_BITS = 4
+
+
 @njit(nogil=True, cache=True)
 def _part_of_id(row_id, parts):
-    """The part of a split table that owns ``row_id``: a 16-bit multiplicative hash of the id,
-    scaled to ``[0, parts)`` by a multiply and a shift (no integer division)."""
-    x = (row_id ^ (row_id >> 31)) & 0x7FFFFFFF
+    """The part of a split table that owns ``row_id``: a 16-bit multiplicative hash of its run
+    of ``2**OWNER_RUN_BITS`` ids, scaled to ``[0, parts)`` by a multiply and a shift."""
+    g = row_id >> OWNER_RUN_BITS
+    x = (g ^ (g >> 31)) & 0x7FFFFFFF
     return ((((x * HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) * parts) >> 16
 
 
