@@ -351,7 +351,8 @@ class SplitCachedRunner(Runner):
 
 def _owner_of(ids: np.ndarray, parts: int) -> np.ndarray:
     """The part that owns each id (numpy twin of ``kernels.resident._part_of_id``)."""
-    x = (ids ^ (ids >> 31)) & 0x7FFFFFFF
+    g = ids >> kr.OWNER_RUN_BITS
+    x = (g ^ (g >> 31)) & 0x7FFFFFFF
     return ((((x * kr.HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) * parts) >> 16
 
 
