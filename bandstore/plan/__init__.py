@@ -220,12 +220,12 @@ def compare_plans(
     calibration: Calibration | None = None,
     one_worker: bool = True,
     curves: CurveSource | Mapping[str, tuple[Any, Any, Any]] | None = None,
-    refine: bool = True,
+    refine: bool = False,
 ) -> dict[str, Any]:
     """Plan ``store_path`` for ``trace`` and measure it against the uniform baseline (and the
     same planner at one worker), same budget, same run, repetitions interleaved.
 
-    ``refine``: the multi-worker plan is re-mapped (``refine_plan``) from its per-table times
+    ``refine``: re-map the multi-worker plan (``refine_plan``) from its per-table times
     on the second half of the warm-up queries (tuning queries, never the held-out ones).
 
     The plan is made from the first ``1 - holdout`` of the queries; each contender's caches

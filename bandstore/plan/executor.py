@@ -54,9 +54,12 @@ class LatencyLog:
 
 
 class _Batch:
-    """The tasks of one call: a list per helper worker, taken from the front by its worker and
-    from the back by the caller once the caller's own tasks are done (work stealing: a helper
-    that the OS is slow to wake delays nothing). Counts the tasks not yet finished."""
+    """The tasks of one call: a list per worker, taken from the front by its own worker and
+    from the back by any other worker once that one's own list is done (work stealing, both
+    ways: a helper that the OS is slow to wake delays nothing, and a worker whose tables took
+    longer than planned hands its last ones to the other). Counts the tasks not yet finished.
+
+    The caller's own list (0) is added with ``extend`` after the helpers have started."""
 
     __slots__ = ("lists", "heads", "tails", "_lock", "_left", "_done", "error")
 
@@ -65,11 +68,17 @@ class _Batch:
         self.heads = [0] * len(lists)
         self.tails = [len(x) for x in lists]
         self._lock = threading.Lock()
-        self._left = sum(len(x) for x in lists)
+        self._left = sum(len(x) for x in lists) + 1  # + 1: list 0 is still to come
         self._done = threading.Event()
         self.error: BaseException | None = None
-        if self._left == 0:
-            self._done.set()
+
+    def extend(self, k: int, tasks: list[tuple[Runner, Any, int]]) -> None:
+        """Add list ``k``'s tasks (once, before anyone can have taken from it)."""
+        with self._lock:
+            self.lists[k] = tasks
+            self.heads[k], self.tails[k] = 0, len(tasks)
+            self._left += len(tasks)
+        self._finished(None)  # the placeholder
 
     def _take(self, k: int, front: bool) -> tuple[Runner, Any, int] | None:
         with self._lock:
@@ -105,6 +114,12 @@ class _Batch:
                 if busy is not None:
                     busy.add(runner.table.name, time.perf_counter() - t0)
                 self._finished(None)
+
+    def steal(self, k: int, busy: BusyLog | None = None) -> None:
+        """Run what is left of the other workers' lists, from their backs."""
+        for other in range(len(self.lists)):
+            if other != k:
+                self.work(other, front=False, busy=busy)
 
     def wait(self) -> None:
         self._done.wait()
@@ -166,6 +181,8 @@ class Executor:
         self._active = 0
         self._closing = False
         self.busy = BusyLog()
+        #: Helpers take the caller's (and each other's) last tasks once their own are done.
+        self.share = True
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         for w in range(1, self.workers):
             q: queue.SimpleQueue = queue.SimpleQueue()
@@ -190,6 +207,8 @@ class Executor:
                 return
             batch, k = item
             batch.work(k, front=True, busy=self.busy)
+            if self.share:
+                batch.steal(k, busy=self.busy)
 
     def route(self, name: str, t: Any) -> tuple[Runner, tuple[int, ...]]:
         r = self.routes.get(name)
@@ -226,16 +245,16 @@ class Executor:
         else:
             try:
                 begin(True)
-                batch = _Batch(per_worker[1:])
+                batch = _Batch([[], *per_worker[1:]])
                 for w in range(1, self.workers):
                     if per_worker[w]:
-                        self._queues[w - 1].put((batch, w - 1))
+                        self._queues[w - 1].put((batch, w))
                 begin(False)
-                error = _run_tasks(per_worker[0], self.busy)
-                for k in range(self.workers - 1):  # steal what the helpers have not started
-                    batch.work(k, front=False, busy=self.busy)
+                batch.extend(0, per_worker[0])
+                batch.work(0, front=True, busy=self.busy)
+                batch.steal(0, busy=self.busy)  # what the helpers have not started
                 batch.wait()
-                error = error or batch.error
+                error = batch.error
             finally:
                 with self._state:
                     self._active -= 1
