@@ -6,7 +6,10 @@ batches once each (contenders interleaved) with every runner's ``run_part`` time
 contender: measured vs predicted batch time, the workers' busy time, and per table (and part)
 the measured vs predicted ns per batch.
 
-    python benchmarks/exp_plan_profile.py criteo --quick --workdir /tmp/plan-prof
+    python benchmarks/exp_plan_profile.py criteo --quick
+    python benchmarks/exp_plan_profile.py extreme --contenders plan "plan, 1 thread"
+
+"plan, 1 thread": the 2-worker plan served on one thread (its parts one after the other).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import resource
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -98,7 +102,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("workload", choices=["criteo", "avazu", "dlrm", "extreme"])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--workdir", type=Path, default=Path("/work/tmp-plan"))
+    ap.add_argument("--workdir", type=Path,
+                    default=Path(tempfile.gettempdir()) / "bandstore-plan-profile",
+                    help="stores, traces and calibrations are kept here between runs")  # fmt: skip
     ap.add_argument("--budget-fraction", type=float, default=0.2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--fresh-calibration", action="store_true")
