@@ -101,14 +101,16 @@ def random_request(rng, weights, n_bags=12, max_bag=9):
 
 
 # ---- strategies against the reference ---------------------------------------------------------
+@pytest.mark.parametrize("verify", [True, False], ids=["verified", "unverified"])
 @pytest.mark.parametrize("plan", [ALL_STRATEGIES, OTHER_SPLITS], ids=["all", "splits"])
 @given(seed=st.integers(0, 2**31), mode=st.sampled_from(["sum", "mean", "max"]),
        weighted=st.booleans(), pad=st.one_of(st.none(), st.integers(0, 39)))  # fmt: skip
-def test_every_strategy_matches_the_reference(store_path, weights, plan, seed, mode, weighted,
-                                              pad):  # fmt: skip
+def test_every_strategy_matches_the_reference(store_path, weights, plan, verify, seed, mode,
+                                              weighted, pad):  # fmt: skip
+    """Unverified reads take the decode passes' own prefetching path (no checksum pass)."""
     rng = np.random.default_rng(seed)
     weighted = weighted and mode == "sum"
-    with bandstore.open(store_path, plan=plan) as s:
+    with bandstore.open(store_path, plan=plan, verify_reads=verify) as s:
         for _ in range(3):  # the caches warm up between calls
             req = random_request(rng, weights)
             if weighted:
@@ -162,7 +164,7 @@ def test_split_parts_own_their_ids_and_replicas_spread():
     # by bag range (b * 2 // 5): bags 0-2 -> part 0, bags 3-4 -> part 1
     got = []
     for part in range(2):
-        sub, so, bn = np.empty(10, np.int64), np.empty(6, np.int64), np.empty(5, np.int64)
+        sub, so, bn = np.empty(11, np.int64), np.empty(6, np.int64), np.empty(5, np.int64)
         m = _split_select(req_ids, off, np.empty(0, np.float32), -1, 2, part, hot, sub,
                           so, np.empty(0, np.float32), bn)  # fmt: skip
         got.append(sub[:m].tolist())
@@ -394,6 +396,56 @@ def test_plan_respects_budget_and_prefers_resident_for_small_tables(skewed):
     assert len({tp.cache_bytes for tp in uni.tables.values()}) == 1  # equal shares
     assert [tp.workers[0] for tp in uni.tables.values()] == [0, 1, 0, 1]
     assert uni.dram_bytes <= 1 << 20
+
+
+def test_measured_times_remap_the_plan(skewed):
+    """A table the model underestimates (measured / predicted = scale) is mapped by its
+    measured time: split, or given a worker of its own; strategies and caches stay the
+    model's."""
+    from bandstore.plan import refine_plan
+    from bandstore.plan.planner import SCALE_BOUNDS, measured_scale
+
+    path, trace = skewed
+    cal = default_calibration()
+    with bandstore.open(path) as s:
+        profiles = profile_trace(s, trace, batch_size=600, curves=CURVES)
+    budget = sum(p.min_bytes for p in profiles.values()) + 8 * 80 * 4 + 8 * 50 * 4
+    plan = make_plan(profiles, cal, 2, budget)
+    same = make_plan(profiles, cal, 2, budget, scale={n: 1.0 for n in profiles})
+    assert same.as_dict() == plan.as_dict()
+    big = max((n for n in plan.tables if plan.tables[n].strategy != "split"),
+              key=lambda n: plan.tables[n].predicted_ns)  # fmt: skip
+    heavy = make_plan(profiles, cal, 2, budget, scale={big: 50.0})
+    assert {n: tp.kind for n, tp in heavy.tables.items()} == {
+        n: tp.kind for n, tp in plan.tables.items()
+    }
+    tp = heavy.tables[big]
+    assert tp.predicted_ns == pytest.approx(
+        plan.tables[big].predicted_ns * 50.0 / (tp.parts if tp.strategy == "split" else 1),
+        rel=0.5,
+    )
+    others = [w for n, t in heavy.tables.items() if n != big for w in t.workers]
+    assert tp.strategy == "split" or tp.workers[0] not in others  # nothing waits behind it
+    # measured / predicted per table from per-table seconds, bounded
+    secs = {n: 2.0 * (t.predicted_ns or 0) * t.parts * 1e-9 * 10 for n, t in plan.tables.items()}
+    secs[big] *= 1000.0
+    scale = measured_scale(plan, secs, 10)
+    assert scale[big] == SCALE_BOUNDS[1]
+    assert all(v == pytest.approx(2.0) for n, v in scale.items() if n != big)
+    # refine_plan: the executor times every table, the plan is re-mapped from it
+    with bandstore.open(path, plan=plan) as s:
+        from bandstore.plan import _batches
+
+        reqs = _batches(trace, 100)
+        refined = refine_plan(s, plan, profiles, cal, reqs)
+        busy = s._executor.busy
+        assert busy.calls == len(reqs)
+        assert set(busy.seconds) == set(trace.table_names)
+        assert all(v > 0 for v in busy.seconds.values())
+    assert {n: tp.kind for n, tp in refined.tables.items()} == {
+        n: tp.kind for n, tp in plan.tables.items()
+    }
+    assert refined.dram_bytes <= budget
 
 
 def test_curve_source_is_a_parameter(skewed):

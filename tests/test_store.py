@@ -436,3 +436,16 @@ def test_recording_sampled_queries(store_path, tmp_path, rng):
     assert np.array_equal(offsets, [0, 3, 3, 8, 9, 10, 11, 12])
     u_idx, u_off = trace.table("u")
     assert np.array_equal(u_idx, [4]) and np.array_equal(u_off, [0, 0, 0, 0, 0, 0, 1, 1])
+
+
+@given(
+    keys=st.lists(st.integers(0, 2**40), unique=True, max_size=3000),
+)
+def test_miss_key_sort_is_a_sort(keys):
+    """The kernels' radix sort of miss keys (distinct, non-negative) against numpy's."""
+    from bandstore.kernels.cache import _sort_keys
+
+    a = np.array(keys, dtype=np.int64)
+    assert np.array_equal(_sort_keys(a), np.sort(a))
+    many = np.random.default_rng(len(keys)).permutation(5000).astype(np.int64) * 7919
+    assert np.array_equal(_sort_keys(many), np.sort(many))

@@ -57,6 +57,8 @@ PREFETCH_DISTANCE = 12
 # twice as far ahead). Measured on a 900k-row table at 4096 lookups per batch: the checksum
 # pass took 2-3x less time with 8 or 16 than with none, 16 slightly ahead.
 BLOCK_PREFETCH_DISTANCE = 16
+# How much of a checksum sector the block pass prefetches (in 64-byte lines).
+SECTOR_PREFETCH_BYTES = 512
 
 
 @njit(nogil=True, cache=True)
@@ -141,7 +143,10 @@ def _verify_sorted_blocks(
             ka = keys[k + BLOCK_PREFETCH_DISTANCE]
             ba = ka // n
             sa = (layout[ids[ka % n]] - ba * rows_per_block) * row_bytes // checksum_bytes
-            _prefetch_at(blocks_u8, (ba + 1) * block_size + sa * checksum_bytes)
+            start = (ba + 1) * block_size + sa * checksum_bytes
+            # Every cache line of the sector the hash will read (the first few of a large one).
+            for line in range(0, min(checksum_bytes, SECTOR_PREFETCH_BYTES), 64):
+                _prefetch_at(blocks_u8, start + line)
             _prefetch_at(checksums, ba * spb + sa)
             if threshold < NEVER:  # the neighbour scan reads the block's inverse layout
                 _prefetch_at(inverse_layout, ba * rows_per_block)
@@ -164,6 +169,62 @@ def _verify_sorted_blocks(
             error[0] = blk
             return True
     return False
+
+
+#: Digit width of the miss keys' radix sort (2048 buckets: the counts stay in L1).
+_RADIX_BITS = 11
+
+
+@njit(nogil=True, cache=True)
+def _sort_keys(keys):
+    """``keys`` (distinct non-negative int64) sorted ascending: an LSD radix sort over the
+    key's significant bits, a few linear passes where a comparison sort of a batch's few
+    thousand ``block * n + position`` keys took ~30 ns per key."""
+    n = keys.shape[0]
+    if n < 256:
+        return np.sort(keys)
+    hi = 0
+    for i in range(n):
+        hi = max(hi, keys[i])
+    bits = 0
+    while hi >> bits:
+        bits += 1
+    src = keys.copy()
+    dst = np.empty(n, dtype=np.int64)
+    count = np.empty(1 << _RADIX_BITS, dtype=np.int64)
+    mask = (1 << _RADIX_BITS) - 1
+    for shift in range(0, bits, _RADIX_BITS):
+        count[:] = 0
+        for i in range(n):
+            count[(src[i] >> shift) & mask] += 1
+        total = 0
+        for d in range(1 << _RADIX_BITS):
+            c = count[d]
+            count[d] = total
+            total += c
+        for i in range(n):
+            d = (src[i] >> shift) & mask
+            dst[count[d]] = src[i]
+            count[d] += 1
+        src, dst = dst, src
+    return src
+
+
+@njit(nogil=True, cache=True)
+def _prefetch_block_row(keys, j, nk, n, ids, layout, rows_per_block, block_size, row_bytes,
+                        blocks_u8):  # fmt: skip
+    """The decode pass's software pipeline over the sorted miss keys (when no checksum pass
+    went before it): at key ``j``, prefetch the layout entry of the key 2D ahead and the row
+    (in its block) of the key D ahead, D = ``BLOCK_PREFETCH_DISTANCE``."""
+    far = j + 2 * BLOCK_PREFETCH_DISTANCE
+    if far < nk:
+        _prefetch_at(layout, ids[keys[far] % n])
+    near = j + BLOCK_PREFETCH_DISTANCE
+    if near < nk:
+        ka = keys[near]
+        ba = ka // n
+        local = layout[ids[ka % n]] - ba * rows_per_block
+        _prefetch_at(blocks_u8, (ba + 1) * block_size + local * row_bytes)
 
 
 @njit(nogil=True, cache=True)
@@ -292,7 +353,7 @@ def _cache_batch(
             _divide_means(out, bag_n)
         return STATUS_OK
 
-    keys = np.sort(miss_keys[:n_miss])
+    keys = _sort_keys(miss_keys[:n_miss])
 
     # Verify every distinct block before anything is admitted, so a corrupt block leaves the
     # cache holding only good rows.
@@ -328,6 +389,9 @@ def _cache_batch(
         requested[:] = False
         # Serve the requested rows of this block.
         for j in range(k, end):
+            if with_data and not verify:  # (verifying, the checksum pass brought them in)
+                _prefetch_block_row(keys, j, n_miss, n, ids, layout, rows_per_block, block_size,
+                                    row_bytes, blocks_u8)  # fmt: skip
             i = miss_pos[j]
             local = layout[ids[i]] - base_slot
             if not requested[local]:
@@ -340,15 +404,18 @@ def _cache_batch(
                     is_decoded[local] = True
                 w = weights[i] if has_weights else np.float32(1.0)
                 _pool_into(out, pos_bag[j], decoded[local], w, mode, bag_n)
-        # Admit the neighbours whose access count reaches the threshold...
-        for local in range(rows_per_block):
-            nb = inverse_layout[base_slot + local]
-            if nb < 0 or requested[local] or slot_of_id[nb] >= 0 or counts[nb] < threshold:
-                continue
-            s = _admit(nb, slot_of_id, id_of_slot, ref, meta)
-            if s >= 0 and with_data:
-                offset = (blk + 1) * block_size + local * row_bytes
-                _decode_row_into(blocks_u8, offset, codec, dim, cache_data[s])
+        # Admit the neighbours whose access count reaches the threshold (none when neighbour
+        # admission is off: then the scan, a few random cache lines of the inverse layout,
+        # slot index and counts per block read, is skipped)...
+        if threshold < NEVER:
+            for local in range(rows_per_block):
+                nb = inverse_layout[base_slot + local]
+                if nb < 0 or requested[local] or counts[nb] < threshold or slot_of_id[nb] >= 0:
+                    continue
+                s = _admit(nb, slot_of_id, id_of_slot, ref, meta)
+                if s >= 0 and with_data:
+                    offset = (blk + 1) * block_size + local * row_bytes
+                    _decode_row_into(blocks_u8, offset, codec, dim, cache_data[s])
         # ...then the requested rows, so they are the most recent.
         for j in range(k, end):
             row_id = ids[miss_pos[j]]

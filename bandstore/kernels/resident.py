@@ -37,6 +37,8 @@ from bandstore.kernels.cache import (
     STATUS_OK,
     _divide_means,
     _pool_into,
+    _prefetch_block_row,
+    _sort_keys,
     _verify_sorted_blocks,
 )
 from bandstore.kernels.codec import _decode_row_into
@@ -150,7 +152,7 @@ def _direct_batch(
         m += 1
     if m == 0:
         return STATUS_OK
-    keys = np.sort(keys[:m])
+    keys = _sort_keys(keys[:m])
     # No admission here: only the requested rows' sectors are checked (the layout stands in
     # for the unused neighbour arrays).
     if verify and _verify_sorted_blocks(
@@ -177,6 +179,9 @@ def _direct_batch(
         base_slot = blk * rows_per_block
         is_decoded[:] = False
         for j in range(k, end):
+            if not verify:  # (verifying, the checksum pass has brought these rows in)
+                _prefetch_block_row(keys, j, m, n, ids, layout, rows_per_block, block_size,
+                                    row_bytes, blocks_u8)  # fmt: skip
             i = keys[j] % n
             local = layout[ids[i]] - base_slot
             if not is_decoded[local]:
@@ -197,11 +202,19 @@ def _direct_batch(
     return STATUS_OK
 
 
+#: A split table's ids are owned in runs of this many (log2): 16 consecutive ids share one
+#: 64-byte line of the parts' common slot index (int32), so two parts never write one line
+#: (a line written by both cores would bounce between them on every admission).
+OWNER_RUN_BITS = 4
+
+
 @njit(nogil=True, cache=True)
 def _part_of_id(row_id, parts):
-    """The part of a split table that owns ``row_id`` (a multiplicative hash of the id)."""
-    x = (row_id ^ (row_id >> 31)) & 0x7FFFFFFF
-    return (((x * HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) % parts
+    """The part of a split table that owns ``row_id``: a 16-bit multiplicative hash of its run
+    of ``2**OWNER_RUN_BITS`` ids, scaled to ``[0, parts)`` by a multiply and a shift."""
+    g = row_id >> OWNER_RUN_BITS
+    x = (g ^ (g >> 31)) & 0x7FFFFFFF
+    return ((((x * HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) * parts) >> 16
 
 
 @njit(nogil=True, cache=True)
@@ -215,6 +228,8 @@ def _split_select(
     ``b * parts // n_bags``, so the hottest rows are spread over the parts by bag ranges.
     Padding ids are dropped. ``sub_off`` (n_bags + 1) are the sub-request's bag offsets,
     ``bag_n[b]`` the number of its rows in bag ``b``; ``sub_w`` is filled when weights are given.
+    ``sub_ids`` (and ``sub_w``) need one spare entry beyond the request's ids: the loop writes
+    every id and advances past the ones this part keeps (no branch to mispredict).
     """
     n_bags = offsets.shape[0] - 1
     has_weights = weights.shape[0] > 0
@@ -225,17 +240,14 @@ def _split_select(
         hot_part = (b * parts) // n_bags
         for i in range(offsets[b], offsets[b + 1]):
             r = ids[i]
-            if r == padding_idx:
-                continue
+            p = _part_of_id(r, parts)
             if has_hot and (hot_bits[r >> 3] >> (r & 7)) & 1:
                 p = hot_part
-            else:
-                p = _part_of_id(r, parts)
-            if p == part:
-                sub_ids[m] = r
-                if has_weights:
-                    sub_w[m] = weights[i]
-                m += 1
+            keep = (p == part) & (r != padding_idx)
+            sub_ids[m] = r
+            if has_weights:
+                sub_w[m] = weights[i]
+            m += np.int64(keep)
         sub_off[b + 1] = m
         bag_n[b] = m - sub_off[b]
     return m

@@ -34,7 +34,7 @@ from bandstore.plan.calibrate import Calibration, calibrate, default_calibration
 from bandstore.plan.model import CurveSource, TableProfile, profile_trace, simulated_curve
 from bandstore.plan.plan import META_KEY as PLAN_KEY
 from bandstore.plan.plan import Plan, TablePlan, check_workers
-from bandstore.plan.planner import default_budget, make_plan, predict, uniform_plan
+from bandstore.plan.planner import default_budget, make_plan, measured_scale, predict, uniform_plan
 from bandstore.plan.strategies import STRATEGIES
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "plan_store",
     "predict",
     "profile_trace",
+    "refine_plan",
     "replan",
     "simulated_curve",
     "uniform_plan",
@@ -181,6 +182,25 @@ def replan(
     return {"replanned": switch, "old_batch_ns": old, "new_batch_ns": new, "plan": new_plan}
 
 
+def refine_plan(store: Any, plan: Plan, profiles: Mapping[str, TableProfile], cal: Calibration,
+                requests: Any) -> Plan:  # fmt: skip
+    """``plan`` re-mapped with measured costs: ``store`` (open, serving ``plan``, caches warm)
+    serves ``requests`` (``lookup_many`` requests from the traffic the plan is for), timing
+    each table; the tables keep their strategies and cache sizes, but splits and workers are
+    chosen again from the model's times scaled per table by measured / predicted. The model
+    times each table alone; in a batch the tables evict each other's rows, layout and page
+    table entries from the CPU caches, which costs the largest tables most (2-3x the model on
+    10M-row tables), and a mapping balanced on the model's times leaves one worker waiting.
+    """
+    busy = store._executor.busy
+    busy.reset()
+    for req in requests:
+        store.lookup_many(req)
+    scale = measured_scale(plan, busy.seconds, busy.calls)
+    budget = plan.budget_bytes if plan.budget_bytes is not None else default_budget(profiles)
+    return make_plan(profiles, cal, plan.workers, budget, scale=scale, name=plan.name)
+
+
 def _batches(trace: Any, batch_size: int) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
     from bandstore.replay import trace_requests
 
@@ -201,9 +221,13 @@ def compare_plans(
     calibration: Calibration | None = None,
     one_worker: bool = True,
     curves: CurveSource | Mapping[str, tuple[Any, Any, Any]] | None = None,
+    refine: bool = False,
 ) -> dict[str, Any]:
     """Plan ``store_path`` for ``trace`` and measure it against the uniform baseline (and the
     same planner at one worker), same budget, same run, repetitions interleaved.
+
+    ``refine``: re-map the multi-worker plan (``refine_plan``) from its per-table times
+    on the second half of the warm-up queries (tuning queries, never the held-out ones).
 
     The plan is made from the first ``1 - holdout`` of the queries; each contender's caches
     are warmed on them; lookups/s and per-batch latency are measured on the held-out queries.
@@ -247,8 +271,23 @@ def compare_plans(
             t0 = time.perf_counter()
             stores[name] = bandstore.open(store_path, plan=plan, workers=plan.workers)
             setup = time.perf_counter() - t0
-            for req in warm_batches:
+            half = len(warm_batches) // 2
+            for req in warm_batches[:half]:
                 stores[name].lookup_many(req)
+            if refine and name == "plan" and plan.workers > 1:
+                # The second half of the warm-up, timed per table, re-maps the plan.
+                better = refine_plan(stores[name], plan, profiles, cal, warm_batches[half:])
+                if _mapping(better) != _mapping(plan):
+                    stores[name].close()
+                    plans[name] = plan = better
+                    t0 = time.perf_counter()
+                    stores[name] = bandstore.open(store_path, plan=plan, workers=plan.workers)
+                    setup = time.perf_counter() - t0
+                    for req in warm_batches:
+                        stores[name].lookup_many(req)
+            else:
+                for req in warm_batches[half:]:
+                    stores[name].lookup_many(req)
             stores[name].reset_stats()
             stores[name]._setup_seconds = setup
         per_batch: dict[str, list[float]] = {n: [] for n in stores}
@@ -309,6 +348,10 @@ def compare_plans(
         "results": results,
         "speedup": speedup,
     }
+
+
+def _mapping(plan: Plan) -> dict[str, tuple]:
+    return {n: (tp.strategy, tp.inner, tp.workers) for n, tp in plan.tables.items()}
 
 
 def _strategy_counts(plan: Plan) -> dict[str, int]:

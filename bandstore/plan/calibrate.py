@@ -298,7 +298,7 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool,
         row = max(1e-9, (rpb * t_every - t_one) / max(1, rpb - 1))
         row_ns[codec] = row * 1e9
         if codec == "float32":
-            block_ns = max(0.0, t_one - row) * 1e9
+            block_ns = max(1.0, (t_one - row) * 1e9)  # a block read is never free
             t_nv = per_lookup(mm, one, layout, rpb, rb, cid, sums, False)
             verify_ns = max(0.0, t_one - t_nv) * 1e9
             evict_from_page_cache(path)
@@ -355,7 +355,7 @@ def _measure_split(rng, repeats: int, n: int):
     ids = rng.integers(0, 1 << 20, n)
     off = _bags(n, 32)
     no_w = np.empty(0, dtype=np.float32)
-    sub_ids = np.empty(n, dtype=np.int64)
+    sub_ids = np.empty(n + 1, dtype=np.int64)
     sub_off = np.empty(off.size, dtype=np.int64)
     bag_n = np.empty(off.size - 1, dtype=np.int64)
     hot = np.zeros(0, dtype=np.uint8)

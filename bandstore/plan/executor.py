@@ -54,9 +54,12 @@ class LatencyLog:
 
 
 class _Batch:
-    """The tasks of one call: a list per helper worker, taken from the front by its worker and
-    from the back by the caller once the caller's own tasks are done (work stealing: a helper
-    that the OS is slow to wake delays nothing). Counts the tasks not yet finished."""
+    """The tasks of one call: a list per worker, taken from the front by its own worker and
+    from the back by any other worker once that one's own list is done (work stealing, both
+    ways: a helper that the OS is slow to wake delays nothing, and a worker whose tables took
+    longer than planned hands its last ones to the other). Counts the tasks not yet finished.
+
+    The caller's own list (0) is added with ``extend`` after the helpers have started."""
 
     __slots__ = ("lists", "heads", "tails", "_lock", "_left", "_done", "error")
 
@@ -65,11 +68,17 @@ class _Batch:
         self.heads = [0] * len(lists)
         self.tails = [len(x) for x in lists]
         self._lock = threading.Lock()
-        self._left = sum(len(x) for x in lists)
+        self._left = sum(len(x) for x in lists) + 1  # + 1: list 0 is still to come
         self._done = threading.Event()
         self.error: BaseException | None = None
-        if self._left == 0:
-            self._done.set()
+
+    def extend(self, k: int, tasks: list[tuple[Runner, Any, int]]) -> None:
+        """Add list ``k``'s tasks (once, before anyone can have taken from it)."""
+        with self._lock:
+            self.lists[k] = tasks
+            self.heads[k], self.tails[k] = 0, len(tasks)
+            self._left += len(tasks)
+        self._finished(None)  # the placeholder
 
     def _take(self, k: int, front: bool) -> tuple[Runner, Any, int] | None:
         with self._lock:
@@ -89,34 +98,72 @@ class _Batch:
             if self._left == 0:
                 self._done.set()
 
-    def work(self, k: int, front: bool) -> None:
+    def work(self, k: int, front: bool, busy: BusyLog | None = None) -> None:
         """Run tasks of list ``k`` until none is left."""
         while True:
             task = self._take(k, front)
             if task is None:
                 return
             runner, job, part = task
+            t0 = time.perf_counter()
             try:
                 runner.run_part(job, part)
             except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
                 self._finished(exc)
             else:
+                if busy is not None:
+                    busy.add(runner.table.name, time.perf_counter() - t0)
                 self._finished(None)
+
+    def steal(self, k: int, busy: BusyLog | None = None) -> None:
+        """Run what is left of the other workers' lists, from their backs."""
+        for other in range(len(self.lists)):
+            if other != k:
+                self.work(other, front=False, busy=busy)
 
     def wait(self) -> None:
         self._done.wait()
 
 
-def _run_tasks(tasks: Sequence[tuple[Runner, Any, int]]) -> BaseException | None:
+class BusyLog:
+    """Seconds each table's tasks took (all parts, on whichever worker), since ``reset``:
+    what a plan really costs per table on this machine in this mix of tables, which the
+    planner can use to correct its model (``bandstore.plan.refine_plan``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+        self.calls = 0
+
+    def add(self, table: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[table] = self.seconds.get(table, 0.0) + seconds
+
+    def called(self) -> None:
+        with self._lock:
+            self.calls += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seconds = {}
+            self.calls = 0
+
+
+def _run_tasks(tasks: Sequence[tuple[Runner, Any, int]], busy: BusyLog | None = None
+               ) -> BaseException | None:  # fmt: skip
     """Run every task; return the first exception (the others still run: their state is
     consistent and the call raises once all are done)."""
     first = None
     for runner, job, part in tasks:
+        t0 = time.perf_counter()
         try:
             runner.run_part(job, part)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
             if first is None:
                 first = exc
+        else:
+            if busy is not None:
+                busy.add(runner.table.name, time.perf_counter() - t0)
     return first
 
 
@@ -133,6 +180,9 @@ class Executor:
         self._state = threading.Condition()
         self._active = 0
         self._closing = False
+        self.busy = BusyLog()
+        #: Helpers take the caller's (and each other's) last tasks once their own are done.
+        self.share = True
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         for w in range(1, self.workers):
             q: queue.SimpleQueue = queue.SimpleQueue()
@@ -156,7 +206,9 @@ class Executor:
             if item is None:
                 return
             batch, k = item
-            batch.work(k, front=True)
+            batch.work(k, front=True, busy=self.busy)
+            if self.share:
+                batch.steal(k, busy=self.busy)
 
     def route(self, name: str, t: Any) -> tuple[Runner, tuple[int, ...]]:
         r = self.routes.get(name)
@@ -169,29 +221,40 @@ class Executor:
         """Serve validated requests ``{table: (t, ids, offsets, weights, mode, pad)}``."""
         jobs = {}
         per_worker: list[list[tuple[Runner, Any, int]]] = [[] for _ in range(self.workers)]
-        for name, (t, ids, off, weights, mode, pad) in prepared.items():
-            runner, where = self.route(name, t)
-            job = runner.begin(ids, off, weights, mode, pad)
-            jobs[name] = (runner, job)
-            for part, w in enumerate(where):
-                per_worker[w % self.workers].append((runner, job, part))
+        routed = [(name, self.route(name, req[0]), req) for name, req in prepared.items()]
+
+        def begin(helpers: bool) -> None:
+            # A job's output is allocated (zeroed) in begin: the helpers' jobs are begun first
+            # and handed over at once, then this thread begins its own while they run.
+            for name, (runner, where), (_, ids, off, weights, mode, pad) in routed:
+                if any(w % self.workers for w in where) != helpers:
+                    continue
+                job = runner.begin(ids, off, weights, mode, pad)
+                jobs[name] = (runner, job)
+                for part, w in enumerate(where):
+                    per_worker[w % self.workers].append((runner, job, part))
+
         with self._state:
             inline = self._closing or self.workers == 1
             if not inline:
                 self._active += 1
         if inline:  # one worker, or replaced by a new plan: everything on this thread
-            error = _run_tasks([task for tasks in per_worker for task in tasks])
+            begin(True)
+            begin(False)
+            error = _run_tasks([task for tasks in per_worker for task in tasks], self.busy)
         else:
             try:
-                batch = _Batch(per_worker[1:])
+                begin(True)
+                batch = _Batch([[], *per_worker[1:]])
                 for w in range(1, self.workers):
                     if per_worker[w]:
-                        self._queues[w - 1].put((batch, w - 1))
-                error = _run_tasks(per_worker[0])
-                for k in range(self.workers - 1):  # steal what the helpers have not started
-                    batch.work(k, front=False)
+                        self._queues[w - 1].put((batch, w))
+                begin(False)
+                batch.extend(0, per_worker[0])
+                batch.work(0, front=True, busy=self.busy)
+                batch.steal(0, busy=self.busy)  # what the helpers have not started
                 batch.wait()
-                error = error or batch.error
+                error = batch.error
             finally:
                 with self._state:
                     self._active -= 1
@@ -199,7 +262,8 @@ class Executor:
                         self._state.notify_all()
         if error is not None:
             raise error
-        return {name: runner.finish(job) for name, (runner, job) in jobs.items()}
+        self.busy.called()
+        return {name: jobs[name][0].finish(jobs[name][1]) for name in prepared}
 
     def close(self) -> None:
         """Stop the helper threads once the calls in flight are done; later calls run inline."""

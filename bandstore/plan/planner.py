@@ -147,12 +147,19 @@ def make_plan(
     cold: bool = False,
     allow_split: bool = True,
     name: str = "asymmetric",
+    scale: Mapping[str, float] | None = None,
 ) -> Plan:
-    """The asymmetric plan: strategies within ``budget`` bytes, tables mapped to ``workers``."""
+    """The asymmetric plan: strategies within ``budget`` bytes, tables mapped to ``workers``.
+
+    ``scale``: per table, measured / predicted time of its chosen strategy (``refine_plan``):
+    the mapping (splits, workers) uses the model's times multiplied by it; the strategies and
+    cache sizes are the model's.
+    """
     workers = check_workers(workers)
     chosen = allocate(profiles, cal, budget, cold=cold)
     used = sum(o.dram for o in chosen.values())
-    ns = {n: o.ns for n, o in chosen.items()}
+    factor = {n: float((scale or {}).get(n, 1.0)) for n in chosen}
+    ns = {n: o.ns * factor[n] for n, o in chosen.items()}
     splits: dict[str, tuple] = {}
 
     def tasks() -> list[tuple[float, str, int]]:
@@ -176,6 +183,7 @@ def make_plan(
                 if opt is None:
                     continue
                 part_ns, dram, per_part, rep = opt
+                part_ns *= factor[n]
                 splits[n] = (part_ns, dram, per_part, rep, k)
                 trial, _ = _lpt(tasks(), workers)
                 del splits[n]
@@ -198,8 +206,24 @@ def make_plan(
                 tuple(int(i) for i in rep) if rep is not None else (), part_ns, dram,
             )  # fmt: skip
         else:
-            tables[n] = TablePlan(o.strategy, ws, o.cache_bytes, None, (), o.ns, o.dram)
+            tables[n] = TablePlan(o.strategy, ws, o.cache_bytes, None, (), ns[n], o.dram)
     return Plan(workers, tables, budget, _predicted(loads, len(tables), cal, workers), name)
+
+
+#: A measured / predicted factor of ``refine_plan`` is kept within these bounds.
+SCALE_BOUNDS = (0.25, 8.0)
+
+
+def measured_scale(plan: Plan, seconds: Mapping[str, float], calls: int) -> dict[str, float]:
+    """Per table, measured / predicted time per call of ``plan``: ``seconds`` is each table's
+    serving time (all parts) over ``calls`` calls (``Executor.busy``)."""
+    out = {}
+    for n, tp in plan.tables.items():
+        pred = (tp.predicted_ns or 0.0) * tp.parts
+        got = seconds.get(n, 0.0) / max(calls, 1) * 1e9
+        if pred > 0 and got > 0:
+            out[n] = float(min(max(got / pred, SCALE_BOUNDS[0]), SCALE_BOUNDS[1]))
+    return out
 
 
 def _predicted(loads: list[float], n_tables: int, cal: Calibration, workers: int) -> dict:

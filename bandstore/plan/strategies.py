@@ -318,10 +318,10 @@ class SplitCachedRunner(Runner):
         g = t.geometry
         n = job.ids.shape[0]
         n_bags = job.offsets.shape[0] - 1
-        sub_ids = np.empty(n, dtype=np.int64)
+        sub_ids = np.empty(n + 1, dtype=np.int64)  # one spare: see _split_select
         sub_off = np.empty(n_bags + 1, dtype=np.int64)
         has_w = job.weights.shape[0] > 0
-        sub_w = np.empty(n if has_w else 0, dtype=np.float32)
+        sub_w = np.empty(n + 1 if has_w else 0, dtype=np.float32)
         m = kr._split_select(
             job.ids, job.offsets, job.weights, job.pad, self.parts, j, self.hot_bits,
             sub_ids, sub_off, sub_w, job.bag_n[j],
@@ -351,8 +351,9 @@ class SplitCachedRunner(Runner):
 
 def _owner_of(ids: np.ndarray, parts: int) -> np.ndarray:
     """The part that owns each id (numpy twin of ``kernels.resident._part_of_id``)."""
-    x = (ids ^ (ids >> 31)) & 0x7FFFFFFF
-    return (((x * kr.HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) % parts
+    g = ids >> kr.OWNER_RUN_BITS
+    x = (g ^ (g >> 31)) & 0x7FFFFFFF
+    return ((((x * kr.HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) * parts) >> 16
 
 
 def cached_dram_bytes(rows: int, dim: int, cache_bytes: int, parts: int = 1,
