@@ -426,3 +426,31 @@ def test_a_table_the_measured_queries_do_not_read_gets_no_cache(tmp_path):
     idx, off = trace.table("a")
     with pytest.raises(InvalidArgumentError):
         simulate(idx, off, np.arange(3000), 64, 8, warmup_queries=n + 1)
+
+
+def test_exact_pass_makes_sampled_sizing_predict_what_the_store_reads(tmp_path):
+    """With sampled curves, the sizes near each choice are simulated again exactly and the
+    split made on those: the chosen points' predictions are then exact (what the store reads),
+    and the choice stays within the budget; exact_window=0 keeps the sampled choice."""
+    trace = synth({"big": 20000, "mid": 3000, "small": 100}, 1500 // Q,
+                  pooling={"big": 12, "mid": 5, "small": 2}, seed=2)  # fmt: skip
+    budget = 3000 * cache_row_bytes(16)
+    kw = dict(sample_rate=0.1, min_sampled_blocks=0, max_sampled_lookups=None, warmup=0.5,
+              n_sizes=17, pinned_shares=(0.0, 0.5), progress=False)  # fmt: skip
+    with _store(tmp_path / "s", trace, dim=16, block_size=1024) as store:
+        plain = size_cache(store, trace, budget, exact_window=0, **kw)
+        result = size_cache(store, trace, budget, apply=True, apply_counts="warmup",
+                            return_curves=True, **kw)  # fmt: skip
+    assert all("exact_points" not in t for t in plain["tables"].values())
+    assert result["allocated_bytes"] <= budget
+    for name, t in result["tables"].items():
+        assert t["effective_sample_rate"] < 1.0
+        assert t["exact_points"] == result["curves"][name].sizes_bytes.size >= 2
+        assert result["curves"][name].exact and 0 in result["curves"][name].sizes_bytes
+    first, rest = trace.split(0.5)
+    with bandstore.open(tmp_path / "s") as store:
+        replay(store, first, batch_size=256, progress=False)
+        measured = replay(store, rest, batch_size=256, progress=False)
+    for name, t in result["tables"].items():
+        assert measured[name]["blocks_read"] == t["predicted_blocks_read"]
+    assert measured["total"]["blocks_read"] == result["total"]["predicted_blocks_read"]
