@@ -76,7 +76,7 @@ class FakeStore:
 
 
 def heldout_blocks(trace: Trace, n_tune: int, choice: dict[str, dict[str, Any]]) -> float:
-    """Exact held-out blocks read of a per-table choice (tuning counts, warmed on the tuning part)."""
+    """Exact held-out blocks of a per-table choice (tuning counts, warmed on the tuning part)."""
     total = 0.0
     for name in trace.table_names:
         idx, off = trace.table(name)
