@@ -445,8 +445,10 @@ def test_exact_pass_makes_sampled_sizing_predict_what_the_store_reads(tmp_path):
     assert result["allocated_bytes"] <= budget
     for name, t in result["tables"].items():
         assert t["effective_sample_rate"] < 1.0
-        assert t["exact_points"] == result["curves"][name].sizes_bytes.size >= 2
-        assert result["curves"][name].exact and 0 in result["curves"][name].sizes_bytes
+        exact = result["exact_curves"][name]
+        assert t["exact_points"] == exact.sizes_bytes.size >= 2
+        assert exact.exact and 0 in exact.sizes_bytes and t["cache_bytes"] in exact.sizes_bytes
+        assert not result["curves"][name].exact  # the whole sampled curves, as before
     first, rest = trace.split(0.5)
     with bandstore.open(tmp_path / "s") as store:
         replay(store, first, batch_size=256, progress=False)

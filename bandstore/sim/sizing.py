@@ -292,8 +292,8 @@ def size_cache(
     trade the last percents of budget between tables whose errors differ; this pass costs a
     few exact sizes per table instead of a whole exact curve. Tables refined so are marked
     ``"exact_points"`` (how many) in the result.
-    ``return_curves`` adds the :class:`Curves` objects under ``"curves"`` (not JSON; the
-    exact points, for the tables refined so).
+    ``return_curves`` adds the :class:`Curves` objects under ``"curves"`` (not JSON; whole
+    curves, sampled where they were) and those of the exact pass under ``"exact_curves"``.
 
     Raises BudgetError (budget below the smallest useful cache), InvalidArgumentError (bad rate,
     empty trace, trace larger than a table, ``apply_counts`` not in :data:`APPLY_COUNTS`),
@@ -428,7 +428,8 @@ def size_cache(
         result["applied_counts"] = apply_counts if counts == "trace" else "given"
     result["seconds"] = time.perf_counter() - t0
     if return_curves:
-        result["curves"] = curves
+        result["curves"] = sampled_curves
+        result["exact_curves"] = {n: cv for n, cv in curves.items() if cv is not sampled_curves[n]}
     return result
 
 
