@@ -48,6 +48,7 @@ from bandstore.cache import cache_row_bytes
 from bandstore.demo import create_store_for_trace
 from bandstore.replay import replay
 from bandstore.sim import (
+    DEFAULT_EXACT_WINDOW,
     DEFAULT_PINNED_SHARES,
     ESTIMATORS,
     SAMPLINGS,
@@ -111,6 +112,7 @@ def carry_over(path: Path, keys: list[str]) -> tuple[dict[str, Any], dict[str, A
         "command": old.get("command", "?"),
         "load": old.get("load", "?"),
         "pinned_shares": old.get("pinned_shares"),  # size_cache's defaults then, if recorded
+        "exact_window": old.get("exact_window"),
     }
     earlier = old.get("carried_over") or {}
     prior = earlier.get("sections", {})
@@ -557,6 +559,10 @@ def markdown(out: dict[str, Any]) -> str:
     if alloc:
         o = src["sections"].get("allocation")
         shares = "/".join(f"{p:g}" for p in ((o or out).get("pinned_shares") or [])) or "?"
+        ew = (o or out).get("exact_window")
+        if ew:
+            shares += (f"; sizes within {ew} grid steps of each sampled table's choice "
+                       "simulated again exactly and the budget split again on them")  # fmt: skip
         L.append(
             "## Tuned allocation vs splits of the same budget (held-out queries)"
             f"{carried('allocation')}\n\nSized on the first 80% of the queries (pinned "
@@ -624,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                            "code_commit": git("rev-parse", "--short", "HEAD"),
                            "base_commit": git("merge-base", "HEAD", "main")[:7],
                            "pinned_shares": list(DEFAULT_PINNED_SHARES),
+                           "exact_window": DEFAULT_EXACT_WINDOW,
                            "apply_counts": "trace (allocation), warmup (prediction)",
                            "plots": []}  # fmt: skip
     if git("status", "--porcelain", "--", "bandstore") != "?":

@@ -26,6 +26,7 @@ from bandstore.sim.mrc import (
 )
 from bandstore.sim.sizing import (
     APPLY_COUNTS,
+    DEFAULT_EXACT_WINDOW,
     DEFAULT_SAMPLE_RATE,
     apply_sizing,
     format_sizing,
@@ -39,6 +40,7 @@ __all__ = [
     "APPLY_COUNTS",
     "Curves",
     "DEFAULT_PINNED_SHARES",
+    "DEFAULT_EXACT_WINDOW",
     "DEFAULT_SAMPLE_RATE",
     "DEFAULT_THRESHOLDS",
     "ESTIMATORS",
