@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                            "exact_window": DEFAULT_EXACT_WINDOW,
                            "apply_counts": "trace (allocation), warmup (prediction)",
                            "plots": []}  # fmt: skip
-    if git("status", "--porcelain", "--", "bandstore") != "?":
+    if git("status", "--porcelain", "--", ":/bandstore") != "?":
         out["code_commit"] += " with uncommitted changes"
     if args.reuse_accuracy:
         keys = [CARRIABLE[k] for k in CARRIABLE if k not in only]

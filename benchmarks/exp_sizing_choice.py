@@ -46,6 +46,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "window1": {"exact_window": 1},
     "window3": {"exact_window": 3},
     "window4": {"exact_window": 4},
+    "warmup0.7": {"warmup": 0.7},
+    "warmup0.7-window0": {"warmup": 0.7, "exact_window": 0},
 }
 
 
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = " ".join(["python benchmarks/exp_sizing_choice.py",
                     *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
     commit = bs.git("rev-parse", "--short", "HEAD")
-    if bs.git("status", "--porcelain", "--", "bandstore") not in ("?", ""):
+    if bs.git("status", "--porcelain", "--", ":/bandstore") not in ("?", ""):
         commit += " with uncommitted changes"
     path = bs.RESULTS / f"{args.name}.json"
     out = json.loads(path.read_text()) if path.exists() else {"workloads": {}}
