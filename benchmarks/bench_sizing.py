@@ -50,6 +50,7 @@ from bandstore.replay import replay
 from bandstore.sim import (
     DEFAULT_EXACT_WINDOW,
     DEFAULT_PINNED_SHARES,
+    DEFAULT_WARMUP,
     ESTIMATORS,
     SAMPLINGS,
     Curves,
@@ -113,6 +114,7 @@ def carry_over(path: Path, keys: list[str]) -> tuple[dict[str, Any], dict[str, A
         "load": old.get("load", "?"),
         "pinned_shares": old.get("pinned_shares"),  # size_cache's defaults then, if recorded
         "exact_window": old.get("exact_window"),
+        "warmup": old.get("warmup", 0.5),
     }
     earlier = old.get("carried_over") or {}
     prior = earlier.get("sections", {})
@@ -567,11 +569,12 @@ def markdown(out: dict[str, Any]) -> str:
             "## Tuned allocation vs splits of the same budget (held-out queries)"
             f"{carried('allocation')}\n\nSized on the first 80% of the queries (pinned "
             f"shares tried: {shares}; chosen "
-            "with the access counts of its first half, predicted on its second half), applied "
+            f"with the access counts of its first {(o or out).get('warmup', 0.5):.0%}, "
+            "predicted on the rest), applied "
             "with the access counts of the whole 80% for admission and pinning; caches warmed "
             "on the 80%; blocks read on the last 20%. The held-out prediction error compares "
-            "the blocks per lookup predicted on the tuning part's second half (with half the "
-            "counts the store has) x held-out lookups to the blocks measured: a rough check, "
+            "the blocks per lookup predicted on the rest of the tuning part (with fewer of the "
+            "counts than the store has) x held-out lookups to the blocks measured: a rough check, "
             "the exact one is the prediction section's. `clock`: "
             "the peers' policy (no neighbour admission, nothing pinned); `best`: the "
             "threshold and pinned share the simulator finds best at the split's size. "
@@ -631,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                            "base_commit": git("merge-base", "HEAD", "main")[:7],
                            "pinned_shares": list(DEFAULT_PINNED_SHARES),
                            "exact_window": DEFAULT_EXACT_WINDOW,
+                           "warmup": DEFAULT_WARMUP,
                            "apply_counts": "trace (allocation), warmup (prediction)",
                            "plots": []}  # fmt: skip
     if git("status", "--porcelain", "--", ":/bandstore") != "?":

@@ -39,6 +39,7 @@ __all__ = [
     "APPLY_COUNTS",
     "DEFAULT_EXACT_WINDOW",
     "DEFAULT_SAMPLE_RATE",
+    "DEFAULT_WARMUP",
     "apply_sizing",
     "check_trace",
     "warmup_cut",
@@ -52,6 +53,12 @@ __all__ = [
 #: Grid steps on either side of a sampled table's choice that size_cache simulates again
 #: exactly before splitting the budget a second time (see ``size_cache(exact_window=...)``).
 DEFAULT_EXACT_WINDOW = 2
+#: Share of the tuning trace that gives size_cache the access counts and warms the caches; the
+#: choice is made on the rest. A serving store admits and pins by the counts of the whole
+#: tuning trace and serves what follows it: the larger the warm-up share, the closer the
+#: simulated counts are to those (dlrm-26 at a 5% budget, held-out blocks: 0.5 reads 8.7% more
+#: than 0.7, see benchmarks/results/sizing_choice.md), and the fewer queries to choose on.
+DEFAULT_WARMUP = 0.7
 #: size_cache's default SHARDS rate (tables with few blocks run at a higher rate, or exact).
 DEFAULT_SAMPLE_RATE = 0.01
 #: What ``size_cache(..., apply=True)`` stores as the access counts (with ``counts="trace"``):
@@ -234,7 +241,7 @@ def size_cache(
     pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
     n_sizes: int = DEFAULT_N_SIZES,
     batch_size: int = 256,
-    warmup: float = 0.5,
+    warmup: float = DEFAULT_WARMUP,
     counts: str | Mapping[str, np.ndarray] = "trace",
     apply: bool = False,
     apply_counts: str = "trace",
