@@ -22,6 +22,7 @@ from bandstore.errors import (
 )
 from bandstore.replay import replay
 from bandstore.sim import (
+    DEFAULT_WARMUP,
     block_sample,
     simulate,
     simulate_store,
@@ -395,7 +396,7 @@ def test_cli_size_cache(tmp_path, capsys):
     assert main(args + ["--apply", "--apply-counts", "warmup"]) == 0
     assert json.loads(capsys.readouterr().out)["applied_counts"] == "warmup"
     with bandstore.open(tmp_path / "s") as s:
-        first, _ = trace.split(0.5)
+        first, _ = trace.split(DEFAULT_WARMUP)  # size_cache's default warm-up share
         assert np.array_equal(s.catalog.counts("a"), _full_counts(first, "a", 4000))
     with pytest.raises(SystemExit):
         main(args + ["--apply", "--apply-counts", "all"])
@@ -456,3 +457,11 @@ def test_exact_pass_makes_sampled_sizing_predict_what_the_store_reads(tmp_path):
     for name, t in result["tables"].items():
         assert measured[name]["blocks_read"] == t["predicted_blocks_read"]
     assert measured["total"]["blocks_read"] == result["total"]["predicted_blocks_read"]
+
+
+def test_default_warmup_share(small):
+    """size_cache chooses on the queries after its default warm-up share (0.7)."""
+    store, trace = small
+    r = size_cache(store, trace, 10**5, n_sizes=8, progress=False)
+    assert DEFAULT_WARMUP == 0.7
+    assert r["warmup_queries"] == int(round(DEFAULT_WARMUP * trace.n_queries))
