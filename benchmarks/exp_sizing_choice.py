@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(out: dict[str, Any]) -> str:
     L = ["# size_cache's choice vs the oracle split (held-out blocks, exact simulation)\n",
-         "First 80% of the queries tune (size_cache: counts of their first half, predicted on "
-         "their second half), last 20% held out; the choice judged by an exact simulation of "
+         "First 80% of the queries tune (size_cache: counts of their warm-up share, choice "
+         "made on the rest), last 20% held out; the choice judged by an exact simulation of "
          "the held-out part (tuning counts, caches warmed on the tuning part: what the store "
          "reads). `oracle`: knapsack on exact held-out curves with the tuning counts. Blocks "
-         "read per 1000 held-out lookups.\n",
+         "read per 1000 held-out lookups; seconds on a shared, loaded 2-core machine.\n",
          "| workload | budget | variant | held-out blocks / 1000 | predicted | s | run |",
          "|---|---|---|---|---|---|---|"]  # fmt: skip
     for wl, w in out["workloads"].items():
