@@ -46,6 +46,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "window1": {"exact_window": 1},
     "window3": {"exact_window": 3},
     "window4": {"exact_window": 4},
+    "warmup0.5": {"warmup": 0.5},
     "warmup0.7": {"warmup": 0.7},
     "warmup0.7-window0": {"warmup": 0.7, "exact_window": 0},
 }
