@@ -181,7 +181,9 @@ def markdown(out: dict[str, Any]) -> str:
          "made on the rest), last 20% held out; the choice judged by an exact simulation of "
          "the held-out part (tuning counts, caches warmed on the tuning part: what the store "
          "reads). `oracle`: knapsack on exact held-out curves with the tuning counts. Blocks "
-         "read per 1000 held-out lookups; seconds on a shared, loaded 2-core machine.\n",
+         "read per 1000 held-out lookups; seconds on a shared, loaded 2-core machine. "
+         "Runs with ``--name X`` write X.json; their rows were gathered here, each with its "
+         "own command and commit; variants named by the settings they ran with.\n",
          "| workload | budget | variant | held-out blocks / 1000 | predicted | s | run |",
          "|---|---|---|---|---|---|---|"]  # fmt: skip
     for wl, w in out["workloads"].items():
