@@ -316,7 +316,13 @@ def _threshold_arg(text: str) -> int | None:
 
 def cmd_size_cache(args: argparse.Namespace) -> int:
     import bandstore
-    from bandstore.sim import DEFAULT_PINNED_SHARES, DEFAULT_THRESHOLDS, format_sizing, size_cache
+    from bandstore.sim import (
+        DEFAULT_PINNED_SHARES,
+        DEFAULT_THRESHOLDS,
+        DEFAULT_WARMUP,
+        format_sizing,
+        size_cache,
+    )
 
     trace = _load_trace(args.trace)
     with bandstore.open(args.store, writable=args.apply, cache_bytes=0) as store:
@@ -324,7 +330,8 @@ def cmd_size_cache(args: argparse.Namespace) -> int:
             store, trace, args.budget, sample_rate=args.sample_rate,
             thresholds=args.thresholds or DEFAULT_THRESHOLDS,
             pinned_shares=args.pinned_shares or DEFAULT_PINNED_SHARES,
-            batch_size=args.batch_size, warmup=args.warmup, apply=args.apply,
+            batch_size=args.batch_size, apply=args.apply,
+            warmup=DEFAULT_WARMUP if args.warmup is None else args.warmup,
             apply_counts=args.apply_counts, plot=args.plot, seed=args.seed,
             progress=not args.json,
         )  # fmt: skip
@@ -527,9 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pinned-shares", type=float, nargs="+", metavar="P",
                     help="pinned shares to try (default 0 0.25 0.5 0.75 0.9 1)")  # fmt: skip
     sp.add_argument("--batch-size", type=int, default=256, help="queries per lookup_many call")
-    sp.add_argument("--warmup", type=float, default=0.5,
+    sp.add_argument("--warmup", type=float,
                     help="share of the queries that give the access counts and warm the caches; "
-                         "predictions are for the rest (default 0.5)")  # fmt: skip
+                         "predictions are for the rest (default 0.7: size_cache's)")  # fmt: skip
     sp.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the curves (matplotlib)")
     sp.add_argument("--apply", action="store_true",
                     help="store the sizes in the catalog, for bandstore.open()")  # fmt: skip

@@ -7,8 +7,8 @@
    the exact one (wall time, same threads, same configurations). Sampling schemes (SHARDS hash,
    stratified) x estimators (plain, SHARDS_adj, Che ratio) at the same rate, several seeds.
 2. Prediction vs reality: ``size_cache`` (default settings: R = 0.01, stratified, Che, counts
-   and warm-up from the first half) on a trace, applied to a real store, the same trace
-   replayed through ``lookup_many`` (first half to warm): blocks read on the second half,
+   and warm-up from the first 70%) on a trace, applied to a real store, the same trace
+   replayed through ``lookup_many`` (that part to warm): blocks read on the rest,
    measured vs predicted. And on held-out queries: sized on the first 80%, caches warmed on
    them, the last 20% replayed; predicted = blocks per lookup on the tuning part x lookups.
 3. Tuned allocation vs splits of the same total budget (held-out blocks read, real store,
@@ -48,7 +48,9 @@ from bandstore.cache import cache_row_bytes
 from bandstore.demo import create_store_for_trace
 from bandstore.replay import replay
 from bandstore.sim import (
+    DEFAULT_EXACT_WINDOW,
     DEFAULT_PINNED_SHARES,
+    DEFAULT_WARMUP,
     ESTIMATORS,
     SAMPLINGS,
     Curves,
@@ -111,6 +113,8 @@ def carry_over(path: Path, keys: list[str]) -> tuple[dict[str, Any], dict[str, A
         "command": old.get("command", "?"),
         "load": old.get("load", "?"),
         "pinned_shares": old.get("pinned_shares"),  # size_cache's defaults then, if recorded
+        "exact_window": old.get("exact_window"),
+        "warmup": old.get("warmup", 0.5),
     }
     earlier = old.get("carried_over") or {}
     prior = earlier.get("sections", {})
@@ -279,10 +283,10 @@ def measure(store, tune: Trace, held: Trace) -> dict[str, Any]:
 
 
 def prediction_check(path: Path, trace: Trace, fraction: float) -> dict[str, Any]:
-    """size_cache on the trace (defaults: counts and warm-up from its first half), applied with
-    the first half's counts (``apply_counts="warmup"``: those the prediction used; the default,
-    the whole trace's counts, would let the store know the measured half in advance); the first
-    half replayed to warm the caches, the second half measured against the prediction."""
+    """size_cache on the trace (defaults: counts and warm-up from its DEFAULT_WARMUP share),
+    applied with that part's counts (``apply_counts="warmup"``: those the prediction used; the
+    default, the whole trace's counts, would let the store know the measured part in advance);
+    that part replayed to warm the caches, the rest measured against the prediction."""
     with bandstore.open(path, writable=True) as store:
         budget = int(fraction * table_bytes(store))
         t0 = time.perf_counter()
@@ -328,8 +332,8 @@ def best_policy_at(cv: Curves, nbytes: int) -> tuple[int | None, float]:
 
 
 def allocation_check(path: Path, trace: Trace, fraction: float, plot: Path | None):
-    """size_cache on the first 80% (chosen with the counts of its first half, predicted on its
-    second half), applied with the counts of the whole 80% (the default ``apply_counts``);
+    """size_cache on the first 80% (chosen with the counts of its warm-up share, predicted on the
+    rest), applied with the counts of the whole 80% (the default ``apply_counts``);
     blocks read on the last 20%, against splits of the same budget. The held-out prediction
     (blocks per lookup predicted on the tuning part's second half x held-out lookups) is for
     half the counts the store has, and for other queries: a rough check, not an exact one."""
@@ -529,13 +533,17 @@ def markdown(out: dict[str, Any]) -> str:
         L.append("")
     pred = out.get("prediction")
     if pred:
+        o = src["sections"].get("prediction")
+        wu = f"first {(o or out).get('warmup') or 0.5:.0%}"
+        ew = (o or out).get("exact_window")
+        ew = f"; sizes near each choice simulated again exactly, exact_window {ew}" if ew else ""
         L.append(
             f"## Prediction vs reality (same trace, real store){carried('prediction')}\n\n"
-            "`size_cache` with its defaults (R = 0.01 with floors, stratified, Che estimator; "
-            "the first half of the queries give the counts and warm the caches, the second "
-            "half is predicted), applied with the first half's counts (`apply_counts="
+            "`size_cache` with its defaults (R = 0.01 with floors, stratified, Che estimator"
+            f"{ew}; the {wu} of the queries give the counts and warm the caches, the rest "
+            f"is predicted), applied with the {wu}'s counts (`apply_counts="
             '"warmup"`: those the prediction used); the trace replayed through the store: '
-            "first half to warm the caches, blocks read on the second half.\n"
+            f"the {wu} to warm the caches, blocks read on the rest.\n"
         )
         L.append(
             "| workload | budget | predicted blocks | measured blocks | error | table errors "
@@ -557,15 +565,20 @@ def markdown(out: dict[str, Any]) -> str:
     if alloc:
         o = src["sections"].get("allocation")
         shares = "/".join(f"{p:g}" for p in ((o or out).get("pinned_shares") or [])) or "?"
+        ew = (o or out).get("exact_window")
+        if ew:
+            shares += (f"; sizes within {ew} grid steps of each sampled table's choice "
+                       "simulated again exactly and the budget split again on them")  # fmt: skip
         L.append(
             "## Tuned allocation vs splits of the same budget (held-out queries)"
             f"{carried('allocation')}\n\nSized on the first 80% of the queries (pinned "
             f"shares tried: {shares}; chosen "
-            "with the access counts of its first half, predicted on its second half), applied "
+            f"with the access counts of its first {(o or out).get('warmup', 0.5):.0%}, "
+            "predicted on the rest), applied "
             "with the access counts of the whole 80% for admission and pinning; caches warmed "
             "on the 80%; blocks read on the last 20%. The held-out prediction error compares "
-            "the blocks per lookup predicted on the tuning part's second half (with half the "
-            "counts the store has) x held-out lookups to the blocks measured: a rough check, "
+            "the blocks per lookup predicted on the rest of the tuning part (with fewer of the "
+            "counts than the store has) x held-out lookups to the blocks measured: a rough check, "
             "the exact one is the prediction section's. `clock`: "
             "the peers' policy (no neighbour admission, nothing pinned); `best`: the "
             "threshold and pinned share the simulator finds best at the split's size. "
@@ -624,9 +637,11 @@ def main(argv: list[str] | None = None) -> int:
                            "code_commit": git("rev-parse", "--short", "HEAD"),
                            "base_commit": git("merge-base", "HEAD", "main")[:7],
                            "pinned_shares": list(DEFAULT_PINNED_SHARES),
+                           "exact_window": DEFAULT_EXACT_WINDOW,
+                           "warmup": DEFAULT_WARMUP,
                            "apply_counts": "trace (allocation), warmup (prediction)",
                            "plots": []}  # fmt: skip
-    if git("status", "--porcelain", "--", "bandstore") != "?":
+    if git("status", "--porcelain", "--", ":/bandstore") != "?":
         out["code_commit"] += " with uncommitted changes"
     if args.reuse_accuracy:
         keys = [CARRIABLE[k] for k in CARRIABLE if k not in only]

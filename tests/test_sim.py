@@ -22,6 +22,7 @@ from bandstore.errors import (
 )
 from bandstore.replay import replay
 from bandstore.sim import (
+    DEFAULT_WARMUP,
     block_sample,
     simulate,
     simulate_store,
@@ -395,7 +396,7 @@ def test_cli_size_cache(tmp_path, capsys):
     assert main(args + ["--apply", "--apply-counts", "warmup"]) == 0
     assert json.loads(capsys.readouterr().out)["applied_counts"] == "warmup"
     with bandstore.open(tmp_path / "s") as s:
-        first, _ = trace.split(0.5)
+        first, _ = trace.split(DEFAULT_WARMUP)  # size_cache's default warm-up share
         assert np.array_equal(s.catalog.counts("a"), _full_counts(first, "a", 4000))
     with pytest.raises(SystemExit):
         main(args + ["--apply", "--apply-counts", "all"])
@@ -426,3 +427,41 @@ def test_a_table_the_measured_queries_do_not_read_gets_no_cache(tmp_path):
     idx, off = trace.table("a")
     with pytest.raises(InvalidArgumentError):
         simulate(idx, off, np.arange(3000), 64, 8, warmup_queries=n + 1)
+
+
+def test_exact_pass_makes_sampled_sizing_predict_what_the_store_reads(tmp_path):
+    """With sampled curves, the sizes near each choice are simulated again exactly and the
+    split made on those: the chosen points' predictions are then exact (what the store reads),
+    and the choice stays within the budget; exact_window=0 keeps the sampled choice."""
+    trace = synth({"big": 20000, "mid": 3000, "small": 100}, 1500 // Q,
+                  pooling={"big": 12, "mid": 5, "small": 2}, seed=2)  # fmt: skip
+    budget = 3000 * cache_row_bytes(16)
+    kw = dict(sample_rate=0.1, min_sampled_blocks=0, max_sampled_lookups=None, warmup=0.5,
+              n_sizes=17, pinned_shares=(0.0, 0.5), progress=False)  # fmt: skip
+    with _store(tmp_path / "s", trace, dim=16, block_size=1024) as store:
+        plain = size_cache(store, trace, budget, exact_window=0, **kw)
+        result = size_cache(store, trace, budget, apply=True, apply_counts="warmup",
+                            return_curves=True, **kw)  # fmt: skip
+    assert all("exact_points" not in t for t in plain["tables"].values())
+    assert result["allocated_bytes"] <= budget
+    for name, t in result["tables"].items():
+        assert t["effective_sample_rate"] < 1.0
+        exact = result["exact_curves"][name]
+        assert t["exact_points"] == exact.sizes_bytes.size >= 2
+        assert exact.exact and 0 in exact.sizes_bytes and t["cache_bytes"] in exact.sizes_bytes
+        assert not result["curves"][name].exact  # the whole sampled curves, as before
+    first, rest = trace.split(0.5)
+    with bandstore.open(tmp_path / "s") as store:
+        replay(store, first, batch_size=256, progress=False)
+        measured = replay(store, rest, batch_size=256, progress=False)
+    for name, t in result["tables"].items():
+        assert measured[name]["blocks_read"] == t["predicted_blocks_read"]
+    assert measured["total"]["blocks_read"] == result["total"]["predicted_blocks_read"]
+
+
+def test_default_warmup_share(small):
+    """size_cache chooses on the queries after its default warm-up share (0.7)."""
+    store, trace = small
+    r = size_cache(store, trace, 10**5, n_sizes=8, progress=False)
+    assert DEFAULT_WARMUP == 0.7
+    assert r["warmup_queries"] == int(round(DEFAULT_WARMUP * trace.n_queries))

@@ -26,7 +26,9 @@ from bandstore.sim.mrc import (
 )
 from bandstore.sim.sizing import (
     APPLY_COUNTS,
+    DEFAULT_EXACT_WINDOW,
     DEFAULT_SAMPLE_RATE,
+    DEFAULT_WARMUP,
     apply_sizing,
     format_sizing,
     plot_curves,
@@ -39,7 +41,9 @@ __all__ = [
     "APPLY_COUNTS",
     "Curves",
     "DEFAULT_PINNED_SHARES",
+    "DEFAULT_EXACT_WINDOW",
     "DEFAULT_SAMPLE_RATE",
+    "DEFAULT_WARMUP",
     "DEFAULT_THRESHOLDS",
     "ESTIMATORS",
     "MAX_SAMPLED_LOOKUPS",

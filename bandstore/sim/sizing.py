@@ -37,7 +37,9 @@ from bandstore.trace import Trace
 
 __all__ = [
     "APPLY_COUNTS",
+    "DEFAULT_EXACT_WINDOW",
     "DEFAULT_SAMPLE_RATE",
+    "DEFAULT_WARMUP",
     "apply_sizing",
     "check_trace",
     "warmup_cut",
@@ -48,6 +50,15 @@ __all__ = [
     "trace_counts",
 ]
 
+#: Grid steps on either side of a sampled table's choice that size_cache simulates again
+#: exactly before splitting the budget a second time (see ``size_cache(exact_window=...)``).
+DEFAULT_EXACT_WINDOW = 2
+#: Share of the tuning trace that gives size_cache the access counts and warms the caches; the
+#: choice is made on the rest. A serving store admits and pins by the counts of the whole
+#: tuning trace and serves what follows it: the larger the warm-up share, the closer the
+#: simulated counts are to those (dlrm-26 at a 5% budget, held-out blocks: 0.5 reads 8.7% more
+#: than 0.7, see benchmarks/results/sizing_choice.md), and the fewer queries to choose on.
+DEFAULT_WARMUP = 0.7
 #: size_cache's default SHARDS rate (tables with few blocks run at a higher rate, or exact).
 DEFAULT_SAMPLE_RATE = 0.01
 #: What ``size_cache(..., apply=True)`` stores as the access counts (with ``counts="trace"``):
@@ -230,12 +241,13 @@ def size_cache(
     pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
     n_sizes: int = DEFAULT_N_SIZES,
     batch_size: int = 256,
-    warmup: float = 0.5,
+    warmup: float = DEFAULT_WARMUP,
     counts: str | Mapping[str, np.ndarray] = "trace",
     apply: bool = False,
     apply_counts: str = "trace",
     plot: str | os.PathLike | None = None,
     refine: int = 2,
+    exact_window: int = DEFAULT_EXACT_WINDOW,
     seed: int = 0,
     min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
     max_sampled_lookups: int | None = MAX_SAMPLED_LOOKUPS,
@@ -280,7 +292,15 @@ def size_cache(
     chosen points (needs matplotlib: ``pip install bandstore[plot]``). ``refine``: after a
     first choice on the grid, this many more sizes on each side of every table's choice (up to
     the next grid points) are simulated and the choice is made again (0: no second pass).
-    ``return_curves`` adds the :class:`Curves` objects under ``"curves"`` (not JSON).
+    ``exact_window``: when curves were sampled, the sizes within this many grid steps of every
+    sampled table's choice (and 0 bytes) are simulated again exactly, and the budget is split
+    again with those tables restricted to their exact points (0: keep the sampled choice).
+    Sampled curves are good enough to find the neighbourhood of each table's best size, not to
+    trade the last percents of budget between tables whose errors differ; this pass costs a
+    few exact sizes per table instead of a whole exact curve. Tables refined so are marked
+    ``"exact_points"`` (how many) in the result.
+    ``return_curves`` adds the :class:`Curves` objects under ``"curves"`` (not JSON; whole
+    curves, sampled where they were) and those of the exact pass under ``"exact_curves"``.
 
     Raises BudgetError (budget below the smallest useful cache), InvalidArgumentError (bad rate,
     empty trace, trace larger than a table, ``apply_counts`` not in :data:`APPLY_COUNTS`),
@@ -334,6 +354,7 @@ def size_cache(
         progress=progress,
     )
     choice = allocate(curves, int(budget))
+    grids = {n: cv.sizes_bytes for n, cv in curves.items()}
     if refine:
         # Sizes between the grid points around each choice, then choose again: the grid is
         # geometric, and a choice between two of its points may leave budget unused.
@@ -357,6 +378,13 @@ def size_cache(
             )  # fmt: skip
             curves = {n: cv.merge(more[n]) if n in more else cv for n, cv in curves.items()}
             choice = allocate(curves, int(budget))
+    sampled_curves = curves
+    if exact_window and any(not cv.exact for cv in curves.values()):
+        curves, choice = _exact_pass(
+            store, trace, curves, choice, int(budget), int(exact_window), grids, table_counts,
+            thresholds=thresholds, pinned_shares=pinned_shares, batch_size=batch_size,
+            warmup=warmup, workers=workers,
+        )  # fmt: skip
     tables: dict[str, dict[str, Any]] = {}
     tot_bytes = tot_lookups = 0
     tot_misses = tot_blocks = 0.0
@@ -368,10 +396,14 @@ def size_cache(
             "threshold": ch["threshold"],
             "pinned_share": ch["pinned_share"],
             **_figures(cv.lookups, ch["predicted_misses"], ch["predicted_blocks_read"]),
-            "effective_sample_rate": cv.sample_rate,
+            "effective_sample_rate": sampled_curves[name].sample_rate,
             "configurations": cv.configurations,
             "seconds": cv.seconds,
         }
+        if cv is not sampled_curves[name]:
+            tables[name]["configurations"] += sampled_curves[name].configurations
+            tables[name]["seconds"] += sampled_curves[name].seconds
+            tables[name]["exact_points"] = int(cv.sizes_bytes.size)
         tot_bytes += ch["cache_bytes"]
         tot_lookups += cv.lookups
         tot_misses += ch["predicted_misses"]
@@ -389,7 +421,10 @@ def size_cache(
         "plot": None,
     }
     if plot is not None:
-        plot_curves(curves, plot, chosen=choice)
+        plot_curves(sampled_curves, plot, chosen={
+            n: {**ch, "size_index": int(np.argmin(np.abs(
+                sampled_curves[n].sizes_bytes - ch["cache_bytes"])))}
+            for n, ch in choice.items()})  # fmt: skip
         result["plot"] = str(plot)
     if apply:
         stored = table_counts
@@ -400,8 +435,51 @@ def size_cache(
         result["applied_counts"] = apply_counts if counts == "trace" else "given"
     result["seconds"] = time.perf_counter() - t0
     if return_curves:
-        result["curves"] = curves
+        result["curves"] = sampled_curves
+        result["exact_curves"] = {n: cv for n, cv in curves.items() if cv is not sampled_curves[n]}
     return result
+
+
+def _exact_pass(
+    store: Store,
+    trace: Trace,
+    curves: dict[str, Curves],
+    choice: dict[str, dict[str, Any]],
+    budget: int,
+    window: int,
+    grids: Mapping[str, np.ndarray],
+    table_counts: Mapping[str, np.ndarray | None],
+    **kw: Any,
+) -> tuple[dict[str, Curves], dict[str, dict[str, Any]]]:
+    """Exact curves at the sizes near each sampled table's choice, and the split made again.
+
+    For a table whose curves were sampled: 0 bytes and the sizes of its curves within
+    ``window`` steps of its first-pass grid ``grids[table]`` (refinement points between them
+    count as well) on either side of its chosen size; the knapsack then
+    picks among these exact points only (a sampled point left beside exact ones would be
+    chosen for its luck). Tables simulated exactly in the first pass keep their curves.
+    """
+    sizes: dict[str, np.ndarray] = {}
+    for name, cv in curves.items():
+        if cv.exact:
+            continue
+        grid = cv.sizes_bytes
+        chosen = choice[name]["cache_bytes"]
+        main = grids[name]
+        k = int(np.searchsorted(main, chosen, side="right")) - 1
+        lo = main[max(k - window, 0)]
+        hi = main[min(k + window + (0 if main[max(k, 0)] == chosen else 1), main.size - 1)]
+        pts = grid[(grid >= lo) & (grid <= hi)]
+        sizes[name] = np.unique(np.concatenate([[0, chosen], pts])).astype(np.int64)
+    if not sizes:
+        return curves, choice
+    names = list(sizes)
+    exact = simulate_store(
+        store, trace.select(names), counts={n: table_counts[n] for n in names},
+        sizes_bytes=sizes, sample_rate=1.0, progress=False, **kw,
+    )  # fmt: skip
+    out = {n: exact.get(n, cv) for n, cv in curves.items()}
+    return out, allocate(out, budget)
 
 
 def apply_sizing(
