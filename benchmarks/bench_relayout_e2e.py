@@ -376,7 +376,7 @@ def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 
 def code_version() -> str:
-    """Commit of the code measured (``+dirty`` with uncommitted changes), for the table."""
+    """Commit of the code measured (``+dirty`` with uncommitted changes to the package)."""
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
@@ -385,7 +385,10 @@ def code_version() -> str:
 
     try:
         rev = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        # Only the package counts: the results files this script writes are tracked too.
+        dirty = git(
+            "status", "--porcelain", "--untracked-files=no", "--", str(here.parent / "bandstore")
+        )
     except (OSError, subprocess.CalledProcessError):
         return "-"
     return rev + ("+dirty" if dirty else "")
