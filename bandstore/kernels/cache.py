@@ -288,6 +288,11 @@ def _cache_batch(
     n_bags = offsets.shape[0] - 1
     n = ids.shape[0]
     has_weights = weights.shape[0] > 0
+    if meta[META_CAPACITY] <= meta[META_PINNED]:
+        # No unpinned slot to admit a neighbour into (pinned share 1): skip the neighbour scan
+        # and its sector checks, whose random reads of counts and slot index cost ~10x the
+        # rest of a miss when the block file is in the page cache.
+        threshold = NEVER
     bag_n = np.zeros(n_bags, dtype=np.int64)
     miss_keys = np.empty(n, dtype=np.int64)
     n_miss = 0
