@@ -33,9 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
+from paths import DATA, RESULTS
 
 from bandstore.cache import cache_row_bytes
 from bandstore.kernels.cache import NEVER
@@ -53,8 +53,6 @@ from bandstore.relayout import (
 from bandstore.synth import communities, synth
 from bandstore.trace import Trace
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DIM, RPB, BLOCK, ROW_BYTES = 64, 16, 4096, 256
 METHODS = ("frequency", "metis", "hypergraph")
 ORACLES = ("oracle (seen)", "oracle")

@@ -34,14 +34,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from paths import DATA, RESULTS
 
 import bandstore
 from bandstore.demo import create_store_for_trace
 from bandstore.plan import calibrate_store, compare_plans
 from bandstore.synth import synth
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DIM = 16
 
 
@@ -204,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if name in ("criteo", "avazu") and not DATA.is_dir():
                 out["workloads"][name] = {"skipped": f"no data at {DATA}"}
+                print(f"skipping {name}: no data at {DATA} (set BANDSTORE_DATA)", flush=True)
                 continue
             t0 = time.perf_counter()
             trace, info = make()

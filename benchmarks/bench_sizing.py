@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from paths import DATA, RESULTS
 
 import bandstore
 from bandstore.cache import cache_row_bytes
@@ -60,8 +61,6 @@ from bandstore.sim import (
 from bandstore.synth import synth
 from bandstore.trace import Trace
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NEVER = bandstore.NEVER
 DIM = 16
 BATCH = 256
