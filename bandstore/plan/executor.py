@@ -104,16 +104,7 @@ class _Batch:
             task = self._take(k, front)
             if task is None:
                 return
-            runner, job, part = task
-            t0 = time.perf_counter()
-            try:
-                runner.run_part(job, part)
-            except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
-                self._finished(exc)
-            else:
-                if busy is not None:
-                    busy.add(runner.table.name, time.perf_counter() - t0)
-                self._finished(None)
+            self._finished(_run_part(task, busy))
 
     def steal(self, k: int, busy: BusyLog | None = None) -> None:
         """Run what is left of the other workers' lists, from their backs."""
@@ -154,17 +145,24 @@ def _run_tasks(tasks: Sequence[tuple[Runner, Any, int]], busy: BusyLog | None = 
     """Run every task; return the first exception (the others still run: their state is
     consistent and the call raises once all are done)."""
     first = None
-    for runner, job, part in tasks:
-        t0 = time.perf_counter()
-        try:
-            runner.run_part(job, part)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
-            if first is None:
-                first = exc
-        else:
-            if busy is not None:
-                busy.add(runner.table.name, time.perf_counter() - t0)
+    for task in tasks:
+        exc = _run_part(task, busy)
+        if first is None:
+            first = exc
     return first
+
+
+def _run_part(task: tuple[Runner, Any, int], busy: BusyLog | None) -> BaseException | None:
+    """Run one task, timed into ``busy`` when it succeeds; return its exception, if any."""
+    runner, job, part = task
+    t0 = time.perf_counter()
+    try:
+        runner.run_part(job, part)
+    except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+        return exc
+    if busy is not None:
+        busy.add(runner.table.name, time.perf_counter() - t0)
+    return None
 
 
 class Executor:
