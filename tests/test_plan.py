@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numba
 import numpy as np
@@ -270,6 +271,52 @@ def test_no_plan_is_todays_store_round_robin(store_path, weights):
         out = s.lookup_many(req)
         for n, (i, o) in req.items():
             np.testing.assert_allclose(out[n], embedding_bag_ref(weights[n], i, o), atol=1e-5)
+
+
+class _Table:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _Recorder:
+    """A runner that notes the order its tables are run in and sleeps ``seconds[name]``."""
+
+    def __init__(self, name: str, log: list, seconds: dict):
+        self.table, self.log, self.seconds = _Table(name), log, seconds
+
+    def begin(self, ids, offsets, weights, mode, pad):
+        return None
+
+    def run_part(self, job, j):
+        self.log.append(self.table.name)
+        time.sleep(self.seconds.get(self.table.name, 0.0))
+
+    def finish(self, job):
+        return self.table.name
+
+
+def test_executor_starts_the_longest_tasks_first():
+    from bandstore.plan.executor import REORDER_EVERY, Executor
+
+    log: list[str] = []
+    seconds: dict[str, float] = {}
+    names = ["a", "b", "c", "d"]
+    routes = {n: (_Recorder(n, log, seconds), (0,)) for n in names}
+    ex = Executor(1, routes, costs={"a": 1.0, "b": 30.0, "c": 2.0})  # d: no prediction
+
+    def call():
+        log.clear()
+        prepared = {n: (routes[n][0].table, None, None, None, 0, -1) for n in names}
+        out = ex.run(prepared)
+        assert out == {n: n for n in names}  # results keep the request's keys
+        return list(log)
+
+    assert call() == ["b", "c", "a", "d"]  # the plan's predictions, then the unpredicted
+    # Measured times take over at the next re-ordering: d is now the longest, b the shortest.
+    seconds.update({"a": 0.002, "b": 0.0, "c": 0.001, "d": 0.004})
+    orders = [call() for _ in range(2 * REORDER_EVERY)]
+    assert orders[-1] == ["d", "a", "c", "b"]
+    ex.close()
 
 
 # ---- bad input --------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ from bandstore.plan.strategies import CachedRunner, Runner
 
 #: Per-call latencies kept for p50/p99 (a ring: the most recent calls).
 LATENCY_WINDOW = 4096
+#: Weight of the newest time in a task's moving average (about the last 1 / w calls count).
+RECENT_WEIGHT = 0.125
+#: Calls between two re-orderings of the tasks by their measured times.
+REORDER_EVERY = 32
 
 
 class LatencyLog:
@@ -119,16 +123,24 @@ class _Batch:
 class BusyLog:
     """Seconds each table's tasks took (all parts, on whichever worker), since ``reset``:
     what a plan really costs per table on this machine in this mix of tables, which the
-    planner can use to correct its model (``bandstore.plan.refine_plan``)."""
+    planner can use to correct its model (``bandstore.plan.refine_plan``), and the executor to
+    start the longest tasks first. ``recent`` is a moving average per task (not reset)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.seconds: dict[str, float] = {}
         self.calls = 0
+        self.recent: dict[str, float] = {}
 
     def add(self, table: str, seconds: float) -> None:
         with self._lock:
             self.seconds[table] = self.seconds.get(table, 0.0) + seconds
+            last = self.recent.get(table, seconds)
+            self.recent[table] = last + RECENT_WEIGHT * (seconds - last)
+
+    def recent_times(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.recent)
 
     def called(self) -> None:
         with self._lock:
@@ -169,9 +181,14 @@ class Executor:
     """W workers and the routes of a plan: table -> (runner, worker of each part)."""
 
     def __init__(self, workers: int, routes: Mapping[str, tuple[Runner, tuple[int, ...]]],
-                 *, pin: bool = True):  # fmt: skip
+                 *, pin: bool = True, costs: Mapping[str, float] | None = None):  # fmt: skip
         self.workers = int(workers)
         self.routes = dict(routes)
+        # Each worker starts its longest tasks first, so that what is left for the other
+        # worker to take from the back of its list once its own is done are the short ones
+        # (longest-first list scheduling). The order starts from ``costs`` (the plan's
+        # predictions, any unit) and follows the measured times every REORDER_EVERY calls.
+        self._rank = self._ranks(costs or {})
         self._queues: list[queue.SimpleQueue] = []
         self._threads: list[threading.Thread] = []
         self.pinned: list[int | None] = [None] * self.workers
@@ -208,6 +225,18 @@ class Executor:
             if self.share:
                 batch.steal(k, busy=self.busy)
 
+    def _ranks(self, costs: Mapping[str, float]) -> dict[str, int]:
+        """Position of each routed table in the serving order: costliest first, then the
+        tables without a cost in route order."""
+        names = sorted(self.routes, key=lambda n: -costs.get(n, -1.0))
+        return {n: i for i, n in enumerate(names)}
+
+    def _order(self, prepared: Mapping[str, tuple]) -> list[str]:
+        if self.busy.calls % REORDER_EVERY == 0 and self.busy.recent:
+            self._rank = self._ranks(self.busy.recent_times())
+        rank, last = self._rank, len(self._rank)
+        return sorted(prepared, key=lambda n: rank.get(n, last))
+
     def route(self, name: str, t: Any) -> tuple[Runner, tuple[int, ...]]:
         r = self.routes.get(name)
         if r is None or r[0].table is not t:
@@ -219,7 +248,7 @@ class Executor:
         """Serve validated requests ``{table: (t, ids, offsets, weights, mode, pad)}``."""
         jobs = {}
         per_worker: list[list[tuple[Runner, Any, int]]] = [[] for _ in range(self.workers)]
-        routed = [(name, self.route(name, req[0]), req) for name, req in prepared.items()]
+        routed = [(n, self.route(n, prepared[n][0]), prepared[n]) for n in self._order(prepared)]
 
         def begin(helpers: bool) -> None:
             # A job's output is allocated (zeroed) in begin: the helpers' jobs are begun first

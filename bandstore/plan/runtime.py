@@ -111,7 +111,10 @@ def attach(store: Any) -> None:
                 t.configure_cache(CachePolicy(0, t.policy.threshold, t.policy.pinned_share))
             # A replaced runner is not released: calls in flight may still use it.
         old_exec = store._executor
-        store._executor = Executor(workers, built)
+        costs = {}
+        if plan is not None:
+            costs = {n: tp.predicted_ns for n, tp in plan.tables.items() if tp.predicted_ns}
+        store._executor = Executor(workers, built, costs=costs)
         store._plan = plan
     if old_exec is not None:
         old_exec.close()
