@@ -1048,9 +1048,9 @@ class Store:
         for name, c in arrays.items():
             t = self._tables[name]
             t.counts, t.has_counts = c, True
-        for name in set(records) | set(arrays):
-            t = self._tables[name]
-            t.configure_cache(self._policy_for(name, t, self._tables))
+        from bandstore.plan.runtime import retune
+
+        retune(self, sorted(set(records) | set(arrays)))
 
     # ---- maintenance -----------------------------------------------------------------------
     def verify(self, *, progress: bool | None = None) -> list[dict[str, Any]]:

@@ -739,3 +739,52 @@ def test_split_cached_parts_pin_their_own_hottest_rows(store_path, weights, tmp_
         got = s.lookup_many({"b": (ids, np.arange(ids.size))})["b"]
         assert np.array_equal(got, weights["b"][ids])
         assert s.stats()["b"]["hits"] == ids.size  # served from the pinned slots
+
+
+def test_set_tuning_under_a_plan_rebuilds_only_what_serves(store_path, weights, tmp_path):
+    """New policies or counts reach the runners that use them: a cached table's cache (at the
+    plan's size), a cached split's parts (their pinned rows follow the new counts); resident
+    and direct tables get no cache."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store_path, copy)
+    plan = {
+        "workers": 2,
+        "tables": {
+            "a": {"strategy": "resident", "worker": 1},
+            "b": {
+                "strategy": "split",
+                "inner": "cached",
+                "workers": [0, 1],
+                "cache_bytes": 20 * cache_row_bytes(DIM),
+            },  # fmt: skip
+            "c": {"strategy": "direct", "worker": 0},
+            "d": {"strategy": "cached", "worker": 1, "cache_bytes": 50 * cache_row_bytes(DIM)},
+        },
+    }
+    big = 400 * cache_row_bytes(DIM)
+    rng = np.random.default_rng(3)
+    counts = {n: rng.integers(0, 50, SIZES[n]).astype(np.int64) for n in ("b", "d")}
+    policy = {"cache_bytes": big, "threshold": None, "pinned_share": 1.0}
+    with bandstore.open(copy, writable=True, plan=plan) as s:
+        old_split = s._tables["b"].runner
+        s.set_tuning({n: policy for n in SIZES}, counts=counts)
+        info = s.cache_info()
+        assert info["a"]["capacity_rows"] == 0 and info["c"]["capacity_rows"] == 0
+        assert info["d"]["capacity_rows"] == 50  # the plan's size, the tuned policy
+        pinned_d = s._tables["d"].cache.id_of_slot[:50]
+        assert set(pinned_d.tolist()) == set(np.argsort(-counts["d"], kind="stable")[:50].tolist())
+        runner = s._tables["b"].runner
+        assert runner is not old_split and s._executor.routes["b"][0] is runner
+        hottest = np.argsort(-counts["b"], kind="stable").tolist()
+        for j, c in enumerate(runner.caches):
+            own = [i for i in hottest if _owner_of(np.array([i]), 2)[0] == j][:20]
+            assert set(c.id_of_slot[: int(c.meta[kc.META_PINNED])].tolist()) == set(own)
+        req = random_request(np.random.default_rng(1), weights)
+        out = s.lookup_many(req)
+        for n, (i, o) in req.items():
+            np.testing.assert_allclose(out[n], embedding_bag_ref(weights[n], i, o), atol=1e-5)
+    with bandstore.open(copy, plan=False) as s:  # the tuning was stored for plan-less opens
+        info = s.cache_info()
+        assert all(info[n]["capacity_rows"] == min(400, r) for n, r in SIZES.items())

@@ -51,6 +51,13 @@ def resolve_plan(store: Any) -> Plan | None:
     return Plan.from_dict(stored, tables)
 
 
+def _cached_policy(base: CachePolicy, tp: TablePlan | None) -> CachePolicy:
+    """A cached table's policy: the store's (tuned or default), at the plan's size if any."""
+    if tp is None:
+        return base
+    return CachePolicy(tp.cache_bytes, base.threshold, base.pinned_share)
+
+
 def _build_runner(store: Any, name: str, t: Any, tp: TablePlan | None, tables: dict) -> Runner:
     """The runner of table ``t`` under ``tp`` (None: cached with the store's default policy),
     reusing the table's current runner when it is the same."""
@@ -59,8 +66,7 @@ def _build_runner(store: Any, name: str, t: Any, tp: TablePlan | None, tables: d
     parts = 1 if tp is None else tp.parts
     current = t.runner
     if kind == "cached" and (tp is None or tp.strategy == "cached"):
-        policy = base if tp is None else CachePolicy(tp.cache_bytes, base.threshold,
-                                                     base.pinned_share)  # fmt: skip
+        policy = _cached_policy(base, tp)
         if current is not None or t.policy != policy:
             t.configure_cache(policy)
         return CachedRunner(t)
@@ -83,9 +89,26 @@ def _build_runner(store: Any, name: str, t: Any, tp: TablePlan | None, tables: d
         and current.spec == ("split", "cached", parts, tp.cache_bytes, np.unique(rep).tobytes())
         and current.threshold == base.threshold
         and current.pinned_share == base.pinned_share
+        and current.source_counts is t.counts  # new counts: new pinned rows and admission
     ):
         return current
     return SplitCachedRunner(t, parts, tp.cache_bytes, rep, base)
+
+
+def retune(store: Any, names: Any) -> None:
+    """Apply new cache policies or access counts of tables ``names`` (``Store.set_tuning``):
+    a cached table's cache is rebuilt with them, a cached split is rebuilt (its parts pin and
+    admit by the counts); resident and direct tables have no cache to rebuild."""
+    split = False
+    plan = store._plan
+    for name in names:
+        t = store._tables[name]
+        if t.runner is None:
+            tp = plan.tables.get(name) if plan is not None else None
+            t.configure_cache(_cached_policy(store._policy_for(name, t, store._tables), tp))
+        split |= isinstance(t.runner, SplitCachedRunner)
+    if split:
+        attach(store)
 
 
 def attach(store: Any) -> None:

@@ -250,6 +250,7 @@ class SplitCachedRunner(Runner):
             self.hot_bits = np.packbits(bits, bitorder="little")
         # Neighbour admission must not pull another part's rows into a part's cache: each part
         # sees the counts of its own rows only (-1, below every threshold, for the others).
+        self.source_counts = t.counts
         self.counts = [t.counts] * parts
         if t.has_counts and self.threshold < kc.NEVER and parts > 1:
             ids = np.arange(g.rows, dtype=np.int64)
