@@ -26,7 +26,7 @@ from bandstore.plan import (
     uniform_plan,
 )
 from bandstore.plan.calibrate import Calibration, default_calibration
-from bandstore.plan.strategies import _owner_of
+from bandstore.plan.strategies import Job, _owner_of
 from bandstore.synth import synth
 
 DIM = 4
@@ -284,15 +284,18 @@ class _Recorder:
     def __init__(self, name: str, log: list, seconds: dict):
         self.table, self.log, self.seconds = _Table(name), log, seconds
 
-    def begin(self, ids, offsets, weights, mode, pad):
-        return None
+    def begin(self, ids, offsets, weights, mode, pad, *, allocate=True):
+        return Job(ids, offsets, weights, mode, pad, None)
+
+    def allocate(self, job):
+        job.out = self.table.name
 
     def run_part(self, job, j):
         self.log.append(self.table.name)
         time.sleep(self.seconds.get(self.table.name, 0.0))
 
     def finish(self, job):
-        return self.table.name
+        return job.out
 
 
 def test_executor_starts_the_longest_tasks_first():

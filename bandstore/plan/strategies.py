@@ -86,9 +86,17 @@ class Runner:
     def dram_bytes(self) -> int:
         return 0
 
-    def begin(self, ids, offsets, weights, mode, pad) -> Job:
-        out = np.zeros((offsets.shape[0] - 1, self.table.info.dim), dtype=np.float32)
-        return Job(ids, offsets, weights, mode, pad, out)
+    def begin(self, ids, offsets, weights, mode, pad, *, allocate: bool = True) -> Job:
+        """The job of a request; ``allocate=False`` leaves its output to ``allocate`` (the
+        worker that runs a one-part job allocates it, in parallel with the others)."""
+        job = Job(ids, offsets, weights, mode, pad, None)
+        if allocate:
+            self.allocate(job)
+        return job
+
+    def allocate(self, job: Job) -> None:
+        """The job's zeroed output, one row per bag."""
+        job.out = np.zeros((job.offsets.shape[0] - 1, self.table.info.dim), dtype=np.float32)
 
     def run_part(self, job: Job, j: int) -> None:
         raise NotImplementedError
@@ -98,7 +106,7 @@ class Runner:
 
     def serve(self, ids, offsets, weights, mode, pad, out) -> None:
         """Serve a whole request on the calling thread into ``out`` (``_Table.serve``'s form)."""
-        job = self.begin(ids, offsets, weights, mode, pad)
+        job = self.begin(ids, offsets, weights, mode, pad, allocate=False)
         job.out = out
         for j in range(self.parts):
             self.run_part(job, j)
@@ -306,7 +314,8 @@ class SplitCachedRunner(Runner):
             n += sum(int(c.nbytes) for c in self.counts)
         return n
 
-    def begin(self, ids, offsets, weights, mode, pad) -> Job:
+    def begin(self, ids, offsets, weights, mode, pad, *, allocate: bool = True) -> Job:
+        # Its parts run on several workers and share the partial sums: allocated at once.
         n_bags = offsets.shape[0] - 1
         dim = self.table.info.dim
         out = np.zeros((n_bags, dim), dtype=np.float32)
