@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="workloads to run (criteo avazu dlrm extreme torch)")
     ap.add_argument("--workdir", type=Path, help="keep stores here (default: temporary)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
+                    help="re-map the plan from per-table times on tuning queries "
+                         "(compare_plans(refine=True))")  # fmt: skip
+    ap.add_argument("--name", help="results file stem (default plan, or plan_quick)")
     args = ap.parse_args(argv)
     q = args.quick
     tmp = Path(tempfile.mkdtemp(prefix="bench-plan-", dir=args.workdir))
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             load0 = os.getloadavg()[0]
             r = compare_plans(path, trace, workers=args.workers, budget=budget, batch_size=batch,
-                              repeats=args.repeats, calibration=cal,
+                              repeats=args.repeats, calibration=cal, refine=args.refine,
                               warm_queries=20_000 if batch <= 256 else None)  # fmt: skip
             r.update(info=info, seconds=time.perf_counter() - t0, decoded_bytes=decoded,
                      load=[round(load0, 2), round(os.getloadavg()[0], 2)])  # fmt: skip
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
-    stem = "plan_quick" if q else "plan"
+    stem = args.name or ("plan_quick" if q else "plan")
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1, default=float))
     (RESULTS / f"{stem}.md").write_text(markdown(out))
     print(markdown(out))
