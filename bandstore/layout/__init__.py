@@ -81,7 +81,22 @@ rows not pinned; chosen on an inner split of the tuning part, checked on the hel
 - pinned rows chosen by other estimates of future reads than (recency-weighted) counts: counts
   smoothed by the counts of co-accessed rows (amazon-book 513.9-514.8 vs 514.6 with the rows
   not pinned in id order), a recency trend or a bonus for rows first read recently
-  (ml-latest-small 162.8-166.8 vs 164.3, worse on the inner split).
+  (ml-latest-small 162.8-166.8 vs 164.3, worse on the inner split);
+- the same, auto's layout fixed, each contender's parameters chosen on the inner split
+  (``benchmarks/exp_pin_predict.py``, held-out amazon-book / lastfm-2k / ml-latest-small vs
+  503.2 / 111.0 / 167.0): a learned predictor of the reads of the inner split's last 25% from
+  counts under half-lives none, 0.5, 0.25, 0.1, 0.05 (non-negative least squares 503.9 / 111.6
+  / 175.8; log-linear Poisson 507.3 / 118.8 / 187.1); the best single half-life of eight or
+  mixture of two (503.2-504.6 / 111.0-112.3 / 166.8-167.0); batches that read the row instead
+  of lookups (503.3 / 113.9 / 178.2); block-aware pins, a row worth the batches in which it is
+  the only row not pinned read in its block (503.2 / 111.5 / 168.4), or its Poisson expectation
+  exp(-rate of its block-mates) (1 - exp(-its rate)) (503.3 / 111.0 / 167.2), or the same with
+  the rows not pinned in id order after the pins (514.3 / 111.1 / 166.8 vs 514.6 / 111.4 /
+  165.9 with count pins); counts plus a share of the mean count of nearby ids (504.6 / 112.1 /
+  168.3). The hindsight gap is count noise, not a bias a score of the counts fixes: pinning in
+  hindsight among the 2 x n_pin rows with the highest counts already reads 467.0 / 103.9 /
+  166.1 (all rows: 456.2 / 102.6 / 162.5); on amazon-book 91% of held-out block reads serve a
+  single lookup, so block-aware choices have little to work with.
 
 ``benchmarks/exp_layout_bounds.py`` measures the headroom: pinning the rows the held-out
 queries read most (in hindsight) with the other rows compacted in id order reads 1.37-1.48x
