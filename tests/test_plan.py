@@ -791,3 +791,51 @@ def test_set_tuning_under_a_plan_rebuilds_only_what_serves(store_path, weights, 
     with bandstore.open(copy, plan=False) as s:  # the tuning was stored for plan-less opens
         info = s.cache_info()
         assert all(info[n]["capacity_rows"] == min(400, r) for n, r in SIZES.items())
+
+
+def test_executor_cuts_a_dominant_table_into_ranges_of_bags(store_path, weights):
+    """A one-part resident or direct table measured longer than a worker's fair share is served
+    in one range of bags per worker (no order balances it), whole again once it is short."""
+    from bandstore.plan.executor import REORDER_EVERY
+
+    plan = {
+        "workers": 2,
+        "tables": {
+            "a": {"strategy": "resident", "worker": 0},
+            "b": {"strategy": "cached", "worker": 1, "cache_bytes": 50 * cache_row_bytes(DIM)},
+            "c": {"strategy": "direct", "worker": 1},
+            "d": {"strategy": "split", "inner": "resident", "workers": [1, 0]},
+        },
+    }
+    rng = np.random.default_rng(9)
+    with bandstore.open(store_path, plan=plan) as s:
+        ex = s._executor
+        runner = ex.routes["c"][0]
+        ranges = []
+        orig = runner.run_bags
+        runner.run_bags = lambda job, b0, b1: (ranges.append((b0, b1)), orig(job, b0, b1))
+
+        def measured(c_seconds):  # per task: c's as given, every other one 1 ms
+            ex.busy.recent.update({n: c_seconds if n == "c" else 0.001 for n in SIZES})
+            ex.busy.calls = REORDER_EVERY  # the next call re-orders
+
+        measured(0.010)
+        req = random_request(rng, weights, n_bags=40)
+        before = s.stats()["c"]["lookups"]
+        out = s.lookup_many(req)
+        assert ex._cuts == {"c": 2}  # d is split by the plan already; a, b are short
+        assert sorted(ranges) == [(0, 20), (20, 40)]
+        for n, (i, o) in req.items():
+            np.testing.assert_allclose(out[n], embedding_bag_ref(weights[n], i, o), atol=1e-5)
+        assert s.stats()["c"]["lookups"] - before == req["c"][0].size
+        # Still over the lower share of the fair share: stays cut (no flapping) ...
+        measured(0.002)  # per range: 4 ms for the table, of 8 ms in all (fair share 4 ms)
+        s.lookup_many(req)
+        assert ex._cuts == {"c": 2}
+        # ... and served whole once short.
+        measured(0.0005)
+        ranges.clear()
+        out = s.lookup_many(req)
+        assert ex._cuts == {} and ranges == [(0, 40)]
+        for n, (i, o) in req.items():
+            np.testing.assert_allclose(out[n], embedding_bag_ref(weights[n], i, o), atol=1e-5)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bandstore.plan.strategies import CachedRunner, Runner
+from bandstore.plan.strategies import CachedRunner, Runner, _bag_range
 
 #: Per-call latencies kept for p50/p99 (a ring: the most recent calls).
 LATENCY_WINDOW = 4096
@@ -27,6 +27,15 @@ LATENCY_WINDOW = 4096
 RECENT_WEIGHT = 0.125
 #: Calls between two re-orderings of the tasks by their measured times.
 REORDER_EVERY = 32
+#: A one-part table whose strategy can serve any range of bags (resident, direct) is cut into
+#: one range per worker when its measured time exceeds this share of a worker's fair share of
+#: the call (the work of every table / W): no order balances a task longer than that. It is
+#: served whole again below UNCUT_SHARE (the gap keeps it from flapping).
+CUT_SHARE = 0.9
+UNCUT_SHARE = 0.6
+
+#: A task: a runner, its job, and a part of the plan (int) or a range of bags (b0, b1).
+Task = tuple[Runner, Any, "int | tuple[int, int]"]
 
 
 class LatencyLog:
@@ -67,7 +76,7 @@ class _Batch:
 
     __slots__ = ("lists", "heads", "tails", "_lock", "_left", "_done", "error")
 
-    def __init__(self, lists: list[list[tuple[Runner, Any, int]]]):
+    def __init__(self, lists: list[list[Task]]):
         self.lists = lists
         self.heads = [0] * len(lists)
         self.tails = [len(x) for x in lists]
@@ -76,7 +85,7 @@ class _Batch:
         self._done = threading.Event()
         self.error: BaseException | None = None
 
-    def extend(self, k: int, tasks: list[tuple[Runner, Any, int]]) -> None:
+    def extend(self, k: int, tasks: list[Task]) -> None:
         """Add list ``k``'s tasks (once, before anyone can have taken from it)."""
         with self._lock:
             self.lists[k] = tasks
@@ -84,7 +93,7 @@ class _Batch:
             self._left += len(tasks)
         self._finished(None)  # the placeholder
 
-    def _take(self, k: int, front: bool) -> tuple[Runner, Any, int] | None:
+    def _take(self, k: int, front: bool) -> Task | None:
         with self._lock:
             if self.heads[k] >= self.tails[k]:
                 return None
@@ -152,7 +161,7 @@ class BusyLog:
             self.calls = 0
 
 
-def _run_tasks(tasks: Sequence[tuple[Runner, Any, int]], busy: BusyLog | None = None
+def _run_tasks(tasks: Sequence[Task], busy: BusyLog | None = None
                ) -> BaseException | None:  # fmt: skip
     """Run every task; return the first exception (the others still run: their state is
     consistent and the call raises once all are done)."""
@@ -164,14 +173,17 @@ def _run_tasks(tasks: Sequence[tuple[Runner, Any, int]], busy: BusyLog | None = 
     return first
 
 
-def _run_part(task: tuple[Runner, Any, int], busy: BusyLog | None) -> BaseException | None:
+def _run_part(task: Task, busy: BusyLog | None) -> BaseException | None:
     """Run one task, timed into ``busy`` when it succeeds; return its exception, if any."""
     runner, job, part = task
     t0 = time.perf_counter()
     try:
         if job.out is None:
             runner.allocate(job)
-        runner.run_part(job, part)
+        if isinstance(part, tuple):
+            runner.run_bags(job, *part)
+        else:
+            runner.run_part(job, part)
     except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
         return exc
     if busy is not None:
@@ -191,6 +203,7 @@ class Executor:
         # (longest-first list scheduling). The order starts from ``costs`` (the plan's
         # predictions, any unit) and follows the measured times every REORDER_EVERY calls.
         self._rank = self._ranks(costs or {})
+        self._cuts: dict[str, int] = {}  # table -> ranges of bags it is served in (> 1)
         self._queues: list[queue.SimpleQueue] = []
         self._threads: list[threading.Thread] = []
         self.pinned: list[int | None] = [None] * self.workers
@@ -235,9 +248,28 @@ class Executor:
 
     def _order(self, prepared: Mapping[str, tuple]) -> list[str]:
         if self.busy.calls % REORDER_EVERY == 0 and self.busy.recent:
-            self._rank = self._ranks(self.busy.recent_times())
+            recent = self.busy.recent_times()
+            self._rank = self._ranks(recent)
+            if self.workers > 1:
+                self._cuts = self._cut(recent)
         rank, last = self._rank, len(self._rank)
         return sorted(prepared, key=lambda n: rank.get(n, last))
+
+    def _cut(self, recent: Mapping[str, float]) -> dict[str, int]:
+        """The one-part tables to serve in one range of bags per worker, from the measured
+        times per task (``recent``)."""
+        tasks = {n: self._cuts.get(n, len(where)) for n, (_, where) in self.routes.items()}
+        table_s = {n: recent[n] * k for n, k in tasks.items() if n in recent}
+        fair = sum(table_s.values()) / self.workers
+        cuts = {}
+        for n, s in table_s.items():
+            runner, where = self.routes[n]
+            if not (runner.bag_ranges and len(where) == 1):
+                continue
+            share = CUT_SHARE if n not in self._cuts else UNCUT_SHARE
+            if s > share * fair:
+                cuts[n] = self.workers
+        return cuts
 
     def route(self, name: str, t: Any) -> tuple[Runner, tuple[int, ...]]:
         r = self.routes.get(name)
@@ -249,7 +281,7 @@ class Executor:
     def run(self, prepared: Mapping[str, tuple]) -> dict[str, np.ndarray]:
         """Serve validated requests ``{table: (t, ids, offsets, weights, mode, pad)}``."""
         jobs = {}
-        per_worker: list[list[tuple[Runner, Any, int]]] = [[] for _ in range(self.workers)]
+        per_worker: list[list[Task]] = [[] for _ in range(self.workers)]
         routed = [(n, self.route(n, prepared[n][0]), prepared[n]) for n in self._order(prepared)]
 
         def begin(helpers: bool) -> None:
@@ -258,12 +290,22 @@ class Executor:
             # the worker that runs it, in parallel (zeroing every output here took up to a
             # tenth of a call of many tables with large batches).
             for name, (runner, where), (_, ids, off, weights, mode, pad) in routed:
-                if any(w % self.workers for w in where) != helpers:
+                cut = self._cuts.get(name, 1)
+                if cut > 1:  # ranges of bags on consecutive workers, from the table's own
+                    places = [(where[0] + c) % self.workers for c in range(cut)]
+                else:
+                    places = [w % self.workers for w in where]
+                if any(places) != helpers:
                     continue
-                job = runner.begin(ids, off, weights, mode, pad, allocate=len(where) > 1)
+                job = runner.begin(ids, off, weights, mode, pad, allocate=len(places) > 1)
                 jobs[name] = (runner, job)
-                for part, w in enumerate(where):
-                    per_worker[w % self.workers].append((runner, job, part))
+                for part, w in enumerate(places):
+                    if cut > 1:
+                        b0, b1 = _bag_range(off.shape[0] - 1, cut, part)
+                        if b0 < b1:
+                            per_worker[w].append((runner, job, (b0, b1)))
+                    else:
+                        per_worker[w].append((runner, job, part))
 
         with self._state:
             inline = self._closing or self.workers == 1

@@ -68,11 +68,25 @@ def _bag_range(n_bags: int, parts: int, j: int) -> tuple[int, int]:
     return (j * n_bags) // parts, ((j + 1) * n_bags) // parts
 
 
+def _bags(job: Job, b0: int, b1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, offsets, weights, out) of bags ``[b0, b1)`` of a job (views, offsets rebased)."""
+    if b0 == 0 and b1 == job.offsets.shape[0] - 1:
+        return job.ids, job.offsets, job.weights, job.out
+    lo, hi = int(job.offsets[b0]), int(job.offsets[b1])
+    w = job.weights[lo:hi] if job.weights.shape[0] else job.weights
+    return job.ids[lo:hi], job.offsets[b0 : b1 + 1] - lo, w, job.out[b0:b1]
+
+
 class Runner:
-    """Base: a strategy bound to one table. Subclasses set ``parts`` and implement run_part."""
+    """Base: a strategy bound to one table. Subclasses set ``parts`` and implement run_part.
+
+    ``bag_ranges``: the runner can also serve any range of a request's bags on its own
+    (``run_bags``), so the executor may cut a long one-part job into ranges for several workers.
+    """
 
     strategy = ""
     parts = 1
+    bag_ranges = False
 
     def __init__(self, t: Any):
         self.table = t
@@ -158,6 +172,7 @@ class ResidentRunner(Runner):
     """The table decoded in DRAM; ``parts > 1`` splits the bags into contiguous ranges."""
 
     strategy = "resident"
+    bag_ranges = True
 
     def __init__(self, t: Any, parts: int = 1, data: np.ndarray | None = None):
         super().__init__(t)
@@ -173,26 +188,14 @@ class ResidentRunner(Runner):
         return int(self.data.nbytes)
 
     def run_part(self, job: Job, j: int) -> None:
+        self.run_bags(job, *_bag_range(job.out.shape[0], self.parts, j))
+
+    def run_bags(self, job: Job, b0: int, b1: int) -> None:
+        if b1 == b0:
+            return
+        ids, off, w, out = _bags(job, b0, b1)
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
-        if self.parts == 1:
-            kr._gather_pool(
-                job.ids, job.offsets, job.weights, job.mode, job.pad, job.out, self.data, stats
-            )
-        else:
-            b0, b1 = _bag_range(job.out.shape[0], self.parts, j)
-            if b1 == b0:
-                return
-            lo, hi = int(job.offsets[b0]), int(job.offsets[b1])
-            kr._gather_pool(
-                job.ids[lo:hi],
-                job.offsets[b0 : b1 + 1] - lo,
-                job.weights[lo:hi] if job.weights.shape[0] else job.weights,
-                job.mode,
-                job.pad,
-                job.out[b0:b1],
-                self.data,
-                stats,
-            )
+        kr._gather_pool(ids, off, w, job.mode, job.pad, out, self.data, stats)
         _add_stats(self.table, stats)
 
 
@@ -200,6 +203,7 @@ class DirectRunner(Runner):
     """No cache: distinct blocks read once per batch; ``parts > 1`` splits by bag ranges."""
 
     strategy = "direct"
+    bag_ranges = True
 
     def __init__(self, t: Any, parts: int = 1):
         super().__init__(t)
@@ -210,18 +214,14 @@ class DirectRunner(Runner):
         return ("direct", self.parts)
 
     def run_part(self, job: Job, j: int) -> None:
+        self.run_bags(job, *_bag_range(job.out.shape[0], self.parts, j))
+
+    def run_bags(self, job: Job, b0: int, b1: int) -> None:
+        if b1 == b0:
+            return
         t = self.table
         g = t.geometry
-        if self.parts == 1:
-            ids, off, w, out = job.ids, job.offsets, job.weights, job.out
-        else:
-            b0, b1 = _bag_range(job.out.shape[0], self.parts, j)
-            if b1 == b0:
-                return
-            lo, hi = int(job.offsets[b0]), int(job.offsets[b1])
-            ids, off = job.ids[lo:hi], job.offsets[b0 : b1 + 1] - lo
-            w = job.weights[lo:hi] if job.weights.shape[0] else job.weights
-            out = job.out[b0:b1]
+        ids, off, w, out = _bags(job, b0, b1)
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
         error = np.zeros(1, dtype=np.int64)
         status = kr._direct_batch(
