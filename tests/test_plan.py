@@ -173,6 +173,35 @@ def test_split_parts_own_their_ids_and_replicas_spread():
     assert sorted(got[0] + got[1]) == sorted(req_ids.tolist())
 
 
+@given(
+    st.lists(st.integers(0, 1999), max_size=300),
+    st.lists(st.integers(0, 1999), min_size=1, max_size=400),
+    st.integers(2, 4),
+)
+def test_split_routing_matches_its_definition(replicate, ids, parts):
+    """Every id goes to exactly one part: its owner by hash, or for a replicated id the part of
+    its bag range (with the bitmap prefetched ahead, so ids near the end too)."""
+    from bandstore.kernels.resident import _split_select
+
+    rows = 2000
+    rep = np.unique(np.asarray(replicate, dtype=np.int64))
+    bits = np.zeros(rows, bool)
+    bits[rep] = True
+    hot = np.packbits(bits, bitorder="little") if rep.size else np.zeros(0, np.uint8)
+    ids = np.asarray(ids, dtype=np.int64)
+    n_bags = max(1, ids.size // 3)
+    off = np.linspace(0, ids.size, n_bags + 1).astype(np.int64)
+    bag = np.repeat(np.arange(n_bags), np.diff(off))
+    want = np.where(bits[ids], bag * parts // n_bags, _owner_of(ids, parts))
+    for part in range(parts):
+        sub, so, bn = np.empty(ids.size + 1, np.int64), np.empty(n_bags + 1, np.int64), \
+            np.empty(n_bags, np.int64)  # fmt: skip
+        m = _split_select(ids, off, np.empty(0, np.float32), -1, parts, part, hot, sub, so,
+                          np.empty(0, np.float32), bn)  # fmt: skip
+        assert sub[:m].tolist() == ids[want == part].tolist()
+        assert bn.tolist() == np.bincount(bag[want == part], minlength=n_bags).tolist()
+
+
 def test_split_parts_share_one_slot_index_consistently(store_path, weights):
     rng = np.random.default_rng(5)
     with bandstore.open(store_path, plan=ALL_STRATEGIES) as s:
