@@ -25,7 +25,8 @@ from bandstore.plan.strategies import CachedRunner, Runner, _bag_range
 LATENCY_WINDOW = 4096
 #: Weight of the newest time in a task's moving average (about the last 1 / w calls count).
 RECENT_WEIGHT = 0.125
-#: Calls between two re-orderings of the tasks by their measured times.
+#: Calls between two re-orderings of the tasks by their measured times (after the first
+#: REORDER_EVERY calls, which each re-order).
 REORDER_EVERY = 32
 #: A one-part table whose strategy can serve any range of bags (resident, direct) is cut into
 #: one range per worker when its measured time exceeds this share of a worker's fair share of
@@ -247,7 +248,8 @@ class Executor:
         return {n: i for i, n in enumerate(names)}
 
     def _order(self, prepared: Mapping[str, tuple]) -> list[str]:
-        if self.busy.calls % REORDER_EVERY == 0 and self.busy.recent:
+        calls = self.busy.calls  # every call at first, so that measured times take over soon
+        if (calls < REORDER_EVERY or calls % REORDER_EVERY == 0) and self.busy.recent:
             recent = self.busy.recent_times()
             self._rank = self._ranks(recent)
             if self.workers > 1:
