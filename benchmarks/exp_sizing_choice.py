@@ -52,8 +52,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # finer policy grids: thresholds 2 and 8, pinned shares 0.6 and 0.8 (synthetic-5 at 5%: the
     # oracle on them reads 72.6 blocks / 1000 held-out lookups, 74.0 on the default grids)
     "thr2": {"thresholds": (0, 1, 2, 4, 16, NEVER)},
-    "fine-policies": {"thresholds": (0, 1, 2, 4, 8, 16, NEVER),
-                      "pinned_shares": (0.0, 0.25, 0.5, 0.6, 0.75, 0.8, 0.9, 1.0)},
+    "fine-policies": {
+        "thresholds": (0, 1, 2, 4, 8, 16, NEVER),
+        "pinned_shares": (0.0, 0.25, 0.5, 0.6, 0.75, 0.8, 0.9, 1.0),
+    },
 }
 
 
