@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "warmup0.5": {"warmup": 0.5},
     "warmup0.7": {"warmup": 0.7},
     "warmup0.7-window0": {"warmup": 0.7, "exact_window": 0},
+    "warmup0.85": {"warmup": 0.85},
     # finer policy grids: thresholds 2 and 8, pinned shares 0.6 and 0.8 (synthetic-5 at 5%: the
     # oracle on them reads 72.6 blocks / 1000 held-out lookups, 74.0 on the default grids)
     "thr2": {"thresholds": (0, 1, 2, 4, 16, NEVER)},
