@@ -230,6 +230,9 @@ def markdown(out: dict[str, Any]) -> str:
             L.append(f"| {wl} | {r['fraction']:.0%} | {r['variant']} | {r['per_1000']:.2f} | "
                      f"{r['predicted_per_1000']:.2f} | {r['seconds']:.0f} | `{r['command']}` "
                      f"at {r['code_commit']} |")  # fmt: skip
+    notes = out.get("notes", [])
+    if notes:  # findings written into the JSON by hand, kept across runs
+        L += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(L) + "\n"
 
 
