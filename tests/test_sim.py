@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -465,3 +466,25 @@ def test_default_warmup_share(small):
     r = size_cache(store, trace, 10**5, n_sizes=8, progress=False)
     assert DEFAULT_WARMUP == 0.7
     assert r["warmup_queries"] == int(round(DEFAULT_WARMUP * trace.n_queries))
+
+
+@pytest.mark.parametrize("mode", ["trace", "warmup"])
+def test_applied_thresholds_follow_the_applied_counts(tmp_path, mode):
+    """A threshold chosen on the warm-up part's counts is stored scaled (rounded up) by the
+    ratio of the applied counts to those, so the store admits the neighbours the simulation
+    admitted; with the warm-up counts applied it is stored as chosen."""
+    trace = synth({"a": 4000, "b": 500}, 400 // Q, pooling={"a": 6, "b": 2}, seed=4)
+    first, _ = trace.split(0.5)
+    with _store(tmp_path / "s", trace) as store:
+        r = size_cache(store, trace, 10**5, warmup=0.5, n_sizes=8, apply=True, progress=False,
+                       thresholds=[4], apply_counts=mode)  # fmt: skip
+        info = store.cache_info()
+    for name in ("a", "b"):
+        t = r["tables"][name]
+        if mode == "warmup":
+            assert t["threshold"] == 4 and "simulated_threshold" not in t
+        else:
+            ratio = trace.n_lookups(name) / first.n_lookups(name)
+            assert t["simulated_threshold"] == 4
+            assert t["threshold"] == math.ceil(4 * ratio - 1e-9) > 4
+        assert info[name]["threshold"] == t["threshold"]  # what the store serves with
