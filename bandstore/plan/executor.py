@@ -294,19 +294,16 @@ class Executor:
             for name, (runner, where), (_, ids, off, weights, mode, pad) in routed:
                 cut = self._cuts.get(name, 1)
                 if cut > 1:  # ranges of bags on consecutive workers, from the table's own
-                    places = [(where[0] + c) % self.workers for c in range(cut)]
+                    ranges = [_bag_range(off.shape[0] - 1, cut, c) for c in range(cut)]
+                    parts = [((where[0] + c) % self.workers, r) for c, r in enumerate(ranges)]
                 else:
-                    places = [w % self.workers for w in where]
-                if any(places) != helpers:
+                    parts = [(w % self.workers, j) for j, w in enumerate(where)]
+                if any(w for w, _ in parts) != helpers:
                     continue
-                job = runner.begin(ids, off, weights, mode, pad, allocate=len(places) > 1)
+                job = runner.begin(ids, off, weights, mode, pad, allocate=len(parts) > 1)
                 jobs[name] = (runner, job)
-                for part, w in enumerate(places):
-                    if cut > 1:
-                        b0, b1 = _bag_range(off.shape[0] - 1, cut, part)
-                        if b0 < b1:
-                            per_worker[w].append((runner, job, (b0, b1)))
-                    else:
+                for w, part in parts:
+                    if not isinstance(part, tuple) or part[0] < part[1]:  # no empty range
                         per_worker[w].append((runner, job, part))
 
         with self._state:
