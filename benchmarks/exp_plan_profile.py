@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--contenders", nargs="*", default=["plan", "uniform", "plan, 1 worker"])
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--no-verify", action="store_true", help="serve without checksum checks")
     ap.add_argument("--switch-interval", type=float)
     args = ap.parse_args(argv)
     if args.switch_interval:
@@ -142,7 +143,8 @@ def main(argv=None) -> int:
     stores, accs, walls = {}, {}, {}
     faults = defaultdict(int)
     for n, plan in plans.items():
-        st = bandstore.open(spath, plan=plan, workers=1 if "1 thread" in n else plan.workers)
+        st = bandstore.open(spath, plan=plan, workers=1 if "1 thread" in n else plan.workers,
+                            verify_reads=not args.no_verify)  # fmt: skip
         for req in warm_b:
             st.lookup_many(req)
         st.reset_stats()
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
             print(f"   {tn:>8}[{j}] w{tp.workers[j]} {kind:>14} cache {tp.cache_bytes / 2**20:6.1f}"
                   f" MiB rows {p.rows:>9,} L {p.lookups:8.0f}: measured {us:8.0f} us, predicted "
                   f"{pus:8.0f} us ({us / max(pus, 1e-9):4.2f}x); hit {ts['hit_ratio']:.3f}, "
-                  f"blk/1k {bpl:6.1f}")  # fmt: skip
+                  f"blk/1k {bpl:6.1f} (predicted {1000 * p.at(tp.cache_bytes)[1]:6.1f})")  # fmt: skip
         st.close()
     return 0
 

@@ -394,7 +394,7 @@ def _cache_batch(
         requested[:] = False
         # Serve the requested rows of this block.
         for j in range(k, end):
-            if with_data and not verify:  # (verifying, the checksum pass brought them in)
+            if with_data:  # also after the checksum pass (see _direct_batch)
                 _prefetch_block_row(keys, j, n_miss, n, ids, layout, rows_per_block, block_size,
                                     row_bytes, blocks_u8)  # fmt: skip
             i = miss_pos[j]
