@@ -50,7 +50,7 @@ from bandstore.errors import (
     UnknownTableError,
 )
 from bandstore.kernels import cache as kc
-from bandstore.kernels.resident import _all_in_range, _non_decreasing
+from bandstore.kernels.resident import _all_in_range, _checked_bags, _non_decreasing
 
 DEFAULT_BLOCK_SIZE = 4096
 #: Checksum sector of new stores: a lookup hashes the 512-byte sectors holding the rows it
@@ -676,6 +676,24 @@ class Store:
             raise InvalidArgumentError(
                 f"mode must be one of {sorted(MODES)}, got {mode!r}", argument="mode", value=mode
             )
+        if (
+            per_sample_weights is None
+            and padding_idx is None
+            and not include_last_offset
+            and type(indices) is np.ndarray
+            and type(offsets) is np.ndarray
+            and indices.dtype == np.int64
+            and offsets.dtype == np.int64
+            and indices.ndim == 1
+            and offsets.ndim == 1
+            and indices.flags.c_contiguous
+            and offsets.flags.c_contiguous
+        ):
+            # The common request (int64 arrays, no options): checked in one kernel pass. If a
+            # rule fails, the general path below says which.
+            off = np.empty(offsets.shape[0] + 1, dtype=np.int64)
+            if _checked_bags(indices, offsets, t.info.rows, off):
+                return t, indices, off, _NO_WEIGHTS, MODES[mode], -1
         idx = _as_int_array(indices, "indices", table)
         if idx.ndim == 2:
             # torch's 2-D form: each row is a bag of the same length, offsets must be None.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import embedding_bag_ref
 
 import bandstore
 
@@ -103,4 +104,33 @@ def test_lookup_many_garbage(served, requests):
         store.lookup_many(requests)
     except bandstore.BandstoreError:
         pass
+    check_still_serves(store, w)
+
+
+def request_is_valid(ids: np.ndarray, offsets: np.ndarray) -> bool:
+    """The validation rules, spelled out: ids in range; offsets start at 0, never decrease and
+    stay within the ids."""
+    if ids.size and (ids.min() < 0 or ids.max() >= ROWS):
+        return False
+    if offsets.size == 0:
+        return True
+    return bool(offsets[0] == 0 and np.all(np.diff(offsets) >= 0) and offsets[-1] <= ids.size)
+
+
+@given(
+    ids=st.lists(st.integers(-3, ROWS + 2), max_size=10).map(lambda x: np.array(x, np.int64)),
+    offsets=st.lists(st.integers(-2, 12), max_size=5).map(lambda x: np.array(x, np.int64)),
+    mode=st.sampled_from(["sum", "mean", "max"]),
+)
+def test_int64_requests(served, ids, offsets, mode):
+    """Contiguous int64 requests take the one-pass check: it accepts exactly the valid ones,
+    which then pool as the reference does, and refuses the others with an offsets or id error."""
+    store, w = served
+    if request_is_valid(ids, offsets):
+        out = store.lookup_many({"t": (ids, offsets)}, mode=mode)["t"]
+        np.testing.assert_allclose(out, embedding_bag_ref(w, ids, offsets, mode), rtol=1e-5,
+                                   atol=1e-6)  # fmt: skip
+    else:
+        with pytest.raises((bandstore.InvalidOffsetsError, bandstore.IdOutOfRangeError)):
+            store.lookup_many({"t": (ids, offsets)}, mode=mode)
     check_still_serves(store, w)

@@ -308,6 +308,31 @@ def _all_in_range(a, lo, hi):
 
 
 @njit(nogil=True, cache=True)
+def _checked_bags(ids, offsets, rows, out_offsets):
+    """The common case of a bag request's validation in one pass: whether every id is in
+    ``[0, rows)`` and ``offsets`` start at 0, never decrease and stay within ``ids``; if so,
+    ``out_offsets`` (one longer) holds them with ``len(ids)`` appended. On False the caller
+    finds which rule failed (this path only has to be fast: a call of many small tables paid
+    several numpy operations per table here)."""
+    n = ids.shape[0]
+    ok = True
+    for i in range(n):
+        v = ids[i]
+        ok &= (v >= 0) & (v < rows)
+    k = offsets.shape[0]
+    prev = 0
+    if k:
+        ok &= offsets[0] == 0
+    for i in range(k):
+        v = offsets[i]
+        ok &= (v >= prev) & (v <= n)
+        prev = v
+        out_offsets[i] = v
+    out_offsets[k] = n
+    return ok
+
+
+@njit(nogil=True, cache=True)
 def _non_decreasing(a):
     """Whether the int64 array ``a`` never decreases (a validation fast path)."""
     ok = True

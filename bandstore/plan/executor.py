@@ -205,6 +205,7 @@ class Executor:
         # predictions, any unit) and follows the measured times every REORDER_EVERY calls.
         self._rank = self._ranks(costs or {})
         self._cuts: dict[str, int] = {}  # table -> ranges of bags it is served in (> 1)
+        self._parts_memo: dict[tuple[int, ...], tuple] = {}
         self._queues: list[queue.SimpleQueue] = []
         self._threads: list[threading.Thread] = []
         self.pinned: list[int | None] = [None] * self.workers
@@ -280,30 +281,46 @@ class Executor:
             return CachedRunner(t), (0,)
         return r
 
+    def _parts(self, where: tuple[int, ...]) -> tuple[tuple[tuple[int, int], ...], bool]:
+        """An uncut job's tasks ``(worker, part)`` and whether a helper runs any (memoized:
+        the same few placements come back every call)."""
+        got = self._parts_memo.get(where)
+        if got is None:
+            parts = tuple((w % self.workers, j) for j, w in enumerate(where))
+            got = self._parts_memo[where] = (parts, any(w for w, _ in parts))
+        return got
+
     def run(self, prepared: Mapping[str, tuple]) -> dict[str, np.ndarray]:
         """Serve validated requests ``{table: (t, ids, offsets, weights, mode, pad)}``."""
         jobs = {}
         per_worker: list[list[Task]] = [[] for _ in range(self.workers)]
-        routed = [(n, self.route(n, prepared[n][0]), prepared[n]) for n in self._order(prepared)]
+        for_helpers: list[tuple] = []
+        for_caller: list[tuple] = []
+        order = self._order(prepared)  # (may re-decide the cuts)
+        cuts = self._cuts
+        for name in order:
+            req = prepared[name]
+            runner, where = self.route(name, req[0])
+            cut = cuts.get(name, 1)
+            if cut > 1:  # ranges of bags on consecutive workers, from the table's own
+                n_bags = req[2].shape[0] - 1
+                parts = tuple(((where[0] + c) % self.workers, _bag_range(n_bags, cut, c))
+                              for c in range(cut))  # fmt: skip
+                helped = True
+            else:
+                parts, helped = self._parts(where)
+            (for_helpers if helped else for_caller).append((name, runner, req, parts))
 
-        def begin(helpers: bool) -> None:
+        def begin(items: list[tuple]) -> None:
             # The helpers' jobs are begun first and handed over at once, then this thread
             # begins its own while they run. A one-part job's output is allocated (zeroed) by
             # the worker that runs it, in parallel (zeroing every output here took up to a
             # tenth of a call of many tables with large batches).
-            for name, (runner, where), (_, ids, off, weights, mode, pad) in routed:
-                cut = self._cuts.get(name, 1)
-                if cut > 1:  # ranges of bags on consecutive workers, from the table's own
-                    ranges = [_bag_range(off.shape[0] - 1, cut, c) for c in range(cut)]
-                    parts = [((where[0] + c) % self.workers, r) for c, r in enumerate(ranges)]
-                else:
-                    parts = [(w % self.workers, j) for j, w in enumerate(where)]
-                if any(w for w, _ in parts) != helpers:
-                    continue
+            for name, runner, (_, ids, off, weights, mode, pad), parts in items:
                 job = runner.begin(ids, off, weights, mode, pad, allocate=len(parts) > 1)
                 jobs[name] = (runner, job)
                 for w, part in parts:
-                    if not isinstance(part, tuple) or part[0] < part[1]:  # no empty range
+                    if part.__class__ is not tuple or part[0] < part[1]:  # no empty range
                         per_worker[w].append((runner, job, part))
 
         with self._state:
@@ -311,17 +328,17 @@ class Executor:
             if not inline:
                 self._active += 1
         if inline:  # one worker, or replaced by a new plan: everything on this thread
-            begin(True)
-            begin(False)
+            begin(for_helpers)
+            begin(for_caller)
             error = _run_tasks([task for tasks in per_worker for task in tasks], self.busy)
         else:
             try:
-                begin(True)
+                begin(for_helpers)
                 batch = _Batch([[], *per_worker[1:]])
                 for w in range(1, self.workers):
                     if per_worker[w]:
                         self._queues[w - 1].put((batch, w))
-                begin(False)
+                begin(for_caller)
                 batch.extend(0, per_worker[0])
                 batch.work(0, front=True, busy=self.busy)
                 batch.steal(0, busy=self.busy)  # what the helpers have not started
