@@ -174,7 +174,10 @@ def _hit_setup(rows: int, dim: int):
     return slot_of_id, id_of_slot, ref, meta, data
 
 
-def _measure_probe(rng, repeats: int, n: int, gather: Callable[[float, int], float]):
+def _measure_probe(rng, repeats: int, n: int) -> list[float]:
+    """ns per hit beyond the gather of its row: the cache kernel on an all-hit cache, against
+    the gather kernel on the same rows and ids, timed in turns (a difference of two timings
+    taken minutes apart moved with the machine's load, and the planner's choices with it)."""
     dim = 16
     vals = []
     no_w = np.empty(0, dtype=np.float32)
@@ -190,15 +193,31 @@ def _measure_probe(rng, repeats: int, n: int, gather: Callable[[float, int], flo
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
         err = np.zeros(1, dtype=np.int64)
 
-        def run(ids=ids, off=off, out=out, a=(slot_of_id, id_of_slot, ref, meta, data),
+        def hit(ids=ids, off=off, out=out, a=(slot_of_id, id_of_slot, ref, meta, data),
                 counts=counts, layout=layout, stats=stats, err=err):  # fmt: skip
             kc._cache_batch(ids, off, no_w, kc.MODE_SUM, -1, out, True, a[0], a[1], a[2], a[3],
                             a[4], counts, kc.NEVER, layout, layout, 1, 4096, 64, 0, dim,
                             empty_u8, empty_sums, 4096, False, stats, err)  # fmt: skip
 
-        t = _best(run, repeats) / n * 1e9
-        vals.append(max(0.0, t - gather(rows * 4 * dim, dim)))
+        def gather(ids=ids, off=off, out=out, data=data, stats=stats):
+            kr._gather_pool(ids, off, no_w, kc.MODE_SUM, -1, out, data, stats)
+
+        t_hit, t_gather = _best_pair(hit, gather, repeats)
+        vals.append(max(0.0, t_hit - t_gather) / n * 1e9)
     return vals
+
+
+def _best_pair(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Best times of ``a`` and ``b`` run in turns, for a difference of the two."""
+    best_a = best_b = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        best_a, best_b = min(best_a, t1 - t0), min(best_b, t2 - t1)
+    return best_a, best_b
 
 
 def _write_block_file(path: Path, codec: str, dim: int, n_blocks: int, block_size: int, rng,
@@ -305,7 +324,7 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool,
             t_cold = _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, True)
             cold_ns = max(block_ns, (t_cold / one.size - row) * 1e9)
             cache_block_ns = _measure_insert(mm, one, layout, rpb, block_size, rb, cid, dim, sums,
-                                        t_one, repeats)  # fmt: skip
+                                             repeats)  # fmt: skip
         del mm
         path.unlink()
     # The large file: float32 only (the row costs do not depend on the file's size).
@@ -322,14 +341,15 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool,
     return row_ns, block_ns, cold_ns, verify_ns, cache_block_ns, large_ns
 
 
-def _measure_insert(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, t_direct, repeats):
-    """Extra ns per block read through a full cache over direct (one requested row each)."""
+def _measure_insert(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, repeats):
+    """Extra ns per block read through a full cache over direct (one requested row each), the
+    two timed in turns."""
     rows = layout.size
     cap = 1024
     no_w = np.empty(0, dtype=np.float32)
     inverse = layout.copy()
     counts = np.zeros(rows, dtype=np.int32)
-    best = float("inf")
+    best = best_direct = float("inf")
     for _ in range(repeats):
         from bandstore.cache import CacheState
 
@@ -345,10 +365,12 @@ def _measure_insert(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, t_dire
                 inverse, rpb, block_size, rb, cid, dim, mm, sums, cb, True, stats, err)  # fmt: skip
         kc._cache_batch(warm, np.array([0, warm.size]), no_w, kc.MODE_SUM, -1, out, True, *args)
         off = np.array([0, ids.size], dtype=np.int64)
+        t_direct = _direct_cost(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, True)
         t0 = time.perf_counter()
         kc._cache_batch(ids, off, no_w, kc.MODE_SUM, -1, out, True, *args)
         best = min(best, (time.perf_counter() - t0) / ids.size)
-    return max(0.0, best - t_direct) * 1e9
+        best_direct = min(best_direct, t_direct / ids.size)
+    return max(0.0, best - best_direct) * 1e9
 
 
 def _measure_split(rng, repeats: int, n: int):
@@ -416,14 +438,10 @@ def calibrate(*, quick: bool = False, block_size: int = 4096, checksum_bytes: in
     checksum_bytes = block_size if checksum_bytes is None else checksum_bytes
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    repeats = 3 if quick else 5
+    repeats = 5 if quick else 11  # best of: this VM's timings vary by tens of percent
     n = _sample_lookups(quick)
     gather_ns = _measure_gather(rng, repeats, n)
-    partial = Calibration(
-        list(_GATHER_SIZES), gather_ns, list(_PROBE_ROWS), [0.0] * len(_PROBE_ROWS), {}, 0, 0,
-        0, 0, 0, 0, 0, 0, 0, block_size,
-    )  # fmt: skip
-    probe_ns = _measure_probe(rng, repeats, n, partial.gather)
+    probe_ns = _measure_probe(rng, repeats, n)
     with tempfile.TemporaryDirectory(prefix="bandstore-calibrate-") as d:
         tmp = Path(d)
         row_ns, block_ns, cold_ns, verify_ns, cache_block_ns, large_ns = _measure_blocks(
