@@ -4,9 +4,11 @@ on the tuning part only.
 ``size_cache`` chooses per table and size the threshold and pinned share with the fewest
 simulated blocks; ties within noise then go to whichever policy the tuning part happened to
 favour (synthetic-5 at 5%: thresholds >= 1 within 0.1% on t1_000_000, threshold 1 chosen,
-4% more on the held-out part, ``sizing_choice.md``). ``size_cache(tie_tolerance=x)`` offers
-the knapsack, at each size, the most conservative policy (highest threshold, then highest
-pinned share) whose simulated blocks are within ``x`` of the best.
+4% more on the held-out part, ``sizing_choice.md``). The variant (``tie_break(x)`` here,
+around size_cache; size_cache itself is unchanged) offers the knapsack, at each size, the most
+conservative policy (highest threshold, never above every number, then highest pinned share)
+whose simulated blocks are within ``x`` (relative) of the best, with that policy's own
+simulated blocks.
 
 The tolerance is chosen without the held-out queries: the tuning part (first 80%) is split
 again, 80% / 20% (inner tuning part: the first 64% of the trace, inner held-out part: 64-80%).
@@ -37,14 +39,17 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import bench_sizing as B
+import numpy as np
 
 import bandstore
 import bandstore.sim.sizing as sizing
 from bandstore.demo import create_store_for_trace
+from bandstore.sim.mrc import Curves
 
 WORKLOADS = {
     "criteo-8k": lambda: B.load_real("criteo-8k"),
@@ -55,6 +60,34 @@ WORKLOADS = {
 TOLERANCES = (0.0, 0.0025, 0.005, 0.01, 0.02)
 FRACTIONS = (0.05, 0.2)
 INNER = 0.8  # the tuning part's own split: choose on its first 80%, score on the rest
+
+
+def conservative_envelope(cv: Curves, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per size, the most conservative policy within ``tol`` of the fewest blocks read: the
+    highest threshold, then the highest pinned share (``Curves.envelope``'s return shape)."""
+    t, p, s = cv.blocks_read.shape
+    flat = cv.blocks_read.reshape(t * p, s)
+    best = flat.min(axis=0)
+    t_rank = np.argsort(np.argsort(np.asarray(cv.thresholds, dtype=np.float64), kind="stable"))
+    p_rank = np.argsort(np.argsort(np.asarray(cv.pinned_shares, dtype=np.float64), kind="stable"))
+    rank = (t_rank[:, None] * p + p_rank[None, :]).reshape(t * p).astype(np.float64)
+    within = flat <= best[None, :] * (1.0 + tol)
+    pick = np.argmax(np.where(within, rank[:, None], -1.0), axis=0)
+    return flat[pick, np.arange(s)], pick // p, pick % p
+
+
+@contextmanager
+def tie_break(tol: float):
+    """size_cache's allocation (``Curves.envelope``, which allocate() offers the knapsack) with
+    near-ties within ``tol`` broken toward the conservative policy; 0: unchanged."""
+    original = Curves.envelope
+    if tol:
+        Curves.envelope = lambda cv: conservative_envelope(cv, tol)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Curves.envelope = original  # type: ignore[method-assign]
+
 
 _simulate = sizing.simulate_store
 _MEMO: dict[tuple, Any] = {}
@@ -94,8 +127,8 @@ def run(path: Path, tune, held, fraction: float, tol: float, measured: dict) -> 
     with bandstore.open(path, writable=True) as store:
         budget = int(fraction * B.table_bytes(store))
         t0 = time.perf_counter()
-        r = sizing.size_cache(store, tune, budget, apply=True, progress=False,
-                              tie_tolerance=tol)  # fmt: skip
+        with tie_break(tol):
+            r = sizing.size_cache(store, tune, budget, apply=True, progress=False)
         secs = time.perf_counter() - t0
     chosen = {n: {k: t.get(k) for k in ("cache_bytes", "threshold", "simulated_threshold",
                                          "pinned_share")}
@@ -104,11 +137,13 @@ def run(path: Path, tune, held, fraction: float, tol: float, measured: dict) -> 
     if key not in measured:
         with bandstore.open(path) as store:
             m = B.measure(store, tune, held)
-        measured[key] = (m["total"]["blocks_read"], m["total"]["lookups"])
-    blocks, lookups = measured[key]
+        tables = {n: m[n]["blocks_read"] for n in chosen}
+        measured[key] = (m["total"]["blocks_read"], m["total"]["lookups"], tables)
+    blocks, lookups, tables = measured[key]
     return {"blocks": blocks, "lookups": lookups, "per_1000": 1000.0 * blocks / lookups,
             "predicted_per_1000": r["total"]["predicted_blocks_per_1000_lookups"],
-            "chosen": chosen, "size_cache_seconds": secs}  # fmt: skip
+            "table_blocks": tables, "chosen": chosen,
+            "size_cache_seconds": secs}  # fmt: skip
 
 
 def best_clock(path: Path, tune, held, fraction: float) -> float:
@@ -187,7 +222,8 @@ def report(partial: Path, names: list[str], command: str) -> None:
     lines = [
         "# Near-ties between policies broken toward the conservative one (held-out blocks)",
         "",
-        f"`{command}` at {commit}. size_cache with `tie_tolerance` = x: at each size, the "
+        f"`{command}` at {commit}. size_cache with near-ties broken at tolerance x "
+        "(`tie_break(x)` in the script; size_cache itself unchanged): at each size, the "
         "highest threshold (then the highest pinned share) whose simulated blocks are within x "
         "of the best. Tuning part = first 80% of the queries, held out = last 20%; the "
         "tolerance is chosen on the tuning part alone: size_cache on its first 80% (64% of "

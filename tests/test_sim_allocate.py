@@ -122,32 +122,3 @@ def test_allocate_errors():
         allocate({}, 10**6)
     with pytest.raises(InvalidArgumentError):
         allocate({"a": a}, 1e6)  # type: ignore[arg-type]
-
-
-def test_sizing_tie_tolerance_picks_the_conservative_policy_on_a_near_tie():
-    never = bandstore.NEVER
-    # Policies (threshold, share) at 64 rows: (1, 0) reads fewest, (4, 0.5) 0.4% more,
-    # (never, 0.5) 3% more; every other policy 20% more.
-    blocks = np.full((4, 2, 2), 120.0)
-    blocks[:, :, 0] = 200.0
-    blocks[1, 0, 1], blocks[2, 1, 1], blocks[3, 1, 1] = 100.0, 100.4, 103.0
-    a = _curves(blocks, [0, 64], thresholds=(0, 1, 4, never), shares=(0.0, 0.5))
-    crb = 4 * 8 + 9
-    pick = lambda tol: allocate({"a": a}, 64 * crb, tie_tolerance=tol)["a"]  # noqa: E731
-    assert (pick(0.0)["threshold"], pick(0.0)["pinned_share"]) == (1, 0.0)
-    assert (pick(0.003)["threshold"], pick(0.003)["pinned_share"]) == (1, 0.0)  # 0.4% > 0.3%
-    chosen = pick(0.005)
-    assert (chosen["threshold"], chosen["pinned_share"]) == (4, 0.5)
-    assert chosen["predicted_blocks_read"] == pytest.approx(100.4)  # its own prediction
-    assert (pick(0.05)["threshold"], pick(0.05)["pinned_share"]) == (None, 0.5)
-    # The knapsack weighs the chosen policies' own blocks: a's cache saves 2 blocks with the
-    # best policy, 0.5 with the conservative one (1.5% more), b's saves 1.2.
-    a = _curves([[102.0, 100.0], [102.0, 101.5]], [0, 64], thresholds=(1, never))
-    b = _curves([50.0, 48.8], [0, 64])
-    two = allocate({"a": a, "b": b}, 64 * crb)
-    assert two["a"]["cache_bytes"] == 64 * crb and two["a"]["threshold"] == 1
-    two = allocate({"a": a, "b": b}, 64 * crb, tie_tolerance=0.02)
-    assert two["a"]["cache_bytes"] == 0 and two["b"]["cache_bytes"] == 64 * crb
-    for bad in (-0.01, float("nan"), float("inf"), "x", True):
-        with pytest.raises(InvalidArgumentError):
-            allocate({"a": a}, 64 * crb, tie_tolerance=bad)

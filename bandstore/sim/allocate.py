@@ -25,7 +25,7 @@ from bandstore.errors import BudgetError, InvalidArgumentError
 from bandstore.kernels.cache import NEVER
 from bandstore.sim.mrc import Curves
 
-__all__ = ["allocate", "check_tie_tolerance", "conservative_envelope", "knapsack", "MAX_CELLS"]
+__all__ = ["allocate", "knapsack", "MAX_CELLS"]
 
 #: Budget cells of the dynamic programme. When the greatest common divisor of the point sizes
 #: divides the budget into no more cells than this the result is exact; otherwise sizes are
@@ -97,53 +97,8 @@ def knapsack(options: list[tuple[np.ndarray, np.ndarray]], budget: int) -> list[
     return out
 
 
-def check_tie_tolerance(tie_tolerance: Any) -> float:
-    """``tie_tolerance`` as a float, or InvalidArgumentError unless a finite number >= 0."""
-    try:
-        tol = float(tie_tolerance)
-    except (TypeError, ValueError):
-        tol = float("nan")
-    if isinstance(tie_tolerance, bool) or not (tol >= 0.0 and math.isfinite(tol)):
-        raise InvalidArgumentError(f"tie_tolerance must be a finite number >= 0, got "
-                                   f"{tie_tolerance!r}", argument="tie_tolerance",
-                                   value=tie_tolerance)  # fmt: skip
-    return tol
-
-
-def conservative_envelope(
-    cv: Curves, tie_tolerance: float = 0.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per size, the most conservative policy whose blocks read are within ``tie_tolerance``
-    (relative) of the fewest: the highest admission threshold (never above every number),
-    then the highest pinned share. Returns ``(blocks_read (S,), threshold index (S,),
-    pinned-share index (S,))``, the blocks those of the chosen policy. With 0 it is
-    ``cv.envelope()`` (ties to the first threshold and share in the given order)."""
-    tol = check_tie_tolerance(tie_tolerance)
-    if tol == 0.0:
-        return cv.envelope()
-    t, p, s = cv.blocks_read.shape
-    flat = cv.blocks_read.reshape(t * p, s)
-    best = flat.min(axis=0)
-    # Conservativeness rank of each (threshold, share): threshold first, then share.
-    t_rank = np.argsort(np.argsort(np.asarray(cv.thresholds, dtype=np.float64), kind="stable"),
-                        kind="stable")  # fmt: skip
-    p_rank = np.argsort(np.argsort(np.asarray(cv.pinned_shares, dtype=np.float64),
-                                   kind="stable"), kind="stable")  # fmt: skip
-    rank = (t_rank[:, None] * p + p_rank[None, :]).reshape(t * p).astype(np.float64)
-    within = flat <= best[None, :] * (1.0 + tol)
-    pick = np.argmax(np.where(within, rank[:, None], -1.0), axis=0)
-    return flat[pick, np.arange(s)], pick // p, pick % p
-
-
-def allocate(
-    curves: Mapping[str, Curves], budget: int, *, tie_tolerance: float = 0.0
-) -> dict[str, dict[str, Any]]:
+def allocate(curves: Mapping[str, Curves], budget: int) -> dict[str, dict[str, Any]]:
     """Choose cache bytes, threshold and pinned share per table to minimize blocks read.
-
-    ``tie_tolerance``: at each size, a policy whose predicted blocks read are within this
-    relative tolerance of the best is as good as the best, and the most conservative of them
-    (highest threshold, then highest pinned share) is offered (see
-    :func:`conservative_envelope`); 0 offers the best.
 
     Returns ``{table: {"size_index", "cache_bytes", "capacity_rows", "threshold",
     "pinned_share", "predicted_misses", "predicted_blocks_read"}}`` (threshold None = never).
@@ -156,7 +111,6 @@ def allocate(
         raise InvalidArgumentError(f"budget must be an integer number of bytes, got {budget!r}",
                                    argument="budget", value=budget)  # fmt: skip
     budget = int(budget)
-    check_tie_tolerance(tie_tolerance)
     smallest = min(c.smallest_useful_bytes for c in curves.values())
     if budget < smallest:
         raise BudgetError(
@@ -170,7 +124,7 @@ def allocate(
     envelopes = {}
     for name in names:
         cv = curves[name]
-        blocks, ti, pi = conservative_envelope(cv, tie_tolerance)
+        blocks, ti, pi = cv.envelope()
         envelopes[name] = (ti, pi)
         w = cv.sizes_bytes.astype(np.int64)
         c = blocks.astype(np.float64)

@@ -22,7 +22,7 @@ import numpy as np
 from bandstore.cache import cache_row_bytes
 from bandstore.errors import BudgetError, InvalidArgumentError, UnknownTableError
 from bandstore.kernels.cache import NEVER
-from bandstore.sim.allocate import allocate, check_tie_tolerance
+from bandstore.sim.allocate import allocate
 from bandstore.sim.mrc import (
     DEFAULT_N_SIZES,
     DEFAULT_PINNED_SHARES,
@@ -40,7 +40,6 @@ __all__ = [
     "APPLY_COUNTS",
     "DEFAULT_EXACT_WINDOW",
     "DEFAULT_SAMPLE_RATE",
-    "DEFAULT_TIE_TOLERANCE",
     "DEFAULT_WARMUP",
     "apply_sizing",
     "check_trace",
@@ -61,9 +60,6 @@ DEFAULT_EXACT_WINDOW = 2
 #: simulated counts are to those (dlrm-26 at a 5% budget, held-out blocks: 0.5 reads 8.7% more
 #: than 0.7, see benchmarks/results/sizing_choice.md), and the fewer queries to choose on.
 DEFAULT_WARMUP = 0.7
-#: Relative tolerance within which size_cache treats policies as tied at a size and takes the
-#: most conservative (see ``size_cache(tie_tolerance=...)``).
-DEFAULT_TIE_TOLERANCE = 0.0
 #: size_cache's default SHARDS rate (tables with few blocks run at a higher rate, or exact).
 DEFAULT_SAMPLE_RATE = 0.01
 #: What ``size_cache(..., apply=True)`` stores as the access counts (with ``counts="trace"``):
@@ -253,7 +249,6 @@ def size_cache(
     plot: str | os.PathLike | None = None,
     refine: int = 2,
     exact_window: int = DEFAULT_EXACT_WINDOW,
-    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
     seed: int = 0,
     min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
     max_sampled_lookups: int | None = MAX_SAMPLED_LOOKUPS,
@@ -330,7 +325,6 @@ def size_cache(
             argument="apply_counts",
             value=apply_counts,
         )
-    check_tie_tolerance(tie_tolerance)
     infos = [store.tables[n] for n in trace.table_names]
     smallest = min(min(i.rows, i.rows_per_block) * cache_row_bytes(i.dim) for i in infos)
     if budget < smallest:  # refuse before minutes of simulation (allocate checks it again)
@@ -364,7 +358,7 @@ def size_cache(
         workers=workers,
         progress=progress,
     )
-    choice = allocate(curves, int(budget), tie_tolerance=tie_tolerance)
+    choice = allocate(curves, int(budget))
     grids = {n: cv.sizes_bytes for n, cv in curves.items()}
     if refine:
         # Sizes between the grid points around each choice, then choose again: the grid is
@@ -388,13 +382,13 @@ def size_cache(
                 sampling=sampling, estimator=estimator, workers=workers, progress=False,
             )  # fmt: skip
             curves = {n: cv.merge(more[n]) if n in more else cv for n, cv in curves.items()}
-            choice = allocate(curves, int(budget), tie_tolerance=tie_tolerance)
+            choice = allocate(curves, int(budget))
     sampled_curves = curves
     if exact_window and any(not cv.exact for cv in curves.values()):
         curves, choice = _exact_pass(
             store, trace, curves, choice, int(budget), int(exact_window), grids, table_counts,
             thresholds=thresholds, pinned_shares=pinned_shares, batch_size=batch_size,
-            warmup=warmup, workers=workers, tie_tolerance=tie_tolerance,
+            warmup=warmup, workers=workers,
         )  # fmt: skip
     tables: dict[str, dict[str, Any]] = {}
     tot_bytes = tot_lookups = 0
@@ -462,7 +456,6 @@ def _exact_pass(
     window: int,
     grids: Mapping[str, np.ndarray],
     table_counts: Mapping[str, np.ndarray | None],
-    tie_tolerance: float = 0.0,
     **kw: Any,
 ) -> tuple[dict[str, Curves], dict[str, dict[str, Any]]]:
     """Exact curves at the sizes near each sampled table's choice, and the split made again.
@@ -493,7 +486,7 @@ def _exact_pass(
         sizes_bytes=sizes, sample_rate=1.0, progress=False, **kw,
     )  # fmt: skip
     out = {n: exact.get(n, cv) for n, cv in curves.items()}
-    return out, allocate(out, budget, tie_tolerance=tie_tolerance)
+    return out, allocate(out, budget)
 
 
 #: Scale the chosen admission thresholds to the counts applied (see _rescale_thresholds).
