@@ -38,7 +38,7 @@ import json
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,7 @@ def workload(name: str, fractions, tolerances, partial: Path) -> None:
     (partial / f"{name}.json").write_text(json.dumps(rows, indent=1))
 
 
-def report(partial: Path, names: list[str], command: str) -> None:
+def report(partial: Path, names: list[str], command: str, notes: Sequence[str] = ()) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip()  # fmt: skip
     rows = []
@@ -276,6 +276,8 @@ def report(partial: Path, names: list[str], command: str) -> None:
                 for n, c0 in r0["heldout"]["chosen"].items()
                 if (cc := rc["heldout"]["chosen"][n]) != c0]  # fmt: skip
         lines.append(f"- {w} {b:.0%}: " + ("; ".join(diff) if diff else "same choice"))
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     (B.RESULTS / "sizing_tiebreak.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -289,6 +291,7 @@ def main() -> None:
                     / "sizing_tiebreak")  # fmt: skip
     ap.add_argument("--report", action="store_true", help="only rebuild the report")
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--note", action="append", default=[], help="a note for the report")
     a = ap.parse_args()
     if not a.report:
         for name in a.workloads:
@@ -298,6 +301,7 @@ def main() -> None:
             a.partial,
             list(WORKLOADS),
             "python benchmarks/exp_sizing_tiebreak.py criteo-8k avazu-9k synthetic-5 dlrm-26",
+            a.note,
         )
 
 
