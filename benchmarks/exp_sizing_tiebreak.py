@@ -265,16 +265,17 @@ def report(partial: Path, names: list[str], command: str, notes: Sequence[str] =
                          f"({r['ratio_vs_best_clock_split']:.3f}x)")  # fmt: skip
         lines.append(f"| {w} | {b:.0%} | " + " | ".join(cells) + " |")
     lines += ["", "Policies chosen (threshold as stored / pinned share) where x = 0 and the "
-              "chosen x differ on the held-out run:", ""]  # fmt: skip
+              "chosen x differ on the held-out run (tables given a cache):", ""]  # fmt: skip
     for w, b in cases:
         r0, rc = at.get((w, b, 0.0)), at.get((w, b, chosen))
         if not (r0 and rc):
             continue
-        diff = [f"{n}: {c0['cache_bytes'] / 2**20:.1f} MiB t={c0['threshold']} "
-                f"p={c0['pinned_share']} -> {cc['cache_bytes'] / 2**20:.1f} MiB "
+        diff = [f"{n}: {c0['cache_bytes'] / 2**20:.2f} MiB t={c0['threshold']} "
+                f"p={c0['pinned_share']} -> {cc['cache_bytes'] / 2**20:.2f} MiB "
                 f"t={cc['threshold']} p={cc['pinned_share']}"
                 for n, c0 in r0["heldout"]["chosen"].items()
-                if (cc := rc["heldout"]["chosen"][n]) != c0]  # fmt: skip
+                if (cc := rc["heldout"]["chosen"][n]) != c0
+                and (c0["cache_bytes"] or cc["cache_bytes"])]  # fmt: skip
         lines.append(f"- {w} {b:.0%}: " + ("; ".join(diff) if diff else "same choice"))
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
