@@ -20,7 +20,8 @@ simulated (every combination, the same at every layout):
   (``AFF_K``); the same with count >= t as well (``AFF_AND_T``); conditional affinity
   aff(r, n) >= max(1, q * queries(r)) (``COND_Q``); n among the top m block-mates of r by
   affinity (aff > 0, ties kept; ``TOP_M``);
-- admission of the missed row itself only if its count >= c (``SELF_C``).
+- admission of the missed row itself only if its count >= c (``SELF_C``; ``NO_SELF``: never,
+  only its neighbours are admitted).
 
 A policy is CHOSEN on the tuning part as auto chooses a configuration: layout, counts and
 affinity from the first 75% of the tuning queries (auto's configuration built on them, as in
@@ -65,13 +66,15 @@ from bandstore.relayout import (
 from bandstore.sim.mrc import simulate
 
 FRACTION = 0.10
-SHARES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+SHARES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0)
 COUNT_T = (0, 1, 2, 3, 5, 8, 16)
 AFF_K = (1, 2, 3, 5)
 AFF_AND_T = ((1, 1), (1, 3), (1, 8), (2, 1), (2, 3), (2, 8))
 COND_Q = (0.1, 0.25, 0.5)
 TOP_M = (1, 2, 4)
-SELF_C = (0, 1, 2, 4)
+#: NO_SELF: the missed row is never admitted (only its neighbours are).
+NO_SELF = 2**31
+SELF_C = (0, 1, 2, 4, NO_SELF)
 TRACES = ("amazon-book", "lastfm-2k", "ml-latest-small")
 
 
@@ -137,7 +140,8 @@ def _replay(ids, bounds, n_warm, layout, inverse, rpb, counts, pinned, n_pin, ca
             t, k, q, m, c, aff, nq, stats):  # fmt: skip
     """Replay batches ``bounds`` (lookup bounds) of ``ids`` through a cache of ``capacity``
     rows, ``pinned[:n_pin]`` pinned; counters of batches from ``n_warm`` on added to ``stats``
-    (lookups, misses, blocks read). Mirrors ``_cache_batch(with_data=False)``; neighbour n of a
+    (lookups, misses, blocks read, neighbours admitted, of them read before eviction, missed
+    rows admitted, of them read again before eviction). Mirrors ``_cache_batch(with_data=False)``; neighbour n of a
     read block is admitted when counts[n] >= t and (k > 0) max_r aff[r, n] >= k and (q > 0)
     some r has aff[r, n] >= max(1, q * nq[r]) and (m > 0) n is in some r's top m, r over the
     rows of the block this batch missed; a missed row is admitted when counts[r] >= c."""
@@ -153,7 +157,9 @@ def _replay(ids, bounds, n_warm, layout, inverse, rpb, counts, pinned, n_pin, ca
     if capacity <= n_pin:
         t = NEVER
     requested = np.zeros(rpb, dtype=np.bool_)
+    kind = np.zeros(capacity, dtype=np.uint8)  # 1: admitted neighbour, 2: missed row, not read
     for b in range(bounds.shape[0] - 1):
+        measured = b >= n_warm
         lo, hi = bounds[b], bounds[b + 1]
         n = hi - lo
         if n == 0:
@@ -165,6 +171,10 @@ def _replay(ids, bounds, n_warm, layout, inverse, rpb, counts, pinned, n_pin, ca
             s = slot_of_id[ids[lo + i]]
             if s >= 0:
                 ref[s] = 1
+                if kind[s] != 0:
+                    if measured:
+                        stats[3 + 2 * (kind[s] - 1) + 1] += 1
+                    kind[s] = 0
         for i in range(n):
             if slot_of_id[ids[lo + i]] < 0:
                 miss_keys[n_miss] = (layout[ids[lo + i]] // rpb) * n + i
@@ -204,14 +214,22 @@ def _replay(ids, bounds, n_warm, layout, inverse, rpb, counts, pinned, n_pin, ca
                                 ok_m = True
                         if not (ok_k and ok_q and ok_m):
                             continue
-                    _admit(nb, slot_of_id, id_of_slot, ref, meta)
+                    s = _admit(nb, slot_of_id, id_of_slot, ref, meta)
+                    if s >= 0:
+                        kind[s] = 1
+                        if measured:
+                            stats[3] += 1
             for x in range(j, e):
                 row = ids[lo + keys[x] % n]
                 if slot_of_id[row] >= 0 or counts[row] < c:
                     continue
-                _admit(row, slot_of_id, id_of_slot, ref, meta)
+                s = _admit(row, slot_of_id, id_of_slot, ref, meta)
+                if s >= 0:
+                    kind[s] = 2
+                    if measured:
+                        stats[5] += 1
             j = e
-        if b >= n_warm:
+        if measured:
             stats[0] += n
             stats[1] += n_miss
             stats[2] += blocks
@@ -253,7 +271,10 @@ def describe(pol: dict) -> str:
         parts += [f"aff>={pol['q']}*queries(r)"] if pol["q"] else []
         parts += [f"top {pol['m']}"] if pol["m"] else []
         rule = " & ".join(parts)
-    self_rule = f", self count>={pol['c']}" if pol["c"] else ""
+    if pol["c"] >= NO_SELF:
+        self_rule = ", missed row not admitted"
+    else:
+        self_rule = f", self count>={pol['c']}" if pol["c"] else ""
     return f"p {pol['p']}, {rule}{self_rule}"
 
 
@@ -280,16 +301,17 @@ class Setting:
             np.ascontiguousarray(aff_off, dtype=np.int64), self.layout, rpb, rows,
         )  # fmt: skip
 
-    def run(self, pol: dict) -> tuple[int, int, int]:
-        """(lookups, misses, blocks read) of the measured batches."""
+    def run(self, pol: dict) -> tuple[int, ...]:
+        """(lookups, misses, blocks read, neighbours admitted, of them read before eviction,
+        missed rows admitted, of them read again before eviction) of the measured batches."""
         n_pin = min(int(pol["p"] * self.cap), len(self.pinned))
-        stats = np.zeros(3, dtype=np.int64)
+        stats = np.zeros(7, dtype=np.int64)
         _replay(
             self.ids, self.bounds, self.n_warm, self.layout, self.inverse, self.rpb, self.counts,
             self.pinned, n_pin, self.cap, int(pol["t"]), int(pol["k"]), float(pol["q"]),
             int(pol["m"]), int(pol["c"]), self.aff, self.nq, stats,
         )  # fmt: skip
-        return int(stats[0]), int(stats[1]), int(stats[2])
+        return tuple(int(x) for x in stats)
 
     def key(self, pol: dict) -> tuple:
         """Policies that behave the same here share a key (p 1.0: no dynamic part)."""
@@ -299,17 +321,27 @@ class Setting:
         return (n_pin, pol["t"], pol["k"], pol["q"], pol["m"], pol["c"])
 
 
-def run_grid(setting: Setting, grid: list[dict]) -> list[float]:
-    """Blocks per 1000 measured lookups of every policy."""
-    memo: dict[tuple, float] = {}
-    out = []
+def run_grid(setting: Setting, grid: list[dict]) -> tuple[list[float], list[tuple]]:
+    """Blocks per 1000 measured lookups of every policy, and its counters (``Setting.run``)."""
+    memo: dict[tuple, tuple] = {}
     for pol in grid:
         key = setting.key(pol)
         if key not in memo:
-            lookups, _, blocks = setting.run(pol)
-            memo[key] = 1000.0 * blocks / lookups
-        out.append(memo[key])
-    return out
+            memo[key] = setting.run(pol)
+    stats = [memo[setting.key(pol)] for pol in grid]
+    return [1000.0 * st[2] / st[0] for st in stats], stats
+
+
+def admissions(st: tuple) -> dict:
+    """Per 1000 lookups: neighbours admitted and the share read before eviction; the same for
+    the missed rows admitted (read again)."""
+    per = 1000.0 / st[0]
+    return {
+        "neighbours_admitted_per_1000": st[3] * per,
+        "neighbours_read_share": st[4] / st[3] if st[3] else 0.0,
+        "missed_admitted_per_1000": st[5] * per,
+        "missed_read_again_share": st[6] / st[5] if st[5] else 0.0,
+    }
 
 
 def check_equivalent(trace, table, split, layout, counts, dram, setting: Setting, label: str):
@@ -321,7 +353,7 @@ def check_equivalent(trace, table, split, layout, counts, dram, setting: Setting
             pinned_shares=[p], batch_size=BATCH, warmup_queries=split, check=False,
         )  # fmt: skip
         pol = {"p": p, "t": t, "k": 0, "q": 0.0, "m": 0, "c": 0}
-        lookups, misses, blocks = setting.run(pol)
+        lookups, misses, blocks = setting.run(pol)[:3]
         want = (ref.lookups, int(ref.misses[0, 0, 0]), int(ref.blocks_read[0, 0, 0]))
         if (lookups, misses, blocks) != want:
             raise SystemExit(f"{label}: t {t} p {p}: replay {(lookups, misses, blocks)} != "
@@ -417,14 +449,15 @@ def run_trace(name, trace, table, choose: bool) -> dict:
     }  # fmt: skip
     for lay_name, s in settings.items():
         ts = time.perf_counter()
-        sel = run_grid(s["select"], grid)
-        held = run_grid(s["heldout"], grid)
+        sel, _ = run_grid(s["select"], grid)
+        held, held_stats = run_grid(s["heldout"], grid)
         secs = time.perf_counter() - ts
 
         def pick(mask, scores, sel=sel, held=held):
             i = min((i for i in range(len(grid)) if mask(grid[i])), key=lambda i: (scores[i], i))
             return {"policy": grid[i], "describe": describe(grid[i]), "select": sel[i],
-                    "heldout": held[i], "vs_naive": naive / held[i]}  # fmt: skip
+                    "heldout": held[i], "vs_naive": naive / held[i],
+                    "admissions": admissions(held_stats[i])}  # fmt: skip
 
         res = {
             "store_policy_tuned": pick(is_store_policy, sel),
@@ -434,6 +467,10 @@ def run_trace(name, trace, table, choose: bool) -> dict:
             "affinity_hindsight": pick(uses_affinity, held),
             "any_hindsight": pick(lambda p: True, held),
             "grid_seconds": secs,
+            "at_p_0.9": {
+                "store_hindsight": pick(lambda p: is_store_policy(p) and p["p"] == 0.9, held),
+                "affinity_hindsight": pick(lambda p: uses_affinity(p) and p["p"] == 0.9, held),
+            },
         }
         # per pinned share: the best affinity policy (hindsight) and the best store one
         res["by_share"] = {
@@ -450,8 +487,8 @@ def run_trace(name, trace, table, choose: bool) -> dict:
             for p in SHARES
         }  # fmt: skip
         res["all"] = [
-            {"describe": describe(g), "select": a, "heldout": b}
-            for g, a, b in zip(grid, sel, held, strict=True)
+            {"describe": describe(g), "select": a, "heldout": b, "counters": st}
+            for g, a, b, st in zip(grid, sel, held, held_stats, strict=True)
         ]
         out["layouts"][lay_name] = res
         print(f"{name} {lay_name}: {secs:.1f} s; tuned {res['affinity_tuned']['describe']} "
@@ -529,6 +566,26 @@ def report(results: list[dict], cmd: str) -> str:
             + " | ".join(f"{bs[str(p)]['store_select']:.1f} / {bs[str(p)]['affinity_select']:.1f}"
                          for p in SHARES) + " |"  # fmt: skip
         )
+    lines += [
+        "",
+        "What the dynamic part does with its admissions, on auto's layout at p 0.9 (the best "
+        "store policy and the best affinity policy there, in hindsight; held-out queries): "
+        "neighbours admitted per 1000 lookups and the share of them read before their eviction; "
+        "missed rows admitted per 1000 lookups and the share read again before their eviction.",
+        "",
+        "| trace | policy | blocks | neighbours admitted | read | missed rows admitted "
+        "| read again |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for which in ("store_hindsight", "affinity_hindsight"):
+            x = r["layouts"]["auto"]["at_p_0.9"][which]
+            ad = x["admissions"]
+            lines.append(
+                f"| {r['trace']} | {x['describe']} | {x['heldout']:.1f} "
+                f"| {ad['neighbours_admitted_per_1000']:.1f} | {ad['neighbours_read_share']:.1%} "
+                f"| {ad['missed_admitted_per_1000']:.1f} | {ad['missed_read_again_share']:.1%} |"
+            )
     lines += [
         "",
         "auto now: `bench_layout.py --quick`'s auto (policy chosen among the store's on the whole "
