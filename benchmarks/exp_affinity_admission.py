@@ -141,10 +141,11 @@ def _replay(ids, bounds, n_warm, layout, inverse, rpb, counts, pinned, n_pin, ca
     """Replay batches ``bounds`` (lookup bounds) of ``ids`` through a cache of ``capacity``
     rows, ``pinned[:n_pin]`` pinned; counters of batches from ``n_warm`` on added to ``stats``
     (lookups, misses, blocks read, neighbours admitted, of them read before eviction, missed
-    rows admitted, of them read again before eviction). Mirrors ``_cache_batch(with_data=False)``; neighbour n of a
-    read block is admitted when counts[n] >= t and (k > 0) max_r aff[r, n] >= k and (q > 0)
-    some r has aff[r, n] >= max(1, q * nq[r]) and (m > 0) n is in some r's top m, r over the
-    rows of the block this batch missed; a missed row is admitted when counts[r] >= c."""
+    rows admitted, of them read again before eviction). Mirrors
+    ``_cache_batch(with_data=False)``; neighbour n of a read block is admitted when
+    counts[n] >= t and (k > 0) max_r aff[r, n] >= k and (q > 0) some r has
+    aff[r, n] >= max(1, q * nq[r]) and (m > 0) n is in some r's top m, r over the rows of the
+    block this batch missed; a missed row is admitted when counts[r] >= c."""
     rows = layout.shape[0]
     slot_of_id = np.full(rows, -1, dtype=np.int32)
     id_of_slot = np.full(capacity, -1, dtype=np.int64)
@@ -403,16 +404,20 @@ def run_trace(name, trace, table, choose: bool) -> dict:
 
     settings = {
         "auto": {
-            "select": Setting(t_idx, t_off, inner, lay_i, cnt_i, f_idx, f_off, tgt.rows_per_block,
-                              cap),  # fmt: skip
-            "heldout": Setting(idx, off, split, lay_f, cnt_f, t_idx, t_off, tgt.rows_per_block,
-                               cap),  # fmt: skip
+            "select": Setting(
+                t_idx, t_off, inner, lay_i, cnt_i, f_idx, f_off, tgt.rows_per_block, cap
+            ),
+            "heldout": Setting(
+                idx, off, split, lay_f, cnt_f, t_idx, t_off, tgt.rows_per_block, cap
+            ),
         },
         "identity": {
-            "select": Setting(t_idx, t_off, inner, ident, plain_i, f_idx, f_off,
-                              tgt.rows_per_block, cap),  # fmt: skip
-            "heldout": Setting(idx, off, split, ident, plain_f, t_idx, t_off,
-                               tgt.rows_per_block, cap),  # fmt: skip
+            "select": Setting(
+                t_idx, t_off, inner, ident, plain_i, f_idx, f_off, tgt.rows_per_block, cap
+            ),
+            "heldout": Setting(
+                idx, off, split, ident, plain_f, t_idx, t_off, tgt.rows_per_block, cap
+            ),
         },
     }
     # the replay must be the store's simulation where the policy is the same
@@ -422,8 +427,13 @@ def run_trace(name, trace, table, choose: bool) -> dict:
                      f"{name} identity held-out")  # fmt: skip
     check_equivalent(tune, table, inner, lay_i, cnt_i, dram, settings["auto"]["select"],
                      f"{name} auto inner")  # fmt: skip
-    naive = 1000.0 * settings["identity"]["heldout"].run(
-        {"p": 0.0, "t": NEVER, "k": 0, "q": 0.0, "m": 0, "c": 0})[2] / res_f["heldout_lookups"]
+    naive = (
+        1000.0
+        * settings["identity"]["heldout"].run(
+            {"p": 0.0, "t": NEVER, "k": 0, "q": 0.0, "m": 0, "c": 0}
+        )[2]
+        / res_f["heldout_lookups"]
+    )
     auto_now = res_f["heldout_blocks_per_1000_lookups"]
     t_auto = res_f["threshold"]
     again = settings["auto"]["heldout"].run(
@@ -453,7 +463,7 @@ def run_trace(name, trace, table, choose: bool) -> dict:
         held, held_stats = run_grid(s["heldout"], grid)
         secs = time.perf_counter() - ts
 
-        def pick(mask, scores, sel=sel, held=held):
+        def pick(mask, scores, sel=sel, held=held, held_stats=held_stats):
             i = min((i for i in range(len(grid)) if mask(grid[i])), key=lambda i: (scores[i], i))
             return {"policy": grid[i], "describe": describe(grid[i]), "select": sel[i],
                     "heldout": held[i], "vs_naive": naive / held[i],
@@ -544,7 +554,8 @@ def report(results: list[dict], cmd: str) -> str:
             f"| {r['trace']} | {n:.1f} | {c(r['policy_only_now'], n)} "
             f"| {c(a['store_policy_tuned']['heldout'], n)} "
             f"| {c(a['affinity_tuned']['heldout'], n)} | {a['affinity_tuned']['describe']} "
-            f"| {c(a['affinity_hindsight']['heldout'], n)} | {a['affinity_hindsight']['describe']} |"
+            f"| {c(a['affinity_hindsight']['heldout'], n)} "
+            f"| {a['affinity_hindsight']['describe']} |"
         )
     lines += [
         "",
@@ -558,13 +569,19 @@ def report(results: list[dict], cmd: str) -> str:
         bs = r["layouts"]["auto"]["by_share"]
         lines.append(
             f"| {r['trace']} held-out | "
-            + " | ".join(f"{bs[str(p)]['store_heldout']:.1f} / {bs[str(p)]['affinity_heldout']:.1f}"
-                         for p in SHARES) + " |"  # fmt: skip
+            + " | ".join(
+                f"{bs[str(p)]['store_heldout']:.1f} / {bs[str(p)]['affinity_heldout']:.1f}"
+                for p in SHARES
+            )
+            + " |"
         )
         lines.append(
             f"| {r['trace']} inner | "
-            + " | ".join(f"{bs[str(p)]['store_select']:.1f} / {bs[str(p)]['affinity_select']:.1f}"
-                         for p in SHARES) + " |"  # fmt: skip
+            + " | ".join(
+                f"{bs[str(p)]['store_select']:.1f} / {bs[str(p)]['affinity_select']:.1f}"
+                for p in SHARES
+            )
+            + " |"
         )
     lines += [
         "",
