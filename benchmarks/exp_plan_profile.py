@@ -195,7 +195,8 @@ def main(argv=None) -> int:
             print(f"   {tn:>8}[{j}] w{tp.workers[j]} {kind:>14} cache {tp.cache_bytes / 2**20:6.1f}"
                   f" MiB rows {p.rows:>9,} L {p.lookups:8.0f}: measured {us:8.0f} us, predicted "
                   f"{pus:8.0f} us ({us / max(pus, 1e-9):4.2f}x); hit {ts['hit_ratio']:.3f}, "
-                  f"blk/1k {bpl:6.1f} (predicted {1000 * p.at(tp.cache_bytes)[1]:6.1f})")  # fmt: skip
+                  f"blk/1k {bpl:6.1f} (predicted {1000 * p.at(tp.cache_bytes)[1]:6.1f})"
+                  )  # fmt: skip
         st.close()
     return 0
 
