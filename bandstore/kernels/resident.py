@@ -315,10 +315,7 @@ def _checked_bags(ids, offsets, rows, out_offsets):
     finds which rule failed (this path only has to be fast: a call of many small tables paid
     several numpy operations per table here)."""
     n = ids.shape[0]
-    ok = True
-    for i in range(n):
-        v = ids[i]
-        ok &= (v >= 0) & (v < rows)
+    ok = _all_in_range(ids, 0, rows)
     k = offsets.shape[0]
     prev = 0
     if k:

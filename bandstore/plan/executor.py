@@ -306,7 +306,7 @@ class Executor:
                 n_bags = req[2].shape[0] - 1
                 parts = tuple(((where[0] + c) % self.workers, _bag_range(n_bags, cut, c))
                               for c in range(cut))  # fmt: skip
-                helped = True
+                helped = True  # one range per worker: the helpers have theirs
             else:
                 parts, helped = self._parts(where)
             (for_helpers if helped else for_caller).append((name, runner, req, parts))

@@ -526,6 +526,7 @@ def simulate(
 
     measured = indices[offsets[w] :]
     lookups = int(measured.shape[0])
+    block_scale: Any = None  # only the che estimator scales blocks by a factor of their own
     if in_sample is None:
         scale: Any = 1.0
     elif estimator == "adjusted":
@@ -537,10 +538,10 @@ def simulate(
         scale, block_scale = _che_scale(measured, layout, rpb, in_sample, caps, ps, order,
                                         n_batches)  # fmt: skip
         scale, block_scale = scale[None, :, :], block_scale[None, :, :]
-    if estimator != "che" or in_sample is None:
-        block_scale = scale
     misses = stats[:, kc.STAT_MISSES].astype(np.float64)[config_of] * scale
-    blocks = stats[:, kc.STAT_BLOCKS_READ].astype(np.float64)[config_of] * block_scale
+    blocks = stats[:, kc.STAT_BLOCKS_READ].astype(np.float64)[config_of] * (
+        scale if block_scale is None else block_scale
+    )
     if in_sample is not None:
         np.minimum(misses, lookups, out=misses)
     return Curves(
