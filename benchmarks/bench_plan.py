@@ -38,7 +38,7 @@ from paths import DATA, RESULTS
 
 import bandstore
 from bandstore.demo import create_store_for_trace
-from bandstore.plan import calibrate_store, compare_plans
+from bandstore.plan import Calibration, calibrate_store, compare_plans
 from bandstore.synth import synth
 
 DIM = 16
@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="re-map the plan from per-table times on tuning queries "
                          "(compare_plans(refine=True))")  # fmt: skip
     ap.add_argument("--name", help="results file stem (default plan, or plan_quick)")
+    ap.add_argument("--calibration", type=Path,
+                    help="calibration JSON to plan from: read if it exists, else measured and "
+                         "written there, so repeated runs plan from the same costs")  # fmt: skip
     args = ap.parse_args(argv)
     q = args.quick
     tmp = Path(tempfile.mkdtemp(prefix="bench-plan-", dir=args.workdir))
@@ -197,11 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     only = set(args.only or [*specs, "torch"])
     try:
-        cal_store = tmp / "calibration"
-        bandstore.create(cal_store).close()
-        t0 = time.perf_counter()
-        cal = calibrate_store(cal_store, quick=q)
-        print(f"calibrated in {time.perf_counter() - t0:.1f} s", flush=True)
+        if args.calibration is not None and args.calibration.exists():
+            # Run-to-run calibration noise flips near-tied plan choices; a fixed one keeps
+            # repeated runs comparable.
+            cal = Calibration.from_dict(json.loads(args.calibration.read_text()))
+            print(f"calibration read from {args.calibration}", flush=True)
+        else:
+            cal_store = tmp / "calibration"
+            bandstore.create(cal_store).close()
+            t0 = time.perf_counter()
+            cal = calibrate_store(cal_store, quick=q)
+            print(f"calibrated in {time.perf_counter() - t0:.1f} s", flush=True)
+            if args.calibration is not None:
+                args.calibration.write_text(json.dumps(cal.as_dict(), indent=1))
+        out["calibration"] = cal.as_dict()
         for name, (make, batch) in specs.items():
             if name not in only:
                 continue
