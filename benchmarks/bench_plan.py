@@ -135,6 +135,25 @@ def torch_vs_resident(rows: int, repeats: int, seed: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def stored_calibration(path: Path | None, quick: bool, scratch: Path,
+                       fresh: bool = False) -> Calibration:  # fmt: skip
+    """The calibration stored at ``path`` if there is one (and not ``fresh``); else one measured
+    now in a store under ``scratch``, and written to ``path`` when given. Run-to-run calibration
+    noise flips near-tied plan choices: a stored one keeps repeated runs comparable."""
+    if path is not None and path.exists() and not fresh:
+        print(f"calibration read from {path}", flush=True)
+        return Calibration.from_dict(json.loads(path.read_text()))
+    cal_store = scratch / "calibration"
+    if not (cal_store / "catalog").exists():
+        bandstore.create(cal_store).close()
+    t0 = time.perf_counter()
+    cal = calibrate_store(cal_store, quick=quick)
+    print(f"calibrated in {time.perf_counter() - t0:.1f} s", flush=True)
+    if path is not None:
+        path.write_text(json.dumps(cal.as_dict(), indent=1))
+    return cal
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller tables and traces")
@@ -200,19 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     only = set(args.only or [*specs, "torch"])
     try:
-        if args.calibration is not None and args.calibration.exists():
-            # Run-to-run calibration noise flips near-tied plan choices; a fixed one keeps
-            # repeated runs comparable.
-            cal = Calibration.from_dict(json.loads(args.calibration.read_text()))
-            print(f"calibration read from {args.calibration}", flush=True)
-        else:
-            cal_store = tmp / "calibration"
-            bandstore.create(cal_store).close()
-            t0 = time.perf_counter()
-            cal = calibrate_store(cal_store, quick=q)
-            print(f"calibrated in {time.perf_counter() - t0:.1f} s", flush=True)
-            if args.calibration is not None:
-                args.calibration.write_text(json.dumps(cal.as_dict(), indent=1))
+        cal = stored_calibration(args.calibration, q, tmp)
         out["calibration"] = cal.as_dict()
         for name, (make, batch) in specs.items():
             if name not in only:

@@ -16,14 +16,13 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
+from paths import RESULTS
 
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DIM = 16
 NO_W = np.empty(0, dtype=np.float32)
 

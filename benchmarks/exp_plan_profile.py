@@ -32,7 +32,7 @@ import bench_plan  # noqa: E402
 
 import bandstore  # noqa: E402
 from bandstore.demo import create_store_for_trace  # noqa: E402
-from bandstore.plan import Calibration, calibrate_store  # noqa: E402
+from bandstore.plan import Calibration  # noqa: E402
 from bandstore.plan import _batches as make_batches  # noqa: E402
 from bandstore.plan.model import profile_trace  # noqa: E402
 from bandstore.plan.planner import make_plan, uniform_plan  # noqa: E402
@@ -73,14 +73,7 @@ def prepare(name: str, quick: bool, workdir: Path):
 
 def calibration(workdir: Path, quick: bool, fresh: bool) -> Calibration:
     p = workdir / f"calibration-{'quick' if quick else 'full'}.json"
-    if p.exists() and not fresh:
-        return Calibration.from_dict(json.loads(p.read_text()))
-    s = workdir / "calstore"
-    if not (s / "catalog").exists():
-        bandstore.create(s).close()
-    cal = calibrate_store(s, quick=quick)
-    p.write_text(json.dumps(cal.as_dict()))
-    return cal
+    return bench_plan.stored_calibration(p, quick, workdir, fresh)
 
 
 def instrument(store, acc):
