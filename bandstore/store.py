@@ -833,6 +833,9 @@ class Store:
         out["total"] = _stats_dict(total)
         lat = self._latency.summary()  # lookup_many calls: count, p50/p99 in microseconds
         out["total"].update({f"lookup_many_{k}": v for k, v in lat.items()})
+        ex = self._executor  # calls served on the workers / inline as too small for them
+        out["total"]["lookup_many_parallel_calls"] = ex.parallel_calls
+        out["total"]["lookup_many_inline_calls"] = ex.inline_calls
         return out
 
     def reset_stats(self) -> None:
@@ -841,6 +844,7 @@ class Store:
             with t.lock:
                 t.stats[:] = 0
         self._latency.reset()
+        self._executor.parallel_calls = self._executor.inline_calls = 0
 
     # ---- writing ---------------------------------------------------------------------------
     def _check_writable(self) -> None:

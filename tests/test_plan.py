@@ -274,6 +274,59 @@ def test_parallel_results_equal_sequential_under_concurrent_callers(store_path, 
             assert st_["total"]["lookups"] == st_["total"]["hits"] + st_["total"]["misses"]
             assert st_["total"]["lookup_many_calls"] == 4 * len(requests)
             assert 0 < st_["total"]["lookup_many_p50_us"] <= st_["total"]["lookup_many_p99_us"]
+            # No measured break-even stored: every call used the workers.
+            assert st_["total"]["lookup_many_parallel_calls"] == 4 * len(requests)
+            assert st_["total"]["lookup_many_inline_calls"] == 0
+
+
+def test_calls_below_the_break_even_run_inline(store_path, weights):
+    """A call whose estimated work is below the calibrated break-even of two workers runs on
+    the calling thread alone (same results); a table not timed yet counts as no work, so it is
+    served inline, and timed."""
+    from bandstore.plan.calibrate import Calibration
+
+    rng = np.random.default_rng(5)
+    requests = [random_request(rng, weights) for _ in range(6)]
+    with bandstore.open(store_path, plan=ALL_STRATEGIES, workers=1) as s:
+        expected = [s.lookup_many(r) for r in requests]
+    with bandstore.open(store_path, plan=ALL_STRATEGIES) as s:
+        ex = s._executor
+        assert ex.workers == 2 and ex.inline_below is None  # none stored yet
+        ex.inline_below = (1e12, 0.0)  # every call is "small"
+        handed = _CountingQueue(ex._queues[0])  # what is handed to the helper
+        ex._queues[0] = handed
+        outs = [s.lookup_many(requests[0])]
+        assert set(ex.busy.per_lookup) == set(requests[0])  # timed (CPU ns per lookup)
+        assert all(v > 0 for v in ex.busy.per_lookup.values())
+        outs += [s.lookup_many(r) for r in requests[1:]]
+        st_ = s.stats()["total"]
+        assert st_["lookup_many_inline_calls"] == len(requests)
+        assert st_["lookup_many_parallel_calls"] == 0 and handed.puts == 0
+        ex.inline_below = (0.0, 0.0)  # nothing is small
+        outs.append(s.lookup_many(requests[0]))
+        assert s.stats()["total"]["lookup_many_parallel_calls"] == 1 and handed.puts == 1
+        s.reset_stats()
+        assert s.stats()["total"]["lookup_many_inline_calls"] == 0
+    for got, want in zip(outs, [*expected, expected[0]], strict=True):
+        for n in want:
+            np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=1e-5)
+    # A stored calibration's break-even is what a newly opened store's executor uses.
+    cal = Calibration.from_dict({"inline_base_ns": 123.0, "inline_task_ns": 4.5})
+    with bandstore.open(store_path, writable=True) as s:
+        s.catalog.put_meta("calibration", cal.as_dict())
+    with bandstore.open(store_path, plan=ALL_STRATEGIES) as s:
+        assert s._executor.inline_below == (123.0, 4.5)
+
+
+class _CountingQueue:
+    """A helper's queue that counts what is put on it."""
+
+    def __init__(self, q):
+        self.q, self.puts = q, 0
+
+    def put(self, item):
+        self.puts += item is not None
+        self.q.put(item)
 
 
 def test_one_caller_is_deterministic_whatever_the_workers(store_path, weights):
@@ -310,6 +363,8 @@ class _Table:
 class _Recorder:
     """A runner that notes the order its tables are run in and sleeps ``seconds[name]``."""
 
+    parts = 1
+
     def __init__(self, name: str, log: list, seconds: dict):
         self.table, self.log, self.seconds = _Table(name), log, seconds
 
@@ -338,7 +393,8 @@ def test_executor_starts_the_longest_tasks_first():
 
     def call():
         log.clear()
-        prepared = {n: (routes[n][0].table, None, None, None, 0, -1) for n in names}
+        one_bag = (np.zeros(1, dtype=np.int64), np.array([0, 1], dtype=np.int64))
+        prepared = {n: (routes[n][0].table, *one_bag, None, 0, -1) for n in names}
         out = ex.run(prepared)
         assert out == {n: n for n in names}  # results keep the request's keys
         return list(log)
@@ -709,6 +765,7 @@ def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
     monkeypatch.setattr(calmod, "_calibration_blocks", lambda quick, block_size=4096: (64, 256))
     monkeypatch.setattr(calmod, "_sample_lookups", lambda quick: 1024)
     monkeypatch.setattr(calmod, "_PY_CALLS", 4)
+    monkeypatch.setattr(calmod, "_INLINE_LOOKUPS", (64, 4096))
     path = tmp_path / "s"
     bandstore.create(path).close()
     from bandstore.cli import main
@@ -718,7 +775,9 @@ def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
         from bandstore.plan import load_calibration
 
         cal, stored = load_calibration(s)
+        assert s._executor.inline_below == (cal.inline_base_ns, cal.inline_task_ns)
     assert stored and cal.block_ns > 0 and set(cal.row_ns) == {"float32", "float16", "int8"}
+    assert cal.inline_base_ns >= 0 and cal.inline_task_ns >= 0
     assert Calibration.from_dict(json.loads(json.dumps(cal.as_dict()))) == cal
     d = default_calibration()
     assert d.gather(1 << 30, 16) >= d.gather(1 << 10, 16)
@@ -731,6 +790,22 @@ def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
     assert d.block(file_bytes=small) < d.block(file_bytes=(small * large) ** 0.5) < d.block_large_ns
     assert d.block(file_bytes=64 * large) == d.block_large_ns
     assert cal.block_large_ns >= cal.block_ns and cal.block_file_bytes == [64 * 4096, 256 * 4096]
+
+
+def test_inline_break_even_is_where_two_workers_start_to_win():
+    from bandstore.plan.calibrate import _crossing
+
+    # Between the last size two workers lost (speedup 0.8) and the first they won (1.25):
+    # halfway in log scale.
+    assert _crossing([100.0, 200.0, 400.0, 800.0], [0.5, 0.8, 1.25, 1.5]) == pytest.approx(
+        200 * 2**0.5
+    )
+    # A single win amid losses is noise: the crossing is at the first of two wins in a row.
+    assert _crossing([50.0, 100.0, 200.0, 400.0, 800.0], [1.1, 0.5, 0.8, 1.25, 1.5]) == (
+        pytest.approx(200 * 2**0.5)
+    )
+    assert _crossing([100.0, 200.0], [0.5, 0.6]) == 400.0  # never won: beyond the sweep
+    assert _crossing([100.0, 200.0], [1.2, 1.3]) == 0.0  # won at once: always the workers
 
 
 def test_split_cached_parts_pin_their_own_hottest_rows(store_path, weights, tmp_path):

@@ -72,6 +72,7 @@ def calibrate_store(store: Any, *, quick: bool = False) -> Calibration:
         s._check_writable()
         cal = calibrate(quick=quick, block_size=s.block_size, checksum_bytes=s.checksum_bytes)
         s.catalog.put_meta(CALIBRATION_KEY, cal.as_dict())
+        s._executor.inline_below = cal.inline_below()  # the break-even just measured
     finally:
         if own:
             s.close()

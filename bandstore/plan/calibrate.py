@@ -22,7 +22,15 @@ for the cost model. Each figure is the minimum over a few repetitions (the least
 - ``select_ns`` / ``combine_ns``: a split table's per-lookup part selection and per-bag-value
   combination.
 - ``call_ns`` / ``table_ns`` / ``dispatch_ns``: the Python cost of a ``lookup_many`` call,
-  per table in it, and per helper worker woken.
+  per table in it, and per helper worker woken (best case: tiny calls whose tasks the calling
+  thread takes back before the helper is awake).
+- ``inline_base_ns`` / ``inline_task_ns``: the break-even of two workers against one, as work
+  per call (ns on one thread) = base + per task x the call's tasks. Below it a call is faster
+  on the calling thread alone: handing tasks to a helper costs a wake-up and GIL transfers per
+  task (tens of microseconds each on a VM, whose idle virtual CPU must be woken by the host),
+  and the executor serves such calls inline. Measured as the median per-call times of 2 and 26
+  resident tables, on one and on two workers, over growing lookups per table; the work is the
+  executor's own estimate (its tables' sampled CPU time per lookup x the call's lookups).
 """
 
 from __future__ import annotations
@@ -40,12 +48,15 @@ import numpy as np
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
 
-CALIBRATION_FORMAT = 3  # 3: block reads verified per checksum sector (checksum_bytes)
+CALIBRATION_FORMAT = 4  # 3: block reads per checksum sector; 4: the inline break-even
 META_KEY = "calibration"
 _GATHER_SIZES = (1 << 17, 1 << 21, 24 << 20, 256 << 20)
 _GATHER_DIMS = (16, 64)
 _PROBE_ROWS = (1 << 13, 1 << 17, 1 << 21, 1 << 24)
 _PY_CALLS = 50
+#: Tables per call, and lookups per table (doubling), of the inline break-even measurement.
+_INLINE_TABLES = (2, 26)
+_INLINE_LOOKUPS = tuple(64 << i for i in range(12))
 #: Block file sizes of the block-read measurement (small, large; the large one: quick / full).
 _BLOCK_FILE_BYTES = (16 << 20, 256 << 20)
 _BLOCK_FILE_BYTES_QUICK = (16 << 20, 64 << 20)
@@ -73,6 +84,10 @@ class Calibration:
     checksum_bytes: int = 4096  # the checksum sector the block reads were measured with
     block_file_bytes: list[int] = field(default_factory=lambda: list(_BLOCK_FILE_BYTES))
     block_large_ns: float = 0.0  # 0: not measured (an older calibration): block_ns throughout
+    # Typical of a 2-vCPU VM; an older calibration lacks them (the executor uses only measured
+    # ones: see bandstore.plan.runtime.attach).
+    inline_base_ns: float = 100_000.0
+    inline_task_ns: float = 18_000.0
     cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     measured_at: float = field(default_factory=time.time)
     seconds: float = 0.0
@@ -111,6 +126,10 @@ class Calibration:
     def row(self, codec: str, dim: int) -> float:
         """ns to decode and pool one row read from a block."""
         return self.row_ns.get(codec, self.row_ns["float32"]) * max(dim, 1) / 32.0
+
+    def inline_below(self) -> tuple[float, float]:
+        """The executor's rule: (base ns, ns per task) of work below which a call runs inline."""
+        return self.inline_base_ns, self.inline_task_ns
 
     def cache_block(self, rows_per_block: int) -> float:
         """ns a cache adds to a block read (neighbour scan and admission)."""
@@ -431,6 +450,74 @@ def _measure_python(tmp: Path, repeats: int) -> tuple[float, float, float]:
     return call_ns, table_ns, dispatch_ns
 
 
+def _measure_inline(tmp: Path, quick: bool) -> tuple[float, float]:
+    """(base, per task) ns of the work per call at which two workers start to beat one, in
+    the executor's own estimate of a call's work (its tables' sampled CPU ns per lookup x the
+    call's lookups), which is what the rule compares with it."""
+    import bandstore
+
+    path = tmp / "inline"
+    rows, dim, bag = 1 << 14, 16, 8
+    rng = np.random.default_rng(1)
+    with bandstore.create(path) as s:
+        for i in range(max(_INLINE_TABLES)):
+            s.add_table(f"t{i}", rng.standard_normal((rows, dim)).astype(np.float32),
+                        progress=False)  # fmt: skip
+    calls = 41 if quick else 61
+    even = []
+    for k in _INLINE_TABLES:
+        names = [f"t{i}" for i in range(k)]
+        stores = []
+        for w in (1, 2):
+            plan = {"workers": w,
+                    "tables": {n: {"strategy": "resident", "worker": i % w}
+                               for i, n in enumerate(names)}}  # fmt: skip
+            stores.append(bandstore.open(path, plan=plan, workers=w))
+        two = stores[1]._executor
+        two.inline_below = (0.0, 0.0)  # never inline, but estimating as the rule does
+        work, speedup = [], []
+        try:
+            for lookups in _INLINE_LOOKUPS:
+                req = {n: (rng.integers(0, rows, lookups), _bags(lookups, bag)[:-1])
+                       for n in names}  # fmt: skip
+                times: list[list[float]] = [[], []]
+                for c in range(calls + 3):  # one and two workers in turns; 3 to warm up
+                    for st, ts in zip(stores, times, strict=True):
+                        t0 = time.perf_counter()
+                        st.lookup_many(req)
+                        if c >= 3:
+                            ts.append(time.perf_counter() - t0)
+                work.append(sum(lookups * two.busy.per_lookup[n] for n in names))
+                speedup.append(float(np.median(times[0]) / np.median(times[1])))
+                if len(speedup) > 1 and min(speedup[-2:]) >= 1.0:
+                    break  # two sizes in a row won: past the break-even
+        finally:
+            for st in stores:
+                st.close()
+        even.append(_crossing(work, speedup))
+    k0, k1 = _INLINE_TABLES
+    per_task = max(0.0, (even[1] - even[0]) / (k1 - k0))
+    return max(0.0, even[0] - per_task * k0), per_task
+
+
+def _crossing(one_ns: list[float], speedup: list[float]) -> float:
+    """The work per call (``one_ns``) where the speedup of two workers reaches 1: log-log
+    interpolation
+    between the size before the first of two winning sizes in a row and that size (a single
+    win amid losses is noise); twice the largest size's time when two workers never won so,
+    0 when they won from the smallest size on."""
+    wins = [i for i in range(len(speedup))
+            if speedup[i] >= 1.0 and (i + 1 == len(speedup) or speedup[i + 1] >= 1.0)]  # fmt: skip
+    if not wins or speedup[-1] < 1.0:
+        return 2.0 * one_ns[-1]
+    i = wins[0]
+    if i == 0:
+        return 0.0
+    (a, b), (ra, rb) = one_ns[i - 1 : i + 1], speedup[i - 1 : i + 1]
+    frac = -np.log(ra) / max(np.log(rb) - np.log(ra), 1e-12)
+    return float(np.exp(np.log(a) + frac * (np.log(b) - np.log(a))))
+
+
 def calibrate(*, quick: bool = False, block_size: int = 4096, checksum_bytes: int | None = None,
               seed: int = 0) -> Calibration:  # fmt: skip
     """Measure this machine's costs (a few seconds; ``quick``: smaller, noisier) for a store of
@@ -448,6 +535,7 @@ def calibrate(*, quick: bool = False, block_size: int = 4096, checksum_bytes: in
             rng, repeats, tmp, block_size, quick, checksum_bytes
         )
         call_ns, table_ns, dispatch_ns = _measure_python(tmp, repeats)
+        inline_base_ns, inline_task_ns = _measure_inline(tmp, quick)
     select_ns, combine_ns = _measure_split(rng, repeats, n)
     return Calibration(
         gather_sizes=list(_GATHER_SIZES),
@@ -468,6 +556,8 @@ def calibrate(*, quick: bool = False, block_size: int = 4096, checksum_bytes: in
         checksum_bytes=checksum_bytes,
         block_file_bytes=[b * block_size for b in _calibration_blocks(quick, block_size)],
         block_large_ns=large_ns,
+        inline_base_ns=inline_base_ns,
+        inline_task_ns=inline_task_ns,
         seconds=time.perf_counter() - t0,
     )
 
@@ -521,5 +611,9 @@ def format_calibration(cal: Calibration) -> str:
     lines.append(
         f"  lookup_many Python cost: {cal.call_ns / 1e3:.1f} us/call + {cal.table_ns / 1e3:.1f} "
         f"us/table, {cal.dispatch_ns / 1e3:.1f} us per helper worker woken"
+    )
+    lines.append(
+        f"  two workers beat one above {cal.inline_base_ns / 1e3:.0f} us + "
+        f"{cal.inline_task_ns / 1e3:.1f} us per task of work per call (below: served inline)"
     )
     return "\n".join(lines)

@@ -25,6 +25,10 @@ from bandstore.plan.strategies import CachedRunner, Runner, _bag_range
 LATENCY_WINDOW = 4096
 #: Weight of the newest time in a task's moving average (about the last 1 / w calls count).
 RECENT_WEIGHT = 0.125
+#: Every this many calls (and the first ones) the tasks note their CPU time for the inline
+#: rule's estimates: reading a thread's CPU clock costs ~1 us, too much for every task.
+CPU_SAMPLE_EVERY = 8
+CPU_SAMPLE_WINDOW = 5
 #: Calls between two re-orderings of the tasks by their measured times (after the first
 #: REORDER_EVERY calls, which each re-order).
 REORDER_EVERY = 32
@@ -141,12 +145,25 @@ class BusyLog:
         self.seconds: dict[str, float] = {}
         self.calls = 0
         self.recent: dict[str, float] = {}
+        #: CPU ns per lookup of each table (median of its last sampled tasks): a call's work,
+        #: before it is served, for the executor's inline rule.
+        self.per_lookup: dict[str, float] = {}
+        self._samples: dict[str, list[float]] = {}
+        #: Whether the tasks now running note their CPU time (``_run_part``).
+        self.sample_cpu = False
 
-    def add(self, table: str, seconds: float) -> None:
+    def add(self, table: str, seconds: float, lookups: int = 0, cpu_ns: int = 0) -> None:
         with self._lock:
             self.seconds[table] = self.seconds.get(table, 0.0) + seconds
             last = self.recent.get(table, seconds)
             self.recent[table] = last + RECENT_WEIGHT * (seconds - last)
+            if lookups > 0:
+                # The median of the last few samples: the first calls of a table (page faults,
+                # a cold cache) cost many times the steady state and would linger in an average.
+                window = self._samples.setdefault(table, [])
+                window.append(cpu_ns / lookups)
+                del window[:-CPU_SAMPLE_WINDOW]
+                self.per_lookup[table] = sorted(window)[len(window) // 2]  # (np.median: ~10 us)
 
     def recent_times(self) -> dict[str, float]:
         with self._lock:
@@ -175,8 +192,14 @@ def _run_tasks(tasks: Sequence[Task], busy: BusyLog | None = None
 
 
 def _run_part(task: Task, busy: BusyLog | None) -> BaseException | None:
-    """Run one task, timed into ``busy`` when it succeeds; return its exception, if any."""
+    """Run one task, timed into ``busy`` when it succeeds; return its exception, if any.
+
+    When ``busy.sample_cpu`` is set, the task's thread CPU time per lookup is noted too: the
+    table's work, without the waits for the GIL that its wall time holds with two workers
+    (largest on exactly the small calls the inline rule must recognize)."""
     runner, job, part = task
+    sample = busy is not None and busy.sample_cpu
+    c0 = time.thread_time_ns() if sample else 0
     t0 = time.perf_counter()
     try:
         if job.out is None:
@@ -188,7 +211,15 @@ def _run_part(task: Task, busy: BusyLog | None) -> BaseException | None:
     except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
         return exc
     if busy is not None:
-        busy.add(runner.table.name, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if sample:
+            if isinstance(part, tuple):
+                lookups = int(job.offsets[part[1]] - job.offsets[part[0]])
+            else:
+                lookups = max(1, job.ids.shape[0] // runner.parts)
+            busy.add(runner.table.name, seconds, lookups, time.thread_time_ns() - c0)
+        else:
+            busy.add(runner.table.name, seconds)
     return None
 
 
@@ -196,9 +227,18 @@ class Executor:
     """W workers and the routes of a plan: table -> (runner, worker of each part)."""
 
     def __init__(self, workers: int, routes: Mapping[str, tuple[Runner, tuple[int, ...]]],
-                 *, pin: bool = True, costs: Mapping[str, float] | None = None):  # fmt: skip
+                 *, pin: bool = True, costs: Mapping[str, float] | None = None,
+                 inline_below: tuple[float, float] | None = None):  # fmt: skip
         self.workers = int(workers)
         self.routes = dict(routes)
+        #: (base ns, ns per task): a call whose measured work is below base + per task x its
+        #: tasks runs on the calling thread alone. Handing work to a helper and back costs
+        #: wake-ups and GIL transfers (tens of microseconds each on a VM), which a small call
+        #: cannot earn back; None: always use the workers.
+        self.inline_below = inline_below
+        #: Calls served so far on the workers / on the calling thread alone (by the rule above).
+        self.parallel_calls = 0
+        self.inline_calls = 0
         # Each worker starts its longest tasks first, so that what is left for the other
         # worker to take from the back of its list once its own is done are the short ones
         # (longest-first list scheduling). The order starts from ``costs`` (the plan's
@@ -298,6 +338,9 @@ class Executor:
         for_caller: list[tuple] = []
         order = self._order(prepared)  # (may re-decide the cuts)
         cuts = self._cuts
+        work, n_tasks, any_helped = 0.0, 0, False
+        rule = self.inline_below is not None and self.workers > 1
+        per_lookup = self.busy.per_lookup if rule else None
         for name in order:
             req = prepared[name]
             runner, where = self.route(name, req[0])
@@ -310,6 +353,10 @@ class Executor:
             else:
                 parts, helped = self._parts(where)
             (for_helpers if helped else for_caller).append((name, runner, req, parts))
+            any_helped |= helped
+            n_tasks += len(parts)
+            if per_lookup is not None:  # a table not yet timed: served inline (and timed)
+                work += req[1].shape[0] * per_lookup.get(name, 0.0)
 
         def begin(items: list[tuple]) -> None:
             # The helpers' jobs are begun first and handed over at once, then this thread
@@ -323,11 +370,22 @@ class Executor:
                     if part.__class__ is not tuple or part[0] < part[1]:  # no empty range
                         per_worker[w].append((runner, job, part))
 
+        if rule:
+            calls = self.busy.calls
+            self.busy.sample_cpu = calls < CPU_SAMPLE_EVERY or calls % CPU_SAMPLE_EVERY == 0
+        small = False
+        if rule and any_helped:
+            base, per_task = self.inline_below  # type: ignore[misc]
+            small = work < base + per_task * n_tasks
         with self._state:
-            inline = self._closing or self.workers == 1
+            inline = self._closing or self.workers == 1 or small
             if not inline:
                 self._active += 1
-        if inline:  # one worker, or replaced by a new plan: everything on this thread
+            if small:
+                self.inline_calls += 1
+            elif any_helped and not inline:
+                self.parallel_calls += 1
+        if inline:  # one worker, a small call, or replaced by a new plan: all on this thread
             begin(for_helpers)
             begin(for_caller)
             error = _run_tasks([task for tasks in per_worker for task in tasks], self.busy)
