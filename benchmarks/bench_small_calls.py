@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="small_calls", help="results file stem")
     args = ap.parse_args(argv)
     sizes = [1, 4, 16, 64, 256, 1024]
-    calls = 60 if args.quick else 200
+    calls = 60 if args.quick else 400
     with tempfile.TemporaryDirectory(prefix="bandstore-small-calls-") as d:
         path = Path(d) / "store"
         plan = build(path)
