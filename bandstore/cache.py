@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bandstore import dram
 from bandstore.errors import InvalidArgumentError
 from bandstore.kernels.cache import META_CAPACITY, NEVER
 
@@ -91,12 +92,13 @@ class CacheState:
     def __init__(self, rows: int, dim: int, capacity: int, *, with_data: bool = True):
         self.rows = rows
         self.capacity = capacity
-        self.slot_of_id = np.full(rows, -1, dtype=np.int32)
-        self.id_of_slot = np.full(capacity, -1, dtype=np.int64)
-        self.ref = np.zeros(capacity, dtype=np.uint8)
+        # Read at random on every lookup: large ones on huge pages (bandstore.dram).
+        self.slot_of_id = dram.full(rows, -1, np.int32)
+        self.id_of_slot = dram.full(capacity, -1, np.int64)
+        self.ref = dram.zeros(capacity, np.uint8)
         self.meta = np.zeros(4, dtype=np.int64)
         self.meta[META_CAPACITY] = capacity
-        self.data = np.zeros((capacity, dim if with_data else 0), dtype=np.float32)
+        self.data = dram.zeros((capacity, dim if with_data else 0), np.float32)
 
     @property
     def filled(self) -> int:

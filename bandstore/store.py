@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from bandstore import blockfile
+from bandstore import blockfile, dram
 from bandstore.blockfile import BlockGeometry
 from bandstore.cache import (
     CachePolicy,
@@ -124,18 +124,19 @@ class _Table:
         self.layout = blockfile.read_layout_file(
             vdir / rec["layout_file"], g.rows, rec["layout_checksum"]
         )
-        inverse = np.full(g.n_blocks * g.rows_per_block, -1, dtype=np.int64)
+        # Read at random by lookups (neighbour admission, misses): large ones on huge pages.
+        inverse = dram.full(g.n_blocks * g.rows_per_block, -1, np.int64)
         inverse[self.layout] = np.arange(g.rows, dtype=np.int64)
         self.inverse_layout = inverse
         checksums = catalog.checksums(self.file_id)
         spb = g.block_size // self.checksum_bytes
         if checksums is None or checksums.shape != (g.n_blocks * spb,):
             raise CorruptFileError(str(self.block_path), "the catalog has no checksums for it")
-        self.checksums = checksums
+        self.checksums = dram.copy(checksums)
         counts = catalog.counts(name)
         if counts is not None and counts.shape != (g.rows,):
             raise CorruptFileError(str(catalog.root), f"access counts of {name!r} have bad length")
-        self.counts = counts if counts is not None else np.zeros(g.rows, dtype=np.int32)
+        self.counts = dram.copy(counts) if counts is not None else dram.zeros(g.rows, np.int32)
         self.has_counts = counts is not None
         self.verify_reads = verify_reads
         self.lock = threading.Lock()
@@ -1069,7 +1070,7 @@ class Store:
         self._catalog.put_tuning(records, counts=arrays)
         for name, c in arrays.items():
             t = self._tables[name]
-            t.counts, t.has_counts = c, True
+            t.counts, t.has_counts = dram.copy(c), True
         from bandstore.plan.runtime import retune
 
         retune(self, sorted(set(records) | set(arrays)))

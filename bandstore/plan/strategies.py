@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bandstore import dram
 from bandstore.cache import CacheState, cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
@@ -143,7 +144,7 @@ def decode_table(t: Any) -> np.ndarray:
     from bandstore.codecs import decode_rows
 
     g = t.geometry
-    out = np.empty((g.rows, g.dim), dtype=np.float32)
+    out = dram.zeros((g.rows, g.dim), np.float32)  # gathered at random: on huge pages
     for start in range(0, g.rows, _DECODE_CHUNK):
         stop = min(g.rows, start + _DECODE_CHUNK)
         slots = np.asarray(t.layout[start:stop])
@@ -264,13 +265,12 @@ class SplitCachedRunner(Runner):
             ids = np.arange(g.rows, dtype=np.int64)
             owner = _owner_of(ids, parts)
             self.counts = [
-                np.ascontiguousarray(np.where(owner == j, t.counts, -1), dtype=np.int32)
-                for j in range(parts)
+                dram.copy(np.where(owner == j, t.counts, -1).astype(np.int32)) for j in range(parts)
             ]
         # One slot index for all parts: a part only ever writes the entries of the ids it owns
         # (its misses, its evictions, its own neighbours), and the replicated ids sit at the
         # same pinned slot in every part, so the parts never write one entry differently.
-        slot_of_id = np.full(g.rows, -1, dtype=np.int32)
+        slot_of_id = dram.full(g.rows, -1, np.int32)
         self.caches = []
         own_cap = capacity_rows(self.cache_bytes, g.dim, g.rows)
         n_pin = int(self.pinned_share * own_cap)
