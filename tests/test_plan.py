@@ -279,10 +279,12 @@ def test_parallel_results_equal_sequential_under_concurrent_callers(store_path, 
             assert st_["total"]["lookup_many_inline_calls"] == 0
 
 
-def test_calls_below_the_break_even_run_inline(store_path, weights):
+def test_calls_below_the_break_even_run_inline(store_path, weights, tmp_path):
     """A call whose estimated work is below the calibrated break-even of two workers runs on
     the calling thread alone (same results); a table not timed yet counts as no work, so it is
     served inline, and timed."""
+    import shutil
+
     from bandstore.plan.calibrate import Calibration
 
     rng = np.random.default_rng(5)
@@ -310,12 +312,20 @@ def test_calls_below_the_break_even_run_inline(store_path, weights):
     for got, want in zip(outs, [*expected, expected[0]], strict=True):
         for n in want:
             np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=1e-5)
-    # A stored calibration's break-even is what a newly opened store's executor uses.
+    # A stored calibration's break-even is what a newly opened store's executor uses (on a
+    # copy: the module's store keeps no calibration).
+    copy = tmp_path / "store"
+    shutil.copytree(store_path, copy)
     cal = Calibration.from_dict({"inline_base_ns": 123.0, "inline_task_ns": 4.5})
-    with bandstore.open(store_path, writable=True) as s:
+    with bandstore.open(copy, writable=True) as s:
         s.catalog.put_meta("calibration", cal.as_dict())
-    with bandstore.open(store_path, plan=ALL_STRATEGIES) as s:
+    with bandstore.open(copy, plan=ALL_STRATEGIES) as s:
         assert s._executor.inline_below == (123.0, 4.5)
+    # One stored before the break-even was measured (format 3): calls always use the workers.
+    with bandstore.open(copy, writable=True) as s:
+        s.catalog.put_meta("calibration", {**cal.as_dict(), "format": 3})
+    with bandstore.open(copy, plan=ALL_STRATEGIES) as s:
+        assert s._executor.inline_below is None
 
 
 class _CountingQueue:

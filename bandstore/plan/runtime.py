@@ -139,9 +139,10 @@ def attach(store: Any) -> None:
             costs = {n: tp.predicted_ns for n, tp in plan.tables.items() if tp.predicted_ns}
         from bandstore.plan import load_calibration  # (the package imports this module)
 
-        # The break-even is this machine's: without a measured one, calls always use the workers.
-        cal, measured = load_calibration(store)
-        inline_below = cal.inline_below() if measured else None
+        # The break-even is this machine's: without a measured one (no calibration stored, or
+        # one from before format 4 measured it), calls always use the workers.
+        cal, stored = load_calibration(store)
+        inline_below = cal.inline_below() if stored and cal.format >= 4 else None
         store._executor = Executor(workers, built, costs=costs, inline_below=inline_below)
         store._plan = plan
     if old_exec is not None:
