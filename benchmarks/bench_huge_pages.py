@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from paths import RESULTS
+from paths import RESULTS, run_facts
 
 from bandstore import dram
 from bandstore.kernels import cache as kc
@@ -110,12 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                              "speedup": small / huge, "anon_huge_kib": huge_kib})  # fmt: skip
             print(rows_out[-1], flush=True)
         del contenders, fns
-    cmd = " ".join(["python benchmarks/bench_huge_pages.py", *(argv or sys.argv[1:])])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+    cmd, commit, load = run_facts("bench_huge_pages.py", argv)
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     mode = thp.read_text().strip() if thp.exists() else "unknown"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         "# Random reads of DRAM arrays: 4 KB pages vs transparent huge pages",
         "",

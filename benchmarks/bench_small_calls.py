@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from paths import RESULTS
+from paths import RESULTS, run_facts
 
 import bandstore
 from bandstore.cache import cache_row_bytes
@@ -113,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for s in stores.values():
                 s.close()
-    cmd = " ".join(["python benchmarks/bench_small_calls.py", *(argv or sys.argv[1:])])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    cmd, commit, load = run_facts("bench_small_calls.py", argv)
     lines = [
         "# Small calls: 2 workers vs 1, with and without the inline rule",
         "",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -10,3 +12,12 @@ RESULTS = HERE / "results"
 #: The real traces: the directory named by ``BANDSTORE_DATA``, else ``shared/data`` beside the
 #: checkout (the project's workspace layout). Never committed; benchmarks skip what is absent.
 DATA = Path(os.environ.get("BANDSTORE_DATA") or HERE.parents[1] / "shared" / "data")
+
+
+def run_facts(script: str, argv: list[str] | None) -> tuple[str, str, str]:
+    """What a results file says of its run: the command that reproduces it, the commit, and
+    the load average."""
+    cmd = " ".join([f"python benchmarks/{script}", *(argv or sys.argv[1:])])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=HERE).stdout.strip()  # fmt: skip
+    return cmd, commit, ", ".join(f"{x:.2f}" for x in os.getloadavg())
