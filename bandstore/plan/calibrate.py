@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from bandstore import dram
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
 
@@ -170,7 +171,7 @@ def _measure_gather(rng: np.random.Generator, repeats: int, n: int) -> dict[str,
         vals = []
         for size in _GATHER_SIZES:
             rows = max(64, size // (4 * dim))
-            data = np.full((rows, dim), 0.5, dtype=np.float32)
+            data = dram.full((rows, dim), 0.5, np.float32)  # allocated as the store does
             ids = rng.integers(0, rows, n)
             off = _bags(n, 32)
             out_arr = np.zeros((off.size - 1, dim), dtype=np.float32)
@@ -185,11 +186,12 @@ def _measure_gather(rng: np.random.Generator, repeats: int, n: int) -> dict[str,
 
 
 def _hit_setup(rows: int, dim: int):
-    slot_of_id = np.arange(rows, dtype=np.int32)
-    id_of_slot = np.arange(rows, dtype=np.int64)
-    ref = np.zeros(rows, dtype=np.uint8)
+    """An all-hit cache of ``rows`` rows, its arrays allocated as the store's are."""
+    slot_of_id = dram.copy(np.arange(rows, dtype=np.int32))
+    id_of_slot = dram.copy(np.arange(rows, dtype=np.int64))
+    ref = dram.zeros(rows, np.uint8)
     meta = np.array([0, rows, 0, rows], dtype=np.int64)
-    data = np.full((rows, dim), 0.5, dtype=np.float32)
+    data = dram.full((rows, dim), 0.5, np.float32)
     return slot_of_id, id_of_slot, ref, meta, data
 
 
@@ -204,7 +206,7 @@ def _measure_probe(rng, repeats: int, n: int) -> list[float]:
     empty_sums = np.empty(0, dtype=np.uint64)
     for rows in _PROBE_ROWS:
         slot_of_id, id_of_slot, ref, meta, data = _hit_setup(rows, dim)
-        counts = np.zeros(rows, dtype=np.int32)
+        counts = dram.zeros(rows, np.int32)
         layout = np.arange(rows, dtype=np.int64)
         ids = rng.integers(0, rows, n)
         off = _bags(n, 32)
@@ -366,8 +368,8 @@ def _measure_insert(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, repeat
     rows = layout.size
     cap = 1024
     no_w = np.empty(0, dtype=np.float32)
-    inverse = layout.copy()
-    counts = np.zeros(rows, dtype=np.int32)
+    inverse = dram.copy(layout)  # the store's arrays are allocated so (bandstore.dram)
+    counts = dram.zeros(rows, np.int32)
     best = best_direct = float("inf")
     for _ in range(repeats):
         from bandstore.cache import CacheState
