@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{cmd}` at {commit} ({os.cpu_count()} CPUs, load {load}; {TABLES} tables, dim {DIM}, "
         f"{POOLING} ids per table per query, {calls} calls per size, contenders in turns, "
         f"medians). Calibrated break-even: {cal.inline_base_ns / 1e3:.0f} us + "
-        f"{cal.inline_task_ns / 1e3:.1f} us per task of one-thread work per call.",
+        f"{cal.inline_task_ns / 1e3:.1f} us per task of estimated CPU work per call.",
         "",
         "| queries per call | lookups per call | 1 worker us | 2 workers, always: us "
         "(speedup) | 2 workers, rule: us (speedup) | rule: calls inline |",

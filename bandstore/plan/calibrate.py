@@ -25,7 +25,7 @@ for the cost model. Each figure is the minimum over a few repetitions (the least
   per table in it, and per helper worker woken (best case: tiny calls whose tasks the calling
   thread takes back before the helper is awake).
 - ``inline_base_ns`` / ``inline_task_ns``: the break-even of two workers against one, as work
-  per call (ns on one thread) = base + per task x the call's tasks. Below it a call is faster
+  per call (ns of CPU) = base + per task x the call's tasks. Below it a call is faster
   on the calling thread alone: handing tasks to a helper costs a wake-up and GIL transfers per
   task (tens of microseconds each on a VM, whose idle virtual CPU must be woken by the host),
   and the executor serves such calls inline. Measured as the median per-call times of 2 and 26
@@ -616,6 +616,6 @@ def format_calibration(cal: Calibration) -> str:
     )
     lines.append(
         f"  two workers beat one above {cal.inline_base_ns / 1e3:.0f} us + "
-        f"{cal.inline_task_ns / 1e3:.1f} us per task of work per call (below: served inline)"
+        f"{cal.inline_task_ns / 1e3:.1f} us per task of estimated CPU work per call (below: inline)"
     )
     return "\n".join(lines)
