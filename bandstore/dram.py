@@ -3,8 +3,8 @@
 Lookups read decoded rows, slot indexes, layouts and checksums at random. With 4 KB pages
 every such read of an array beyond the TLB's reach (a few MB) also walks the page tables,
 which on a virtual machine (nested paging) costs more than the read itself: pooling random
-rows of a 1 GiB float32 table took 35 ns per row on 4 KB pages and 13 ns on 2 MB pages on the
-benchmark VM (`benchmarks/bench_lookup.py` records it per run). Arrays of at least
+rows of a 32 MiB-1 GiB float32 table was 1.4-1.6x faster on 2 MB pages than on 4 KB ones on
+the benchmark VM (``benchmarks/bench_huge_pages.py``). Arrays of at least
 ``HUGE_PAGE_MIN_BYTES`` are therefore allocated from an anonymous mapping advised
 ``MADV_HUGEPAGE`` (Linux's transparent huge pages in their default ``madvise`` mode); where
 the advice is not available they are still correct, on ordinary pages.
