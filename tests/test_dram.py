@@ -52,3 +52,12 @@ def test_the_store_keeps_its_large_random_read_arrays_on_them(tmp_path):
         ids = rng.integers(0, rows, 1000)
         np.testing.assert_array_equal(s.lookup("t", ids), w[ids])
         np.testing.assert_array_equal(s.lookup("t", ids), w[ids])  # now from the cache
+
+
+def test_without_the_advice_or_anonymous_mappings_arrays_are_still_right(monkeypatch):
+    monkeypatch.setattr(dram, "_MADV_HUGEPAGE", None)  # a kernel or Python without THP advice
+    a = dram.full(LARGE, 3, np.int32)
+    assert _mapped(a) and (a == 3).all()
+    monkeypatch.delattr(mmap, "MAP_ANONYMOUS")  # a platform without anonymous mappings
+    b = dram.full(LARGE, 3, np.int32)
+    assert not _mapped(b) and (b == 3).all()
