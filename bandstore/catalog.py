@@ -28,6 +28,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
+from bandstore import dram
 from bandstore.errors import (
     ConcurrentWriteError,
     CorruptFileError,
@@ -153,7 +154,9 @@ class Catalog:
             raw = txn.get(key)
             if raw is None:
                 return None
-            return np.frombuffer(bytes(raw), dtype=dtype).copy()
+            # One copy, out of the transaction's buffer into the array lookups read (large ones
+            # on huge pages: checksums and access counts are read at random).
+            return dram.copy(np.frombuffer(raw, dtype=dtype))
 
     # ---- format, versions ------------------------------------------------------------------
     @property

@@ -25,13 +25,13 @@ HUGE_PAGE_MIN_BYTES = 2 << 20
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
-def zeros(shape: Any, dtype: Any) -> np.ndarray:
-    """``np.zeros(shape, dtype)``, on huge pages when it is large."""
-    dtype = np.dtype(dtype)
+def _mapped(shape: Any, dtype: np.dtype) -> np.ndarray | None:
+    """A zero-filled array on huge pages, or None when it is small (or the platform has no
+    anonymous mappings, as on Windows): then numpy's own allocation serves."""
     count = int(np.prod(shape, dtype=np.int64))
     nbytes = count * dtype.itemsize
-    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MAP_ANONYMOUS"):  # (not on Windows)
-        return np.zeros(shape, dtype=dtype)
+    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return None
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if _MADV_HUGEPAGE is not None:
         try:
@@ -41,16 +41,26 @@ def zeros(shape: Any, dtype: Any) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
 
 
+def zeros(shape: Any, dtype: Any) -> np.ndarray:
+    """``np.zeros(shape, dtype)``, on huge pages when it is large."""
+    out = _mapped(shape, np.dtype(dtype))
+    return np.zeros(shape, dtype=dtype) if out is None else out
+
+
 def full(shape: Any, value: Any, dtype: Any) -> np.ndarray:
     """``np.full(shape, value, dtype)``, on huge pages when it is large."""
-    out = zeros(shape, dtype)
-    if value != 0:
+    out = _mapped(shape, np.dtype(dtype))
+    if out is None:
+        return np.full(shape, value, dtype=dtype)
+    if value != 0:  # (the mapping's pages are zero already)
         out.fill(value)
     return out
 
 
 def copy(array: np.ndarray) -> np.ndarray:
     """A C-contiguous copy of ``array``, on huge pages when it is large."""
-    out = zeros(array.shape, array.dtype)
+    out = _mapped(array.shape, array.dtype)
+    if out is None:
+        return np.array(array, order="C", copy=True)
     out[...] = array
     return out

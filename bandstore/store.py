@@ -132,11 +132,11 @@ class _Table:
         spb = g.block_size // self.checksum_bytes
         if checksums is None or checksums.shape != (g.n_blocks * spb,):
             raise CorruptFileError(str(self.block_path), "the catalog has no checksums for it")
-        self.checksums = dram.copy(checksums)
+        self.checksums = checksums  # (the catalog's copy is already on huge pages)
         counts = catalog.counts(name)
         if counts is not None and counts.shape != (g.rows,):
             raise CorruptFileError(str(catalog.root), f"access counts of {name!r} have bad length")
-        self.counts = dram.copy(counts) if counts is not None else dram.zeros(g.rows, np.int32)
+        self.counts = counts if counts is not None else dram.zeros(g.rows, np.int32)
         self.has_counts = counts is not None
         self.verify_reads = verify_reads
         self.lock = threading.Lock()

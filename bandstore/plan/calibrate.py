@@ -504,10 +504,9 @@ def _measure_inline(tmp: Path, quick: bool) -> tuple[float, float]:
 
 def _crossing(one_ns: list[float], speedup: list[float]) -> float:
     """The work per call (``one_ns``) where the speedup of two workers reaches 1: log-log
-    interpolation
-    between the size before the first of two winning sizes in a row and that size (a single
-    win amid losses is noise); twice the largest size's time when two workers never won so,
-    0 when they won from the smallest size on."""
+    interpolation between the size before the first of two winning sizes in a row and that
+    size (a single win amid losses is noise); twice the largest size's work when two workers
+    never won so, 0 when they won from the smallest size on."""
     wins = [i for i in range(len(speedup))
             if speedup[i] >= 1.0 and (i + 1 == len(speedup) or speedup[i + 1] >= 1.0)]  # fmt: skip
     if not wins or speedup[-1] < 1.0:
