@@ -387,13 +387,14 @@ class Store:
         self._tables: dict[str, _Table] = {}
         self._reader_lock: blockfile.ReaderLock | None = None
         self._version: dict = {}
-        from bandstore.plan.executor import LatencyLog
+        from bandstore.plan.executor import CallCounts, LatencyLog
 
         self._workers_arg = workers
         self._plan_arg = plan
         self._plan: Any = None
         self._executor: Any = None
         self._latency = LatencyLog()
+        self._call_counts = CallCounts()  # parallel / inline calls, whatever the executor
         self._replanner: Any = None
         if replan_every is not None:
             if recorder is None:
@@ -834,9 +835,9 @@ class Store:
         out["total"] = _stats_dict(total)
         lat = self._latency.summary()  # lookup_many calls: count, p50/p99 in microseconds
         out["total"].update({f"lookup_many_{k}": v for k, v in lat.items()})
-        ex = self._executor  # calls served on the workers / inline as too small for them
-        out["total"]["lookup_many_parallel_calls"] = ex.parallel_calls
-        out["total"]["lookup_many_inline_calls"] = ex.inline_calls
+        calls = self._call_counts  # served on the workers / inline as too small for them
+        out["total"]["lookup_many_parallel_calls"] = calls.parallel
+        out["total"]["lookup_many_inline_calls"] = calls.inline
         return out
 
     def reset_stats(self) -> None:
@@ -845,7 +846,7 @@ class Store:
             with t.lock:
                 t.stats[:] = 0
         self._latency.reset()
-        self._executor.parallel_calls = self._executor.inline_calls = 0
+        self._call_counts.reset()
 
     # ---- writing ---------------------------------------------------------------------------
     def _check_writable(self) -> None:

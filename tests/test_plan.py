@@ -307,6 +307,14 @@ def test_calls_below_the_break_even_run_inline(store_path, weights, tmp_path):
         ex.inline_below = (0.0, 0.0)  # nothing is small
         outs.append(s.lookup_many(requests[0]))
         assert s.stats()["total"]["lookup_many_parallel_calls"] == 1 and handed.puts == 1
+        from bandstore.plan.runtime import attach
+
+        attach(s)  # a new executor (as a new plan installs): the counts carry on
+        assert s._executor is not ex
+        s.lookup_many(requests[0])
+        st_ = s.stats()["total"]
+        assert st_["lookup_many_parallel_calls"] == 2
+        assert st_["lookup_many_inline_calls"] == len(requests)
         s.reset_stats()
         assert s.stats()["total"]["lookup_many_inline_calls"] == 0
     for got, want in zip(outs, [*expected, expected[0]], strict=True):

@@ -43,6 +43,28 @@ UNCUT_SHARE = 0.6
 Task = tuple[Runner, Any, "int | tuple[int, int]"]
 
 
+class CallCounts:
+    """``lookup_many`` calls handed to the helper workers and served inline by the executor's
+    rule, since reset. The store owns them, so they outlive an executor replaced by a new plan
+    (as its LatencyLog does)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.parallel = 0
+        self.inline = 0
+
+    def add(self, *, inline: bool) -> None:
+        with self._lock:
+            if inline:
+                self.inline += 1
+            else:
+                self.parallel += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.parallel = self.inline = 0
+
+
 class LatencyLog:
     """A bounded ring of per-call latencies (seconds); cheap to append, percentiles on demand."""
 
@@ -228,7 +250,8 @@ class Executor:
 
     def __init__(self, workers: int, routes: Mapping[str, tuple[Runner, tuple[int, ...]]],
                  *, pin: bool = True, costs: Mapping[str, float] | None = None,
-                 inline_below: tuple[float, float] | None = None):  # fmt: skip
+                 inline_below: tuple[float, float] | None = None,
+                 calls: CallCounts | None = None):  # fmt: skip
         self.workers = int(workers)
         self.routes = dict(routes)
         #: (base ns, ns per task): a call whose measured work is below base + per task x its
@@ -236,9 +259,8 @@ class Executor:
         #: wake-ups and GIL transfers (tens of microseconds each on a VM), which a small call
         #: cannot earn back; None: always use the workers.
         self.inline_below = inline_below
-        #: Calls served so far on the workers / on the calling thread alone (by the rule above).
-        self.parallel_calls = 0
-        self.inline_calls = 0
+        #: Calls served on the workers / on the calling thread alone by the rule above.
+        self.calls = CallCounts() if calls is None else calls
         # Each worker starts its longest tasks first, so that what is left for the other
         # worker to take from the back of its list once its own is done are the short ones
         # (longest-first list scheduling). The order starts from ``costs`` (the plan's
@@ -381,10 +403,8 @@ class Executor:
             inline = self._closing or self.workers == 1 or small
             if not inline:
                 self._active += 1
-            if small:
-                self.inline_calls += 1
-            elif any_helped and not inline:
-                self.parallel_calls += 1
+            if small or (any_helped and not inline):
+                self.calls.add(inline=small)
         if inline:  # one worker, a small call, or replaced by a new plan: all on this thread
             begin(for_helpers)
             begin(for_caller)

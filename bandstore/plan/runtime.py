@@ -143,7 +143,9 @@ def attach(store: Any) -> None:
         # one from before format 4 measured it), calls always use the workers.
         cal, stored = load_calibration(store)
         inline_below = cal.inline_below() if stored and cal.format >= 4 else None
-        store._executor = Executor(workers, built, costs=costs, inline_below=inline_below)
+        store._executor = Executor(
+            workers, built, costs=costs, inline_below=inline_below, calls=store._call_counts
+        )
         store._plan = plan
     if old_exec is not None:
         old_exec.close()
