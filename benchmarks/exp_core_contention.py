@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import threading
 import time
 
 import numpy as np
-from paths import RESULTS
+from paths import RESULTS, run_facts
 
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
@@ -79,13 +78,12 @@ def main(argv=None) -> None:
                          "scaling": 2 * one / two})  # fmt: skip
         print(rows_out[-1], flush=True)
         del a, b
-    cmd = " ".join(
-        ["python benchmarks/exp_core_contention.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    cmd, commit, load = run_facts("exp_core_contention.py", argv)
     lines = [
         "# Two cores on the gather kernel: aggregate rate of 2 threads / 1 thread",
         "",
-        f"`{cmd}` ({os.cpu_count()} CPUs; each thread its own table, dim {DIM}, bags of 32, "
+        f"`{cmd}` at {commit} ({os.cpu_count()} CPUs, load {load}; each thread its own table, "
+        f"dim {DIM}, bags of 32, "
         f"{args.lookups:,} random lookups per thread per run; alone and together alternate, "
         f"medians of {args.repeats}).",
         "",

@@ -17,7 +17,7 @@ DATA = Path(os.environ.get("BANDSTORE_DATA") or HERE.parents[1] / "shared" / "da
 def run_facts(script: str, argv: list[str] | None) -> tuple[str, str, str]:
     """What a results file says of its run: the command that reproduces it, the commit, and
     the load average."""
-    cmd = " ".join([f"python benchmarks/{script}", *(argv or sys.argv[1:])])
+    cmd = " ".join([f"python benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=HERE).stdout.strip()  # fmt: skip
     return cmd, commit, ", ".join(f"{x:.2f}" for x in os.getloadavg())
