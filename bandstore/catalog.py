@@ -252,7 +252,10 @@ class Catalog:
     def meta(self, name: str) -> Any:
         return self._get_json(b"meta/" + name.encode())
 
-    def put_meta(self, name: str, value: Any) -> None:
+    def put_meta(self, name: str, value: Any, counts: dict[str, np.ndarray] | None = None) -> None:
+        """Store ``value`` (and access counts by table, made with it) in one txn."""
         with self._env.begin(write=True) as txn:
             txn.put(b"meta/" + name.encode(), _dumps(value))
+            for table, arr in (counts or {}).items():
+                txn.put(b"counts/" + table.encode(), np.ascontiguousarray(arr, "<i4").tobytes())
         self._env.sync(True)

@@ -1045,7 +1045,7 @@ class Store:
         self._check_writable()
         records = {}
         for name, rec in tuning.items():
-            t = self._table(name)
+            self._table(name)  # an unknown table raises
             policy = CachePolicy(
                 int(rec["cache_bytes"]),
                 threshold_from_json(rec.get("threshold")),
@@ -1057,8 +1057,17 @@ class Store:
                 "threshold": threshold_to_json(policy.threshold),
                 "pinned_share": policy.pinned_share,
             }
+        arrays = self._checked_counts(counts or {})
+        self._catalog.put_tuning(records, counts=arrays)
+        self._install_counts(arrays)
+        from bandstore.plan.runtime import retune
+
+        retune(self, sorted(set(records) | set(arrays)))
+
+    def _checked_counts(self, counts: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Access counts by table, validated, as the catalog stores them (int32)."""
         arrays = {}
-        for name, c in (counts or {}).items():
+        for name, c in counts.items():
             rows = self._table(name).info.rows
             c = np.asarray(c)
             if c.shape != (rows,) or c.dtype.kind not in "iu" or (c.size and c.min() < 0):
@@ -1068,13 +1077,13 @@ class Store:
                     shape=c.shape,
                 )
             arrays[name] = np.minimum(c, 2**31 - 1).astype(np.int32)
-        self._catalog.put_tuning(records, counts=arrays)
+        return arrays
+
+    def _install_counts(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Use ``arrays`` (stored in the catalog) as the tables' access counts from now on."""
         for name, c in arrays.items():
             t = self._tables[name]
             t.counts, t.has_counts = dram.copy(c), True
-        from bandstore.plan.runtime import retune
-
-        retune(self, sorted(set(records) | set(arrays)))
 
     # ---- maintenance -----------------------------------------------------------------------
     def verify(self, *, progress: bool | None = None) -> list[dict[str, Any]]:

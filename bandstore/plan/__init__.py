@@ -3,7 +3,7 @@
 After Ruggeri et al. (2025; a strategy per table, an uneven table-to-core mapping) and Erdogan
 et al. (2024; access frequencies decide what to replicate), on a CPU:
 
-- strategies (``strategies``): ``resident``, ``cached``, ``direct``, ``split``;
+- strategies (``strategies``): ``resident``, ``cached``, ``pinned``, ``direct``, ``split``;
 - calibration (``calibrate``): this machine's costs, stored in the store's catalog;
 - cost model (``model``): per-table profiles of a trace (with miss-ratio curves from
   ``bandstore.sim``) -> time per batch and DRAM of each strategy;
@@ -110,7 +110,9 @@ def plan_store(
 
 def apply_plan(store: Any, plan: Plan | Mapping[str, Any] | None, *, persist: bool = True) -> None:
     """Serve ``plan`` from the next call on (None: back to no plan); ``persist`` stores it in
-    the catalog (the store must be writable) so that stores opened later serve it too."""
+    the catalog (the store must be writable) so that stores opened later serve it too, with
+    the access counts that rank its pinned tables' rows (``Plan.counts``) as those tables'
+    access counts, in the same transaction."""
     from bandstore.plan.runtime import attach
 
     store._check_open()
@@ -118,7 +120,11 @@ def apply_plan(store: Any, plan: Plan | Mapping[str, Any] | None, *, persist: bo
         plan = Plan.from_dict(plan, store.tables)
     if persist:
         store._check_writable()
-        store.catalog.put_meta(PLAN_KEY, plan.as_dict() if plan is not None else None)
+        counts = {}
+        if plan is not None:
+            counts = store._checked_counts(plan.counts)
+        store.catalog.put_meta(PLAN_KEY, plan.as_dict() if plan is not None else None, counts)
+        store._install_counts(counts)
     store._plan_arg = plan if plan is not None else False
     attach(store)
 

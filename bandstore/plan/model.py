@@ -8,6 +8,8 @@ calibrated costs (``bandstore.plan.calibrate``):
 
 - resident: ``L * gather(table bytes)``
 - cached(c): ``L * (probe(rows) + hit * gather(c)) + misses * row + blocks * (block + admit)``
+- hot(c): as cached, from the pinned curve (the ``c`` rows most counted in the first half of the
+  trace, measured on the second half), with no admission
 - direct: ``L * row + blocks(0) * block``
 - a split in k parts: each part does ``1/k`` of its inner strategy's work (a cached split's
   parts keep the hit ratio of the whole cache, by the SHARDS argument: a hash-sampled share of
@@ -51,6 +53,11 @@ class TableProfile:
     blocks_per_lookup: np.ndarray
     hot_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     verify: bool = True
+    #: The trace's access counts (they rank a ``pinned`` table's rows), and the pinned curve at
+    #: ``sizes_bytes`` (empty: no ``pinned`` option).
+    counts: np.ndarray | None = None
+    pinned_misses_per_lookup: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    pinned_blocks_per_lookup: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: Block bytes of every table the batch reads: they share the CPU caches and the TLB, so a
     #: block read costs what it costs in a file of this size, not of the table's own size.
     working_set_bytes: float = 0.0
@@ -73,6 +80,13 @@ class TableProfile:
         x = float(cache_bytes)
         m = float(np.interp(x, self.sizes_bytes, self.misses_per_lookup))
         b = float(np.interp(x, self.sizes_bytes, self.blocks_per_lookup))
+        return m, b
+
+    def pinned_at(self, cache_bytes: int) -> tuple[float, float]:
+        """(misses, blocks) per lookup of a ``pinned`` table with ``cache_bytes`` (interpolated)."""
+        x = float(cache_bytes)
+        m = float(np.interp(x, self.sizes_bytes, self.pinned_misses_per_lookup))
+        b = float(np.interp(x, self.sizes_bytes, self.pinned_blocks_per_lookup))
         return m, b
 
     def as_dict(self) -> dict[str, Any]:
@@ -181,6 +195,12 @@ def profile_trace(
         hot = np.flatnonzero(counts >= max(2.0, HOT_ROW_SHARE * n))
         if hot.size > MAX_HOT_ROWS:
             hot = hot[np.argsort(-counts[hot], kind="stable")[:MAX_HOT_ROWS]]
+        sizes = sizes[order]
+        t = store._tables[name]
+        caps = [capacity_rows(int(x), info.dim, info.rows) for x in sizes]
+        pin_m, pin_b = pinned_curve(
+            indices, offsets, t.layout, info.rows_per_block, batch_size, caps
+        )
         out[name] = TableProfile(
             name=name,
             rows=info.rows,
@@ -190,16 +210,62 @@ def profile_trace(
             block_size=info.block_size,
             lookups=n / batches,
             bags=min(batch_size, nq),
-            sizes_bytes=sizes[order],
+            sizes_bytes=sizes,
             misses_per_lookup=np.asarray(miss_rate, dtype=np.float64)[order],
             blocks_per_lookup=np.asarray(block_rate, dtype=np.float64)[order],
             hot_ids=np.sort(hot).astype(np.int64),
             verify=bool(store._verify_reads),
+            counts=np.minimum(counts, 2**31 - 1).astype(np.int32),
+            pinned_misses_per_lookup=pin_m,
+            pinned_blocks_per_lookup=pin_b,
         )
     working_set = float(sum(p.file_bytes for p in out.values() if p.lookups > 0))
     for p in out.values():
         p.working_set_bytes = working_set
     return out
+
+
+def pinned_curve(indices: np.ndarray, offsets: np.ndarray, layout: np.ndarray,
+                 rows_per_block: int, batch_size: int, capacities: Any
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(misses, blocks read) per lookup of a ``pinned`` table that holds its ``c`` most counted
+    rows, for each ``c`` in ``capacities``.
+
+    The rows are ranked by the counts of the first half of the queries and the curve is measured
+    on the second half, in batches of ``batch_size`` cut from its start: what a pinned set chosen
+    on past traffic sees on new traffic, not the hindsight of ranking the queries it serves.
+    A block is read once per batch if any of its missed rows is requested.
+    """
+    caps = np.asarray(capacities, dtype=np.int64)
+    rows = int(layout.shape[0])
+    nq = int(offsets.shape[0]) - 1
+    cut = nq // 2
+    start = int(offsets[cut])
+    test = indices[start:]
+    n = int(test.shape[0])
+    if cut == 0 or n == 0:  # nothing to rank by, or nothing to measure: every lookup misses
+        return np.ones(caps.shape), np.ones(caps.shape)
+    counts = np.bincount(indices[:start], minlength=rows)
+    rank = np.empty(rows, dtype=np.int64)
+    rank[np.argsort(-counts, kind="stable")] = np.arange(rows)
+    rank[counts == 0] = np.iinfo(np.int64).max  # never held (``pinned_ids`` skips count 0)
+    r = rank[test]
+    # A lookup misses at capacity c iff its rank is >= c.
+    misses = n - np.searchsorted(np.sort(r), caps, side="left")
+    # A (batch, block) group costs a read at capacity c iff its highest rank is >= c.
+    query = np.repeat(np.arange(nq - cut, dtype=np.int64), np.diff(offsets[cut:]))
+    blk = np.asarray(layout)[test] // rows_per_block
+    key = (query // batch_size) * (int(blk.max()) + 1) + blk
+    order = np.argsort(key, kind="stable")
+    k, rk = key[order], r[order]
+    first = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
+    top = np.sort(np.maximum.reduceat(rk, first))
+    blocks = top.size - np.searchsorted(top, caps, side="left")
+    return misses / n, blocks / n
+
+
+#: The strategies a table may be given whole (``split`` is decided by the mapping).
+STRATEGY_OPTIONS = ("resident", "cached", "pinned", "direct")
 
 
 @dataclass(frozen=True)
@@ -227,15 +293,16 @@ def cost(p: TableProfile, kind: str, cal: Calibration, cache_bytes: int = 0, *,
     elif kind == "direct":
         _, b = p.at(0)
         ns = L * row + L * b * block
-    elif kind == "cached":
+    elif kind in ("cached", "pinned"):
         cap = capacity_rows(cache_bytes, p.dim, p.rows)
-        m, b = p.at(cap * cache_row_bytes(p.dim))
+        if kind == "cached":
+            m, b = p.at(cap * cache_row_bytes(p.dim))
+            block += cal.cache_block(p.rows_per_block)  # admission
+        else:
+            m, b = p.pinned_at(cap * cache_row_bytes(p.dim))
         hit = max(0.0, 1.0 - m)
-        ns = (
-            L * (cal.probe(p.rows) + hit * cal.gather(cap * 4 * p.dim, p.dim))
-            + L * m * row
-            + L * b * (block + cal.cache_block(p.rows_per_block))
-        )
+        ns = L * (cal.probe(p.rows) + hit * cal.gather(cap * 4 * p.dim, p.dim)) + L * m * row
+        ns += L * b * block
     else:
         raise InvalidArgumentError(f"no cost for strategy {kind!r}", argument="strategy")
     if parts > 1:
@@ -245,13 +312,15 @@ def cost(p: TableProfile, kind: str, cal: Calibration, cache_bytes: int = 0, *,
     return ns + cal.table_ns * 0.25  # the runner's own Python work (most of it is validation)
 
 
-def options(p: TableProfile, cal: Calibration, *, allowed=("resident", "cached", "direct"),
+def options(p: TableProfile, cal: Calibration, *, allowed=STRATEGY_OPTIONS,
             cold: bool = False) -> list[Option]:  # fmt: skip
     """The Pareto-optimal ways to serve ``p`` (less DRAM, or less time), by increasing DRAM."""
     opts = []
     if "direct" in allowed:
         opts.append(Option("direct", 0, cost(p, "direct", cal, cold=cold), p.min_bytes))
-    if "cached" in allowed:
+    for kind in ("cached", "pinned"):
+        if kind not in allowed or (kind == "pinned" and p.pinned_misses_per_lookup.size == 0):
+            continue
         seen = set()
         for s in p.sizes_bytes[1:] if p.sizes_bytes.size > 1 else []:
             cap = capacity_rows(int(s), p.dim, p.rows)
@@ -259,7 +328,7 @@ def options(p: TableProfile, cal: Calibration, *, allowed=("resident", "cached",
                 continue
             seen.add(cap)
             cb = cap * cache_row_bytes(p.dim)
-            opts.append(Option("cached", cb, cost(p, "cached", cal, cb, cold=cold),
+            opts.append(Option(kind, cb, cost(p, kind, cal, cb, cold=cold),
                                cached_dram_bytes(p.rows, p.dim, cb)))  # fmt: skip
     if "resident" in allowed:
         opts.append(Option("resident", 0, cost(p, "resident", cal, cold=cold), p.resident_bytes))

@@ -19,6 +19,8 @@ PLAN_FORMAT = 1
 META_KEY = "plan"
 #: At most this many replicated (hot) rows per split table.
 MAX_REPLICATED = 1 << 16
+#: The strategies whose entries size a cache (``cache_bytes``).
+CACHING = ("cached", "pinned")
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,9 @@ class TablePlan:
     """How one table is served.
 
     ``workers``: the worker of each part (one entry unless ``strategy == "split"``).
-    ``cache_bytes``: the cache of a ``cached`` table, or of each part of a cached split.
-    ``inner``: what a split table's parts are (``resident``, ``cached`` or ``direct``).
+    ``cache_bytes``: the cache of a ``cached`` table, or of each part of a cached split; the
+    frozen cache of a ``pinned`` table (shared by its parts).
+    ``inner``: what a split table's parts are (``resident``, ``cached``, ``pinned`` or ``direct``).
     ``replicate``: hot ids pinned in every part of a cached split.
     ``predicted_ns`` / ``dram_bytes``: the cost model's figures (informative).
     """
@@ -58,7 +61,7 @@ class TablePlan:
                 d["replicate"] = list(self.replicate)
         else:
             d["worker"] = self.workers[0]
-        if self.kind == "cached":
+        if self.kind in CACHING:
             d["cache_bytes"] = int(self.cache_bytes)
         if self.predicted_ns is not None:
             d["predicted_ns"] = float(self.predicted_ns)
@@ -76,6 +79,10 @@ class Plan:
     budget_bytes: int | None = None
     predicted: dict[str, Any] = field(default_factory=dict)
     name: str = "plan"
+    #: Access counts that rank a ``pinned`` table's rows, from the trace the plan was made for
+    #: (not part of the JSON form: ``apply_plan`` stores them as the tables' access counts).
+    #: A pinned table without them ranks by the table's stored counts.
+    counts: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -192,9 +199,9 @@ def _table_plan(name: str, rec: Any, workers: int, info: Any) -> TablePlan:
     else:
         ws = (_worker(name, rec.get("worker", 0), workers),)
     kind = inner if strategy == "split" else strategy
-    cache_bytes = rec.get("cache_bytes", 0 if kind != "cached" else None)
+    cache_bytes = rec.get("cache_bytes", 0 if kind not in CACHING else None)
     if cache_bytes is None:
-        raise PlanError(f"table {name!r}: a cached table needs 'cache_bytes'", table=name)
+        raise PlanError(f"table {name!r}: a {kind} table needs 'cache_bytes'", table=name)
     if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
         raise PlanError(
             f"table {name!r}: cache_bytes must be a non-negative integer, got {cache_bytes!r}",

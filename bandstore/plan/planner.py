@@ -6,7 +6,7 @@
    ``resident``), as long as it fits.
 2. Mapping: longest-processing-time-first onto W workers; a table whose time exceeds a
    worker's fair share is split into parts on different workers when that shortens the
-   critical path (resident and direct by bag ranges; cached by id hash with the hottest rows
+   critical path (resident, hot and direct by bag ranges; cached by id hash with the hottest rows
    replicated in every part, Erdogan et al.'s frequency-driven replication).
 
 The uniform baseline (``uniform_plan``) is what a store without a plan would do at the same
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from bandstore.cache import cache_row_bytes
 from bandstore.errors import BudgetError, InvalidArgumentError
 from bandstore.plan.calibrate import Calibration
-from bandstore.plan.model import Option, TableProfile, cost, options
+from bandstore.plan.model import STRATEGY_OPTIONS, Option, TableProfile, cost, options
 from bandstore.plan.plan import Plan, TablePlan, check_workers
 from bandstore.plan.strategies import cached_dram_bytes
 
@@ -67,7 +67,7 @@ def allocate(
     budget: int,
     *,
     cold: bool = False,
-    allowed: tuple[str, ...] = ("resident", "cached", "direct"),
+    allowed: tuple[str, ...] = STRATEGY_OPTIONS,
 ) -> dict[str, Option]:
     """Each table's option within ``budget``: greedy steepest descent on the convex hulls."""
     budget = _check_budget(budget, profiles)
@@ -124,8 +124,9 @@ def _split_option(p: TableProfile, o: Option, k: int, cal: Calibration, cold: bo
     """(ns per part, DRAM, cache bytes per part, replicated ids) of ``o`` split in ``k`` within
     ``avail`` bytes (every part pins the replicated rows, so the caches shrink to fit); None if
     it cannot fit."""
-    if o.strategy != "cached":
-        return cost(p, o.strategy, cal, parts=k, cold=cold), o.dram, 0, None
+    if o.strategy != "cached":  # bag ranges; a pinned table's parts share its frozen cache
+        ns = cost(p, o.strategy, cal, o.cache_bytes, parts=k, cold=cold)
+        return ns, o.dram, o.cache_bytes, None
     crb = cache_row_bytes(p.dim)
     rep = p.hot_ids
     fixed = 4 * p.rows + k * rep.size * crb
@@ -207,7 +208,9 @@ def make_plan(
             )  # fmt: skip
         else:
             tables[n] = TablePlan(o.strategy, ws, o.cache_bytes, None, (), ns[n], o.dram)
-    return Plan(workers, tables, budget, _predicted(loads, len(tables), cal, workers), name)
+    counts = {n: profiles[n].counts for n, tp in tables.items() if tp.kind == "pinned"}
+    return Plan(workers, tables, budget, _predicted(loads, len(tables), cal, workers), name,
+                counts)  # fmt: skip
 
 
 #: A measured / predicted factor of ``refine_plan`` is kept within these bounds.
@@ -276,7 +279,8 @@ def predict(plan: Plan, profiles: Mapping[str, TableProfile], cal: Calibration, 
         if p is None:
             continue
         if tp.strategy == "split":
-            ns = cost(p, tp.kind, cal, tp.cache_bytes * tp.parts, parts=tp.parts, cold=cold)
+            cb = tp.cache_bytes * (tp.parts if tp.kind == "cached" else 1)  # per part / shared
+            ns = cost(p, tp.kind, cal, cb, parts=tp.parts, cold=cold)
         else:
             ns = cost(p, tp.kind, cal, tp.cache_bytes, cold=cold)
         for w in tp.workers:

@@ -13,14 +13,19 @@ A store with no plan serves every table ``cached`` with the cache sizes it was o
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from bandstore.cache import CachePolicy
+from bandstore.errors import PlanError
 from bandstore.plan.executor import Executor
 from bandstore.plan.plan import META_KEY, Plan, TablePlan, check_workers
 from bandstore.plan.strategies import (
     CachedRunner,
     DirectRunner,
+    PinnedRunner,
     ResidentRunner,
     Runner,
     SplitCachedRunner,
@@ -37,7 +42,7 @@ def resolve_plan(store: Any) -> Plan | None:
     if arg is False:
         return None
     if isinstance(arg, Plan):
-        return Plan.from_dict(arg.as_dict(), tables)
+        return replace(Plan.from_dict(arg.as_dict(), tables), counts=arg.counts)
     if isinstance(arg, dict):
         return Plan.from_dict(arg, tables)
     if arg is None and store._cache_arg is not None:
@@ -58,7 +63,30 @@ def _cached_policy(base: CachePolicy, tp: TablePlan | None) -> CachePolicy:
     return CachePolicy(tp.cache_bytes, base.threshold, base.pinned_share)
 
 
-def _build_runner(store: Any, name: str, t: Any, tp: TablePlan | None, tables: dict) -> Runner:
+def _pinned_counts(name: str, t: Any, plan: Plan) -> np.ndarray:
+    """The access counts that rank pinned table ``name``'s rows: the plan's, else the table's."""
+    counts = plan.counts.get(name)
+    if counts is None:
+        if not t.has_counts:
+            raise PlanError(
+                f"table {name!r}: a pinned table holds its most counted rows, and neither the plan "
+                "nor the store has access counts for it (make the plan from a trace, or store "
+                "counts with set_tuning)",
+                table=name,
+            )
+        return t.counts
+    counts = np.asarray(counts)
+    if counts.shape != (t.info.rows,) or counts.dtype.kind not in "iu":
+        raise PlanError(
+            f"table {name!r}: the plan's access counts must be {t.info.rows} integers, got "
+            f"shape {counts.shape} of {counts.dtype}",
+            table=name,
+        )
+    return counts
+
+
+def _build_runner(store: Any, name: str, t: Any, tp: TablePlan | None, plan: Plan | None,
+                  tables: dict) -> Runner:  # fmt: skip
     """The runner of table ``t`` under ``tp`` (None: cached with the store's default policy),
     reusing the table's current runner when it is the same."""
     base = store._policy_for(name, t, tables)
@@ -80,9 +108,12 @@ def _build_runner(store: Any, name: str, t: Any, tp: TablePlan | None, tables: d
         if current is not None and current.spec == ("direct", parts):
             return current
         return DirectRunner(t, parts)
-    assert tp is not None
-    import numpy as np
-
+    assert tp is not None and plan is not None
+    if kind == "pinned":
+        counts = _pinned_counts(name, t, plan)
+        if current is not None and current.spec == ("pinned", parts, tp.cache_bytes, id(counts)):
+            return current
+        return PinnedRunner(t, tp.cache_bytes, counts, parts)
     rep = np.asarray(tp.replicate, dtype=np.int64)
     if (
         current is not None
@@ -97,8 +128,9 @@ def _build_runner(store: Any, name: str, t: Any, tp: TablePlan | None, tables: d
 
 def retune(store: Any, names: Any) -> None:
     """Apply new cache policies or access counts of tables ``names`` (``Store.set_tuning``):
-    a cached table's cache is rebuilt with them, a cached split is rebuilt (its parts pin and
-    admit by the counts); resident and direct tables have no cache to rebuild."""
+    a cached table's cache is rebuilt with them, a cached split or a pinned table ranking by the
+    table's counts is rebuilt (they pin and admit by them); resident and direct tables have no
+    cache to rebuild."""
     split = False
     plan = store._plan
     for name in names:
@@ -106,7 +138,7 @@ def retune(store: Any, names: Any) -> None:
         if t.runner is None:
             tp = plan.tables.get(name) if plan is not None else None
             t.configure_cache(_cached_policy(store._policy_for(name, t, store._tables), tp))
-        split |= isinstance(t.runner, SplitCachedRunner)
+        split |= isinstance(t.runner, SplitCachedRunner | PinnedRunner)
     if split:
         attach(store)
 
@@ -123,7 +155,7 @@ def attach(store: Any) -> None:
         built: dict[str, tuple[Runner, tuple[int, ...]]] = {}
         for i, (name, t) in enumerate(tables.items()):
             tp = plan.tables.get(name) if plan is not None else None
-            runner = _build_runner(store, name, t, tp, tables)
+            runner = _build_runner(store, name, t, tp, plan, tables)
             where = (i % workers,) if tp is None else tuple(w % workers for w in tp.workers)
             built[name] = (runner, where)
         # Switch: tables first (each call reads its table's runner once), then the executor.
