@@ -86,10 +86,13 @@ def test_pinned_matches_the_reference_and_never_admits(store_path, weights, coun
     with bandstore.open(store_path, plan=pinned_plan(counts)) as s:
         runners = {n: s._tables[n].runner for n in SIZES}
         held = {n: r.cache.id_of_slot.copy() for n, r in runners.items()}
+        info = s.cache_info()
         for n, r in runners.items():
             assert type(r).__name__ == "PinnedRunner"
             assert set(held[n].tolist()) == top_rows(counts[n], PINNED_ROWS[n])
             assert r.cache.capacity == r.cache.pinned == len(held[n])  # no free slot
+            assert info[n]["pinned_rows"] == info[n]["capacity_rows"] == len(held[n])
+            assert info[n]["pinned_share"] == 1.0 and info[n]["threshold"] is None
         for _ in range(3):
             req = request(rng)
             if weighted:

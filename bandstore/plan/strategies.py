@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bandstore import dram
-from bandstore.cache import CacheState, cache_row_bytes, capacity_rows, pinned_ids
+from bandstore.cache import CachePolicy, CacheState, cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
 
@@ -258,6 +258,7 @@ class PinnedRunner(Runner):
         self.parts = parts
         self.cache_bytes = int(cache_bytes)
         self.counts = counts
+        self.policy = CachePolicy(self.cache_bytes, kc.NEVER, 1.0)
         top = t.verified_rows(pinned_ids(counts, capacity_rows(self.cache_bytes, g.dim, g.rows)))
         # Capacity = the rows pinned: no free slot, so the kernel never admits nor evicts.
         self.cache = CacheState(g.rows, g.dim, int(top.size))
