@@ -546,9 +546,22 @@ def test_plan_respects_budget_and_prefers_resident_for_small_tables(skewed):
     assert all(tp.workers == (0,) and tp.strategy != "split" for tp in one.tables.values())
     uni = uniform_plan(profiles, cal, 2, 1 << 20)
     assert {tp.strategy for tp in uni.tables.values()} == {"cached"}
-    assert len({tp.cache_bytes for tp in uni.tables.values()}) == 1  # equal shares
     assert [tp.workers[0] for tp in uni.tables.values()] == [0, 1, 0, 1]
     assert uni.dram_bytes <= 1 << 20
+    # Water-filling: a table whose whole cache is below the equal share gets it, the others
+    # share the rest equally, and no more than a row per table is left unspent.
+    crb = cache_row_bytes(8)
+    index = sum(4 * p.rows for p in profiles.values())
+    for budget in (index + 200 * crb, index + 1000 * crb, index + 3000 * crb):
+        uni = uniform_plan(profiles, cal, 2, budget)
+        caps = {n: tp.cache_bytes // crb for n, tp in uni.tables.items()}
+        whole = {n for n, c in caps.items() if c >= profiles[n].rows}
+        rest = [caps[n] for n in caps if n not in whole]
+        assert rest and max(rest) - min(rest) <= 1  # equal shares (to a row)
+        assert all(profiles[n].rows <= min(rest) + 1 for n in whole)
+        assert budget - len(caps) * crb <= uni.dram_bytes <= budget
+    uni = uniform_plan(profiles, cal, 2, index + 20_000 * crb)  # room for every row
+    assert all(tp.cache_bytes // crb == profiles[n].rows for n, tp in uni.tables.items())
 
 
 def test_measured_times_remap_the_plan(skewed):

@@ -244,15 +244,23 @@ def _predicted(loads: list[float], n_tables: int, cal: Calibration, workers: int
 def uniform_plan(profiles: Mapping[str, TableProfile], cal: Calibration | None, workers: int,
                  budget: int) -> Plan:  # fmt: skip
     """The uniform baseline: every table cached with an equal share of ``budget`` (after each
-    table's 4-byte-per-row slot index), tables dealt round-robin to the workers."""
+    table's 4-byte-per-row slot index), tables dealt round-robin to the workers. A table whose
+    whole cache is smaller than the share gets that, and what it leaves is shared equally by
+    the others (water-filling): an equal share it cannot use would be DRAM the baseline does
+    not spend, which no one sizing caches by hand would leave idle."""
     workers = check_workers(workers)
     budget = _check_budget(budget, profiles)
     index = sum(4 * p.rows for p in profiles.values())
-    share = max(0, budget - index) // max(1, len(profiles))
+    left = max(0, budget - index)
+    full = {n: p.rows * cache_row_bytes(p.dim) for n, p in profiles.items()}
+    share = {}
+    for n in sorted(profiles, key=lambda k: full[k]):  # smallest first: each takes what it can
+        share[n] = min(full[n], left // (len(profiles) - len(share)))
+        left -= share[n]
     tables = {}
     loads = [0.0] * workers
     for i, (n, p) in enumerate(profiles.items()):
-        cb = (share // cache_row_bytes(p.dim)) * cache_row_bytes(p.dim)
+        cb = (share[n] // cache_row_bytes(p.dim)) * cache_row_bytes(p.dim)
         ns = cost(p, "cached", cal, cb) if cal is not None else None
         if ns is not None:
             loads[i % workers] += ns
