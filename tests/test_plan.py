@@ -930,8 +930,9 @@ def test_set_tuning_under_a_plan_rebuilds_only_what_serves(store_path, weights, 
 
 def test_executor_cuts_a_dominant_table_into_ranges_of_bags(store_path, weights):
     """A one-part resident or direct table measured longer than a worker's fair share is served
-    in one range of bags per worker (no order balances it), whole again once it is short."""
-    from bandstore.plan.executor import REORDER_EVERY
+    in ranges of bags on every worker (no order balances it), whole again once it is short; a
+    long one is cut into chunks, as is a long resident split (on its parts' workers in turn)."""
+    from bandstore.plan.executor import CHUNK_SECONDS, MAX_CHUNKS, REORDER_EVERY
 
     plan = {
         "workers": 2,
@@ -945,32 +946,44 @@ def test_executor_cuts_a_dominant_table_into_ranges_of_bags(store_path, weights)
     rng = np.random.default_rng(9)
     with bandstore.open(store_path, plan=plan) as s:
         ex = s._executor
-        runner = ex.routes["c"][0]
-        ranges = []
-        orig = runner.run_bags
-        runner.run_bags = lambda job, b0, b1: (ranges.append((b0, b1)), orig(job, b0, b1))
+        ranges: dict[str, list] = {"c": [], "d": []}
+        for n in ranges:
+            runner = ex.routes[n][0]
 
-        def measured(c_seconds):  # per task: c's as given, every other one 1 ms
-            ex.busy.recent.update({n: c_seconds if n == "c" else 0.001 for n in SIZES})
+            def spy(job, b0, b1, n=n, orig=runner.run_bags):
+                ranges[n].append((b0, b1))
+                orig(job, b0, b1)
+
+            runner.run_bags = spy
+
+        def measured(c_seconds, d_seconds, other=0.001):  # per task
+            ex.busy.recent.update({"a": other, "b": other, "c": c_seconds, "d": d_seconds})
             ex.busy.calls = REORDER_EVERY  # the next call re-orders
 
-        measured(0.010)
+        # c: 10 ms of 14 in all (fair share 7 ms): cut on both workers, into the most chunks.
+        measured(0.010, 0.0001)
         req = random_request(rng, weights, n_bags=40)
         before = s.stats()["c"]["lookups"]
         out = s.lookup_many(req)
-        assert ex._cuts == {"c": 2}  # d is split by the plan already; a, b are short
-        assert sorted(ranges) == [(0, 20), (20, 40)]
+        assert ex._cuts == {"c": 2 * MAX_CHUNKS}  # d is short, split by the plan already
+        assert sorted(ranges["c"]) == [(b, b + 5) for b in range(0, 40, 5)]
         for n, (i, o) in req.items():
             np.testing.assert_allclose(out[n], embedding_bag_ref(weights[n], i, o), atol=1e-5)
         assert s.stats()["c"]["lookups"] - before == req["c"][0].size
-        # Still over the lower share of the fair share: stays cut (no flapping) ...
-        measured(0.002)  # per range: 4 ms for the table, of 8 ms in all (fair share 4 ms)
-        s.lookup_many(req)
-        assert ex._cuts == {"c": 2}
-        # ... and served whole once short.
-        measured(0.0005)
-        ranges.clear()
+        # Still over the lower share of the fair share: stays cut (no flapping), in as many
+        # chunks of CHUNK_SECONDS as fit (c: 1.7 chunks' time per worker, one chunk); the split
+        # d, long now (2.5 chunks' time per part), in two chunks per part.
+        measured(0.425 * CHUNK_SECONDS, 2.5 * CHUNK_SECONDS, 0.25 * CHUNK_SECONDS)
+        ranges["d"].clear()
         out = s.lookup_many(req)
-        assert ex._cuts == {} and ranges == [(0, 40)]
+        assert ex._cuts == {"c": 2, "d": 4}
+        assert sorted(ranges["d"]) == [(0, 10), (10, 20), (20, 30), (30, 40)]
+        for n, (i, o) in req.items():
+            np.testing.assert_allclose(out[n], embedding_bag_ref(weights[n], i, o), atol=1e-5)
+        # ... and served whole once short.
+        measured(0.0001, 0.0001)
+        ranges["c"].clear()
+        out = s.lookup_many(req)
+        assert ex._cuts == {} and ranges["c"] == [(0, 40)]
         for n, (i, o) in req.items():
             np.testing.assert_allclose(out[n], embedding_bag_ref(weights[n], i, o), atol=1e-5)

@@ -14,10 +14,11 @@ from reference import embedding_bag_ref
 import bandstore
 from bandstore.cache import cache_row_bytes
 from bandstore.kernels import cache as kc
-from bandstore.plan import Plan, apply_plan, make_plan, profile_trace
+from bandstore.plan import Plan, apply_plan, make_plan, profile_trace, replan
 from bandstore.plan.calibrate import default_calibration
 from bandstore.plan.model import cost, options, pinned_curve
 from bandstore.synth import synth
+from bandstore.trace import Trace
 
 DIM = 4
 SIZES = {"a": 300, "b": 1000, "c": 40}
@@ -232,3 +233,33 @@ def test_planner_offers_pinned_and_makes_plans_that_carry_their_counts(tmp_path)
         out = s.lookup_many(req)
         for n, (i, o) in req.items():
             np.testing.assert_allclose(out[n], embedding_bag_ref(data[n], i, o), atol=1e-4)
+
+
+def test_replan_replaces_pinned_rows_gone_stale(tmp_path):
+    """A plan's pinned rows are frozen: when the popular rows change, the model must price the
+    served plan by the rows it holds (not by the new traffic's top rows), see it slower and
+    switch to a plan pinning the new ones; on the same traffic it keeps the plan."""
+    rows = 20_000
+    trace = synth({"t": rows}, 4000, pooling={"t": 8}, zipf=1.1, community_size=1,
+                  co_access=0.0, seed=4)  # fmt: skip
+    perm = np.random.default_rng(9).permutation(rows)
+    idx, off = trace.table("t")
+    shifted = Trace({"t": (perm[idx], off)}, {"t": rows})  # the same skew on other rows
+    path = tmp_path / "store"
+    rng = np.random.default_rng(0)
+    with bandstore.create(path, block_size=4096) as s:
+        s.add_table("t", rng.standard_normal((rows, 16)).astype(np.float32), progress=False)
+    cal = default_calibration()
+    budget = 4 * rows + 2000 * cache_row_bytes(16)  # room for a tenth of the rows
+    with bandstore.open(path, workers=1) as s:
+        plan = make_plan(profile_trace(s, trace, batch_size=256), cal, 1, budget)
+        assert plan.tables["t"].kind == "pinned"
+        apply_plan(s, plan, persist=False)
+        old = set(s._tables["t"].runner.cache.id_of_slot.tolist())
+        same = replan(s, trace, budget=budget)
+        assert not same["replanned"] and same["old_batch_ns"] <= 1.05 * same["new_batch_ns"]
+        moved = replan(s, shifted, budget=budget)
+        assert moved["replanned"] and moved["old_batch_ns"] > 1.15 * moved["new_batch_ns"]
+        new = set(s._tables["t"].runner.cache.id_of_slot.tolist())
+        top = np.argsort(-shifted.access_counts("t"), kind="stable")[: len(new)]
+        assert len(new & set(top.tolist())) > 0.9 * len(new) and len(new & old) < 0.2 * len(new)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,17 @@ import numpy as np
 from bandstore.errors import InvalidArgumentError
 from bandstore.plan.calibrate import META_KEY as CALIBRATION_KEY
 from bandstore.plan.calibrate import Calibration, calibrate, default_calibration
-from bandstore.plan.model import CurveSource, TableProfile, profile_trace, simulated_curve
+from bandstore.plan.model import (
+    CurveSource,
+    TableProfile,
+    held_curve,
+    profile_trace,
+    simulated_curve,
+)
 from bandstore.plan.plan import META_KEY as PLAN_KEY
 from bandstore.plan.plan import Plan, TablePlan, check_workers
 from bandstore.plan.planner import default_budget, make_plan, measured_scale, predict, uniform_plan
-from bandstore.plan.strategies import STRATEGIES
+from bandstore.plan.strategies import STRATEGIES, PinnedRunner
 
 __all__ = [
     "STRATEGIES",
@@ -180,13 +187,35 @@ def replan(
         )
     if current is None:
         current = uniform_plan(profiles, cal, w, budget)
-    old = predict(current, profiles, cal)["batch_ns"]
+        old = predict(current, profiles, cal)["batch_ns"]
+    else:
+        old = predict(current, _as_served(store, profiles, trace, batch_size), cal)["batch_ns"]
     new_plan = make_plan(profiles, cal, w, budget)
     new = new_plan.predicted["batch_ns"]
     switch = new < old * (1.0 - min_gain)
     if switch:
         apply_plan(store, new_plan, persist=persist)
     return {"replanned": switch, "old_batch_ns": old, "new_batch_ns": new, "plan": new_plan}
+
+
+def _as_served(store: Any, profiles: Mapping[str, TableProfile], trace: Any, batch_size: int
+               ) -> dict[str, TableProfile]:  # fmt: skip
+    """``profiles`` for predicting the plan being served on the traffic of ``trace``: a pinned
+    table holds the rows it was given (ranked on older traffic), not this trace's most counted
+    ones, so its misses are those of its held rows; without this a plan whose pinned rows went
+    stale would look as good as a new one and never be replaced."""
+    out = dict(profiles)
+    for name, p in profiles.items():
+        t = store._tables[name]
+        if not isinstance(t.runner, PinnedRunner) or name not in trace.table_names:
+            continue
+        c = t.runner.cache
+        indices, offsets = trace.table(name)
+        m, b = held_curve(indices, offsets, c.id_of_slot[: c.pinned], t.layout,
+                          t.info.rows_per_block, batch_size)  # fmt: skip
+        flat = np.ones(p.sizes_bytes.shape)
+        out[name] = replace(p, pinned_misses_per_lookup=m * flat, pinned_blocks_per_lookup=b * flat)
+    return out
 
 
 def refine_plan(store: Any, plan: Plan, profiles: Mapping[str, TableProfile], cal: Calibration,

@@ -32,12 +32,19 @@ CPU_SAMPLE_WINDOW = 5
 #: Calls between two re-orderings of the tasks by their measured times (after the first
 #: REORDER_EVERY calls, which each re-order).
 REORDER_EVERY = 32
-#: A one-part table whose strategy can serve any range of bags (resident, direct) is cut into
-#: one range per worker when its measured time exceeds this share of a worker's fair share of
-#: the call (the work of every table / W): no order balances a task longer than that. It is
-#: served whole again below UNCUT_SHARE (the gap keeps it from flapping).
+#: A one-part table whose strategy can serve any range of bags (resident, pinned, direct) is
+#: cut into one range per worker when its measured time exceeds this share of a worker's fair
+#: share of the call (the work of every table / W): no order balances a task longer than that.
+#: It is served whole again below UNCUT_SHARE (the gap keeps it from flapping).
 CUT_SHARE = 0.9
 UNCUT_SHARE = 0.6
+#: A cut table's ranges (and a split table's parts, for those strategies) are cut again into up
+#: to MAX_CHUNKS ranges of at least CHUNK_SECONDS each: the helper starts its list tens to
+#: hundreds of microseconds after the caller (a wake-up of its virtual CPU), and with one range
+#: per worker the caller then waits that long at the end; with several, it takes the helper's
+#: last ones instead. Each range costs a task's overhead (~15 us of Python).
+CHUNK_SECONDS = 0.0004
+MAX_CHUNKS = 4
 
 #: A task: a runner, its job, and a part of the plan (int) or a range of bags (b0, b1).
 Task = tuple[Runner, Any, "int | tuple[int, int]"]
@@ -321,19 +328,27 @@ class Executor:
         return sorted(prepared, key=lambda n: rank.get(n, last))
 
     def _cut(self, recent: Mapping[str, float]) -> dict[str, int]:
-        """The one-part tables to serve in one range of bags per worker, from the measured
-        times per task (``recent``)."""
+        """The tables to serve in ranges of bags, and how many, from the measured times per
+        task (``recent``): a long one-part table in one range per worker, a split one in its
+        parts; either cut again into chunks (CHUNK_SECONDS, MAX_CHUNKS)."""
         tasks = {n: self._cuts.get(n, len(where)) for n, (_, where) in self.routes.items()}
         table_s = {n: recent[n] * k for n, k in tasks.items() if n in recent}
         fair = sum(table_s.values()) / self.workers
         cuts = {}
         for n, s in table_s.items():
             runner, where = self.routes[n]
-            if not (runner.bag_ranges and len(where) == 1):
+            if not runner.bag_ranges:
                 continue
-            share = CUT_SHARE if n not in self._cuts else UNCUT_SHARE
-            if s > share * fair:
-                cuts[n] = self.workers
+            if len(where) == 1:
+                share = CUT_SHARE if n not in self._cuts else UNCUT_SHARE
+                if s <= share * fair:
+                    continue
+                base = self.workers
+            else:
+                base = len(where)
+            chunks = int(min(MAX_CHUNKS, max(1, s / base // CHUNK_SECONDS)))
+            if base * chunks > len(where):
+                cuts[n] = base * chunks
         return cuts
 
     def route(self, name: str, t: Any) -> tuple[Runner, tuple[int, ...]]:
@@ -367,11 +382,12 @@ class Executor:
             req = prepared[name]
             runner, where = self.route(name, req[0])
             cut = cuts.get(name, 1)
-            if cut > 1:  # ranges of bags on consecutive workers, from the table's own
+            if cut > 1:  # ranges of bags: a split's parts' workers in turn, else every worker's
                 n_bags = req[2].shape[0] - 1
-                parts = tuple(((where[0] + c) % self.workers, _bag_range(n_bags, cut, c))
-                              for c in range(cut))  # fmt: skip
-                helped = True  # one range per worker: the helpers have theirs
+                k, w = len(where), self.workers
+                parts = tuple(((where[c % k] if k > 1 else where[0] + c) % w,
+                               _bag_range(n_bags, cut, c)) for c in range(cut))  # fmt: skip
+                helped = True  # (ranges on every worker of the table)
             else:
                 parts, helped = self._parts(where)
             (for_helpers if helped else for_caller).append((name, runner, req, parts))

@@ -237,24 +237,45 @@ def pinned_curve(indices: np.ndarray, offsets: np.ndarray, layout: np.ndarray,
     A block is read once per batch if any of its missed rows is requested.
     """
     caps = np.asarray(capacities, dtype=np.int64)
-    rows = int(layout.shape[0])
     nq = int(offsets.shape[0]) - 1
     cut = nq // 2
     start = int(offsets[cut])
-    test = indices[start:]
-    n = int(test.shape[0])
-    if cut == 0 or n == 0:  # nothing to rank by, or nothing to measure: every lookup misses
+    if cut == 0 or start == indices.shape[0]:  # nothing to rank by, or nothing to measure
         return np.ones(caps.shape), np.ones(caps.shape)
-    counts = np.bincount(indices[:start], minlength=rows)
-    rank = np.empty(rows, dtype=np.int64)
-    rank[np.argsort(-counts, kind="stable")] = np.arange(rows)
-    rank[counts == 0] = np.iinfo(np.int64).max  # never held (``pinned_ids`` skips count 0)
-    r = rank[test]
+    counts = np.bincount(indices[:start], minlength=layout.shape[0])
+    rank = np.empty(layout.shape[0], dtype=np.int64)
+    rank[np.argsort(-counts, kind="stable")] = np.arange(layout.shape[0])
+    rank[counts == 0] = _NEVER_HELD  # (``pinned_ids`` skips count 0)
+    return _ranked_curve(indices[start:], offsets[cut:] - start, rank, layout, rows_per_block,
+                         batch_size, caps)  # fmt: skip
+
+
+def held_curve(indices: np.ndarray, offsets: np.ndarray, held: np.ndarray, layout: np.ndarray,
+               rows_per_block: int, batch_size: int) -> tuple[float, float]:  # fmt: skip
+    """(misses, blocks read) per lookup of the whole trace against a pinned table that holds
+    exactly the rows ``held``: what an applied plan's frozen rows give on new traffic."""
+    if indices.shape[0] == 0:
+        return 1.0, 1.0
+    rank = np.full(layout.shape[0], _NEVER_HELD, dtype=np.int64)
+    rank[held] = 0
+    m, b = _ranked_curve(indices, offsets, rank, layout, rows_per_block, batch_size, [1])
+    return float(m[0]), float(b[0])
+
+
+_NEVER_HELD = np.iinfo(np.int64).max
+
+
+def _ranked_curve(indices, offsets, rank, layout, rows_per_block, batch_size, capacities):
+    """(misses, blocks) per lookup of a trace when a table holds its rows of ``rank`` below
+    each capacity; batches of ``batch_size`` queries from the trace's start."""
+    caps = np.asarray(capacities, dtype=np.int64)
+    n = int(indices.shape[0])
+    r = rank[indices]
     # A lookup misses at capacity c iff its rank is >= c.
     misses = n - np.searchsorted(np.sort(r), caps, side="left")
     # A (batch, block) group costs a read at capacity c iff its highest rank is >= c.
-    query = np.repeat(np.arange(nq - cut, dtype=np.int64), np.diff(offsets[cut:]))
-    blk = np.asarray(layout)[test] // rows_per_block
+    query = np.repeat(np.arange(offsets.shape[0] - 1, dtype=np.int64), np.diff(offsets))
+    blk = np.asarray(layout)[indices] // rows_per_block
     key = (query // batch_size) * (int(blk.max()) + 1) + blk
     order = np.argsort(key, kind="stable")
     k, rk = key[order], r[order]
