@@ -620,20 +620,21 @@ class Store:
 
     def cache_info(self) -> dict[str, dict[str, Any]]:
         """Per table: the cache policy in force and how full the cache is (a ``pinned`` table's
-        is its frozen cache; ``resident`` and ``direct`` tables have none)."""
+        is its frozen set of rows; ``resident`` and ``direct`` tables have none)."""
         self._check_open()
         out = {}
         for name, t in self._tables.items():
-            # A planned strategy with a cache of its own (pinned) shows it.
-            owner = t.runner if hasattr(t.runner, "cache") else t
-            c, policy = owner.cache, owner.policy
+            if hasattr(t.runner, "cache_info"):  # a planned strategy with rows of its own
+                out[name] = t.runner.cache_info()
+                continue
+            c = t.cache
             out[name] = {
-                "cache_bytes": policy.cache_bytes,
+                "cache_bytes": t.policy.cache_bytes,
                 "capacity_rows": c.capacity,
                 "cached_rows": c.filled,
                 "pinned_rows": c.pinned,
-                "threshold": threshold_to_json(policy.threshold),
-                "pinned_share": policy.pinned_share,
+                "threshold": threshold_to_json(t.policy.threshold),
+                "pinned_share": t.policy.pinned_share,
                 "dram_bytes": c.nbytes,
             }
         return out

@@ -13,7 +13,7 @@ from reference import embedding_bag_ref
 
 import bandstore
 from bandstore.cache import cache_row_bytes
-from bandstore.kernels import cache as kc
+from bandstore.kernels.bits import _pinned_slot
 from bandstore.plan import Plan, apply_plan, make_plan, profile_trace, replan
 from bandstore.plan.calibrate import default_calibration
 from bandstore.plan.model import cost, options, pinned_curve
@@ -53,7 +53,7 @@ def counts():
 
 
 def pinned_plan(counts, workers=2):
-    crb = cache_row_bytes(DIM)
+    crb = 4 * DIM  # a pinned row costs its decoded values (the index is per table)
     tables = {
         "a": {"strategy": "pinned", "worker": 1, "cache_bytes": PINNED_ROWS["a"] * crb},
         "b": {"strategy": "split", "inner": "pinned", "workers": [0, 1],
@@ -86,14 +86,19 @@ def test_pinned_matches_the_reference_and_never_admits(store_path, weights, coun
     weighted = weighted and mode == "sum"
     with bandstore.open(store_path, plan=pinned_plan(counts)) as s:
         runners = {n: s._tables[n].runner for n in SIZES}
-        held = {n: r.cache.id_of_slot.copy() for n, r in runners.items()}
+        held = {n: r.ids.copy() for n, r in runners.items()}
         info = s.cache_info()
         for n, r in runners.items():
             assert type(r).__name__ == "PinnedRunner"
             assert set(held[n].tolist()) == top_rows(counts[n], PINNED_ROWS[n])
-            assert r.cache.capacity == r.cache.pinned == len(held[n])  # no free slot
+            np.testing.assert_array_equal(r.data, weights[n][held[n]])  # in id order
+            for i in range(SIZES[n]):  # the index finds exactly the held rows, at their slots
+                j = np.searchsorted(held[n], i)
+                want = j if j < held[n].size and held[n][j] == i else -1
+                assert _pinned_slot(r.index, i) == want
             assert info[n]["pinned_rows"] == info[n]["capacity_rows"] == len(held[n])
             assert info[n]["pinned_share"] == 1.0 and info[n]["threshold"] is None
+            assert info[n]["dram_bytes"] == r.data.nbytes + 16 * -(-SIZES[n] // 64)
         for _ in range(3):
             req = request(rng)
             if weighted:
@@ -113,13 +118,13 @@ def test_pinned_matches_the_reference_and_never_admits(store_path, weights, coun
         st_ = s.stats()["a"]
         in_pinned = np.isin(ids, held["a"])
         assert st_["hits"] == int(in_pinned.sum()) and st_["misses"] == int((~in_pinned).sum())
-        for n, r in runners.items():  # frozen: nothing admitted, nothing evicted
-            assert np.array_equal(r.cache.id_of_slot, held[n])
-            assert int(r.cache.meta[kc.META_FILLED]) == len(held[n])
+        for n, r in runners.items():  # frozen: nothing admitted, nothing changed
+            assert np.array_equal(r.ids, held[n])
+            np.testing.assert_array_equal(r.data, weights[n][held[n]])
 
 
 def test_pinned_needs_counts_and_cache_bytes(store_path, counts):
-    entry = {"strategy": "pinned", "worker": 0, "cache_bytes": 10 * cache_row_bytes(DIM)}
+    entry = {"strategy": "pinned", "worker": 0, "cache_bytes": 10 * 4 * DIM}
     plan = {"workers": 1, "tables": {"a": entry}}
     with pytest.raises(bandstore.PlanError, match="access counts") as exc:
         bandstore.open(store_path, plan=plan)  # the store has no counts, the plan none
@@ -140,15 +145,15 @@ def test_applied_pinned_plan_keeps_its_rows_across_opens(store_path, counts, tmp
     plan = pinned_plan(counts)
     with bandstore.open(path, writable=True) as s:
         apply_plan(s, plan)
-        first = {n: set(s._tables[n].runner.cache.id_of_slot.tolist()) for n in SIZES}
+        first = {n: set(s._tables[n].runner.ids.tolist()) for n in SIZES}
         assert np.array_equal(s.table_counts("a"), counts["a"])
     with bandstore.open(path, writable=True) as s:
         assert s.plan.tables == plan.tables and not s.plan.counts
-        again = {n: set(s._tables[n].runner.cache.id_of_slot.tolist()) for n in SIZES}
+        again = {n: set(s._tables[n].runner.ids.tolist()) for n in SIZES}
         assert again == first
         new = counts["a"][::-1].copy()
         s.set_tuning({}, counts={"a": new})
-        assert set(s._tables["a"].runner.cache.id_of_slot.tolist()) == top_rows(new, 30)
+        assert set(s._tables["a"].runner.ids.tolist()) == top_rows(new, 30)
 
 
 def naive_pinned_curve(indices, offsets, layout, rpb, batch_size, caps):
@@ -219,12 +224,14 @@ def test_planner_offers_pinned_and_makes_plans_that_carry_their_counts(tmp_path)
     with bandstore.open(path) as s:
         profiles = profile_trace(s, trace, batch_size=256, curves=same_curve)
     p = profiles["big"]
-    assert p.pinned_misses_per_lookup.size == p.sizes_bytes.size
+    assert p.pinned_misses_per_lookup.size == p.pinned_rows.size > 1
     assert np.array_equal(p.counts, trace.access_counts("big"))
     kinds = {o.strategy for o in options(p, cal)}
-    assert "pinned" in kinds and "cached" not in kinds  # same curve, no admission: pinned dominates
-    cb = int(p.sizes_bytes[4])
-    assert cost(p, "pinned", cal, cb) < cost(p, "cached", cal, cb)
+    assert "pinned" in kinds and "cached" not in kinds  # same curve, no admission: pinned wins
+    rows = int(p.pinned_rows[4])
+    assert cost(p, "pinned", cal, rows * 4 * 16) < cost(
+        p, "cached", cal, rows * cache_row_bytes(16)
+    )
     plan = make_plan(profiles, cal, 2, 400_000)
     chosen = [n for n, tp in plan.tables.items() if tp.kind == "pinned"]
     assert chosen and set(plan.counts) == set(chosen)
@@ -255,11 +262,11 @@ def test_replan_replaces_pinned_rows_gone_stale(tmp_path):
         plan = make_plan(profile_trace(s, trace, batch_size=256), cal, 1, budget)
         assert plan.tables["t"].kind == "pinned"
         apply_plan(s, plan, persist=False)
-        old = set(s._tables["t"].runner.cache.id_of_slot.tolist())
+        old = set(s._tables["t"].runner.ids.tolist())
         same = replan(s, trace, budget=budget)
         assert not same["replanned"] and same["old_batch_ns"] <= 1.05 * same["new_batch_ns"]
         moved = replan(s, shifted, budget=budget)
         assert moved["replanned"] and moved["old_batch_ns"] > 1.15 * moved["new_batch_ns"]
-        new = set(s._tables["t"].runner.cache.id_of_slot.tolist())
+        new = set(s._tables["t"].runner.ids.tolist())
         top = np.argsort(-shifted.access_counts("t"), kind="stable")[: len(new)]
         assert len(new & set(top.tolist())) > 0.9 * len(new) and len(new & old) < 0.2 * len(new)

@@ -6,7 +6,8 @@
 - ``_direct_batch``: no cache at all: the distinct blocks of the requested rows are read once
   each, in ascending block order, verified, decoded and pooled. It computes exactly what
   ``_cache_batch`` computes with a zero-capacity cache (same order, same counters), without
-  the per-row slot index a cache needs: the ``direct`` strategy.
+  the per-row slot index a cache needs: the ``direct`` strategy; with a frozen set of decoded
+  rows in front (``kernels.bits``), the ``pinned`` one.
 - ``_split_select``: the positions of one part of a table split by id hash (replicated hot
   rows go to the part that owns their bag range), as a sub-request.
 - ``_combine_parts``: the parts' pooled bags combined in part order (deterministic, so a
@@ -20,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from bandstore.kernels.bits import _pinned_slot
 from bandstore.kernels.cache import (
     MODE_COPY,
     MODE_MAX,
@@ -122,6 +124,8 @@ def _direct_batch(
     mode,
     padding_idx,
     out,
+    pinned_index,
+    pinned_data,
     layout,
     rows_per_block,
     block_size,
@@ -139,20 +143,67 @@ def _direct_batch(
 
     Equivalent to ``_cache_batch`` with an empty, zero-capacity cache: the distinct blocks of the
     requested rows are read once each in ascending order, every row is pooled from its block.
+    ``pinned_index`` / ``pinned_data``: a frozen set of decoded rows (``kernels.bits``; an empty
+    index for none, the ``direct`` strategy): their lookups are hits pooled from the data first,
+    as ``_cache_batch`` pools a frozen cache's, and only the others read blocks (``pinned``).
     On a corrupt block ``error[0]`` is the block and nothing is written to ``stats``.
     """
     n_bags = offsets.shape[0] - 1
     n = ids.shape[0]
     has_weights = weights.shape[0] > 0
+    bag_n = np.zeros(n_bags, dtype=np.int64)
+    bag_of = np.empty(n, dtype=np.int64)  # the bag of each position, in one pass
+    for b in range(n_bags):
+        for i in range(offsets[b], offsets[b + 1]):
+            bag_of[i] = b
     keys = np.empty(n, dtype=np.int64)
     m = 0
-    for i in range(n):
-        row_id = ids[i]
-        if row_id == padding_idx:
-            continue
-        keys[m] = (layout[row_id] // rows_per_block) * n + i
-        m += 1
+    lookups = 0
+    if pinned_index.shape[0] > 0:
+        # Probe every id first (a tight loop keeps many index lines in flight), then pool the
+        # hits with the rows a few positions ahead prefetched.
+        slots = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            slots[i] = _pinned_slot(pinned_index, ids[i])
+        dim_data = pinned_data.shape[1]
+        for i in range(n):
+            row_id = ids[i]
+            if row_id == padding_idx:
+                continue
+            lookups += 1
+            if i + PREFETCH_DISTANCE < n and slots[i + PREFETCH_DISTANCE] >= 0:
+                _prefetch_row(pinned_data, slots[i + PREFETCH_DISTANCE])
+            s = slots[i]
+            if s < 0:
+                keys[m] = (layout[row_id] // rows_per_block) * n + i
+                m += 1
+                continue
+            b = bag_of[i]
+            if mode == MODE_SUM or mode == MODE_MEAN:
+                w = weights[i] if has_weights else np.float32(1.0)
+                for d in range(dim_data):
+                    out[b, d] += w * pinned_data[s, d]
+            elif mode == MODE_COPY or bag_n[b] == 0:
+                for d in range(dim_data):
+                    out[b, d] = pinned_data[s, d]
+            else:
+                for d in range(dim_data):
+                    if pinned_data[s, d] > out[b, d]:
+                        out[b, d] = pinned_data[s, d]
+            bag_n[b] += 1
+    else:
+        for i in range(n):
+            row_id = ids[i]
+            if row_id == padding_idx:
+                continue
+            keys[m] = (layout[row_id] // rows_per_block) * n + i
+            m += 1
+        lookups = m
     if m == 0:
+        stats[STAT_LOOKUPS] += lookups
+        stats[STAT_HITS] += lookups
+        if mode == MODE_MEAN:
+            _divide_means(out, bag_n)
         return STATUS_OK
     keys = _sort_keys(keys[:m])
     # No admission here: only the requested rows' sectors are checked (the layout stands in
@@ -162,11 +213,6 @@ def _direct_batch(
         block_size, checksum_bytes, checksums, error,
     ):  # fmt: skip
         return STATUS_CORRUPT_BLOCK
-    bag_n = np.zeros(n_bags, dtype=np.int64)
-    bag_of = np.empty(n, dtype=np.int64)  # the bag of each position, in one pass
-    for b in range(n_bags):
-        for i in range(offsets[b], offsets[b + 1]):
-            bag_of[i] = b
     decoded = np.empty((rows_per_block, dim), dtype=np.float32)
     is_decoded = np.zeros(rows_per_block, dtype=np.bool_)
     blocks_read = 0
@@ -195,7 +241,8 @@ def _direct_batch(
             w = weights[i] if has_weights else np.float32(1.0)
             _pool_into(out, bag_of[i], decoded[local], w, mode, bag_n)
         k = end
-    stats[STAT_LOOKUPS] += m
+    stats[STAT_LOOKUPS] += lookups
+    stats[STAT_HITS] += lookups - m
     stats[STAT_MISSES] += m
     stats[STAT_BLOCKS_READ] += blocks_read
     stats[STAT_BYTES_READ] += blocks_read * block_size

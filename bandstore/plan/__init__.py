@@ -209,11 +209,10 @@ def _as_served(store: Any, profiles: Mapping[str, TableProfile], trace: Any, bat
         t = store._tables[name]
         if not isinstance(t.runner, PinnedRunner) or name not in trace.table_names:
             continue
-        c = t.runner.cache
         indices, offsets = trace.table(name)
-        m, b = held_curve(indices, offsets, c.id_of_slot[: c.pinned], t.layout,
-                          t.info.rows_per_block, batch_size)  # fmt: skip
-        flat = np.ones(p.sizes_bytes.shape)
+        m, b = held_curve(indices, offsets, t.runner.ids, t.layout, t.info.rows_per_block,
+                          batch_size)  # fmt: skip
+        flat = np.ones(p.pinned_rows.shape)
         out[name] = replace(p, pinned_misses_per_lookup=m * flat, pinned_blocks_per_lookup=b * flat)
     return out
 

@@ -275,8 +275,9 @@ def _direct_cost(mm, ids, layout, rpb, block_size, rb, codec_id, dim, sums, veri
     err = np.zeros(1, dtype=np.int64)
     t0 = time.perf_counter()
     cb = _sector_bytes(mm, sums, block_size)
-    kr._direct_batch(ids, off, no_w, kc.MODE_SUM, -1, out, layout, rpb, block_size, rb,
-                     codec_id, dim, mm, sums, cb, verify, stats, err)  # fmt: skip
+    no_index, no_data = np.zeros((0, 2), dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    kr._direct_batch(ids, off, no_w, kc.MODE_SUM, -1, out, no_index, no_data, layout, rpb,
+                     block_size, rb, codec_id, dim, mm, sums, cb, verify, stats, err)  # fmt: skip
     return time.perf_counter() - t0
 
 

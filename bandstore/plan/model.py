@@ -8,8 +8,9 @@ calibrated costs (``bandstore.plan.calibrate``):
 
 - resident: ``L * gather(table bytes)``
 - cached(c): ``L * (probe(rows) + hit * gather(c)) + misses * row + blocks * (block + admit)``
-- hot(c): as cached, from the pinned curve (the ``c`` rows most counted in the first half of the
-  trace, measured on the second half), with no admission
+- pinned(c): as cached, from the pinned curve (the ``c`` rows most counted in the first half of
+  the trace, measured on the second half), with no admission and a probe of a bitmap index
+  16x smaller than a cache's slot index
 - direct: ``L * row + blocks(0) * block``
 - a split in k parts: each part does ``1/k`` of its inner strategy's work (a cached split's
   parts keep the hit ratio of the whole cache, by the SHARDS argument: a hash-sampled share of
@@ -29,7 +30,7 @@ import numpy as np
 from bandstore.cache import cache_row_bytes, capacity_rows
 from bandstore.errors import InvalidArgumentError, UnknownTableError
 from bandstore.plan.calibrate import Calibration
-from bandstore.plan.strategies import cached_dram_bytes
+from bandstore.plan.strategies import cached_dram_bytes, pinned_capacity, pinned_dram_bytes
 
 #: Replicate, in a cached split, the rows that each take at least this share of its lookups.
 HOT_ROW_SHARE = 1e-3
@@ -53,9 +54,11 @@ class TableProfile:
     blocks_per_lookup: np.ndarray
     hot_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     verify: bool = True
-    #: The trace's access counts (they rank a ``pinned`` table's rows), and the pinned curve at
-    #: ``sizes_bytes`` (empty: no ``pinned`` option).
+    #: The trace's access counts (they rank a ``pinned`` table's rows), and the pinned curve:
+    #: misses and blocks per lookup when the ``pinned_rows`` most counted rows are held (empty:
+    #: no ``pinned`` option).
     counts: np.ndarray | None = None
+    pinned_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     pinned_misses_per_lookup: np.ndarray = field(default_factory=lambda: np.zeros(0))
     pinned_blocks_per_lookup: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: Block bytes of every table the batch reads: they share the CPU caches and the TLB, so a
@@ -82,11 +85,11 @@ class TableProfile:
         b = float(np.interp(x, self.sizes_bytes, self.blocks_per_lookup))
         return m, b
 
-    def pinned_at(self, cache_bytes: int) -> tuple[float, float]:
-        """(misses, blocks) per lookup of a ``pinned`` table with ``cache_bytes`` (interpolated)."""
-        x = float(cache_bytes)
-        m = float(np.interp(x, self.sizes_bytes, self.pinned_misses_per_lookup))
-        b = float(np.interp(x, self.sizes_bytes, self.pinned_blocks_per_lookup))
+    def pinned_at(self, rows: int) -> tuple[float, float]:
+        """(misses, blocks) per lookup of a ``pinned`` table holding ``rows`` (interpolated)."""
+        x = float(rows)
+        m = float(np.interp(x, self.pinned_rows, self.pinned_misses_per_lookup))
+        b = float(np.interp(x, self.pinned_rows, self.pinned_blocks_per_lookup))
         return m, b
 
     def as_dict(self) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def profile_trace(
             hot = hot[np.argsort(-counts[hot], kind="stable")[:MAX_HOT_ROWS]]
         sizes = sizes[order]
         t = store._tables[name]
-        caps = [capacity_rows(int(x), info.dim, info.rows) for x in sizes]
+        caps = np.unique([capacity_rows(int(x), info.dim, info.rows) for x in sizes])
         pin_m, pin_b = pinned_curve(
             indices, offsets, t.layout, info.rows_per_block, batch_size, caps
         )
@@ -216,6 +219,7 @@ def profile_trace(
             hot_ids=np.sort(hot).astype(np.int64),
             verify=bool(store._verify_reads),
             counts=np.minimum(counts, 2**31 - 1).astype(np.int32),
+            pinned_rows=caps,
             pinned_misses_per_lookup=pin_m,
             pinned_blocks_per_lookup=pin_b,
         )
@@ -314,16 +318,20 @@ def cost(p: TableProfile, kind: str, cal: Calibration, cache_bytes: int = 0, *,
     elif kind == "direct":
         _, b = p.at(0)
         ns = L * row + L * b * block
-    elif kind in ("cached", "pinned"):
+    elif kind == "cached":
         cap = capacity_rows(cache_bytes, p.dim, p.rows)
-        if kind == "cached":
-            m, b = p.at(cap * cache_row_bytes(p.dim))
-            block += cal.cache_block(p.rows_per_block)  # admission
-        else:
-            m, b = p.pinned_at(cap * cache_row_bytes(p.dim))
+        m, b = p.at(cap * cache_row_bytes(p.dim))
         hit = max(0.0, 1.0 - m)
         ns = L * (cal.probe(p.rows) + hit * cal.gather(cap * 4 * p.dim, p.dim)) + L * m * row
-        ns += L * b * block
+        ns += L * b * (block + cal.cache_block(p.rows_per_block))  # with admission
+    elif kind == "pinned":
+        cap = pinned_capacity(cache_bytes, p.dim, p.rows)
+        m, b = p.pinned_at(cap)
+        hit = max(0.0, 1.0 - m)
+        # The probe reads a bitmap index of a quarter byte per row, as a slot index of 4 bytes
+        # per row would be for a table 16x smaller.
+        probe = cal.probe(max(1, p.rows // 16))
+        ns = L * (probe + hit * cal.gather(cap * 4 * p.dim, p.dim)) + L * m * row + L * b * block
     else:
         raise InvalidArgumentError(f"no cost for strategy {kind!r}", argument="strategy")
     if parts > 1:
@@ -339,9 +347,7 @@ def options(p: TableProfile, cal: Calibration, *, allowed=STRATEGY_OPTIONS,
     opts = []
     if "direct" in allowed:
         opts.append(Option("direct", 0, cost(p, "direct", cal, cold=cold), p.min_bytes))
-    for kind in ("cached", "pinned"):
-        if kind not in allowed or (kind == "pinned" and p.pinned_misses_per_lookup.size == 0):
-            continue
+    if "cached" in allowed:
         seen = set()
         for s in p.sizes_bytes[1:] if p.sizes_bytes.size > 1 else []:
             cap = capacity_rows(int(s), p.dim, p.rows)
@@ -349,8 +355,13 @@ def options(p: TableProfile, cal: Calibration, *, allowed=STRATEGY_OPTIONS,
                 continue
             seen.add(cap)
             cb = cap * cache_row_bytes(p.dim)
-            opts.append(Option(kind, cb, cost(p, kind, cal, cb, cold=cold),
+            opts.append(Option("cached", cb, cost(p, "cached", cal, cb, cold=cold),
                                cached_dram_bytes(p.rows, p.dim, cb)))  # fmt: skip
+    if "pinned" in allowed:
+        for cap in p.pinned_rows[p.pinned_rows > 0]:
+            cb = int(cap) * 4 * p.dim
+            opts.append(Option("pinned", cb, cost(p, "pinned", cal, cb, cold=cold),
+                               pinned_dram_bytes(p.rows, p.dim, cb)))  # fmt: skip
     if "resident" in allowed:
         opts.append(Option("resident", 0, cost(p, "resident", cal, cold=cold), p.resident_bytes))
     opts.sort(key=lambda o: (o.dram, o.ns))

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from bandstore import dram
-from bandstore.cache import CachePolicy, CacheState, cache_row_bytes, capacity_rows, pinned_ids
+from bandstore.cache import CacheState, cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
+from bandstore.kernels.bits import index_bytes, pinned_index
 
 #: The strategies a plan may name.
 STRATEGIES = ("resident", "cached", "pinned", "direct", "split")
@@ -206,11 +207,19 @@ class ResidentRunner(Runner):
         _add_stats(self.table, stats)
 
 
+#: The pinned set of a ``direct`` table: none.
+_NO_INDEX = np.zeros((0, 2), dtype=np.int64)
+_NO_DATA = np.zeros((0, 0), dtype=np.float32)
+_NO_WEIGHTS = np.zeros(0, dtype=np.float32)
+
+
 class DirectRunner(Runner):
     """No cache: distinct blocks read once per batch; ``parts > 1`` splits by bag ranges."""
 
     strategy = "direct"
     bag_ranges = True
+    index = _NO_INDEX
+    data = _NO_DATA
 
     def __init__(self, t: Any, parts: int = 1):
         super().__init__(t)
@@ -226,48 +235,51 @@ class DirectRunner(Runner):
     def run_bags(self, job: Job, b0: int, b1: int) -> None:
         if b1 == b0:
             return
-        t = self.table
-        g = t.geometry
         ids, off, w, out = _bags(job, b0, b1)
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
+        self._read(ids, off, w, job.mode, job.pad, out, stats)
+        _add_stats(self.table, stats)
+
+    def _read(self, ids, off, w, mode, pad, out, stats) -> None:
+        t = self.table
+        g = t.geometry
         error = np.zeros(1, dtype=np.int64)
         status = kr._direct_batch(
-            ids, off, w, job.mode, job.pad, out, t.layout, g.rows_per_block, g.block_size,
-            g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums, t.checksum_bytes,
-            t.verify_reads, stats, error,
+            ids, off, w, mode, pad, out, self.index, self.data, t.layout, g.rows_per_block,
+            g.block_size, g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums,
+            t.checksum_bytes, t.verify_reads, stats, error,
         )  # fmt: skip
         if status != kc.STATUS_OK:
             raise_corrupt(t, int(error[0]))
-        _add_stats(t, stats)
 
 
-class PinnedRunner(Runner):
-    """A frozen cache of the table's hottest rows over direct reads; ``parts > 1`` splits the
-    bags into contiguous ranges (the cache is only read, so the parts share it unlocked).
+class PinnedRunner(DirectRunner):
+    """A frozen set of the table's most counted rows, decoded in DRAM, over direct reads;
+    ``parts > 1`` splits the bags into contiguous ranges (the set is only read, so the parts
+    share it unlocked).
 
-    ``counts``: the access counts that rank the rows (the plan's, else the table's); the cache
-    holds the ``capacity_rows(cache_bytes)`` most counted rows that were read at least once.
+    ``counts``: the access counts that rank the rows (the plan's, else the table's); the set
+    holds the ``pinned_capacity(cache_bytes)`` most counted rows that were read at least once,
+    in id order, found through a bitmap index (``kernels.bits``) instead of a slot per row.
     """
 
     strategy = "pinned"
-    bag_ranges = True
 
     def __init__(self, t: Any, cache_bytes: int, counts: np.ndarray, parts: int = 1):
-        super().__init__(t)
+        super().__init__(t, parts)
         g = t.geometry
-        self.parts = parts
         self.cache_bytes = int(cache_bytes)
         self.counts = counts
-        self.policy = CachePolicy(self.cache_bytes, kc.NEVER, 1.0)
-        top = t.verified_rows(pinned_ids(counts, capacity_rows(self.cache_bytes, g.dim, g.rows)))
-        # Capacity = the rows pinned: no free slot, so the kernel never admits nor evicts.
-        self.cache = CacheState(g.rows, g.dim, int(top.size))
-        if top.size:
-            c = self.cache
-            kc._load_pinned(
-                top, True, c.slot_of_id, c.id_of_slot, c.meta, c.data, t.layout,
-                g.rows_per_block, g.block_size, g.row_bytes, t.codec, g.dim, t.blocks_u8,
-            )  # fmt: skip
+        top = pinned_ids(counts, pinned_capacity(self.cache_bytes, g.dim, g.rows))
+        self.ids = np.sort(t.verified_rows(top))
+        k = int(self.ids.size)
+        # Read at random on every lookup: on huge pages when large (bandstore.dram).
+        data = dram.zeros((k, g.dim), np.float32)
+        if k:  # the rows, read through the direct path (verified, decoded) with no set yet
+            self._read(self.ids, np.arange(k + 1, dtype=np.int64), _NO_WEIGHTS, kc.MODE_COPY,
+                       -1, data, np.zeros(kc.N_STATS, dtype=np.int64))  # fmt: skip
+        self.data = data
+        self.index = dram.copy(pinned_index(self.ids, g.rows))
 
     @property
     def spec(self) -> tuple:
@@ -275,29 +287,14 @@ class PinnedRunner(Runner):
 
     @property
     def dram_bytes(self) -> int:
-        return int(self.cache.nbytes)
+        return int(self.index.nbytes + self.data.nbytes)
 
-    def run_part(self, job: Job, j: int) -> None:
-        self.run_bags(job, *_bag_range(job.out.shape[0], self.parts, j))
-
-    def run_bags(self, job: Job, b0: int, b1: int) -> None:
-        if b1 == b0:
-            return
-        t = self.table
-        g = t.geometry
-        c = self.cache
-        ids, off, w, out = _bags(job, b0, b1)
-        stats = np.zeros(kc.N_STATS, dtype=np.int64)
-        error = np.zeros(1, dtype=np.int64)
-        status = kc._cache_batch(
-            ids, off, w, job.mode, job.pad, out, True, c.slot_of_id, c.id_of_slot, c.ref,
-            c.meta, c.data, t.counts, kc.NEVER, t.layout, t.inverse_layout, g.rows_per_block,
-            g.block_size, g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums,
-            t.checksum_bytes, t.verify_reads, stats, error,
-        )  # fmt: skip
-        if status != kc.STATUS_OK:
-            raise_corrupt(t, int(error[0]))
-        _add_stats(t, stats)
+    def cache_info(self) -> dict[str, Any]:
+        """``Store.cache_info``'s entry: a full cache, all of it pinned, no admission."""
+        k = int(self.ids.size)
+        return {"cache_bytes": self.cache_bytes, "capacity_rows": k, "cached_rows": k,
+                "pinned_rows": k, "threshold": None, "pinned_share": 1.0,
+                "dram_bytes": self.dram_bytes}  # fmt: skip
 
 
 class SplitCachedRunner(Runner):
@@ -429,6 +426,17 @@ def _owner_of(ids: np.ndarray, parts: int) -> np.ndarray:
     g = ids >> kr.OWNER_RUN_BITS
     x = (g ^ (g >> 31)) & 0x7FFFFFFF
     return ((((x * kr.HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) * parts) >> 16
+
+
+def pinned_capacity(cache_bytes: int, dim: int, rows: int) -> int:
+    """How many rows a ``pinned`` set of ``cache_bytes`` holds: decoded float32 rows, nothing
+    per slot (never more than the table has)."""
+    return int(min(rows, max(0, cache_bytes) // (4 * dim)))
+
+
+def pinned_dram_bytes(rows: int, dim: int, cache_bytes: int) -> int:
+    """DRAM a ``pinned`` table takes: its rows plus the bitmap index (a quarter byte per row)."""
+    return pinned_capacity(cache_bytes, dim, rows) * 4 * dim + index_bytes(rows)
 
 
 def cached_dram_bytes(rows: int, dim: int, cache_bytes: int, parts: int = 1,
