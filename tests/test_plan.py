@@ -9,6 +9,7 @@ import time
 import numba
 import numpy as np
 import pytest
+from helpers import check_against_reference, make_store, random_request, random_tables
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import embedding_bag_ref
@@ -79,26 +80,12 @@ CURVES = _lru_free_curve if numba.config.DISABLE_JIT else None
 
 @pytest.fixture(scope="module")
 def weights():
-    rng = np.random.default_rng(7)
-    return {n: rng.standard_normal((r, DIM)).astype(np.float32) for n, r in SIZES.items()}
+    return random_tables(SIZES, DIM, seed=7)
 
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory, weights):
-    path = tmp_path_factory.mktemp("plan") / "store"
-    with bandstore.create(path, block_size=512) as s:
-        for n, w in weights.items():
-            s.add_table(n, w, progress=False)
-    return path
-
-
-def random_request(rng, weights, n_bags=12, max_bag=9):
-    req = {}
-    for n, w in weights.items():
-        sizes = rng.integers(0, max_bag, n_bags)
-        ids = rng.zipf(1.3, int(sizes.sum())) % w.shape[0]
-        req[n] = (ids.astype(np.int64), np.concatenate([[0], np.cumsum(sizes)[:-1]]))
-    return req
+    return make_store(tmp_path_factory.mktemp("plan") / "store", weights)
 
 
 # ---- strategies against the reference ---------------------------------------------------------
@@ -116,15 +103,7 @@ def test_every_strategy_matches_the_reference(store_path, weights, plan, verify,
             req = random_request(rng, weights)
             if weighted:
                 req = {n: (i, o, rng.random(i.size)) for n, (i, o) in req.items()}
-            out = s.lookup_many(req, mode=mode)
-            for n, r in req.items():
-                psw = r[2] if weighted else None
-                ref = embedding_bag_ref(weights[n], r[0], r[1], mode, psw)
-                np.testing.assert_allclose(out[n], ref, rtol=1e-5, atol=1e-5)
-                bag = s.embedding_bag(n, r[0], r[1], mode=mode, per_sample_weights=psw,
-                                      padding_idx=pad)  # fmt: skip
-                ref = embedding_bag_ref(weights[n], r[0], r[1], mode, psw, padding_idx=pad)
-                np.testing.assert_allclose(bag, ref, rtol=1e-5, atol=1e-5)
+            check_against_reference(s, weights, req, mode, pad)
         for n, w in weights.items():
             ids = rng.integers(0, w.shape[0], 40)
             assert np.array_equal(s.lookup(n, ids), w[ids])  # bit for bit

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers import check_against_reference, make_store, random_request, random_tables
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import embedding_bag_ref
@@ -27,17 +28,12 @@ PINNED_ROWS = {"a": 30, "b": 100, "c": 40}
 
 @pytest.fixture(scope="module")
 def weights():
-    rng = np.random.default_rng(11)
-    return {n: rng.standard_normal((r, DIM)).astype(np.float32) for n, r in SIZES.items()}
+    return random_tables(SIZES, DIM, seed=11)
 
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory, weights):
-    path = tmp_path_factory.mktemp("pinned") / "store"
-    with bandstore.create(path, block_size=512) as s:
-        for n, w in weights.items():
-            s.add_table(n, w, progress=False)
-    return path
+    return make_store(tmp_path_factory.mktemp("pinned") / "store", weights)
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +65,6 @@ def top_rows(c, k):
     return set(ranked[:k])
 
 
-def request(rng, n_bags=15, max_bag=8):
-    req = {}
-    for n, r in SIZES.items():
-        sizes = rng.integers(0, max_bag, n_bags)
-        ids = rng.zipf(1.3, int(sizes.sum())) % r
-        req[n] = (ids.astype(np.int64), np.concatenate([[0], np.cumsum(sizes)[:-1]]))
-    return req
-
-
 @given(seed=st.integers(0, 2**31), mode=st.sampled_from(["sum", "mean", "max"]),
        weighted=st.booleans(), pad=st.one_of(st.none(), st.integers(0, 39)))  # fmt: skip
 def test_pinned_matches_the_reference_and_never_admits(store_path, weights, counts, seed, mode,
@@ -100,18 +87,10 @@ def test_pinned_matches_the_reference_and_never_admits(store_path, weights, coun
             assert info[n]["pinned_share"] == 1.0 and info[n]["threshold"] is None
             assert info[n]["dram_bytes"] == r.data.nbytes + 16 * -(-SIZES[n] // 64)
         for _ in range(3):
-            req = request(rng)
+            req = random_request(rng, weights, n_bags=15, max_bag=8)
             if weighted:
                 req = {n: (i, o, rng.random(i.size)) for n, (i, o) in req.items()}
-            out = s.lookup_many(req, mode=mode)
-            for n, r in req.items():
-                psw = r[2] if weighted else None
-                ref = embedding_bag_ref(weights[n], r[0], r[1], mode, psw)
-                np.testing.assert_allclose(out[n], ref, rtol=1e-5, atol=1e-5)
-                bag = s.embedding_bag(n, r[0], r[1], mode=mode, per_sample_weights=psw,
-                                      padding_idx=pad)  # fmt: skip
-                ref = embedding_bag_ref(weights[n], r[0], r[1], mode, psw, padding_idx=pad)
-                np.testing.assert_allclose(bag, ref, rtol=1e-5, atol=1e-5)
+            check_against_reference(s, weights, req, mode, pad)
         s.reset_stats()
         ids = rng.integers(0, SIZES["a"], 200)
         assert np.array_equal(s.lookup("a", ids), weights["a"][ids])  # bit for bit
@@ -204,12 +183,8 @@ def test_planner_offers_pinned_and_makes_plans_that_carry_their_counts(tmp_path)
     tables = {"big": 20_000, "small": 500}
     trace = synth(tables, 3000, pooling={"big": 6, "small": 2}, zipf=1.0, community_size=1,
                   co_access=0.0, seed=3)  # fmt: skip
-    path = tmp_path / "store"
-    rng = np.random.default_rng(0)
-    data = {n: rng.standard_normal((r, 16)).astype(np.float32) for n, r in tables.items()}
-    with bandstore.create(path, block_size=4096) as s:
-        for n, w in data.items():
-            s.add_table(n, w, progress=False)
+    data = random_tables(tables, 16, seed=0)
+    path = make_store(tmp_path / "store", data, block_size=4096)
 
     def same_curve(store, name, indices, offsets, batch_size):
         # The cached curve set equal to the pinned one: only the admission cost tells them apart.
@@ -252,10 +227,7 @@ def test_replan_replaces_pinned_rows_gone_stale(tmp_path):
     perm = np.random.default_rng(9).permutation(rows)
     idx, off = trace.table("t")
     shifted = Trace({"t": (perm[idx], off)}, {"t": rows})  # the same skew on other rows
-    path = tmp_path / "store"
-    rng = np.random.default_rng(0)
-    with bandstore.create(path, block_size=4096) as s:
-        s.add_table("t", rng.standard_normal((rows, 16)).astype(np.float32), progress=False)
+    path = make_store(tmp_path / "store", random_tables({"t": rows}, 16, seed=0), block_size=4096)
     cal = default_calibration()
     budget = 4 * rows + 2000 * cache_row_bytes(16)  # room for a tenth of the rows
     with bandstore.open(path, workers=1) as s:

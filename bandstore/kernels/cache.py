@@ -227,6 +227,24 @@ def _prefetch_block_row(keys, j, nk, n, ids, layout, rows_per_block, block_size,
         _prefetch_at(blocks_u8, (ba + 1) * block_size + local * row_bytes)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _pool_slot(out, bag, data, s, weight, mode, first):
+    """Reduce row ``data[s]`` into ``out[bag]`` (``first``: no row was reduced into it yet):
+    the hit path of the cache and pinned kernels. 2-D indexing, not row views: a view per row
+    costs reference counting. Multiplying by a weight of 1 changes no bit of the sum."""
+    dim = data.shape[1]
+    if mode == MODE_SUM or mode == MODE_MEAN:
+        for d in range(dim):
+            out[bag, d] += weight * data[s, d]
+    elif mode == MODE_COPY or first:
+        for d in range(dim):
+            out[bag, d] = data[s, d]
+    else:
+        for d in range(dim):
+            if data[s, d] > out[bag, d]:
+                out[bag, d] = data[s, d]
+
+
 @njit(nogil=True, cache=True)
 def _pool_into(out, bag, src, weight, mode, bag_n):
     """Reduce row ``src`` into ``out[bag]`` (``bag_n[bag]`` rows were reduced into it before)."""
@@ -310,7 +328,6 @@ def _cache_batch(
             s = slots[i]
             if s >= 0 and ids[i] != padding_idx:
                 ref[s] = 1
-    dim_data = cache_data.shape[1]
     for b in range(n_bags):
         hits = 0
         for i in range(offsets[b], offsets[b + 1]):
@@ -329,26 +346,8 @@ def _cache_batch(
                 continue
             if not with_data:
                 continue
-            # Specialised per mode: this loop is the all-cached hot path. 2-D indexing, not row
-            # views: a view per row costs reference counting.
-            if mode == MODE_SUM or mode == MODE_MEAN:
-                if has_weights:
-                    w = weights[i]
-                    for d in range(dim_data):
-                        out[b, d] += w * cache_data[s, d]
-                else:
-                    for d in range(dim_data):
-                        out[b, d] += cache_data[s, d]
-            elif mode == MODE_COPY:
-                for d in range(dim_data):
-                    out[b, d] = cache_data[s, d]
-            elif bag_n[b] + hits == 0:
-                for d in range(dim_data):
-                    out[b, d] = cache_data[s, d]
-            else:
-                for d in range(dim_data):
-                    if cache_data[s, d] > out[b, d]:
-                        out[b, d] = cache_data[s, d]
+            w = weights[i] if has_weights else np.float32(1.0)
+            _pool_slot(out, b, cache_data, s, w, mode, bag_n[b] + hits == 0)
             hits += 1
         bag_n[b] += hits
 

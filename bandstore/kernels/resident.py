@@ -39,6 +39,7 @@ from bandstore.kernels.cache import (
     STATUS_OK,
     _divide_means,
     _pool_into,
+    _pool_slot,
     _prefetch_block_row,
     _sort_keys,
     _verify_sorted_blocks,
@@ -165,7 +166,6 @@ def _direct_batch(
         slots = np.empty(n, dtype=np.int64)
         for i in range(n):
             slots[i] = _pinned_slot(pinned_index, ids[i])
-        dim_data = pinned_data.shape[1]
         for i in range(n):
             row_id = ids[i]
             if row_id == padding_idx:
@@ -179,17 +179,8 @@ def _direct_batch(
                 m += 1
                 continue
             b = bag_of[i]
-            if mode == MODE_SUM or mode == MODE_MEAN:
-                w = weights[i] if has_weights else np.float32(1.0)
-                for d in range(dim_data):
-                    out[b, d] += w * pinned_data[s, d]
-            elif mode == MODE_COPY or bag_n[b] == 0:
-                for d in range(dim_data):
-                    out[b, d] = pinned_data[s, d]
-            else:
-                for d in range(dim_data):
-                    if pinned_data[s, d] > out[b, d]:
-                        out[b, d] = pinned_data[s, d]
+            w = weights[i] if has_weights else np.float32(1.0)
+            _pool_slot(out, b, pinned_data, s, w, mode, bag_n[b] == 0)
             bag_n[b] += 1
     else:
         for i in range(n):
