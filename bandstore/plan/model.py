@@ -32,6 +32,9 @@ from bandstore.errors import InvalidArgumentError, UnknownTableError
 from bandstore.plan.calibrate import Calibration
 from bandstore.plan.strategies import cached_dram_bytes, pinned_capacity, pinned_dram_bytes
 
+#: Capacities of a pinned curve (log-spaced up to the rows a trace reads), beside the cache
+#: curve's sizes.
+PINNED_GRID = 64
 #: Replicate, in a cached split, the rows that each take at least this share of its lookups.
 HOT_ROW_SHARE = 1e-3
 MAX_HOT_ROWS = 4096
@@ -200,7 +203,12 @@ def profile_trace(
             hot = hot[np.argsort(-counts[hot], kind="stable")[:MAX_HOT_ROWS]]
         sizes = sizes[order]
         t = store._tables[name]
-        caps = np.unique([capacity_rows(int(x), info.dim, info.rows) for x in sizes])
+        # The pinned curve is exact and cheap at any capacity: a fine grid up to every row read
+        # (on top of the cache curve's sizes) lets the budget be spent in small steps.
+        read = int(np.count_nonzero(counts))
+        fine = np.geomspace(1, max(read, 1), PINNED_GRID).astype(np.int64)
+        cached = [capacity_rows(int(x), info.dim, info.rows) for x in sizes]
+        caps = np.unique(np.concatenate([cached, fine, [0]]))
         pin_m, pin_b = pinned_curve(
             indices, offsets, t.layout, info.rows_per_block, batch_size, caps
         )
@@ -357,11 +365,11 @@ def options(p: TableProfile, cal: Calibration, *, allowed=STRATEGY_OPTIONS,
             cb = cap * cache_row_bytes(p.dim)
             opts.append(Option("cached", cb, cost(p, "cached", cal, cb, cold=cold),
                                cached_dram_bytes(p.rows, p.dim, cb)))  # fmt: skip
-    if "pinned" in allowed:
+    if "pinned" in allowed:  # the direct path's block of decoded rows, plus the pinned set
         for cap in p.pinned_rows[p.pinned_rows > 0]:
             cb = int(cap) * 4 * p.dim
             opts.append(Option("pinned", cb, cost(p, "pinned", cal, cb, cold=cold),
-                               pinned_dram_bytes(p.rows, p.dim, cb)))  # fmt: skip
+                               p.min_bytes + pinned_dram_bytes(p.rows, p.dim, cb)))  # fmt: skip
     if "resident" in allowed:
         opts.append(Option("resident", 0, cost(p, "resident", cal, cold=cold), p.resident_bytes))
     opts.sort(key=lambda o: (o.dram, o.ns))
