@@ -306,11 +306,10 @@ def _cache_batch(
     n_bags = offsets.shape[0] - 1
     n = ids.shape[0]
     has_weights = weights.shape[0] > 0
-    frozen = meta[META_CAPACITY] <= meta[META_PINNED]
-    if frozen:
-        # No unpinned slot to admit a neighbour into (pinned share 1, the pinned strategy): skip
-        # the neighbour scan and its sector checks, whose random reads of counts and slot index
-        # cost ~10x the rest of a miss when the block file is in the page cache.
+    if meta[META_CAPACITY] <= meta[META_PINNED]:
+        # No unpinned slot to admit a neighbour into (pinned share 1): skip the neighbour scan
+        # and its sector checks, whose random reads of counts and slot index cost ~10x the
+        # rest of a miss when the block file is in the page cache.
         threshold = NEVER
     bag_n = np.zeros(n_bags, dtype=np.int64)
     miss_keys = np.empty(n, dtype=np.int64)
@@ -323,11 +322,10 @@ def _cache_batch(
     slots = np.empty(n, dtype=np.int32)
     for i in range(n):
         slots[i] = slot_of_id[ids[i]]
-    if not frozen:  # a frozen cache is only read: workers may share it with no lock
-        for i in range(n):
-            s = slots[i]
-            if s >= 0 and ids[i] != padding_idx:
-                ref[s] = 1
+    for i in range(n):
+        s = slots[i]
+        if s >= 0 and ids[i] != padding_idx:
+            ref[s] = 1
     for b in range(n_bags):
         hits = 0
         for i in range(offsets[b], offsets[b + 1]):
@@ -422,16 +420,15 @@ def _cache_batch(
                 if s >= 0 and with_data:
                     offset = (blk + 1) * block_size + local * row_bytes
                     _decode_row_into(blocks_u8, offset, codec, dim, cache_data[s])
-        # ...then the requested rows, so they are the most recent (none in a frozen cache).
-        if not frozen:
-            for j in range(k, end):
-                row_id = ids[miss_pos[j]]
-                if slot_of_id[row_id] >= 0:
-                    continue
-                s = _admit(row_id, slot_of_id, id_of_slot, ref, meta)
-                if s >= 0 and with_data:
-                    local = layout[row_id] - base_slot
-                    cache_data[s, :] = decoded[local]
+        # ...then the requested rows, so they are the most recent.
+        for j in range(k, end):
+            row_id = ids[miss_pos[j]]
+            if slot_of_id[row_id] >= 0:
+                continue
+            s = _admit(row_id, slot_of_id, id_of_slot, ref, meta)
+            if s >= 0 and with_data:
+                local = layout[row_id] - base_slot
+                cache_data[s, :] = decoded[local]
         k = end
 
     stats[STAT_BLOCKS_READ] += blocks_read

@@ -146,7 +146,7 @@ def _direct_batch(
     requested rows are read once each in ascending order, every row is pooled from its block.
     ``pinned_index`` / ``pinned_data``: a frozen set of decoded rows (``kernels.bits``; an empty
     index for none, the ``direct`` strategy): their lookups are hits pooled from the data first,
-    as ``_cache_batch`` pools a frozen cache's, and only the others read blocks (``pinned``).
+    as ``_cache_batch`` pools its hits, and only the others read blocks (``pinned``).
     On a corrupt block ``error[0]`` is the block and nothing is written to ``stats``.
     """
     n_bags = offsets.shape[0] - 1
