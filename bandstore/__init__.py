@@ -2,15 +2,64 @@
 
 Rows read together share 4 KB blocks on a slow tier (NVM, NVMe), a DRAM cache sized by
 miniature simulation sits in front, and numba kernels serve pooled lookups without the GIL.
+Offline tuning (relayout, cache sizing, planning) is in :mod:`bandstore.tune`.
 """
 
-from bandstore.errors import *  # noqa: F403 - the error classes are part of the public API
-from bandstore.errors import BandstoreError
+from bandstore.errors import (
+    BandstoreError,
+    BudgetError,
+    ConcurrentWriteError,
+    CorruptBlockError,
+    CorruptDataError,
+    CorruptFileError,
+    FormatMismatchError,
+    FormatVersionError,
+    IdOutOfRangeError,
+    InvalidArgumentError,
+    InvalidDtypeError,
+    InvalidOffsetsError,
+    InvalidShapeError,
+    NotAStoreError,
+    PlanError,
+    ReadOnlyError,
+    StoreClosedError,
+    StoreExistsError,
+    TableExistsError,
+    TraceFormatError,
+    UnknownTableError,
+)
 from bandstore.kernels.cache import NEVER
-from bandstore.store import Store, TableInfo, create, open
-from bandstore.trace import Trace
+from bandstore.serve.store import Store, TableInfo, create, open
+from bandstore.traces.trace import Trace
 
 __version__ = "0.1.0"
 
-
-__all__ = ["BandstoreError", "NEVER", "Store", "TableInfo", "Trace", "create", "open"]
+__all__ = [
+    "NEVER",
+    "Store",
+    "TableInfo",
+    "Trace",
+    "create",
+    "open",
+    "BandstoreError",
+    "InvalidArgumentError",
+    "InvalidDtypeError",
+    "InvalidShapeError",
+    "IdOutOfRangeError",
+    "InvalidOffsetsError",
+    "UnknownTableError",
+    "TableExistsError",
+    "CorruptDataError",
+    "CorruptBlockError",
+    "CorruptFileError",
+    "NotAStoreError",
+    "StoreExistsError",
+    "FormatVersionError",
+    "FormatMismatchError",
+    "ReadOnlyError",
+    "StoreClosedError",
+    "ConcurrentWriteError",
+    "TraceFormatError",
+    "BudgetError",
+    "PlanError",
+]

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 import bandstore
-from bandstore.cache import cache_row_bytes
-from bandstore.store import Store
-from bandstore.trace import Trace
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.serve.store import Store
+from bandstore.traces.trace import Trace
 
 
 def create_store_for_trace(
@@ -43,7 +43,7 @@ def create_store_for_trace(
 
 def demo_trace(scale: float = 1.0, seed: int = 0) -> Trace:
     """A three-table trace with Zipf popularity and communities of rows read together."""
-    from bandstore.synth import synth
+    from bandstore.traces.synth import synth
 
     tables = {
         "item": int(200_000 * scale),
@@ -76,10 +76,10 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build a store from a generated trace, replay held-out queries, return the figures."""
-    from bandstore.plan import compare_plans
-    from bandstore.relayout import relayout, split_point
-    from bandstore.replay import replay
-    from bandstore.sim.sizing import size_cache
+    from bandstore.tune.measure import replay
+    from bandstore.tune.planning import compare_plans
+    from bandstore.tune.relayout_job import relayout, split_point
+    from bandstore.tune.sim.sizing import size_cache
 
     tmp = None
     if workdir is None:
@@ -207,7 +207,7 @@ def format_demo(result: dict[str, Any]) -> str:
         ratio = b["blocks_read"] / a["blocks_read"] if a["blocks_read"] else float("inf")
         lines.append(f"  -> {ratio:.2f}x fewer block reads on held-out queries, same DRAM")
     if "plan" in result:
-        from bandstore.plan.report import format_comparison
+        from bandstore.tune.planning.report import format_comparison
 
         lines += ["", "asymmetric plan vs uniform baseline (same DRAM):"]
         lines.append(format_comparison(result["plan"]))

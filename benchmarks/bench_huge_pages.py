@@ -1,7 +1,7 @@
 """How much faster are random reads of the store's DRAM arrays on huge pages?
 
 The same kernels on the same data, once on arrays numpy allocates (4 KB pages) and once on
-``bandstore.dram`` arrays (2 MB transparent huge pages, what the store now allocates for its
+``bandstore.storage.dram`` arrays (2 MB transparent huge pages, what the store now allocates for its
 caches, decoded tables, slot indexes, inverse layouts, counts and checksums):
 
 - ``resident``: ``_gather_pool`` over a decoded float32 table (dim 16, bags of 32);
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from paths import RESULTS, run_facts
 
-from bandstore import dram
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
+from bandstore.storage import dram
 
 DIM = 16
 NO_W = np.empty(0, dtype=np.float32)

@@ -37,10 +37,12 @@ import time
 import numpy as np
 from paths import DATA, RESULTS
 
-from bandstore.cache import cache_row_bytes
 from bandstore.kernels.cache import NEVER
-from bandstore.layout import build_layout
-from bandstore.relayout import (
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.traces.synth import communities, synth
+from bandstore.traces.trace import Trace
+from bandstore.tune.layout import build_layout
+from bandstore.tune.relayout_job import (
     LayoutTarget,
     Scoring,
     cache_share,
@@ -50,8 +52,6 @@ from bandstore.relayout import (
     split_point,
     transfer_configuration,
 )
-from bandstore.synth import communities, synth
-from bandstore.trace import Trace
 
 DIM, RPB, BLOCK, ROW_BYTES = 64, 16, 4096, 256
 METHODS = ("frequency", "metis", "hypergraph")
@@ -61,7 +61,7 @@ LONG = 4  # the long synthetic log has LONG x the queries of the sparse ones
 
 
 def real_traces() -> dict[str, tuple[Trace, str]]:
-    from bandstore.formats import convert
+    from bandstore.traces.formats import convert
 
     out = {}
     sources = {

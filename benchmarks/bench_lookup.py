@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 import bandstore
-from bandstore.blockfile import evict_from_page_cache
-from bandstore.cache import cache_row_bytes
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.storage.blockfile import evict_from_page_cache
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

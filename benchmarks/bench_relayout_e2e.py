@@ -9,11 +9,11 @@ beside the old one, the byte-for-byte verification, fsync and the LMDB commit.
 
 Data (made once per size, kept under ``--data-dir``): a store with one float32 table ``item``
 of ``rows`` x ``--dim`` (default 16: 64-byte rows, 64 rows per 4 KB block; 10M rows = 640 MB),
-random values, and a synthetic trace (``bandstore.synth``: communities of 16 rows, co_access
+random values, and a synthetic trace (``bandstore.traces.synth``: communities of 16 rows, co_access
 0.8, zipf 1.0, ~20 lookups per query, as in ``bench_relayout_scale.py``) saved as ``.npz``.
 Each run copies the store (off the clock) and runs in a fresh child process:
 
-- ``api`` runs: ``bandstore.relayout.relayout`` with its phases timed (wall and CPU seconds of
+- ``api`` runs: ``bandstore.tune.relayout`` with its phases timed (wall and CPU seconds of
   the process, all threads, and the peak RSS inside each phase: VmHWM reset at each phase
   boundary, plus a 0.2 s RSS poller). numba compilation is done first on a tiny store and
   reported apart (``warm-up``); the rest is what a user waits for;
@@ -66,7 +66,7 @@ BAR_SECONDS, BAR_BYTES = 15 * 60, 8 << 30
 def make_data(data: Path, rows: int, lookups: int, dim: int, seed: int = 0) -> dict[str, Any]:
     """Store (one float32 table) and trace under ``data``; reused when already there."""
     import bandstore
-    from bandstore.synth import synth
+    from bandstore.traces.synth import synth
 
     meta_path = data / "meta.json"
     if meta_path.exists():
@@ -165,10 +165,10 @@ class Phases:
 
 def worker(args: argparse.Namespace) -> None:
     import bandstore
-    import bandstore.relayout as rl
-    from bandstore.store import Store
-    from bandstore.synth import synth
-    from bandstore.trace import Trace
+    import bandstore.tune.relayout_job as rl
+    from bandstore.serve.store import Store
+    from bandstore.traces.synth import synth
+    from bandstore.traces.trace import Trace
 
     out: dict[str, Any] = {"method": args.method, "loadavg_start": os.getloadavg()}
     # numba compilation off the clock: the same relayout on a tiny store

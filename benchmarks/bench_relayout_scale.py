@@ -4,13 +4,13 @@ Issue #3 sets the bar: "relayout of a 10M-row table from a 100M-lookup trace on 
 24 GB machine in under 15 minutes and 8 GB peak memory, with progress. Measure it in a
 benchmark and write down how the time grows with rows and lookups."
 
-For each size (rows, lookups) a synthetic trace (``bandstore.synth``: communities of 16 rows,
+For each size (rows, lookups) a synthetic trace (``bandstore.traces.synth``: communities of 16 rows,
 co_access 0.8, zipf 1.0, bags of ~20 lookups; lookups / rows = 10 in the main series) is cut by
 query position: layouts are built from the first 80% (``build_layout``, default parameters,
 16 rows per 4 KB block) and judged on the later 20%. Each (size, method) runs in a fresh
 subprocess, so peaks do not accumulate; numba kernels are compiled first on a tiny trace, then
 the peak-RSS mark is reset (``/proc/self/clear_refs``) and the build is timed stage by stage
-(the stage functions of ``bandstore.layout`` are wrapped with timers; each stage also records
+(the stage functions of ``bandstore.tune.layout`` are wrapped with timers; each stage also records
 its own peak RSS). Reported per (size, method):
 
 - wall time of ``build_layout`` and of its stages: ``counts`` (access counts, row classes),
@@ -20,7 +20,7 @@ its own peak RSS). Reported per (size, method):
 - peak RSS of the build (absolute, and above the RSS before it: the trace arrays are loaded);
 - layout quality on the held-out queries: distinct blocks per query (no cache) per 1000
   lookups, and blocks read per 1000 lookups by exact simulation of the store's cache
-  (``bandstore.relayout.evaluate_layout``) at DRAM = 10% of the table, the cache warmed by the
+  (``tune.relayout_job.evaluate_layout``) at DRAM = 10% of the table, the cache warmed by the
   tuning part, threshold in {0, 2, never} and pinned share in {0, 0.5} chosen on the tuning
   part (a smaller grid than ``relayout``'s, to keep 10M-lookup simulations short), with the
   identity layout under the same rules as the reference.
@@ -116,7 +116,7 @@ class PeakRSS:
 
 
 class StageTimer:
-    """Wraps the stage functions of bandstore.layout with timers (outermost call only),
+    """Wraps the stage functions of bandstore.tune.layout with timers (outermost call only),
     accumulating wall and CPU seconds, calls and the peak RSS seen inside each stage."""
 
     def __init__(self, mem: PeakRSS) -> None:
@@ -153,8 +153,8 @@ class StageTimer:
         self._undo.append((module, name, fn))
 
     def __enter__(self) -> StageTimer:
-        import bandstore.layout as lay
-        import bandstore.layout.partition as part
+        import bandstore.tune.layout as lay
+        import bandstore.tune.layout.partition as part
 
         refine = lambda kw: "refine (validation)" if kw.get("val_nets") is not None else "refine"  # noqa: E731
         for module, name, stage in (
@@ -181,7 +181,7 @@ class StageTimer:
 
 
 def make_trace(rows: int, lookups: int, seed: int = 0):
-    from bandstore.synth import synth
+    from bandstore.traces.synth import synth
 
     return synth(
         {"item": rows},
@@ -195,10 +195,10 @@ def make_trace(rows: int, lookups: int, seed: int = 0):
 
 
 def evaluate(trace, split: int, layout: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
-    from bandstore.cache import cache_row_bytes
     from bandstore.kernels.cache import NEVER
-    from bandstore.layout import fanout
-    from bandstore.relayout import LayoutTarget, Scoring, evaluate_layout
+    from bandstore.serve.cache import cache_row_bytes
+    from bandstore.tune.layout import fanout
+    from bandstore.tune.relayout_job import LayoutTarget, Scoring, evaluate_layout
 
     rows = trace.num_rows["item"]
     idx, off = trace.table("item")
@@ -224,9 +224,9 @@ def evaluate(trace, split: int, layout: np.ndarray, counts: np.ndarray) -> dict[
 
 def worker(data_dir: Path, method: str, out_path: Path) -> None:
     """One (size, method): compile on a tiny trace, then build, time and measure; write JSON."""
-    from bandstore.layout import build_layout
-    from bandstore.relayout import split_point
-    from bandstore.trace import Trace
+    from bandstore.traces.trace import Trace
+    from bandstore.tune.layout import build_layout
+    from bandstore.tune.relayout_job import split_point
 
     load_start = os.getloadavg()
     meta = json.loads((data_dir / "meta.json").read_text())
@@ -321,7 +321,7 @@ def fit_rows_lookups(pts: list[dict[str, Any]], key: str) -> tuple[float, float]
 
 
 def run_size(rows: int, lookups: int, methods: list[str], tmp: Path, series: str) -> list[dict]:
-    from bandstore.relayout import split_point
+    from bandstore.tune.relayout_job import split_point
 
     t0 = time.perf_counter()
     trace = make_trace(rows, lookups)

@@ -45,10 +45,12 @@ import numpy as np
 from paths import DATA, RESULTS
 
 import bandstore
-from bandstore.cache import cache_row_bytes
 from bandstore.demo import create_store_for_trace
-from bandstore.replay import replay
-from bandstore.sim import (
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.traces.synth import synth
+from bandstore.traces.trace import Trace
+from bandstore.tune.measure import replay
+from bandstore.tune.sim import (
     DEFAULT_EXACT_WINDOW,
     DEFAULT_PINNED_SHARES,
     DEFAULT_WARMUP,
@@ -58,8 +60,6 @@ from bandstore.sim import (
     simulate,
     size_cache,
 )
-from bandstore.synth import synth
-from bandstore.trace import Trace
 
 NEVER = bandstore.NEVER
 DIM = 16
@@ -131,7 +131,7 @@ def log(msg: str) -> None:
 
 
 def load_real(name: str) -> Trace | None:
-    from bandstore.formats import convert
+    from bandstore.traces.formats import convert
 
     fmt, rel = REAL[name]
     path = DATA / rel

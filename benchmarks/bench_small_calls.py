@@ -30,8 +30,8 @@ import numpy as np
 from paths import RESULTS, run_facts
 
 import bandstore
-from bandstore.cache import cache_row_bytes
-from bandstore.plan import calibrate_store
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.tune.planning import calibrate_store
 
 DIM = 16
 TABLES = 26
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             "2 workers, always": bandstore.open(path, plan=plan),
             "2 workers, rule": bandstore.open(path, plan=plan),
         }
-        stores["2 workers, always"]._executor.inline_below = None
+        stores["2 workers, always"]._executor.inline_below = None  # white-box: force the workers
         rows = []
         try:
             for q in sizes:

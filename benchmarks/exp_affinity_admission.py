@@ -32,7 +32,7 @@ reported too: the best in hindsight is the headroom, not a result.
 
 The simulator here (``_replay``, numba) follows ``bandstore.kernels.cache._cache_batch``
 (``with_data=False``) step for step and calls its ``_admit`` (CLOCK) and ``_load_pinned``; with
-the affinity and self rules off it must give exactly the blocks of ``bandstore.sim.simulate``:
+the affinity and self rules off it must give exactly the blocks of ``bandstore.tune.sim.simulate``:
 the script checks that on every layout (auto's held-out figure, naive, and a few policies with a
 dynamic part) before it goes on, and stops if not.
 
@@ -65,9 +65,9 @@ import numpy as np
 from bench_layout import BATCH, DIM, RESULTS, real_traces, target
 from numba import njit
 
-from bandstore.cache import cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.kernels.cache import NEVER, _admit, _load_pinned
-from bandstore.relayout import (
+from bandstore.serve.cache import cache_row_bytes, capacity_rows, pinned_ids
+from bandstore.tune.relayout_job import (
     Scoring,
     choose_configurations,
     evaluate_choice,
@@ -76,7 +76,7 @@ from bandstore.relayout import (
     split_point,
     transfer_configuration,
 )
-from bandstore.sim.mrc import simulate
+from bandstore.tune.sim.mrc import simulate
 
 FRACTION = 0.10
 SHARES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0)
@@ -359,7 +359,7 @@ def admissions(st: tuple) -> dict:
 
 
 def check_equivalent(trace, table, split, layout, counts, dram, setting: Setting, label: str):
-    """Our replay with the store's policies == bandstore.sim.simulate, blocks for blocks."""
+    """Our replay with the store's policies == bandstore.tune.sim.simulate, blocks for blocks."""
     idx, off = trace.table(table)
     for t, p in ((NEVER, 0.0), (0, 0.5), (2, 0.75), (0, 1.0), (NEVER, 0.9), (5, 0.25)):
         ref = simulate(

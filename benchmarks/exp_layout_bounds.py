@@ -37,10 +37,10 @@ import time
 import numpy as np
 from bench_layout import BATCH, DIM, RESULTS, RPB, real_traces, target
 
-from bandstore.cache import cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.kernels.cache import NEVER
-from bandstore.layout import build_layout
-from bandstore.relayout import Scoring, evaluate_layout, recency_counts, split_point
+from bandstore.serve.cache import cache_row_bytes, capacity_rows, pinned_ids
+from bandstore.tune.layout import build_layout
+from bandstore.tune.relayout_job import Scoring, evaluate_layout, recency_counts, split_point
 
 HALF_LIFE = {"ml-latest-small": 0.25}
 

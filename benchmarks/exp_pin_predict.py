@@ -58,10 +58,10 @@ import time
 import numpy as np
 from bench_layout import BATCH, DIM, RESULTS, RPB, real_traces, target
 
-from bandstore.cache import cache_row_bytes, capacity_rows
 from bandstore.kernels.cache import NEVER
-from bandstore.layout import build_layout
-from bandstore.relayout import (
+from bandstore.serve.cache import cache_row_bytes, capacity_rows
+from bandstore.tune.layout import build_layout
+from bandstore.tune.relayout_job import (
     Scoring,
     cache_share,
     evaluate_layout,

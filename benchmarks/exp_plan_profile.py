@@ -32,11 +32,11 @@ import bench_plan  # noqa: E402
 
 import bandstore  # noqa: E402
 from bandstore.demo import create_store_for_trace  # noqa: E402
-from bandstore.plan import Calibration  # noqa: E402
-from bandstore.plan import _batches as make_batches  # noqa: E402
-from bandstore.plan.model import profile_trace  # noqa: E402
-from bandstore.plan.planner import make_plan, uniform_plan  # noqa: E402
-from bandstore.trace import Trace  # noqa: E402
+from bandstore.traces.trace import Trace  # noqa: E402
+from bandstore.tune.planning import Calibration  # noqa: E402
+from bandstore.tune.planning import _batches as make_batches  # noqa: E402
+from bandstore.tune.planning.model import profile_trace  # noqa: E402
+from bandstore.tune.planning.planner import make_plan, uniform_plan  # noqa: E402
 
 
 def workload(name: str, quick: bool, seed: int = 0):
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     if args.no_pin:
-        import bandstore.plan.runtime as rt
+        import bandstore.serve.runtime as rt
 
         ex = rt.Executor
         rt.Executor = lambda w, b: ex(w, b, pin=False)

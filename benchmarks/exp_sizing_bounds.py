@@ -45,9 +45,9 @@ import bench_sizing as bs
 import numpy as np
 from numba import njit
 
-from bandstore.cache import cache_row_bytes
-from bandstore.sim import allocate, simulate
-from bandstore.trace import Trace
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.traces.trace import Trace
+from bandstore.tune.sim import allocate, simulate
 
 NEVER = bs.NEVER
 RPB = 4096 // (4 * bs.DIM)

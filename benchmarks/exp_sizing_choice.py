@@ -25,9 +25,9 @@ from typing import Any
 import bench_sizing as bs
 import numpy as np
 
-from bandstore.cache import cache_row_bytes
-from bandstore.sim import allocate, simulate, size_cache
-from bandstore.trace import Trace
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.traces.trace import Trace
+from bandstore.tune.sim import allocate, simulate, size_cache
 
 NEVER = bs.NEVER
 RPB = 4096 // (4 * bs.DIM)
@@ -141,13 +141,13 @@ def save_curves(curves: dict[str, Any], path: str) -> None:
 
 
 def bs_thresholds():
-    from bandstore.sim import DEFAULT_THRESHOLDS
+    from bandstore.tune.sim import DEFAULT_THRESHOLDS
 
     return DEFAULT_THRESHOLDS
 
 
 def bs_shares():
-    from bandstore.sim import DEFAULT_PINNED_SHARES
+    from bandstore.tune.sim import DEFAULT_PINNED_SHARES
 
     return DEFAULT_PINNED_SHARES
 

@@ -21,9 +21,9 @@ import time
 import bench_sizing as bs
 import numpy as np
 
-from bandstore.cache import cache_row_bytes
 from bandstore.kernels.cache import NEVER
-from bandstore.sim import knapsack, simulate
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.tune.sim import knapsack, simulate
 
 RPB = 4096 // (4 * bs.DIM)
 trace = bs.synthetic_workload(10_000_000, 100_000, 0)

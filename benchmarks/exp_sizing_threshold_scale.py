@@ -3,7 +3,7 @@
 ``size_cache`` chooses each table's threshold on the access counts of the tuning trace's
 warm-up share; ``apply_counts="trace"`` (the default) stores the whole trace's counts, larger by
 the ratio of their lookups, so an unscaled threshold admits more neighbours than the simulation
-did. ``bandstore.sim.sizing.SCALE_THRESHOLDS`` scales it by that ratio (rounded up). This runs
+did. ``bandstore.tune.sim.sizing.SCALE_THRESHOLDS`` scales it by that ratio (rounded up). This runs
 bench_sizing.py's allocation check (first 80% tune, last 20% held out, the tuned allocation
 against the best plain-CLOCK split of the same budget) with and without the scaling, same store.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import bench_sizing as B
 
-import bandstore.sim.sizing as sizing
+import bandstore.tune.sim.sizing as sizing
 from bandstore.demo import create_store_for_trace
 
 WORKLOADS = {
@@ -66,7 +66,7 @@ def main(names: list[str]) -> None:
         "# Stored thresholds scaled to the applied counts, or not (held-out blocks)",
         "",
         f"`python benchmarks/exp_sizing_threshold_scale.py {' '.join(names)}` at {commit}: "
-        "bench_sizing.py's allocation check with `bandstore.sim.sizing.SCALE_THRESHOLDS` off and "
+        "bench_sizing.py's allocation check with `tune.sim.sizing.SCALE_THRESHOLDS` off and "
         "on. Blocks read per 1000 held-out lookups by the tuned allocation; ratio = best "
         "plain-CLOCK split / tuned.",
         "",

@@ -47,9 +47,9 @@ import bench_sizing as B
 import numpy as np
 
 import bandstore
-import bandstore.sim.sizing as sizing
+import bandstore.tune.sim.sizing as sizing
 from bandstore.demo import create_store_for_trace
-from bandstore.sim.mrc import Curves
+from bandstore.tune.sim.mrc import Curves
 
 WORKLOADS = {
     "criteo-8k": lambda: B.load_real("criteo-8k"),

@@ -38,7 +38,7 @@ import bench_sizing as bs
 
 import bandstore
 from bandstore.demo import create_store_for_trace
-from bandstore.sim import size_cache
+from bandstore.tune.sim import size_cache
 
 NEVER = bandstore.NEVER
 VARIANTS: dict[str, dict[str, Any]] = {

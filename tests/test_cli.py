@@ -9,7 +9,7 @@ import pytest
 
 import bandstore
 from bandstore.cli import main
-from bandstore.synth import synth
+from bandstore.traces.synth import synth
 
 
 def run_json(capsys, *argv: str) -> dict:

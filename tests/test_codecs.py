@@ -1,4 +1,4 @@
-"""Row codecs: numpy reference (bandstore.codecs) and numba decoders (bandstore.kernels.codec).
+"""Row codecs: numpy reference (storage.codecs) and numba decoders (kernels.codec).
 
 Also run with NUMBA_DISABLE_JIT=1, where the numba helpers execute as plain Python.
 """
@@ -12,16 +12,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numba import njit
 
-from bandstore import codecs
-from bandstore.codecs import (
-    CODECS,
-    codec_id,
-    codec_name,
-    decode_rows,
-    encode_rows,
-    max_abs_error,
-    row_bytes,
-)
 from bandstore.errors import InvalidArgumentError, InvalidDtypeError, InvalidShapeError
 from bandstore.kernels.codec import (
     FLOAT16,
@@ -32,6 +22,16 @@ from bandstore.kernels.codec import (
     SUM,
     _accumulate_row,
     _decode_row_into,
+)
+from bandstore.storage import codecs
+from bandstore.storage.codecs import (
+    CODECS,
+    codec_id,
+    codec_name,
+    decode_rows,
+    encode_rows,
+    max_abs_error,
+    row_bytes,
 )
 
 

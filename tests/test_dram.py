@@ -1,4 +1,4 @@
-"""DRAM arrays on huge pages (bandstore.dram): numpy semantics, whatever the pages."""
+"""DRAM arrays on huge pages (bandstore.storage.dram): numpy semantics, whatever the pages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bandstore
-from bandstore import dram
+from bandstore.storage import dram
 
 
 def _mapped(a: np.ndarray) -> bool:

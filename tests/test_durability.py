@@ -16,8 +16,8 @@ from hypothesis import stateful
 from hypothesis import strategies as st
 
 import bandstore
-from bandstore.codecs import decode_rows, encode_rows
-from bandstore.store import collect_garbage
+from bandstore.storage.codecs import decode_rows, encode_rows
+from bandstore.storage.versions import collect_garbage
 
 
 class StoreModel(stateful.RuleBasedStateMachine):

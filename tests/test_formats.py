@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bandstore.errors import InvalidArgumentError, TraceFormatError
-from bandstore.formats import (
+from bandstore.traces.formats import (
     FORMATS,
     convert,
     read_avazu,
@@ -22,7 +22,7 @@ from bandstore.formats import (
     read_movielens,
     write_csv,
 )
-from bandstore.trace import Trace, top_share
+from bandstore.traces.trace import Trace, top_share
 
 
 def bags(trace: Trace, name: str) -> list[list[int]]:

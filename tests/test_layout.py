@@ -19,10 +19,10 @@ from bandstore.errors import (
     InvalidOffsetsError,
     InvalidShapeError,
 )
-from bandstore.layout import METHODS, build_layout, fanout, validate_layout
-from bandstore.layout.graph import build_nets, coaccess_graph
-from bandstore.layout.partition import block_caps, repair
-from bandstore.layout.refine import refine_blocks
+from bandstore.tune.layout import METHODS, build_layout, fanout, validate_layout
+from bandstore.tune.layout.graph import build_nets, coaccess_graph
+from bandstore.tune.layout.partition import block_caps, repair
+from bandstore.tune.layout.refine import refine_blocks
 
 # --------------------------------------------------------------------------- helpers
 

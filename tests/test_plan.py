@@ -15,9 +15,12 @@ from hypothesis import strategies as st
 from reference import embedding_bag_ref
 
 import bandstore
-from bandstore.cache import cache_row_bytes
+import bandstore.tune
 from bandstore.kernels import cache as kc
-from bandstore.plan import (
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.serve.strategies import Job, _owner_of
+from bandstore.traces.synth import synth
+from bandstore.tune.planning import (
     Plan,
     apply_plan,
     compare_plans,
@@ -26,9 +29,7 @@ from bandstore.plan import (
     replan,
     uniform_plan,
 )
-from bandstore.plan.calibrate import Calibration, default_calibration
-from bandstore.plan.strategies import Job, _owner_of
-from bandstore.synth import synth
+from bandstore.tune.planning.calibrate import Calibration, default_calibration
 
 DIM = 4
 SIZES = {"a": 300, "b": 1000, "c": 40, "d": 700}
@@ -229,7 +230,7 @@ def test_parallel_results_equal_sequential_under_concurrent_callers(store_path, 
         expected = [s.lookup_many(r) for r in requests]
     for plan in (stateless, ALL_STRATEGIES):
         with bandstore.open(store_path, plan=plan) as s:
-            assert s._executor.workers == 2
+            assert s.workers == 2
             results: dict[tuple[int, int], dict] = {}
 
             def caller(k: int, s=s, results=results) -> None:
@@ -264,7 +265,7 @@ def test_calls_below_the_break_even_run_inline(store_path, weights, tmp_path):
     served inline, and timed."""
     import shutil
 
-    from bandstore.plan.calibrate import Calibration
+    from bandstore.tune.planning.calibrate import Calibration
 
     rng = np.random.default_rng(5)
     requests = [random_request(rng, weights) for _ in range(6)]
@@ -286,7 +287,7 @@ def test_calls_below_the_break_even_run_inline(store_path, weights, tmp_path):
         ex.inline_below = (0.0, 0.0)  # nothing is small
         outs.append(s.lookup_many(requests[0]))
         assert s.stats()["total"]["lookup_many_parallel_calls"] == 1 and handed.puts == 1
-        from bandstore.plan.runtime import attach
+        from bandstore.serve.runtime import attach
 
         attach(s)  # a new executor (as a new plan installs): the counts carry on
         assert s._executor is not ex
@@ -342,7 +343,7 @@ def test_one_caller_is_deterministic_whatever_the_workers(store_path, weights):
 
 def test_no_plan_is_todays_store_round_robin(store_path, weights):
     with bandstore.open(store_path, cache_bytes=10_000, workers=2) as s:
-        assert s.plan is None and s._executor.workers == 2
+        assert s.plan is None and s.workers == 2
         assert all(t.runner is None for t in s._tables.values())  # every table cached
         routes = [s._executor.routes[n][1] for n in s.tables]
         assert routes == [(i % 2,) for i in range(len(routes))]
@@ -380,7 +381,7 @@ class _Recorder:
 
 
 def test_executor_starts_the_longest_tasks_first():
-    from bandstore.plan.executor import REORDER_EVERY, Executor
+    from bandstore.serve.executor import REORDER_EVERY, Executor
 
     log: list[str] = []
     seconds: dict[str, float] = {}
@@ -547,8 +548,8 @@ def test_measured_times_remap_the_plan(skewed):
     """A table the model underestimates (measured / predicted = scale) is mapped by its
     measured time: split, or given a worker of its own; strategies and caches stay the
     model's."""
-    from bandstore.plan import refine_plan
-    from bandstore.plan.planner import SCALE_BOUNDS, measured_scale
+    from bandstore.tune.planning import refine_plan
+    from bandstore.tune.planning.planner import SCALE_BOUNDS, measured_scale
 
     path, trace = skewed
     cal = default_calibration()
@@ -579,11 +580,11 @@ def test_measured_times_remap_the_plan(skewed):
     assert all(v == pytest.approx(2.0) for n, v in scale.items() if n != big)
     # refine_plan: the executor times every table, the plan is re-mapped from it
     with bandstore.open(path, plan=plan) as s:
-        from bandstore.plan import _batches
+        from bandstore.tune.planning import _batches
 
         reqs = _batches(trace, 100)
         refined = refine_plan(s, plan, profiles, cal, reqs)
-        busy = s._executor.busy
+        busy = s.busy
         assert busy.calls == len(reqs)
         assert set(busy.seconds) == set(trace.table_names)
         assert all(v > 0 for v in busy.seconds.values())
@@ -617,16 +618,16 @@ def test_apply_persists_and_open_arguments_choose(skewed):
     plan = make_plan(profiles, default_calibration(), 2, 1 << 22)
     with bandstore.open(path, writable=True) as s:
         apply_plan(s, plan)
-        assert s.plan is not None and s._executor.workers == 2
+        assert s.plan is not None and s.workers == 2
     with bandstore.open(path) as s:
         assert s.plan.tables == plan.tables
         assert type(s._tables["s1"].runner).__name__ == "ResidentRunner"
     with bandstore.open(path, cache_bytes=1000) as s:
         assert s.plan is None  # explicit cache sizes: the stored plan is not used
     with bandstore.open(path, plan=False, workers=1) as s:
-        assert s.plan is None and s._executor.workers == 1
+        assert s.plan is None and s.workers == 1
     with bandstore.open(path, workers=1) as s:
-        assert s.plan is not None and s._executor.workers == 1  # the plan on one worker
+        assert s.plan is not None and s.workers == 1  # the plan on one worker
     with bandstore.open(path, writable=True) as s:
         apply_plan(s, None)
     with bandstore.open(path) as s:
@@ -670,61 +671,63 @@ def test_replan_from_recorded_traffic(skewed, tmp_path):
     path, trace = skewed
     with bandstore.open(path, record=tmp_path / "rec", sample_rate=1.0, cache_bytes=0) as s:
         with pytest.raises(bandstore.InvalidArgumentError):
-            bandstore.open(path).replan()
-        from bandstore.replay import trace_requests
+            bandstore.tune.replan(bandstore.open(path))
+        from bandstore.tune.measure import trace_requests
 
         for start in range(0, 300, 50):
             s.lookup_many(trace_requests(trace, start, start + 50))
-        report = s.replan(budget=1 << 22, min_gain=0.0, curves=CURVES)
+        report = bandstore.tune.replan(s, budget=1 << 22, min_gain=0.0, curves=CURVES)
         assert report["replanned"] and s.plan is not None
 
 
 def test_automatic_replan_from_recorded_traffic(skewed, tmp_path):
     path, trace = skewed
-    from bandstore.replay import trace_requests
+    from bandstore.tune.measure import trace_requests
 
     with bandstore.open(path, plan=False) as ref:
         want = [ref.lookup_many(trace_requests(trace, a, a + 50)) for a in range(0, 600, 50)]
     opts = {"budget": 1 << 22, "min_gain": 0.0, "curves": CURVES}
-    with bandstore.open(path, record=tmp_path / "rec", sample_rate=1.0, plan=False,
-                        replan_every=200, replan_options=opts) as s:  # fmt: skip
-        assert s.plan is None and s.replan_status()["checks"] == 0
+    with bandstore.open(path, record=tmp_path / "rec", sample_rate=1.0, plan=False) as s:
+        auto = bandstore.tune.AutoReplanner(s, 200, **opts)
+        assert s.plan is None and auto.status()["checks"] == 0
         for i, a in enumerate(range(0, 600, 50)):
             got = s.lookup_many(trace_requests(trace, a, a + 50))  # served while it re-plans
             for n in got:  # pooling order may differ between strategies: allclose
                 np.testing.assert_allclose(got[n], want[i][n], rtol=1e-5, atol=1e-5)
-            assert s._replanner.wait(60)  # (a check runs beside later calls; wait to count)
+            assert auto.wait(60)  # (a check runs beside later calls; wait to count)
             if a == 150:  # 200 queries recorded: one check ran
-                st1 = s.replan_status()
+                st1 = auto.status()
                 assert st1["checks"] == 1 and st1["replans"] == 1 and st1["errors"] == 0
                 assert s.plan is not None and st1["last"]["new_batch_ns"] > 0
-        assert s._replanner.wait(60)
-        st2 = s.replan_status()
+        assert auto.wait(60)
+        st2 = auto.status()
         assert st2["recorded_queries"] == 600 and st2["checks"] == 3
     with bandstore.open(path) as s:
         assert s.plan is None  # persist=False: the switch lived with the open store
-        assert s.replan_status() is None
 
 
 def test_automatic_replan_bad_arguments_and_failures(skewed, tmp_path):
     path, trace = skewed
-    from bandstore.replay import trace_requests
+    from bandstore.tune.measure import trace_requests
 
-    with pytest.raises(bandstore.InvalidArgumentError, match="record=DIR"):
-        bandstore.open(path, replan_every=10)
-    for every in (0, -3, 2.5, True):
-        with pytest.raises(bandstore.InvalidArgumentError, match="replan_every"):
-            bandstore.open(path, record=tmp_path / "r0", replan_every=every)
-    with pytest.raises(bandstore.InvalidArgumentError, match="nope"):
-        bandstore.open(path, record=tmp_path / "r0", replan_every=5, replan_options={"nope": 1})
+    with (
+        bandstore.open(path) as s,
+        pytest.raises(bandstore.InvalidArgumentError, match="record=DIR"),
+    ):
+        bandstore.tune.AutoReplanner(s, 10)
+    with bandstore.open(path, record=tmp_path / "r0") as s:
+        for every in (0, -3, 2.5, True):
+            with pytest.raises(bandstore.InvalidArgumentError, match="every"):
+                bandstore.tune.AutoReplanner(s, every)
+        with pytest.raises(bandstore.InvalidArgumentError, match="nope"):
+            bandstore.tune.AutoReplanner(s, 5, nope=1)
     # A check that fails (a budget no plan fits) is counted; the reader's calls go on.
-    with bandstore.open(path, record=tmp_path / "r1", sample_rate=1.0, plan=False,
-                        replan_every=20, replan_options={"budget": 1, "curves": CURVES}
-                        ) as s:  # fmt: skip
+    with bandstore.open(path, record=tmp_path / "r1", sample_rate=1.0, plan=False) as s:
+        auto = bandstore.tune.AutoReplanner(s, 20, budget=1, curves=CURVES)
         for a in range(0, 100, 20):
             s.lookup_many(trace_requests(trace, a, a + 20))
-            assert s._replanner.wait(60)
-        st = s.replan_status()
+            assert auto.wait(60)
+        st = auto.status()
         assert st["checks"] == 5 and st["errors"] == 5 and st["replans"] == 0
         assert "BudgetError" in st["last_error"] and s.plan is None
 
@@ -768,7 +771,9 @@ def test_plan_command(skewed, capsys, tmp_path):
 def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
     import importlib
 
-    calmod = importlib.import_module("bandstore.plan.calibrate")  # the package exports calibrate()
+    calmod = importlib.import_module(
+        "bandstore.tune.planning.calibrate"
+    )  # (the function shadows it)
 
     monkeypatch.setattr(calmod, "_GATHER_SIZES", (1 << 14, 1 << 16, 1 << 18, 1 << 20))
     monkeypatch.setattr(calmod, "_PROBE_ROWS", (1 << 8, 1 << 10, 1 << 12, 1 << 14))
@@ -782,7 +787,7 @@ def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
 
     assert main(["calibrate", str(path), "--quick", "--json"]) == 0
     with bandstore.open(path) as s:
-        from bandstore.plan import load_calibration
+        from bandstore.tune.planning import load_calibration
 
         cal, stored = load_calibration(s)
         assert s._executor.inline_below == (cal.inline_base_ns, cal.inline_task_ns)
@@ -803,7 +808,7 @@ def test_calibration_round_trip_and_cost_shapes(monkeypatch, tmp_path):
 
 
 def test_inline_break_even_is_where_two_workers_start_to_win():
-    from bandstore.plan.calibrate import _crossing
+    from bandstore.tune.planning.calibrate import _crossing
 
     # Between the last size two workers lost (speedup 0.8) and the first they won (1.25):
     # halfway in log scale.
@@ -911,7 +916,7 @@ def test_executor_cuts_a_dominant_table_into_ranges_of_bags(store_path, weights)
     """A one-part resident or direct table measured longer than a worker's fair share is served
     in ranges of bags on every worker (no order balances it), whole again once it is short; a
     long one is cut into chunks, as is a long resident split (on its parts' workers in turn)."""
-    from bandstore.plan.executor import CHUNK_SECONDS, MAX_CHUNKS, REORDER_EVERY
+    from bandstore.serve.executor import CHUNK_SECONDS, MAX_CHUNKS, REORDER_EVERY
 
     plan = {
         "workers": 2,

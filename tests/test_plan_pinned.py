@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from reference import embedding_bag_ref
 
 import bandstore
-from bandstore.cache import cache_row_bytes
 from bandstore.kernels.bits import _pinned_slot
-from bandstore.plan import Plan, apply_plan, make_plan, profile_trace, replan
-from bandstore.plan.calibrate import default_calibration
-from bandstore.plan.model import cost, options, pinned_curve
-from bandstore.synth import synth
-from bandstore.trace import Trace
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.traces.synth import synth
+from bandstore.traces.trace import Trace
+from bandstore.tune.planning import Plan, apply_plan, make_plan, profile_trace, replan
+from bandstore.tune.planning.calibrate import default_calibration
+from bandstore.tune.planning.model import cost, options, pinned_curve
 
 DIM = 4
 SIZES = {"a": 300, "b": 1000, "c": 40}

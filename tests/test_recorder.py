@@ -21,9 +21,9 @@ from bandstore.errors import (
     InvalidShapeError,
     StoreClosedError,
 )
-from bandstore.recorder import TraceRecorder, read_recorded, read_recorded_with_report
-from bandstore.synth import synth
-from bandstore.trace import Trace
+from bandstore.traces.recorder import TraceRecorder, read_recorded, read_recorded_with_report
+from bandstore.traces.synth import synth
+from bandstore.traces.trace import Trace
 
 
 def requests_of(trace: Trace, batch: int):

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 import bandstore
-from bandstore.cache import cache_row_bytes
 from bandstore.demo import create_store_for_trace
-from bandstore.relayout import (
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.traces.synth import synth
+from bandstore.traces.trace import Trace
+from bandstore.tune.measure import replay
+from bandstore.tune.relayout_job import (
     AUTO_COLDS,
     AUTO_HALF_LIVES,
     AUTO_METHODS,
@@ -29,9 +32,6 @@ from bandstore.relayout import (
     relayout,
     transfer_configuration,
 )
-from bandstore.replay import replay
-from bandstore.synth import synth
-from bandstore.trace import Trace
 
 
 @pytest.fixture
@@ -382,7 +382,7 @@ def test_relayout_bad_input(co_access_store):
 
 
 def test_relayout_from_recorded_traffic(co_access_store, tmp_path):
-    from bandstore.recorder import read_recorded
+    from bandstore.traces.recorder import read_recorded
 
     path, trace = co_access_store
     rec = tmp_path / "rec"
@@ -431,7 +431,7 @@ def test_killed_relayouts_lose_nothing(tmp_path):
             assert s.verify() == []
             assert np.array_equal(all_rows(s, "t"), w)
     assert len(versions) > 1  # some relayouts did commit between kills
-    from bandstore.store import collect_garbage
+    from bandstore.storage.versions import collect_garbage
 
     collect_garbage(path)
     with bandstore.open(path, cache_bytes=0) as s:
@@ -442,8 +442,8 @@ def test_co_access_layouts_leave_out_the_rows_the_cache_holds():
     """relayout builds metis / hypergraph with hot_fraction = the cache's share of the rows
     (not a fixed 10%): the hot section, hottest first, is as long as the cache, in whole
     blocks; an explicit hot_fraction in layout_params wins."""
-    from bandstore.layout import build_layout
-    from bandstore.relayout import cache_share
+    from bandstore.tune.layout import build_layout
+    from bandstore.tune.relayout_job import cache_share
 
     rows, rpb, dim = 4000, 16, 16
     trace = synth({"item": rows}, 1200, pooling=10, zipf=1.0, community_size=16, co_access=0.8)
@@ -491,7 +491,7 @@ def test_a_chosen_half_life_keeps_its_length_in_queries():
         "cold": "inline",
     }
     # the same weights on the queries: 0.4 of 750 queries = 0.3 of 1000
-    from bandstore.layout import query_weights
+    from bandstore.tune.layout import query_weights
 
     w_fit = query_weights(np.arange(751), 0.4)
     w_all = query_weights(np.arange(1001), transfer_configuration(choice, 1000)["half_life"])

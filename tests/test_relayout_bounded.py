@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 import bandstore
-from bandstore.cache import cache_row_bytes
 from bandstore.demo import create_store_for_trace
 from bandstore.kernels.cache import NEVER
-from bandstore.relayout import (
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.traces.synth import synth
+from bandstore.tune.measure import replay
+from bandstore.tune.relayout_job import (
     LayoutTarget,
     Scoring,
     choose_configurations,
@@ -20,8 +22,6 @@ from bandstore.relayout import (
     split_point,
     tuning_window,
 )
-from bandstore.replay import replay
-from bandstore.synth import synth
 
 CACHE = 800 * cache_row_bytes(16)
 TARGET = LayoutTarget(

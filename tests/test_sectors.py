@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import bandstore
-from bandstore.catalog import FORMAT_VERSION, READABLE_FORMAT_VERSIONS
 from bandstore.kernels.checksum import xxh64
-from bandstore.store import DEFAULT_BLOCK_SIZE, DEFAULT_CHECKSUM_BYTES
+from bandstore.serve.store import DEFAULT_BLOCK_SIZE, DEFAULT_CHECKSUM_BYTES
+from bandstore.storage.catalog import FORMAT_VERSION, READABLE_FORMAT_VERSIONS
 
 BLOCK = 4096
 SECTOR = 256

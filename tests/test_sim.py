@@ -1,4 +1,4 @@
-"""bandstore.sim: the simulator against the real store, sampling accuracy, sizing end to end."""
+"""tune.sim: the simulator against the real store, sampling accuracy, sizing end to end."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bandstore
-from bandstore.cache import cache_row_bytes
 from bandstore.errors import (
     BudgetError,
     InvalidArgumentError,
     ReadOnlyError,
     UnknownTableError,
 )
-from bandstore.replay import replay
-from bandstore.sim import (
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.traces.synth import synth
+from bandstore.traces.trace import Trace
+from bandstore.tune.measure import replay
+from bandstore.tune.sim import (
     DEFAULT_WARMUP,
     block_sample,
     simulate,
@@ -30,8 +32,6 @@ from bandstore.sim import (
     size_cache,
     stratified_sample,
 )
-from bandstore.synth import synth
-from bandstore.trace import Trace
 
 NEVER = bandstore.NEVER
 JIT = not numba.config.DISABLE_JIT

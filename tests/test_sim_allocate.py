@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import bandstore
 from bandstore.errors import BudgetError, InvalidArgumentError
-from bandstore.sim import Curves, allocate, knapsack
+from bandstore.tune.sim import Curves, allocate, knapsack
 
-allocate_module = importlib.import_module("bandstore.sim.allocate")
+allocate_module = importlib.import_module("bandstore.tune.sim.allocate")
 
 
 def _brute(options, budget):

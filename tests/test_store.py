@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from reference import ReferenceCache, embedding_bag_ref
 
 import bandstore
-from bandstore.cache import cache_row_bytes
-from bandstore.codecs import decode_rows, encode_rows
+from bandstore.serve.cache import cache_row_bytes
+from bandstore.storage.codecs import decode_rows, encode_rows
 
 DIM = 8
 ROWS = 500
@@ -71,7 +71,7 @@ def test_codecs_round_trip_through_the_store(tmp_path, weights, codec, rng):
 
 
 def test_import_from_npy_path_in_chunks(tmp_path, rng, monkeypatch):
-    import bandstore.store as store_mod
+    import bandstore.serve.store as store_mod
 
     monkeypatch.setattr(store_mod, "IMPORT_CHUNK_ROWS", 7)  # many chunks
     data = rng.standard_normal((100, 4)).astype(np.float64)
@@ -415,7 +415,7 @@ def test_closed_store(store_path):
 
 
 def test_recording_sampled_queries(store_path, tmp_path, rng):
-    from bandstore.recorder import read_recorded
+    from bandstore.traces.recorder import read_recorded
 
     with bandstore.create(store_path, exist_ok=True, block_size=512) as s:
         s.add_table("u", np.ones((10, DIM), np.float32))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bandstore import synth as synth_module
 from bandstore.errors import InvalidArgumentError
-from bandstore.synth import DLRM_TABLES, communities, dlrm_like, synth
-from bandstore.trace import Trace, top_share
+from bandstore.traces import synth as synth_module
+from bandstore.traces.synth import DLRM_TABLES, communities, dlrm_like, synth
+from bandstore.traces.trace import Trace, top_share
 
 
 def query_of_lookup(trace: Trace, name: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from bandstore.errors import (
     TraceFormatError,
     UnknownTableError,
 )
-from bandstore.trace import Trace, top_share
+from bandstore.traces.trace import Trace, top_share
 
 
 def bags_of(trace: Trace, name: str) -> list[list[int]]:

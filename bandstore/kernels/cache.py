@@ -1,7 +1,7 @@
 """The DRAM cache policy and the pooled-lookup kernel built on it.
 
 One implementation serves both the store (``with_data=True``: rows are decoded, pooled and
-copied into the cache) and the miniature cache simulations of ``bandstore.sim``
+copied into the cache) and the miniature cache simulations of ``bandstore.tune.sim``
 (``with_data=False``: the same probes, admissions and evictions, no bytes moved). That is what
 makes the simulator exact: it cannot drift from the store because it is the store's code.
 

@@ -27,7 +27,7 @@ import sys
 import numpy as np
 from numba import config, njit
 
-from ..errors import InvalidArgumentError, InvalidDtypeError, InvalidShapeError
+from bandstore.errors import InvalidArgumentError, InvalidDtypeError, InvalidShapeError
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
     raise ImportError("bandstore.kernels.checksum reads XXH64 lanes natively: little-endian only")

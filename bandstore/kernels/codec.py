@@ -1,4 +1,4 @@
-"""Row decoding for the lookup kernels (numba side of :mod:`bandstore.codecs`).
+"""Row decoding for the lookup kernels (numba side of :mod:`bandstore.storage.codecs`).
 
 Two helpers, meant to be called from other ``@njit`` kernels on the miss path (they also run as
 plain Python under ``NUMBA_DISABLE_JIT=1``):
@@ -8,8 +8,9 @@ plain Python under ``NUMBA_DISABLE_JIT=1``):
 - ``_accumulate_row(raw_u8, offset, codec, dim, weight, out, mode)``: pool the row into
   ``out[:dim]``: ``SUM``/``MEAN``: ``out += weight * row``; ``MAX``: ``out = max(out, row)``.
 
-Both decode bit-for-bit like :func:`bandstore.codecs.decode_rows` (the numpy reference), allocate
-nothing, and never raise. Preconditions (the caller checks them once, not per row):
+Both decode bit-for-bit like :func:`bandstore.storage.codecs.decode_rows` (the numpy
+reference), allocate nothing, and never raise. Preconditions (the caller checks them once,
+not per row):
 ``raw_u8`` is a contiguous 1-D uint8 array (e.g. the whole block file mmap, read-only is fine),
 ``offset`` is a multiple of 4 with ``offset + row_bytes(codec, dim) <= len(raw_u8)``, ``codec``
 is one of ``FLOAT32``/``FLOAT16``/``INT8``, and ``out`` is a contiguous float32 array with at
@@ -26,7 +27,7 @@ from numba.extending import intrinsic
 
 __all__ = ["FLOAT16", "FLOAT32", "INT8", "MAX", "MEAN", "SUM"]
 
-# Codec ids (the order of bandstore.codecs.CODECS; stored in the catalog, never renumber).
+# Codec ids (the order of bandstore.storage.codecs.CODECS; stored in the catalog, never renumber).
 FLOAT32 = 0
 FLOAT16 = 1
 INT8 = 2

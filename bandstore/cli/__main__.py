@@ -1,0 +1,5 @@
+import sys
+
+from bandstore.cli.main import main
+
+sys.exit(main())

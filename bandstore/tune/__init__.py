@@ -1,0 +1,29 @@
+"""Offline tuning: work that turns recorded traffic into artefacts (layouts, cache sizes, plans,
+calibration) and commits them through the store.
+
+- :func:`relayout`: co-access block layouts, checked on held-out queries, committed as a version.
+- :func:`size_cache`: DRAM per table from miniature cache simulations.
+- :func:`plan`: a strategy per table and tables mapped to worker cores; :func:`apply_plan`,
+  :func:`replan`, :class:`AutoReplanner`; :func:`calibrate` measures this machine's costs.
+- :func:`replay`: serve a trace through a store and report what it cost.
+"""
+
+from bandstore.tune.measure import replay
+from bandstore.tune.planning import apply_plan, compare_plans, replan
+from bandstore.tune.planning import calibrate_store as calibrate
+from bandstore.tune.planning import plan_store as plan
+from bandstore.tune.planning.elastic import AutoReplanner
+from bandstore.tune.relayout_job import relayout
+from bandstore.tune.sim import size_cache
+
+__all__ = [
+    "AutoReplanner",
+    "apply_plan",
+    "calibrate",
+    "compare_plans",
+    "plan",
+    "relayout",
+    "replan",
+    "replay",
+    "size_cache",
+]

@@ -1,0 +1,103 @@
+"""Text output of plans and comparisons, and the ``bandstore plan`` command's logic."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from bandstore.errors import InvalidArgumentError
+from bandstore.serve.plan import check_workers
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """One line per table: strategy, worker(s), cache, predicted time, DRAM."""
+    lines = [f"{plan.get('name', 'plan')}: {plan['workers']} worker(s)"]
+    width = max([len(n) for n in plan["tables"]] + [5])
+    lines.append(
+        f"  {'table':<{width}}  {'strategy':<16}{'workers':>9}{'cache MiB':>11}"
+        f"{'pred. us':>10}{'DRAM MiB':>10}"
+    )
+    for n, tp in plan["tables"].items():
+        strat = tp["strategy"] if tp["strategy"] != "split" else f"split/{tp['inner']}"
+        ws = tp.get("workers", [tp.get("worker", 0)])
+        cache = tp.get("cache_bytes")
+        pred = tp.get("predicted_ns")
+        dram = tp.get("dram_bytes")
+        if tp.get("replicate"):
+            strat += f"+{len(tp['replicate'])}hot"
+        lines.append(
+            f"  {n:<{width}}  {strat:<16}{','.join(map(str, ws)):>9}"
+            f"{'' if cache is None else f'{cache / 2**20:.2f}':>11}"
+            f"{'' if pred is None else f'{pred / 1e3:.1f}':>10}"
+            f"{'' if dram is None else f'{dram / 2**20:.2f}':>10}"
+        )
+    pred = plan.get("predicted") or {}
+    if pred:
+        loads = ", ".join(f"{x / 1e3:.0f}" for x in pred.get("worker_ns", []))
+        lines.append(
+            f"  predicted batch {pred['batch_ns'] / 1e3:.0f} us (worker loads {loads} us, "
+            f"serial {pred['serial_ns'] / 1e3:.0f} us)"
+        )
+    return "\n".join(lines)
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """The figures of :func:`bandstore.tune.planning.compare_plans` as text."""
+    lines = [format_plan(result["plans"]["plan"]), ""]
+    lines.append(
+        f"budget {result['budget_bytes'] / 2**20:.1f} MiB, batches of {result['batch_size']} "
+        f"queries, {result['queries']['heldout']:,} held-out queries "
+        f"({result['heldout_lookups']:,} lookups)"
+        + ("" if result["calibrated"] else "; NOT calibrated: run `bandstore calibrate STORE`")
+    )
+    lines.append(
+        f"  {'':<16}{'workers':>8}{'pred. us':>10}{'meas. us':>10}{'p99 us':>10}"
+        f"{'lookups/s':>14}{'hit ratio':>11}{'DRAM MiB':>10}"
+    )
+    for n, r in result["results"].items():
+        dram = r["dram_bytes"]
+        lines.append(
+            f"  {n:<16}{r['workers']:>8}{r['predicted_batch_us']:>10.0f}"
+            f"{r['measured_batch_us']:>10.0f}{r['p99_batch_us']:>10.0f}"
+            f"{r['lookups_per_second']:>14,.0f}{r['hit_ratio']:>11.3f}"
+            f"{'' if dram is None else f'{dram / 2**20:.1f}':>10}"
+        )
+    sp = result["speedup"]
+    lines.append(
+        "  speedup: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in sp.items())
+    )
+    return "\n".join(lines)
+
+
+def run_plan_command(args: argparse.Namespace) -> int:
+    """``bandstore plan STORE TRACE --workers W [--budget B] [--apply] [--json]``."""
+    import bandstore
+    from bandstore.serve.plan import Plan
+    from bandstore.traces.trace import Trace
+    from bandstore.tune.planning import apply_plan, compare_plans
+
+    check_workers(args.workers)
+    if args.batch_size < 1:
+        raise InvalidArgumentError("--batch-size must be >= 1", argument="batch_size")
+    trace = Trace.load(args.trace)
+    result = compare_plans(
+        args.store,
+        trace,
+        workers=args.workers,
+        budget=args.budget,
+        batch_size=args.batch_size,
+        holdout=args.holdout,
+        repeats=args.repeats,
+    )
+    if args.apply:
+        with bandstore.open(args.store, writable=True, cache_bytes=0, plan=False) as s:
+            apply_plan(s, Plan.from_dict(result["plans"]["plan"], s.tables))
+        result["applied"] = True
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=float))
+    else:
+        print(format_comparison(result))
+        if args.apply:
+            print(f"applied: stores opened from now on serve this plan ({args.store})")
+    return 0
