@@ -231,3 +231,28 @@ def test_add_tables_is_one_version(tmp_path, state):
             s.add_tables({"new": state["emb.user.weight"], "u": state["emb.user.weight"]})
         assert s.version == v0 + 1 and set(s.tables) == {"u", "i"}
     assert os.path.isdir(tmp_path / "s")
+
+
+def test_bandstore_imports_without_torch(tmp_path, state):
+    """`import bandstore`, the importers and the command never need torch; bandstore.torch says
+    what it needs."""
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "m.npz", **state)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+        "import bandstore, bandstore.cli, bandstore.importers\n"
+        f"r = bandstore.importers.import_weights({str(tmp_path / 's')!r}, "
+        f"[{str(tmp_path / 'm.npz')!r}])\n"
+        "assert set(r.tables) == {'emb.user', 'emb.item', 'mlp.0'}, r.tables\n"
+        "try:\n"
+        "    import bandstore.torch\n"
+        "except ImportError as e:\n"
+        "    assert 'bandstore[torch]' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('bandstore.torch imported without torch')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(bandstore.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
