@@ -369,3 +369,27 @@ def test_writable_store_modules_refuse_to_pickle(tmp_path):
         m = EmbeddingBag(s, "t")
         with pytest.raises(StorePickleError, match="writable"):
             pickle.dumps(m)
+
+
+class VariableStrideKJT(FakeKJT):
+    """A KeyedJaggedTensor with a batch size per key (TorchRec's variable stride)."""
+
+    def __init__(self, keys, values, lengths, strides):
+        super().__init__(keys, values, lengths)
+        self._strides = strides
+
+    def stride_per_key(self):
+        return self._strides
+
+
+def test_collection_variable_stride(store):
+    ebc = EmbeddingBagCollection(store, {"a": "float32", "b": Feature("int8", "mean")})
+    lengths = torch.tensor([2, 0, 3, 1, 4])  # a: 2 bags, b: 3 bags
+    values = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    out = ebc(VariableStrideKJT(["a", "b"], values, lengths, [2, 3]))
+    ref_a = nn.EmbeddingBag.from_pretrained(decoded(store, "float32"), mode="sum")
+    ref_b = nn.EmbeddingBag.from_pretrained(decoded(store, "int8"), mode="mean")
+    torch.testing.assert_close(out["a"], ref_a(values[:2], torch.tensor([0, 2])))
+    torch.testing.assert_close(out["b"], ref_b(values[2:], torch.tensor([0, 3, 4])))
+    with pytest.raises(InvalidShapeError):
+        ebc(VariableStrideKJT(["a", "b"], values, lengths, [2, 2]))
