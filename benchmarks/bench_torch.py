@@ -49,16 +49,20 @@ def bags(rng: np.random.Generator, n_bags: int, rows: int) -> tuple[np.ndarray, 
 
 
 def timed(fns: dict, args_list: list, repeats: int) -> dict[str, float]:
-    """Median microseconds per call of each contender, calls interleaved."""
+    """Median microseconds per call of each contender, calls interleaved. Consecutive calls
+    serve different requests (contender j is ``n / len(fns) * j`` requests ahead), so that no
+    contender finds the rows of its request in the CPU caches from the call before it."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
+    n = len(args_list)
     for r in range(repeats):
-        for k, a in enumerate(args_list):
+        for k in range(n):
             for j in range(len(names)):
-                name = names[(k + j + r) % len(names)]
+                c = (k + j + r) % len(names)
+                a = args_list[(k + c * n // len(names)) % n]
                 t0 = time.perf_counter()
-                fns[name](*a)
-                times[name].append(time.perf_counter() - t0)
+                fns[names[c]](*a)
+                times[names[c]].append(time.perf_counter() - t0)
     return {k: float(np.median(v)) * 1e6 for k, v in times.items()}
 
 
