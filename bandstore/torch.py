@@ -27,6 +27,7 @@ The modules have no parameters or buffers: ``state_dict()`` holds nothing for th
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -314,15 +315,22 @@ def _jagged_features(kjt: Any) -> dict[str, tuple]:
     return bags
 
 
-def _keyed_tensor(kjt: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """A TorchRec KeyedTensor of ``tensors`` if ``kjt`` is TorchRec's KeyedJaggedTensor."""
+@functools.cache
+def _torchrec_types() -> tuple[type, type] | None:
+    """TorchRec's (KeyedJaggedTensor, KeyedTensor), or None without torchrec (looked up once)."""
     try:
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
     except ImportError:
         return None
-    if not isinstance(kjt, KeyedJaggedTensor):
+    return KeyedJaggedTensor, KeyedTensor
+
+
+def _keyed_tensor(kjt: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """A TorchRec KeyedTensor of ``tensors`` if ``kjt`` is TorchRec's KeyedJaggedTensor."""
+    types = _torchrec_types()
+    if types is None or not isinstance(kjt, types[0]):
         return None
-    return KeyedTensor.from_tensor_list(list(tensors), list(tensors.values()))
+    return types[1].from_tensor_list(list(tensors), list(tensors.values()))
 
 
 def _served_table(path: str, tables: Mapping[str, Any]) -> str | None:
