@@ -203,3 +203,26 @@ class PlanError(BandstoreError, ValueError):
     def __init__(self, message: str, *, table: str | None = None):
         super().__init__(message)
         self.table = table
+
+
+class StorePickleError(BandstoreError, TypeError):
+    """Pickling a store handle that cannot be reopened as it stands (writable or closed).
+
+    A Store pickles as its path and open options; only read-only handles from
+    ``bandstore.open`` do (``TypeError``, as pickle raises for objects it cannot pickle).
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot pickle the store at {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class WeightsFileError(BandstoreError, ValueError):
+    """A weights file to import (torch, safetensors, .npz, .npy) that cannot be read or holds
+    nothing to import."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

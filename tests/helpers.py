@@ -48,3 +48,10 @@ def check_against_reference(s, weights: dict[str, np.ndarray], req: dict, mode: 
         bag = s.embedding_bag(n, r[0], r[1], mode=mode, per_sample_weights=psw, padding_idx=pad)
         ref = embedding_bag_ref(weights[n], r[0], r[1], mode, psw, padding_idx=pad)
         np.testing.assert_allclose(bag, ref, rtol=1e-5, atol=1e-5)
+
+
+def lookup_in_worker(store: bandstore.Store, table: str, ids: np.ndarray) -> np.ndarray:
+    """Rows of ``table`` through a store handed over by pickle (a process pool's task)."""
+    with store:
+        assert not store.writable
+        return store.lookup(table, ids)

@@ -449,3 +449,79 @@ def test_miss_key_sort_is_a_sort(keys):
     assert np.array_equal(_sort_keys(a), np.sort(a))
     many = np.random.default_rng(len(keys)).permutation(5000).astype(np.int64) * 7919
     assert np.array_equal(_sort_keys(many), np.sort(many))
+
+
+# ---- per-table modes in lookup_many ---------------------------------------------------------
+def test_lookup_many_mode_per_table_and_request_mappings(tmp_path, rng):
+    from helpers import make_store, random_tables
+
+    tables = random_tables({"a": 300, "b": 200, "c": 100}, DIM, seed=4)
+    with bandstore.open(make_store(tmp_path / "s", tables)) as s:
+        ids = {n: rng.integers(0, w.shape[0], 40) for n, w in tables.items()}
+        off = np.array([0, 5, 5, 17, 30])
+        psw = rng.random(40).astype(np.float32)
+        out = s.lookup_many(
+            {
+                "a": (ids["a"], off),  # mode from the mapping
+                "b": {"indices": ids["b"], "offsets": off, "padding_idx": int(ids["b"][0])},
+                "c": {"indices": ids["c"], "offsets": off, "per_sample_weights": psw,
+                      "mode": "sum"},  # its own mode wins over the mapping's
+            },
+            mode={"a": "max", "c": "mean"},
+        )  # fmt: skip
+        np.testing.assert_allclose(out["a"], embedding_bag_ref(tables["a"], ids["a"], off, "max"))
+        ref_b = embedding_bag_ref(tables["b"], ids["b"], off, "sum", padding_idx=int(ids["b"][0]))
+        np.testing.assert_allclose(out["b"], ref_b, rtol=1e-5, atol=1e-5)
+        ref_c = embedding_bag_ref(tables["c"], ids["c"], off, "sum", psw)
+        np.testing.assert_allclose(out["c"], ref_c, rtol=1e-5, atol=1e-5)
+        # The old form still pools every table with one mode.
+        same = s.lookup_many({n: (ids[n], off) for n in tables}, mode="mean")
+        for n in tables:
+            ref = embedding_bag_ref(tables[n], ids[n], off, "mean")
+            np.testing.assert_allclose(same[n], ref, rtol=1e-5, atol=1e-5)
+        before = s.stats()["total"]["lookups"]
+        with pytest.raises(bandstore.UnknownTableError):
+            s.lookup_many({"a": (ids["a"], off)}, mode={"z": "max"})
+        with pytest.raises(bandstore.InvalidArgumentError, match="unknown keys"):
+            s.lookup_many({"a": {"indices": ids["a"], "offset": off}})
+        with pytest.raises(bandstore.InvalidArgumentError, match="mode"):
+            s.lookup_many({"a": (ids["a"], off), "b": {"indices": ids["b"], "offsets": off,
+                                                       "mode": "median"}})  # fmt: skip
+        assert s.stats()["total"]["lookups"] == before  # a bad call served nothing
+
+
+# ---- pickling: a store travels as its path and open options ---------------------------------
+def test_store_pickles_by_path_and_options(store_path, weights):
+    import copy
+    import pickle
+
+    with bandstore.open(store_path, cache_bytes=cache_bytes_for(40), threshold=3) as s:
+        data = pickle.dumps(s)
+        assert len(data) < 2000 and weights.tobytes()[:64] not in data  # never the rows
+        for other in (pickle.loads(data), copy.deepcopy(s), copy.copy(s)):
+            with other:
+                assert other is not s and not other.writable
+                np.testing.assert_array_equal(other.lookup("t", [3, 499, 3]), weights[[3, 499, 3]])
+                assert other.cache_info()["t"]["cache_bytes"] == cache_bytes_for(40)
+                assert other.cache_info()["t"]["threshold"] == s.cache_info()["t"]["threshold"]
+    with pytest.raises(bandstore.StorePickleError, match="closed"):
+        pickle.dumps(s)
+    with bandstore.open(store_path, writable=True) as w:
+        with pytest.raises(bandstore.StorePickleError, match="writable"):
+            pickle.dumps(w)
+        with pytest.raises(TypeError):  # as pickle's own refusals are
+            copy.deepcopy(w)
+
+
+def test_store_in_a_spawned_worker(store_path, weights):
+    import multiprocessing
+
+    from helpers import lookup_in_worker
+
+    ids = np.array([0, 17, 499, 17])
+    with bandstore.open(store_path) as s:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            got = pool.apply(lookup_in_worker, (s, "t", ids))
+            pool.close()
+            pool.join()
+    np.testing.assert_array_equal(got, weights[ids])

@@ -135,6 +135,29 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from bandstore.importers import import_weights
+
+    report = import_weights(
+        args.store,
+        args.files,
+        codec=args.codec,
+        match=args.match,
+        block_size=args.block_size,
+        progress=not args.json,
+    )
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        verb = "created" if report.created else "added to"
+        print(f"{verb} {args.store} (version {report.version}): {len(report.tables)} tables")
+        for n, t in report.tables.items():
+            print(f"  {n}: {t['rows']} rows x {t['dim']} {t['codec']} <- {t['file']}:{t['key']}")
+        for sk in report.skipped:
+            print(f"  skipped {sk['file']}:{sk['key']} ({sk['reason']})")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import bandstore
 
@@ -460,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes each block checksum covers (64..block size; default 512)",
     )
     sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("import", cmd_import,
+             "add every 2-D float tensor of torch, safetensors, .npz or .npy files as tables "
+             "(creating the store if missing), all in one version")  # fmt: skip
+    sp.add_argument("store", type=Path)
+    sp.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    sp.add_argument("--codec", default="float32", choices=["float32", "float16", "int8"])
+    sp.add_argument("--match", metavar="REGEX",
+                    help="import only tensors whose key contains a match (re.search)")  # fmt: skip
+    sp.add_argument("--block-size", type=int, default=4096, help="of a new store")
 
     sp = add("info", cmd_info, "describe a store")
     sp.add_argument("store", type=Path)

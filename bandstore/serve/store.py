@@ -32,6 +32,7 @@ from bandstore.errors import (
     ReadOnlyError,
     StoreClosedError,
     StoreExistsError,
+    StorePickleError,
     TableExistsError,
     UnknownTableError,
 )
@@ -315,6 +316,43 @@ def _check_ids(ids: np.ndarray, info: TableInfo, argument: str = "ids") -> np.nd
     return ids
 
 
+_REQUEST_KEYS = (
+    "indices",
+    "offsets",
+    "mode",
+    "per_sample_weights",
+    "include_last_offset",
+    "padding_idx",
+)
+
+
+def _bag_request(table: str, req: Any, mode: Any) -> tuple:
+    """One ``lookup_many`` request as ``_prepare_bag``'s arguments after the table name."""
+    if isinstance(req, Mapping):
+        unknown = sorted(set(req) - set(_REQUEST_KEYS))
+        if unknown or "indices" not in req:
+            problem = f"has unknown keys {unknown}" if unknown else "has no 'indices'"
+            raise InvalidArgumentError(
+                f"request for table {table!r} {problem}; the keys are {list(_REQUEST_KEYS)}",
+                argument="requests",
+            )
+        return (
+            req["indices"],
+            req.get("offsets"),
+            req.get("mode", mode),
+            req.get("per_sample_weights"),
+            bool(req.get("include_last_offset", False)),
+            req.get("padding_idx"),
+        )
+    if not isinstance(req, tuple | list) or len(req) not in (2, 3):
+        raise InvalidArgumentError(
+            f"request for table {table!r} must be (indices, offsets), "
+            "(indices, offsets, weights) or a mapping with 'indices', 'offsets', 'mode'...",
+            argument="requests",
+        )
+    return req[0], req[1], mode, req[2] if len(req) == 3 else None, False, None
+
+
 def _check_offsets(offsets: Any, n: int, include_last_offset: bool, table: str) -> np.ndarray:
     offsets = _as_int_array(offsets, "offsets", table)
     if offsets.ndim != 1:
@@ -383,6 +421,8 @@ class Store:
         self._threshold_arg = threshold
         self._pinned_arg = pinned_share
         self._recorder = recorder
+        # What open() was given, for pickling (see __reduce__); None for create()'s handles.
+        self._open_options: dict[str, Any] | None = None
         self._closed = False
         self._switch_lock = threading.RLock()
         self._tables: dict[str, _Table] = {}
@@ -404,6 +444,25 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __reduce__(self) -> tuple:
+        """Pickle as a reference: the store's absolute path and open() options, never its data.
+
+        Unpickling (``pickle``, ``copy.deepcopy``, ``torch.save``/``load``, a worker process)
+        calls ``bandstore.open`` again: a new read-only handle with its own, empty caches, serving
+        the version that is current *then*. ``record`` is not carried over
+        (two processes must not append to one log). Only read-only handles from ``open()``
+        pickle: a writable one (or a closed one) raises :class:`StorePickleError`, since its
+        copy could not hold the write role it stands for.
+        """
+        if self._closed or self._writable or self._open_options is None:
+            why = (
+                "it is closed"
+                if self._closed
+                else "it is writable: open it with bandstore.open(path) (read-only) to pickle"
+            )
+            raise StorePickleError(str(self.root), why)
+        return (_reopen, (self._open_options["path"], self._open_options["options"]))
 
     def close(self) -> None:
         """Release the version, the catalog and the caches. Idempotent."""
@@ -835,10 +894,14 @@ class Store:
         return out
 
     def lookup_many(
-        self, requests: Mapping[str, tuple], *, mode: str = "sum"
+        self, requests: Mapping[str, Any], *, mode: str | Mapping[str, str] = "sum"
     ) -> dict[str, np.ndarray]:
         """Serve several tables in one call: ``{table: (indices, offsets[, weights])}``.
 
+        A request may also be a mapping with the keys of :meth:`embedding_bag`: ``indices``
+        (required), ``offsets`` (None for 2-D indices), ``per_sample_weights``, ``mode``,
+        ``padding_idx``, ``include_last_offset``. ``mode`` is one pooling mode for every table or
+        ``{table: mode}`` (tables it leaves out use ``"sum"``); a request's own ``mode`` wins.
         Every request is validated before any is served, so a bad one changes nothing.
         """
         self._check_open()
@@ -847,16 +910,13 @@ class Store:
                 "requests must map table names to (indices, offsets[, weights])",
                 argument="requests",
             )
+        if isinstance(mode, Mapping):
+            for table in mode:
+                self._table(table)  # a misspelt table raises rather than silently summing
         prepared = {}
         for table, req in requests.items():
-            if not isinstance(req, tuple | list) or len(req) not in (2, 3):
-                raise InvalidArgumentError(
-                    f"request for table {table!r} must be (indices, offsets) or "
-                    "(indices, offsets, weights)",
-                    argument="requests",
-                )
-            weights = req[2] if len(req) == 3 else None
-            prepared[table] = self._prepare_bag(table, req[0], req[1], mode, weights, False, None)
+            table_mode = mode.get(table, "sum") if isinstance(mode, Mapping) else mode
+            prepared[table] = self._prepare_bag(table, *_bag_request(table, req, table_mode))
         if self._recorder is not None and len({p[2].shape[0] for p in prepared.values()}) > 1:
             # A recorded query is one bag of every table: refuse before serving, not after.
             raise InvalidShapeError(
@@ -927,39 +987,48 @@ class Store:
         table becomes visible in a new version committed in one catalog transaction; a crash
         at any point leaves the previous version intact.
         """
+        return self.add_tables({name: data}, codec=codec, progress=progress)[name]
+
+    def add_tables(
+        self,
+        tables: Mapping[str, Any],
+        *,
+        codec: str | Mapping[str, str] = "float32",
+        progress: bool | None = None,
+        note: str | None = None,
+    ) -> dict[str, TableInfo]:
+        """Add several tables in ONE new version: all of them become visible together, or (on
+        any error, a crash included) none does and the store is as it was.
+
+        ``tables`` maps a name to what :meth:`add_table` takes (an array, a ``.npy`` path) or to
+        a lazy array: an object with a numpy ``dtype``, ``shape`` and row slicing
+        (``data[a:b]`` gives a numpy array), read chunk by chunk while writing (as
+        :mod:`bandstore.importers` gives). ``codec``: one for every table or ``{name: codec}``.
+        Every name, codec and shape is checked before anything is written.
+        """
         self._check_writable()
-        _validate_table_name(name)
-        if name in self._tables:
-            raise TableExistsError(name)
-        if codec not in CODECS:
+        if not isinstance(tables, Mapping) or not tables:
             raise InvalidArgumentError(
-                f"unknown codec {codec!r}; known codecs: {list(CODECS)}", argument="codec"
+                "tables must be a non-empty mapping {name: data}", argument="tables"
             )
-        array = _open_table_data(data)
-        rows, dim = array.shape
-        rb = row_bytes(codec, dim)
-        bs = self.block_size
-        rpb = bs // rb
-        if rpb < 1:
-            raise InvalidArgumentError(
-                f"a {codec} row of dim {dim} takes {rb} bytes and does not fit in a "
-                f"{bs}-byte block",
-                argument="data",
+        new_tables = {}
+        for name, data in tables.items():
+            _validate_table_name(name)
+            if name in self._tables:
+                raise TableExistsError(name)
+            table_codec = codec.get(name, "float32") if isinstance(codec, Mapping) else codec
+            if table_codec not in CODECS:
+                raise InvalidArgumentError(
+                    f"unknown codec {table_codec!r}; known codecs: {list(CODECS)}",
+                    argument="codec",
+                )
+            new_tables[name] = _table_writer(
+                name, _open_table_data(data), table_codec, self.block_size
             )
-        geometry = BlockGeometry(rows, dim, codec, rb, rpb, -(-rows // rpb), bs)
-        layout = np.arange(rows, dtype=np.int64)
-
-        def fill(writer: blockfile.BlockFileWriter, pbar: Any) -> None:
-            for start in range(0, rows, IMPORT_CHUNK_ROWS):
-                stop = min(rows, start + IMPORT_CHUNK_ROWS)
-                enc = encode_rows(codec, np.asarray(array[start:stop]))
-                writer.write_rows(layout[start:stop], enc)
-                pbar.update(stop - start)
-
         self._commit_tables(
-            {name: (geometry, layout, fill)}, note=f"add_table {name}", progress=progress
+            new_tables, note=note or f"add_table {' '.join(tables)}", progress=progress
         )
-        return self._tables[name].info
+        return {name: self._tables[name].info for name in tables}
 
     def _commit_tables(
         self,
@@ -1178,6 +1247,32 @@ class Store:
         return decode_rows(g.codec, raw, g.dim)
 
 
+def _table_writer(
+    name: str, array: Any, codec: str, block_size: int
+) -> tuple[BlockGeometry, np.ndarray, Any]:
+    """(geometry, identity layout, fill) writing ``array``'s rows encoded, chunk by chunk."""
+    rows, dim = array.shape
+    rb = row_bytes(codec, dim)
+    rpb = block_size // rb
+    if rpb < 1:
+        raise InvalidArgumentError(
+            f"a {codec} row of dim {dim} (table {name!r}) takes {rb} bytes and does not fit in "
+            f"a {block_size}-byte block",
+            argument="data",
+        )
+    geometry = BlockGeometry(rows, dim, codec, rb, rpb, -(-rows // rpb), block_size)
+    layout = np.arange(rows, dtype=np.int64)
+
+    def fill(writer: blockfile.BlockFileWriter, pbar: Any) -> None:
+        for start in range(0, rows, IMPORT_CHUNK_ROWS):
+            stop = min(rows, start + IMPORT_CHUNK_ROWS)
+            enc = encode_rows(codec, np.asarray(array[start:stop]))
+            writer.write_rows(layout[start:stop], enc)
+            pbar.update(stop - start)
+
+    return geometry, layout, fill
+
+
 def _copy_rows_filler(t: _Table, layout: np.ndarray, geometry: BlockGeometry):
     """A fill function copying every row of ``t`` to its new slot, then checking the copy."""
     old_rows = blockfile.rows_view(t.blocks_u8, t.geometry)
@@ -1231,6 +1326,8 @@ def _open_table_data(data: Any) -> np.ndarray:
             ) from exc
         if not isinstance(array, np.ndarray):
             raise InvalidArgumentError(f"{path} is not a single .npy array", argument="data")
+    elif isinstance(getattr(data, "dtype", None), np.dtype) and not isinstance(data, np.ndarray):
+        array = data  # a lazy array (bandstore.importers): its rows are read chunk by chunk
     else:
         array = np.asarray(data)
     if array.dtype.kind != "f":
@@ -1336,7 +1433,7 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
             from bandstore.traces.recorder import TraceRecorder
 
             recorder = TraceRecorder(record, sample_rate=sample_rate)
-        return Store(
+        store = Store(
             root,
             catalog,
             writable=writable,
@@ -1348,6 +1445,18 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
             workers=workers,
             plan=plan,
         )
+        store._open_options = {
+            "path": str(root.absolute()),
+            "options": {
+                "cache_bytes": cache_bytes,
+                "threshold": threshold,
+                "pinned_share": pinned_share,
+                "verify_reads": verify_reads,
+                "workers": workers,
+                "plan": plan,
+            },
+        }
+        return store
     except BaseException:
         if recorder is not None:
             recorder.close()
@@ -1356,3 +1465,8 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
 
 
 __all__ = ["Store", "TableInfo", "create", "open"]
+
+
+def _reopen(path: str, options: dict[str, Any]) -> Store:
+    """Unpickle a :class:`Store` (see ``Store.__reduce__``): open it again, read-only."""
+    return open(path, **options)
