@@ -461,10 +461,3 @@ class Executor:
             th.join(timeout=5)
         self._queues, self._threads = [], []
 
-
-def timed_run(executor: Executor, prepared: Mapping[str, tuple], log: LatencyLog):
-    """``executor.run`` with its latency appended to ``log``."""
-    t0 = time.perf_counter()
-    out = executor.run(prepared)
-    log.add(time.perf_counter() - t0)
-    return out

@@ -1165,18 +1165,6 @@ class Store:
         for t in self._tables.values():
             blockfile.evict_from_page_cache(t.block_path)
 
-    def decoded_rows(self, table: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` decoded straight from the block file, bypassing the cache."""
-        from bandstore.storage.codecs import decode_rows
-
-        t = self._table(table)
-        g = t.geometry
-        slots = np.asarray(t.layout[start:stop])
-        raw = blockfile.rows_view(t.blocks_u8, g)[
-            slots // g.rows_per_block, slots % g.rows_per_block
-        ]
-        return decode_rows(g.codec, raw, g.dim)
-
 
 def _copy_rows_filler(t: _Table, layout: np.ndarray, geometry: BlockGeometry):
     """A fill function copying every row of ``t`` to its new slot, then checking the copy."""
