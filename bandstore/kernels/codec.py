@@ -5,9 +5,10 @@ kernels on the miss path (it also runs as plain Python under ``NUMBA_DISABLE_JIT
 ``out[:dim]`` to the row stored at byte ``offset`` of ``raw_u8``. It decodes bit-for-bit like
 :func:`bandstore.storage.codecs.decode_rows` (the numpy reference), allocates nothing, and never
 raises. Preconditions (the caller checks them once, not per row): ``raw_u8`` is a contiguous
-1-D uint8 array (e.g. the whole block file mmap, read-only is fine), ``offset`` is a multiple of 4 with ``offset + row_bytes(codec, dim) <= len(raw_u8)``, ``codec``
-is one of ``FLOAT32``/``FLOAT16``/``INT8``, and ``out`` is a contiguous float32 array with at
-least ``dim`` elements. Pass ``offset``, ``codec`` and ``dim`` as int64.
+1-D uint8 array (e.g. the whole block file mmap, read-only is fine), ``offset`` is a multiple
+of 4 with ``offset + row_bytes(codec, dim) <= len(raw_u8)``, ``codec`` is one of
+``FLOAT32``/``FLOAT16``/``INT8``, and ``out`` is a contiguous float32 array with at least
+``dim`` elements. Pass ``offset``, ``codec`` and ``dim`` as int64.
 """
 
 from __future__ import annotations
