@@ -460,4 +460,3 @@ class Executor:
         for th in self._threads:
             th.join(timeout=5)
         self._queues, self._threads = [], []
-
