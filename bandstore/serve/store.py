@@ -37,6 +37,13 @@ from bandstore.errors import (
 )
 from bandstore.kernels import cache as kc
 from bandstore.kernels.resident import _all_in_range, _checked_bags, _non_decreasing
+from bandstore.options import (
+    CacheOptions,
+    ServeOptions,
+    check_threshold,
+    threshold_from_json,
+    threshold_to_json,
+)
 from bandstore.serve import runtime
 from bandstore.serve.cache import (
     CachePolicy,
@@ -44,8 +51,6 @@ from bandstore.serve.cache import (
     cache_row_bytes,
     capacity_rows,
     pinned_ids,
-    threshold_from_json,
-    threshold_to_json,
 )
 from bandstore.serve.executor import CallCounts, LatencyLog
 from bandstore.serve.plan import META_KEY as PLAN_KEY
@@ -54,6 +59,7 @@ from bandstore.storage import blockfile, dram
 from bandstore.storage.blockfile import BlockGeometry
 from bandstore.storage.catalog import Catalog
 from bandstore.storage.codecs import CODECS, codec_id, encode_rows, row_bytes
+from bandstore.storage.origin import CountsOrigin
 
 DEFAULT_BLOCK_SIZE = 4096
 #: Checksum sector of new stores: a lookup hashes the 512-byte sectors holding the rows it
@@ -367,9 +373,7 @@ class Store:
         catalog: Catalog,
         *,
         writable: bool,
-        cache_bytes: int | Mapping[str, int] | None = None,
-        threshold: int | Mapping[str, int] | None = None,
-        pinned_share: float | Mapping[str, float] | None = None,
+        cache: CacheOptions | None = None,
         verify_reads: bool = True,
         recorder: Any = None,
         workers: int | None = None,
@@ -379,9 +383,10 @@ class Store:
         self._catalog = catalog
         self._writable = writable
         self._verify_reads = verify_reads
-        self._cache_arg = cache_bytes
-        self._threshold_arg = threshold
-        self._pinned_arg = pinned_share
+        cache = cache if cache is not None else CacheOptions()
+        self._cache_arg = cache.cache_bytes
+        self._threshold_arg = cache.threshold
+        self._pinned_arg = cache.pinned_share
         self._recorder = recorder
         self._closed = False
         self._switch_lock = threading.RLock()
@@ -549,7 +554,12 @@ class Store:
         if persist:
             self._check_writable()
             counts = self._checked_counts(plan.counts) if plan is not None else {}
-            self._catalog.put_meta(PLAN_KEY, plan.as_dict() if plan is not None else None, counts)
+            origins = _origin_records(
+                counts, plan.counts_origin if plan is not None else None, "set_plan", self.version
+            )
+            self._catalog.put_meta(
+                PLAN_KEY, plan.as_dict() if plan is not None else None, counts, origins
+            )
             self._install_counts(counts)
         self._plan_arg = plan if plan is not None else False
         runtime.attach(self)
@@ -586,6 +596,15 @@ class Store:
         else the stored tuning, else the defaults."""
         t = self._table(table)
         return self._policy_for(table, t, self._tables)
+
+    def counts_origin(self, table: str) -> CountsOrigin | None:
+        """Where ``table``'s stored access counts came from (the job that wrote them, its
+        trace, when, with which version), or None: no counts, or counts stored before origins
+        were recorded. Read from the catalog: another process's newer counts show here before
+        this store serves them (after :meth:`refresh` for a relayout)."""
+        self._table(table)  # an unknown table raises
+        rec = self._catalog.counts_origin(table)
+        return CountsOrigin.from_dict(rec) if isinstance(rec, dict) else None
 
     def has_counts(self, table: str) -> bool:
         """Whether ``table`` has recorded access counts (else they are all zero)."""
@@ -672,7 +691,8 @@ class Store:
 
     def cache_info(self) -> dict[str, dict[str, Any]]:
         """Per table: the cache policy in force and how full the cache is (a ``pinned`` table's
-        is its frozen set of rows; ``resident`` and ``direct`` tables have none)."""
+        is its frozen set of rows; ``resident`` and ``direct`` tables have none). A threshold
+        is an integer, ``bandstore.NEVER`` for no neighbour admission."""
         self._check_open()
         out = {}
         for name, t in self._tables.items():
@@ -685,7 +705,7 @@ class Store:
                 "capacity_rows": c.capacity,
                 "cached_rows": c.filled,
                 "pinned_rows": c.pinned,
-                "threshold": threshold_to_json(t.policy.threshold),
+                "threshold": t.policy.threshold,
                 "pinned_share": t.policy.pinned_share,
                 "dram_bytes": c.nbytes,
             }
@@ -970,6 +990,7 @@ class Store:
         counts: Mapping[str, np.ndarray] | None = None,
         tuning: Mapping[str, dict] | None = None,
         extra: Mapping[str, dict] | None = None,
+        origins: Mapping[str, CountsOrigin] | None = None,
     ) -> int:
         """Write ``new_tables`` into a new version beside the current one and commit it.
 
@@ -1028,6 +1049,7 @@ class Store:
                     checksums=checksums,
                     counts=dict(counts or {}),
                     tuning=dict(tuning or {}),
+                    origins=_origin_records(counts, origins, "relayout_tables", vid),
                 )
             except BaseException:
                 blockfile.remove_version_dir(vdir, None)
@@ -1044,13 +1066,15 @@ class Store:
         tuning: Mapping[str, dict] | None = None,
         note: str = "relayout",
         progress: bool | None = None,
+        counts_origin: CountsOrigin | Mapping[str, CountsOrigin] | None = None,
     ) -> int:
         """Commit a new version where each table in ``layouts`` has the given layout.
 
         Rows are copied byte for byte from the served version, then every row of the new file
         is compared with the old one before anything is committed; ``counts`` (access counts by
-        id) and ``tuning`` (cache policy per table) are committed in the same transaction.
-        Returns the new version id.
+        id) and ``tuning`` (cache policy per table) are committed in the same transaction, with
+        ``counts_origin`` (where the counts came from: one for all tables or per table; see
+        :meth:`counts_origin`). Returns the new version id.
         """
         self._check_writable()
         new_tables = {}
@@ -1081,6 +1105,7 @@ class Store:
                 for n, c in (counts or {}).items()
             },
             tuning=tuning,
+            origins=_per_table(counts_origin, counts),
         )
         return vid
 
@@ -1089,12 +1114,14 @@ class Store:
         tuning: Mapping[str, Mapping[str, Any]],
         *,
         counts: Mapping[str, np.ndarray] | None = None,
+        counts_origin: CountsOrigin | Mapping[str, CountsOrigin] | None = None,
     ) -> None:
         """Store cache policies ``{table: {cache_bytes, threshold, pinned_share}}`` (and the
         access counts admission and pinning use) in the catalog, and apply them now.
 
-        ``threshold`` None means never admit neighbours. Stores opened later use these
-        policies by default.
+        ``threshold``: an integer >= 0, or ``bandstore.NEVER`` (the default) to never admit
+        neighbours. Stores opened later use these policies by default. ``counts_origin``: where
+        the counts came from (see :meth:`counts_origin`).
         """
         self._check_writable()
         records = {}
@@ -1102,7 +1129,7 @@ class Store:
             self._table(name)  # an unknown table raises
             policy = CachePolicy(
                 int(rec["cache_bytes"]),
-                threshold_from_json(rec.get("threshold")),
+                check_threshold(rec.get("threshold", kc.NEVER)),
                 float(rec.get("pinned_share", 0.0)),
             )
             records[name] = {
@@ -1112,7 +1139,9 @@ class Store:
                 "pinned_share": policy.pinned_share,
             }
         arrays = self._checked_counts(counts or {})
-        self._catalog.put_tuning(records, counts=arrays)
+        origins = _origin_records(arrays, _per_table(counts_origin, arrays), "set_tuning",
+                                  self.version)  # fmt: skip
+        self._catalog.put_tuning(records, counts=arrays, origins=origins)
         self._install_counts(arrays)
         runtime.retune(self, sorted(set(records) | set(arrays)))
 
@@ -1164,6 +1193,33 @@ class Store:
         self._check_open()
         for t in self._tables.values():
             blockfile.evict_from_page_cache(t.block_path)
+
+
+def _per_table(
+    origin: CountsOrigin | Mapping[str, CountsOrigin] | None, counts: Mapping[str, Any] | None
+) -> dict[str, CountsOrigin] | None:
+    """One origin for every table of ``counts``, or the per-table mapping as given."""
+    if origin is None:
+        return None
+    if isinstance(origin, CountsOrigin):
+        return {name: origin for name in counts or {}}
+    return dict(origin)
+
+
+def _origin_records(
+    counts: Mapping[str, Any] | None,
+    origins: Mapping[str, CountsOrigin] | None,
+    writer: str,
+    version: int,
+) -> dict[str, dict]:
+    """The catalog records of the origins of ``counts``, stamped with now and ``version``
+    (a table without a given origin is attributed to ``writer``)."""
+    now = time.time()
+    out = {}
+    for name in counts or {}:
+        o = (origins or {}).get(name) or CountsOrigin(writer)
+        out[name] = o.stamped(now, version).as_dict()
+    return out
 
 
 def _copy_rows_filler(t: _Table, layout: np.ndarray, geometry: BlockGeometry):
@@ -1272,8 +1328,10 @@ def create(
         )
     if root.exists() and any(root.iterdir()):
         if exist_ok and (root / "catalog").is_dir():
-            return open(root, writable=True, block_size=block_size, verify_reads=verify_reads,
-                        checksum_bytes=checksum_bytes)  # fmt: skip
+            options = ServeOptions(
+                verify_reads=verify_reads, block_size=block_size, checksum_bytes=checksum_bytes
+            )
+            return open(root, writable=True, options=options)
         raise StoreExistsError(str(root))
     root.mkdir(parents=True, exist_ok=True)
     if checksum_bytes is None:
@@ -1287,39 +1345,50 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     path: str | os.PathLike,
     *,
     cache_bytes: int | Mapping[str, int] | None = None,
-    threshold: int | Mapping[str, int] | None = None,
-    pinned_share: float | Mapping[str, float] | None = None,
     writable: bool = False,
-    block_size: int | None = None,
-    checksum_bytes: int | None = None,
-    verify_reads: bool = True,
     record: str | os.PathLike | None = None,
     sample_rate: float = 0.01,
     workers: int | None = None,
     plan: Any = None,
+    options: ServeOptions | None = None,
 ) -> Store:
     """Open a store for serving.
 
     cache_bytes: DRAM for row caches, a total (split by the tuned sizes, or by table size) or
-    ``{table: bytes}``; None uses the sizes stored by tuning, else 10% of each table's rows.
-    threshold / pinned_share: override the stored admission threshold (0 admits every neighbour
-    of a missed row, ``NEVER`` none) and pinned share, for all tables or per table; None keeps
-    the stored ones (a store with no recorded access counts never admits neighbours).
+    ``{table: bytes}``; None uses the sizes stored by tuning, else 10% of each table's rows
+    (shorthand for ``options.cache.cache_bytes``: give one or the other).
+    writable: allow changes (tables, relayouts, tuning, plans).
     record: a directory to append sampled queries to (``sample_rate`` of them), for relayout.
     workers / plan: lookup_many runs on ``workers`` threads (default: the plan's, else 1);
     ``plan`` None serves the applied plan unless ``cache_bytes`` is given, False none, or a
     Plan / plan dict.
+    options: :class:`bandstore.options.ServeOptions`: overrides of the stored admission
+    threshold and pinned share (``options.cache``), read verification, the expected format.
     """
+    options = options if options is not None else ServeOptions()
+    if not isinstance(options, ServeOptions):
+        raise InvalidArgumentError(
+            f"options must be a bandstore.options.ServeOptions, got {type(options).__name__}",
+            argument="options",
+        )
+    cache = options.cache
+    if cache_bytes is not None:
+        if cache.cache_bytes is not None:
+            raise InvalidArgumentError(
+                "cache_bytes is given twice: as open(cache_bytes=...) and in options.cache",
+                argument="cache_bytes",
+            )
+        cache = CacheOptions(cache_bytes, cache.threshold, cache.pinned_share)
     root = Path(path)
     catalog = Catalog.open(root)
     recorder: Any = None
     try:
         stored = catalog.format["block_size"]
-        if block_size is not None and block_size != stored:
-            raise FormatMismatchError("block_size", stored, block_size)
+        if options.block_size is not None and options.block_size != stored:
+            raise FormatMismatchError("block_size", stored, options.block_size)
         stored_cb = catalog.format["checksum_bytes"]
-        if checksum_bytes is not None and checksum_bytes != stored_cb:
-            raise FormatMismatchError("checksum_bytes", stored_cb, checksum_bytes)
+        if options.checksum_bytes is not None and options.checksum_bytes != stored_cb:
+            raise FormatMismatchError("checksum_bytes", stored_cb, options.checksum_bytes)
         if record is not None:
             from bandstore.traces.recorder import TraceRecorder
 
@@ -1328,10 +1397,8 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
             root,
             catalog,
             writable=writable,
-            cache_bytes=cache_bytes,
-            threshold=threshold,
-            pinned_share=pinned_share,
-            verify_reads=verify_reads,
+            cache=cache,
+            verify_reads=options.verify_reads,
             recorder=recorder,
             workers=workers,
             plan=plan,

@@ -293,7 +293,7 @@ class PinnedRunner(DirectRunner):
         """``Store.cache_info``'s entry: a full cache, all of it pinned, no admission."""
         k = int(self.ids.size)
         return {"cache_bytes": self.cache_bytes, "capacity_rows": k, "cached_rows": k,
-                "pinned_rows": k, "threshold": None, "pinned_share": 1.0,
+                "pinned_rows": k, "threshold": kc.NEVER, "pinned_share": 1.0,
                 "dram_bytes": self.dram_bytes}  # fmt: skip
 
 

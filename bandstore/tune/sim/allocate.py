@@ -101,7 +101,8 @@ def allocate(curves: Mapping[str, Curves], budget: int) -> dict[str, dict[str, A
     """Choose cache bytes, threshold and pinned share per table to minimize blocks read.
 
     Returns ``{table: {"size_index", "cache_bytes", "capacity_rows", "threshold",
-    "pinned_share", "predicted_misses", "predicted_blocks_read"}}`` (threshold None = never).
+    "pinned_share", "predicted_misses", "predicted_blocks_read"}}`` (threshold ``NEVER``: no
+    neighbour admission).
     Raises BudgetError when the budget is negative or below the smallest useful cache of every
     table, InvalidArgumentError when there is no table.
     """
@@ -143,7 +144,7 @@ def allocate(curves: Mapping[str, Curves], budget: int) -> dict[str, dict[str, A
             "size_index": int(k),
             "cache_bytes": int(cv.sizes_bytes[k]),
             "capacity_rows": int(cv.capacity_rows[k]),
-            "threshold": None if thr >= NEVER else thr,
+            "threshold": min(thr, NEVER),
             "pinned_share": float(cv.pinned_shares[p]),
             "predicted_misses": float(cv.misses[t, p, k]),
             "predicted_blocks_read": float(cv.blocks_read[t, p, k]),
