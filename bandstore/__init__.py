@@ -29,13 +29,18 @@ from bandstore.errors import (
     UnknownTableError,
 )
 from bandstore.kernels.cache import NEVER
+from bandstore.options import CacheOptions, ServeOptions
 from bandstore.serve.store import Store, TableInfo, create, open
+from bandstore.storage.origin import CountsOrigin
 from bandstore.traces.trace import Trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NEVER",
+    "CacheOptions",
+    "CountsOrigin",
+    "ServeOptions",
     "Store",
     "TableInfo",
     "Trace",

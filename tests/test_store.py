@@ -92,7 +92,7 @@ def test_reopen_sees_tables_and_persists(store_path, weights):
 
 def test_conflicting_format_argument_is_an_error(store_path):
     with pytest.raises(bandstore.FormatMismatchError) as exc:
-        bandstore.open(store_path, block_size=4096)
+        bandstore.open(store_path, options=bandstore.ServeOptions(block_size=4096))
     assert exc.value.stored == 512 and exc.value.requested == 4096
     with pytest.raises(bandstore.FormatMismatchError):
         bandstore.create(store_path, exist_ok=True, block_size=4096)
