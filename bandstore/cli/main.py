@@ -119,7 +119,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             store.close()
             raise
     with store:
-        info = {
+        info: dict[str, Any] = {
             "store": str(args.store),
             "version": store.version,
             "tables": {n: t.as_dict() for n, t in store.tables.items()},
@@ -141,7 +141,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     with bandstore.open(args.store, cache_bytes=0) as store:
         origins = {n: store.counts_origin(n) for n in store.tables}
-        info = {
+        info: dict[str, Any] = {
             "store": str(args.store),
             "version": store.version,
             "block_size": store.block_size,
@@ -152,7 +152,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "counts": {
                 n: {
                     "recorded": store.has_counts(n),
-                    "origin": None if origins[n] is None else origins[n].as_dict(),
+                    "origin": o.as_dict() if (o := origins[n]) is not None else None,
                 }
                 for n in store.tables
             },

@@ -26,7 +26,7 @@ FLOAT16 = 1
 INT8 = 2
 
 
-if config.DISABLE_JIT:
+if config.DISABLE_JIT:  # type: ignore[attr-defined]  # numba.config sets it at import
 
     def _u32_as_f32(bits):
         """The float32 whose bit pattern is the low 32 bits of ``bits`` (plain-Python twin)."""
@@ -44,9 +44,9 @@ else:
         def codegen(context, builder, signature, args):
             v = args[0]
             i32 = ir.IntType(32)
-            if bits.bitwidth > 32:
+            if bits.bitwidth > 32:  # type: ignore[attr-defined]  # numba types: runtime attr
                 v = builder.trunc(v, i32)
-            elif bits.bitwidth < 32:
+            elif bits.bitwidth < 32:  # type: ignore[attr-defined]  # numba types: runtime attr
                 v = builder.zext(v, i32)
             return builder.bitcast(v, context.get_value_type(types.float32))
 

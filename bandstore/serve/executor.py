@@ -386,6 +386,7 @@ class Executor:
             if cut > 1:  # ranges of bags: a split's parts' workers in turn, else every worker's
                 n_bags = req[2].shape[0] - 1
                 k, w = len(where), self.workers
+                parts: tuple[tuple[int, Any], ...]
                 parts = tuple(((where[c % k] if k > 1 else where[0] + c) % w,
                                _bag_range(n_bags, cut, c)) for c in range(cut))  # fmt: skip
                 helped = True  # (ranges on every worker of the table)

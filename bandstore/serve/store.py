@@ -277,9 +277,10 @@ class _Table:
         return CorruptBlockError(self.name, block, str(self.block_path), expected, actual)
 
     def close(self) -> None:
-        # Drop the maps; in-flight calls hold their own references until they return.
-        self.blocks_u8 = None
-        self.layout = None
+        # Drop the maps; in-flight calls hold their own references until they return. (No
+        # call reaches a closed table: the store checks it is open first.)
+        self.blocks_u8 = None  # type: ignore[assignment]
+        self.layout = None  # type: ignore[assignment]
 
 
 def _validate_table_name(name: str) -> None:
@@ -657,8 +658,9 @@ class Store:
                 f"cache_bytes must be >= 0, got {total}", argument="cache_bytes"
             )
         tuned = {n: (self._catalog.tuning(n) or {}).get("cache_bytes") for n in all_tables}
-        if all(v is not None for v in tuned.values()) and sum(tuned.values()) > 0:
-            weights = {n: float(v) for n, v in tuned.items()}
+        sized = {n: float(v) for n, v in tuned.items() if v is not None}
+        if len(sized) == len(tuned) and sum(sized.values()) > 0:
+            weights = sized
         else:
             weights = {
                 n: float(t.info.rows * cache_row_bytes(t.info.dim)) for n, t in all_tables.items()
@@ -773,6 +775,7 @@ class Store:
             if _checked_bags(indices, offsets, t.info.rows, off):
                 return t, indices, off, _NO_WEIGHTS, MODES[mode], -1
         idx = _as_int_array(indices, "indices", table)
+        bags: np.ndarray | None = None  # the offsets of the 2-D form
         if idx.ndim == 2:
             # torch's 2-D form: each row is a bag of the same length, offsets must be None.
             if offsets is not None:
@@ -781,9 +784,9 @@ class Store:
                 )
             n_bags, length = idx.shape
             idx = idx.reshape(-1)
-            off = np.arange(0, n_bags * length + 1, max(length, 1), dtype=np.int64)
+            bags = np.arange(0, n_bags * length + 1, max(length, 1), dtype=np.int64)
             if length == 0:
-                off = np.zeros(n_bags + 1, dtype=np.int64)
+                bags = np.zeros(n_bags + 1, dtype=np.int64)
             if per_sample_weights is not None:
                 per_sample_weights = np.asarray(per_sample_weights).reshape(-1)
         else:
@@ -791,10 +794,11 @@ class Store:
                 raise InvalidOffsetsError(
                     f"offsets are required when indices for table {table!r} are 1-D", table=table
                 )
-            off = None
         ids = _check_ids(idx, t.info, "indices")
-        if off is None:
+        if bags is None:
             off = _check_offsets(offsets, ids.shape[0], include_last_offset, table)
+        else:
+            off = bags
         weights = _NO_WEIGHTS
         if per_sample_weights is not None:
             if mode != "sum":
@@ -1054,8 +1058,11 @@ class Store:
             except BaseException:
                 blockfile.remove_version_dir(vdir, None)
                 raise
+            committed = self._catalog.version(vid)
+            if committed is None:  # only a concurrent gc of a version it did not see could
+                raise CorruptFileError(str(self.root), f"version {vid} vanished after its commit")
             lock = blockfile.ReaderLock(vdir)
-            self._install_version(self._catalog.version(vid), vdir, lock)
+            self._install_version(committed, vdir, lock)
         return vid
 
     def relayout_tables(

@@ -123,6 +123,11 @@ class Runner:
     def run_part(self, job: Job, j: int) -> None:
         raise NotImplementedError
 
+    def run_bags(self, job: Job, b0: int, b1: int) -> None:
+        """Bags ``[b0, b1)`` of the job, for the strategies whose calls the executor cuts in
+        ranges of bags (the others are never cut)."""
+        raise NotImplementedError
+
     def finish(self, job: Job) -> np.ndarray:
         return job.out
 

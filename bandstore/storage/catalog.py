@@ -164,7 +164,7 @@ class Catalog:
         if raw is None:
             return None
         try:
-            return json.loads(raw)
+            return json.loads(bytes(raw))
         except ValueError as exc:
             raise CorruptFileError(str(self.root / CATALOG_DIR), f"bad record {key!r}") from exc
 

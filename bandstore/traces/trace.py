@@ -524,7 +524,9 @@ class Trace:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                (np.savez_compressed if compress else np.savez)(f, **arrays)
+                save = np.savez_compressed if compress else np.savez
+                # numpy's stubs type **kwds like savez's bool keyword: the arrays are arrays.
+                save(f, **arrays)  # type: ignore[arg-type]
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -586,7 +588,7 @@ class Trace:
                 path, f"num_rows must be int64 of shape ({len(names)},), got {num_rows.dtype}"
             )
         expected = {"header", "table_names", "num_rows"}
-        tables = {}
+        tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for i, name in enumerate(names):
             pair = []
             for kind in ("indices", "offsets"):
@@ -600,7 +602,7 @@ class Trace:
                         path, f"{key} of table {name!r} must be 1-D int64, got {arr.dtype}"
                     )
                 pair.append(arr)
-            tables[name] = tuple(pair)
+            tables[name] = (pair[0], pair[1])
         extra = set(arrays) - expected
         if extra:
             raise TraceFormatError(path, f"unexpected arrays {sorted(extra)}")

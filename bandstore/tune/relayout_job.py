@@ -242,12 +242,15 @@ def recency_counts(trace: Trace, table: str, rows: int, half_life: float | None)
             argument="rows",
             value=rows,
         )
+    c: np.ndarray
     if half_life is None:
         c = np.bincount(idx, minlength=rows)
     else:
         from bandstore.tune.layout import query_weights
 
-        per_lookup = np.repeat(query_weights(off, float(half_life)), np.diff(off))
+        weights = query_weights(off, float(half_life))
+        assert weights is not None  # (None only for half_life None)
+        per_lookup = np.repeat(weights, np.diff(off))
         w = np.bincount(idx, weights=per_lookup, minlength=rows)
         total = float(per_lookup.sum())
         c = np.rint(w * (idx.size / total)) if total > 0 else np.zeros(rows)
@@ -299,11 +302,11 @@ def evaluate_layout(
 
     idx, off = trace.table(table)
     batch_size, rows_per_block, dim = scoring.batch_size, target.rows_per_block, target.dim
-    common = dict(
+    common: dict[str, Any] = dict(
         sizes_bytes=[target.cache_bytes], block_size=target.block_size,
         row_bytes=target.row_bytes, check=False, table=table,
     )  # fmt: skip
-    grid = SimOptions(scoring.thresholds, scoring.pinned_shares, batch_size)
+    grid = SimOptions(tuple(scoring.thresholds), tuple(scoring.pinned_shares), batch_size)
 
     def one(threshold: int, share: float) -> SimOptions:
         return SimOptions((threshold,), (share,), batch_size)
@@ -523,15 +526,15 @@ def evaluate_choice(
     if evaluations is not None:
         h = hashlib.blake2b(digest_size=16)
         for a in (np.ascontiguousarray(layout), np.ascontiguousarray(counts)):
-            h.update(a.view(np.uint8))
+            h.update(a.view(np.uint8).data)
         digest = (h.hexdigest(), split, target.cache_bytes, policy_from)
-    if digest is not None and digest in evaluations:
+    if evaluations is not None and digest is not None and digest in evaluations:
         res = dict(evaluations[digest])
     else:
         res = evaluate_layout(
             trace, table, split, layout, counts, target, scoring, policy_from=policy_from
         )
-        if digest is not None:
+        if evaluations is not None and digest is not None:
             evaluations[digest] = dict(res)
     res["build_seconds"] = seconds
     res["configuration"] = {
@@ -688,7 +691,7 @@ def relayout(
     split = split_point(trace, holdout, batch_size)
     tune = trace.query_slice(0, split)
     scoring = inner_scoring = Scoring(batch_size)
-    build = dict(seed=o.seed, layout_params=layout_params, progress=bool(progress))
+    build: dict[str, Any] = dict(seed=o.seed, layout_params=layout_params, progress=bool(progress))
     _check_max_tuning_lookups(max_tuning_lookups)
     windows = {n: tuning_window(trace, n, split, max_tuning_lookups, batch_size) for n in names}
     if method == "auto":

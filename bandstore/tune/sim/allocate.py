@@ -87,14 +87,14 @@ def knapsack(options: list[tuple[np.ndarray, np.ndarray]], budget: int) -> list[
             f"a budget of {budget} bytes cannot give every table one of its options",
             budget=budget,
         )
-    out = [0] * len(pruned)
-    c = cells
+    picked = [0] * len(pruned)
+    left = cells
     for g in range(len(pruned) - 1, -1, -1):
         pick, wc = choices[g]
-        o = int(pick[c])
-        out[g] = int(pruned[g][0][o])
-        c -= int(wc[o])
-    return out
+        o = int(pick[left])
+        picked[g] = int(pruned[g][0][o])
+        left -= int(wc[o])
+    return picked
 
 
 def allocate(curves: Mapping[str, Curves], budget: int) -> dict[str, dict[str, Any]]:

@@ -150,7 +150,7 @@ def simulate_store(
     *,
     options: SimOptions | None = None,
     counts: str | Mapping[str, np.ndarray | None] = "trace",
-    sizes_bytes: Mapping[str, Sequence[int]] | None = None,
+    sizes_bytes: Mapping[str, Sequence[int] | np.ndarray] | None = None,
     warmup: float = 0.0,
     progress: bool | None = None,
 ) -> dict[str, Curves]:
@@ -200,7 +200,7 @@ def simulate_store(
     return out
 
 
-def _figures(lookups: int, misses: float, blocks: float) -> dict[str, float]:
+def _figures(lookups: int, misses: float, blocks: float) -> dict[str, Any]:
     return {
         "lookups": int(lookups),
         "predicted_misses": float(misses),
