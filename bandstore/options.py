@@ -65,7 +65,7 @@ def check_threshold(value: Any, argument: str = "threshold") -> int:
             value=value,
         )
     try:
-        ok = not isinstance(value, bool) and float(value).is_integer()
+        ok = not isinstance(value, (bool, str, bytes)) and float(value).is_integer()
     except (TypeError, ValueError):
         ok = False
     if not ok:

@@ -67,6 +67,13 @@ def test_relayout_commits_a_better_layout_with_identical_rows(co_access_store):
         assert entry.improvement_over_naive > 1.5
         assert np.array_equal(all_rows(s, "item"), before)
         assert s.verify() == []
+        # The committed counts say where they came from: this relayout's tuning part.
+        origin = s.counts_origin("item")
+        assert origin is not None and origin.writer == "relayout"
+        assert origin.version == report.committed_version
+        assert origin.queries == report.queries["tuning"] and origin.trace is None
+        assert origin.lookups == trace.query_slice(0, origin.queries).n_lookups("item")
+        assert "tuning part" in origin.detail and origin.time is not None
     # The committed policy and counts are what a new store serves with, and the simulator's
     # held-out prediction is what the real store reads when replaying the same queries.
     with bandstore.open(path) as s:
