@@ -373,12 +373,13 @@ def size_cache(
         report.plot = str(plot)
     if apply:
         stored, part = table_counts, "warm-up part" if cut else "whole trace"
+        counted = trace.query_slice(0, cut) if cut else trace
         if counts == "trace" and o.apply_counts == "trace" and cut:
-            stored, part = dict(trace_counts(store, trace)), "whole trace"
+            stored, part, counted = dict(trace_counts(store, trace)), "whole trace", trace
             if SCALE_THRESHOLDS:
                 _rescale_thresholds(report, table_counts, stored)
         if counts == "trace":
-            origin = {n: trace_origin("size_cache", trace, n, part) for n in trace.table_names}
+            origin = {n: trace_origin("size_cache", counted, n, part) for n in trace.table_names}
         else:
             given = "store's counts" if counts == "store" else "counts given"
             origin = {n: trace_origin("size_cache", trace, n, given) for n in trace.table_names}
