@@ -360,9 +360,7 @@ def test_auto_can_choose_identity(tmp_path):
     ident = max(c["select_blocks_read"] for c in scores if c["method"] == "identity")
     assert all(c["select_blocks_read"] > ident for c in scores if c["method"] != "identity")
     held = {m: c["heldout_blocks_read"] for m, c in e.candidates.items()}
-    assert held.tables["identity"] < min(
-        held.tables["frequency"], held.tables["metis"], held.tables["hypergraph"]
-    )
+    assert held["identity"] < min(held["frequency"], held["metis"], held["hypergraph"])
 
 
 def test_auto_keeps_the_current_layout_when_every_candidate_is_worse(tmp_path):
