@@ -7,37 +7,42 @@ Offline tuning (relayout, cache sizing, planning) is in :mod:`bandstore.tune`.
 
 from bandstore.errors import (
     BandstoreError,
+    BudgetError,
+    ConcurrentWriteError,
+    CorruptBlockError,
+    CorruptDataError,
+    CorruptFileError,
+    FormatMismatchError,
+    FormatVersionError,
+    IdOutOfRangeError,
     InvalidArgumentError,
     InvalidDtypeError,
-    InvalidShapeError,
-    IdOutOfRangeError,
     InvalidOffsetsError,
-    UnknownTableError,
-    TableExistsError,
-    CorruptDataError,
-    CorruptBlockError,
-    CorruptFileError,
+    InvalidShapeError,
     NotAStoreError,
-    StoreExistsError,
-    FormatVersionError,
-    FormatMismatchError,
+    PlanError,
     ReadOnlyError,
     StoreClosedError,
-    ConcurrentWriteError,
-    TraceFormatError,
-    BudgetError,
-    PlanError,
+    StoreExistsError,
     StorePickleError,
+    TableExistsError,
+    TraceFormatError,
+    UnknownTableError,
     WeightsFileError,
 )
 from bandstore.kernels.cache import NEVER
+from bandstore.options import CacheOptions, ServeOptions
 from bandstore.serve.store import Store, TableInfo, create, open
+from bandstore.storage.origin import CountsOrigin
 from bandstore.traces.trace import Trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NEVER",
+    "CacheOptions",
+    "CountsOrigin",
+    "ServeOptions",
     "Store",
     "TableInfo",
     "Trace",

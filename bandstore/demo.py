@@ -76,9 +76,11 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build a store from a generated trace, replay held-out queries, return the figures."""
+    from bandstore.options import RelayoutOptions, SizingOptions
     from bandstore.tune.measure import replay
     from bandstore.tune.planning import compare_plans
     from bandstore.tune.relayout_job import relayout, split_point
+    from bandstore.tune.reports import jsonable
     from bandstore.tune.sim.sizing import size_cache
 
     tmp = None
@@ -108,38 +110,48 @@ def run_demo(
         def measure() -> dict[str, Any]:
             with bandstore.open(store_path, cache_bytes=budget) as s:
                 replay(s, tune, batch_size=BATCH, progress=progress)  # warm, as a server is
-                return replay(s, heldout, batch_size=BATCH, progress=progress)
+                return replay(s, heldout, batch_size=BATCH, progress=progress).as_dict()
 
         result["before"] = measure()
         # Relayout: layouts and admission policy chosen on the tuning queries only.
         with bandstore.open(store_path, writable=True, cache_bytes=budget) as s:
-            report = relayout(s, trace, holdout=HOLDOUT, batch_size=BATCH, progress=progress)
-        result["relayout"] = {
-            name: {
-                "chosen": e["chosen"],
-                "configuration": e["configuration"],
-                "action": e["action"],
-                "threshold": e["result"]["threshold"],
-                "pinned_share": e["result"]["pinned_share"],
-                "predicted_heldout_blocks_read": e["result"]["heldout_blocks_read"],
+            report = relayout(s, trace, holdout=HOLDOUT, progress=progress,
+                              options=RelayoutOptions(batch_size=BATCH))  # fmt: skip
+        result["relayout"] = jsonable(
+            {
+                name: {
+                    "chosen": e.chosen,
+                    "configuration": e.configuration,
+                    "action": e.action,
+                    "threshold": e.result["threshold"],
+                    "pinned_share": e.result["pinned_share"],
+                    "predicted_heldout_blocks_read": e.result["heldout_blocks_read"],
+                }
+                for name, e in report.tables.items()
             }
-            for name, e in report["tables"].items()
-        }
+        )
         result["after"] = measure()
         # Cache sizing: DRAM per table, threshold and pinned share from miniature simulations
         # of the tuning queries, within the same total budget.
         with bandstore.open(store_path, writable=True, cache_bytes=budget) as s:
-            sizing = size_cache(s, tune, budget, batch_size=BATCH, apply=True, progress=False)
-        result["sizing"] = {
-            name: {k: t[k] for k in ("cache_bytes", "threshold", "pinned_share")}
-            for name, t in sizing["tables"].items()
-        }
+            sizing = size_cache(s, tune, budget, apply=True, progress=False,
+                                options=SizingOptions().with_sim(batch_size=BATCH))  # fmt: skip
+        result["sizing"] = jsonable(
+            {
+                name: {
+                    "cache_bytes": t.cache_bytes,
+                    "threshold": t.threshold,
+                    "pinned_share": t.pinned_share,
+                }  # fmt: skip
+                for name, t in sizing.tables.items()
+            }
+        )
         result["sized"] = measure()
         # The asymmetric plan: a strategy per table and tables mapped to workers.
         if workers > 0:
             result["plan"] = compare_plans(
                 store_path, trace, workers=workers, budget=budget, batch_size=BATCH, repeats=1
-            )
+            ).as_dict()
         result["seconds"] = time.perf_counter() - t0
         return result
     finally:
@@ -168,7 +180,7 @@ def format_demo(result: dict[str, Any]) -> str:
     if "relayout" in result:
         lines.append("relayout (chosen on the tuning queries):")
         for name, r in result["relayout"].items():
-            t = "never" if r["threshold"] is None else r["threshold"]
+            t = r["threshold"]
             c = r["configuration"]
             hl = "none" if c["half_life"] is None else c["half_life"]
             cold = f", cold rows {c['cold']}" if c["cold"] is not None else ""
@@ -180,7 +192,7 @@ def format_demo(result: dict[str, Any]) -> str:
     if "sizing" in result:
         lines.append("cache sizing (miniature simulations of the tuning queries):")
         for name, r in result["sizing"].items():
-            t = "never" if r["threshold"] is None else r["threshold"]
+            t = r["threshold"]
             lines.append(
                 f"  {name:<14} {r['cache_bytes'] / 2**20:6.2f} MiB, admission threshold {t}, "
                 f"pinned share {r['pinned_share']:.2f}"

@@ -230,7 +230,7 @@ def _safetensors_tensors(path: Path) -> list:
             info[k] = (tuple(sl.get_shape()), sl.get_dtype())
     except Exception as exc:
         raise WeightsFileError(str(path), f"not a readable safetensors file ({exc})") from exc
-    out = []
+    out: list[tuple[Any, tuple[Any, ...], str, Any]] = []
     for key, (shape, st_dtype) in info.items():
         if st_dtype in _SAFETENSORS_FLOATS:
             dtype = _SAFETENSORS_FLOATS[st_dtype]
@@ -242,7 +242,7 @@ def _safetensors_tensors(path: Path) -> list:
             out.append((key, shape, "f", make))
         elif st_dtype == "BF16":  # numpy has no bfloat16: read through torch, as float32
 
-            def make(key: str = key, shape: tuple = shape) -> LazyArray:
+            def make_bf16(key: str = key, shape: tuple = shape, dtype: Any = None) -> LazyArray:
                 try:
                     import torch  # noqa: F401
                 except ImportError as exc:
@@ -254,7 +254,7 @@ def _safetensors_tensors(path: Path) -> list:
                     shape, np.float32, lambda a, b: sl[a:b].float().numpy(), str(path), key
                 )
 
-            out.append((key, shape, "f", make))
+            out.append((key, shape, "f", make_bf16))
         else:
             out.append((key, shape, "other", None))
     return out

@@ -316,7 +316,7 @@ def _jagged_features(kjt: Any) -> dict[str, tuple]:
 
 
 @functools.cache
-def _torchrec_types() -> tuple[type, type] | None:
+def _torchrec_types() -> tuple[Any, Any] | None:
     """TorchRec's (KeyedJaggedTensor, KeyedTensor), or None without torchrec (looked up once)."""
     try:
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor

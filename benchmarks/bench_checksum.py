@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                 entry["cache_bytes"] = int(0.05 * rows) * 4 * DIM
             plan = {"workers": 1, "tables": {"t": entry}}
             stores = {f"{cb} B": bandstore.open(tmp / f"s{cb}", plan=plan) for cb in SECTORS}
-            stores["no checking"] = bandstore.open(tmp / "s4096", plan=plan, verify_reads=False)
+            stores["no checking"] = bandstore.open(
+                tmp / "s4096", plan=plan, options=bandstore.ServeOptions(verify_reads=False)
+            )
             try:
                 for s in stores.values():  # warm: pages mapped, caches filled
                     for _ in range(5):

@@ -52,6 +52,7 @@ from bandstore.tune.relayout_job import (
     split_point,
     transfer_configuration,
 )
+from bandstore.tune.reports import jsonable
 
 DIM, RPB, BLOCK, ROW_BYTES = 64, 16, 4096, 256
 METHODS = ("frequency", "metis", "hypergraph")
@@ -268,7 +269,8 @@ def main() -> None:
     results = []
     for name, trace, table, comm in jobs:
         t0 = time.perf_counter()
-        results.append(run_trace(name, trace, table, comm, fractions))
+        # JSON's spelling of thresholds ("never") from here on, for the files and the table.
+        results.append(jsonable(run_trace(name, trace, table, comm, fractions)))
         a = results[-1]["at_10pct"]
         ratios = ", ".join(f"{k} {v['vs_naive']:.2f}x" for k, v in a.items())
         print(f"{name}: {time.perf_counter() - t0:.1f} s; at 10%: {ratios}", flush=True)
@@ -303,7 +305,7 @@ def main() -> None:
         how = ", ".join(
             [f"half-life {c['half_life']:.3g}" if c["half_life"] is not None else "no recency"]
             + ([f"cold {c['cold']}"] if c["cold"] is not None else [])
-            + [f"t {'never' if c['threshold'] is None else c['threshold']}"]
+            + [f"t {c['threshold']}"]
             + [f"p {c['pinned_share']}"]
         )
         lines.append(

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             load0 = os.getloadavg()[0]
             r = compare_plans(path, trace, workers=args.workers, budget=budget, batch_size=batch,
                               repeats=args.repeats, calibration=cal, refine=args.refine,
-                              warm_queries=20_000 if batch <= 256 else None)  # fmt: skip
+                              warm_queries=20_000 if batch <= 256 else None).as_dict()  # fmt: skip
             r.update(info=info, seconds=time.perf_counter() - t0, decoded_bytes=decoded,
                      load=[round(load0, 2), round(os.getloadavg()[0], 2)])  # fmt: skip
             out["workloads"][name] = r

@@ -56,6 +56,8 @@ from bench_relayout_scale import (  # noqa: E402
     _status_kib,
 )
 
+from bandstore.options import RelayoutOptions  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 BAR_SECONDS, BAR_BYTES = 15 * 60, 8 << 30
 
@@ -180,7 +182,7 @@ def worker(args: argparse.Namespace) -> None:
         st.add_table("item", rng.standard_normal((4000, args.dim)).astype(np.float32),
                      progress=False)  # fmt: skip
         tiny = synth({"item": 4000}, 4000, pooling=POOLING, community_size=COMMUNITY, seed=1)
-        rl.relayout(st, tiny, method=args.method, progress=False, **_options(args))
+        rl.relayout(st, tiny, method=args.method, progress=False, options=_options(args))
     shutil.rmtree(tiny_dir)
     out["warmup_seconds"], out["warmup_cpu"] = time.perf_counter() - t0, time.process_time() - c0
 
@@ -195,8 +197,8 @@ def worker(args: argparse.Namespace) -> None:
     trace = Trace.load(args.trace)
     with bandstore.open(args.store, writable=True) as st:
         report = rl.relayout(
-            st, trace, method=args.method, progress=not args.no_progress, **_options(args)
-        )
+            st, trace, method=args.method, progress=not args.no_progress, options=_options(args)
+        ).as_dict()
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     ph.close()
     out.update(
@@ -212,11 +214,10 @@ def worker(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(out, indent=2, default=str))
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
+def _options(args: argparse.Namespace) -> RelayoutOptions:
     if args.max_tuning_lookups is not None:  # 0: no bound (as the CLI's option)
-        opts["max_tuning_lookups"] = args.max_tuning_lookups or None
-    return opts
+        return RelayoutOptions(max_tuning_lookups=args.max_tuning_lookups or None)
+    return RelayoutOptions()
 
 
 def _slim(report: dict[str, Any]) -> dict[str, Any]:

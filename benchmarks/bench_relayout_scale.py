@@ -196,6 +196,7 @@ def make_trace(rows: int, lookups: int, seed: int = 0):
 
 def evaluate(trace, split: int, layout: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
     from bandstore.kernels.cache import NEVER
+    from bandstore.options import threshold_to_json
     from bandstore.serve.cache import cache_row_bytes
     from bandstore.tune.layout import fanout
     from bandstore.tune.relayout_job import LayoutTarget, Scoring, evaluate_layout
@@ -216,7 +217,7 @@ def evaluate(trace, split: int, layout: np.ndarray, counts: np.ndarray) -> dict[
     out.update(
         heldout_blocks_per_1000=r["heldout_blocks_per_1000_lookups"],
         heldout_hit_ratio=r["heldout_hit_ratio"],
-        threshold=r["threshold"],
+        threshold=threshold_to_json(r["threshold"]),
         pinned_share=r["pinned_share"],
     )
     return out

@@ -46,6 +46,7 @@ from paths import DATA, RESULTS
 
 import bandstore
 from bandstore.demo import create_store_for_trace
+from bandstore.options import SimOptions, SizingOptions
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.traces.synth import synth
 from bandstore.traces.trace import Trace
@@ -159,7 +160,7 @@ def accuracy_synthetic(rows: int, queries: int, rate: float, seeds: int) -> dict
     args = (idx, off, np.arange(rows, dtype=np.int64), rpb, 32, trace.access_counts("t"))
     kw = {"thresholds": ACC_THRESHOLDS, "pinned_shares": ACC_SHARES, "batch_size": BATCH}
     t0 = time.perf_counter()
-    exact = simulate(*args, **kw)
+    exact = simulate(*args, options=SimOptions(**kw))
     t_exact = time.perf_counter() - t0
     log(f"  exact: {t_exact:.1f} s, {exact.configurations} configurations")
     variants = []
@@ -168,9 +169,9 @@ def accuracy_synthetic(rows: int, queries: int, rate: float, seeds: int) -> dict
             errs, times, curves = [], [], None
             for seed in range(seeds):
                 t0 = time.perf_counter()
-                s = simulate(*args, sample_rate=rate, min_sampled_blocks=0,
-                             max_sampled_lookups=None, seed=seed, sampling=sampling,
-                             estimator=estimator, **kw)  # fmt: skip
+                s = simulate(*args, options=SimOptions(
+                    sample_rate=rate, min_sampled_blocks=0, max_sampled_lookups=None, seed=seed,
+                    sampling=sampling, estimator=estimator, **kw))  # fmt: skip
                 times.append(time.perf_counter() - t0)
                 errs.append(errors(exact, s))
                 curves = curves or s
@@ -220,7 +221,7 @@ def accuracy_real(rates: list[float]) -> dict[str, Any]:
             rows = trace.num_rows[tname]
             args = (idx, off, np.arange(rows), rpb, DIM, trace.access_counts(tname))
             t0 = time.perf_counter()
-            exact[tname] = (simulate(*args, **kw), args)
+            exact[tname] = (simulate(*args, options=SimOptions(**kw)), args)
             t_exact += time.perf_counter() - t0
         res: dict[str, Any] = {"tables": len(trace.table_names), "lookups": trace.n_lookups(),
                                "blocks": int(sum(e.touched_blocks for e, _ in exact.values())),
@@ -231,7 +232,7 @@ def accuracy_real(rates: list[float]) -> dict[str, Any]:
                 maes, rels, w, t_s, eff = [], [], [], 0.0, []
                 for e, args in exact.values():
                     t0 = time.perf_counter()
-                    s = simulate(*args, sample_rate=rate, **extra, **kw)
+                    s = simulate(*args, options=SimOptions(sample_rate=rate, **extra, **kw))
                     t_s += time.perf_counter() - t0
                     er = errors(e, s)
                     maes.append(er["mae"])
@@ -275,10 +276,34 @@ def table_bytes(store) -> int:
     return sum(t.rows * cache_row_bytes(t.dim) for t in store.tables.values())
 
 
+#: Keys of an experiment's size_cache variant that are SimOptions fields (the rest are
+#: SizingOptions fields, or ``refine``: sizing.REFINE_POINTS for that run).
+_SIM_KEYS = {"sample_rate", "thresholds", "pinned_shares", "n_sizes", "seed", "sampling",
+             "estimator", "min_sampled_blocks", "max_sampled_lookups", "batch_size"}  # fmt: skip
+
+
+def size_cache_variant(store, trace: Trace, budget: int, variant: dict[str, Any], **kw: Any):
+    """``size_cache`` with an experiment's variant: ``{option: value}`` over SizingOptions and
+    its SimOptions, and ``refine`` (the module's REFINE_POINTS, an experiment's switch)."""
+    from bandstore.tune.sim import sizing
+
+    sim = {k: v for k, v in variant.items() if k in _SIM_KEYS}
+    rest = {k: v for k, v in variant.items() if k not in _SIM_KEYS and k != "refine"}
+    options = SizingOptions(**rest).with_sim(**sim)
+    saved = sizing.REFINE_POINTS
+    sizing.REFINE_POINTS = variant.get("refine", saved)
+    try:
+        return size_cache(store, trace, budget, options=options, **kw)
+    finally:
+        sizing.REFINE_POINTS = saved
+
+
 def measure(store, tune: Trace, held: Trace) -> dict[str, Any]:
-    """Warm the caches on the tuning part, then the held-out counters."""
+    """Warm the caches on the tuning part, then the held-out counters (by table and in
+    ``total``, one dict as the experiments read them)."""
     replay(store, tune, batch_size=BATCH, progress=False)
-    return replay(store, held, batch_size=BATCH, progress=False)
+    r = replay(store, held, batch_size=BATCH, progress=False)
+    return {**r.tables, "total": r.total, "seconds": r.seconds}
 
 
 def prediction_check(path: Path, trace: Trace, fraction: float) -> dict[str, Any]:
@@ -289,22 +314,23 @@ def prediction_check(path: Path, trace: Trace, fraction: float) -> dict[str, Any
     with bandstore.open(path, writable=True) as store:
         budget = int(fraction * table_bytes(store))
         t0 = time.perf_counter()
-        r = size_cache(store, trace, budget, apply=True, apply_counts="warmup", progress=False)
+        r = size_cache(store, trace, budget, apply=True, progress=False,
+                       options=SizingOptions(apply_counts="warmup"))  # fmt: skip
         secs = time.perf_counter() - t0
-    first, rest = trace.split(r["warmup_queries"] / trace.n_queries)
-    assert first.n_queries == r["warmup_queries"]
+    first, rest = trace.split(r.warmup_queries / trace.n_queries)
+    assert first.n_queries == r.warmup_queries
     with bandstore.open(path) as store:
         m = measure(store, first, rest)
-    pred, meas = r["total"]["predicted_blocks_read"], m["total"]["blocks_read"]
-    abs_err = sum(abs(m[n]["blocks_read"] - t["predicted_blocks_read"])
-                  for n, t in r["tables"].items())  # fmt: skip
+    pred, meas = r.total["predicted_blocks_read"], m["total"]["blocks_read"]
+    abs_err = sum(abs(m[n]["blocks_read"] - t.predicted_blocks_read)
+                  for n, t in r.tables.items())  # fmt: skip
     return {"budget": budget, "predicted_blocks": pred, "measured_blocks": meas,
             "error": meas / pred - 1.0 if pred else 0.0,
             "table_errors": abs_err / meas if meas else 0.0,
-            "predicted_hit_ratio": r["total"]["predicted_hit_ratio"],
+            "predicted_hit_ratio": r.total["predicted_hit_ratio"],
             "measured_hit_ratio": m["total"]["hit_ratio"], "size_cache_seconds": secs,
-            "rates": sorted({round(t["effective_sample_rate"], 4)
-                             for t in r["tables"].values()})}  # fmt: skip
+            "rates": sorted({round(t.effective_sample_rate, 4)
+                             for t in r.tables.values()})}  # fmt: skip
 
 
 def splits(store, tune: Trace, budget: int) -> dict[str, dict[str, int]]:
@@ -322,12 +348,11 @@ def splits(store, tune: Trace, budget: int) -> dict[str, dict[str, int]]:
     return out
 
 
-def best_policy_at(cv: Curves, nbytes: int) -> tuple[int | None, float]:
+def best_policy_at(cv: Curves, nbytes: int) -> tuple[int, float]:
     """The threshold and pinned share the curves find best at the largest grid size <= nbytes."""
     k = int(np.searchsorted(cv.sizes_bytes, nbytes, side="right")) - 1
     _, ti, pi = cv.envelope()
-    t = int(cv.thresholds[ti[max(k, 0)]])
-    return (None if t >= NEVER else t), float(cv.pinned_shares[pi[max(k, 0)]])
+    return int(cv.thresholds[ti[max(k, 0)]]), float(cv.pinned_shares[pi[max(k, 0)]])
 
 
 def allocation_check(path: Path, trace: Trace, fraction: float, plot: Path | None):
@@ -340,24 +365,22 @@ def allocation_check(path: Path, trace: Trace, fraction: float, plot: Path | Non
     with bandstore.open(path, writable=True) as store:
         budget = int(fraction * table_bytes(store))
         t0 = time.perf_counter()
-        r = size_cache(store, tune, budget, apply=True, plot=plot, progress=False,
-                       return_curves=True)  # fmt: skip
+        r = size_cache(store, tune, budget, apply=True, plot=plot, progress=False)
         secs = time.perf_counter() - t0
-        curves: dict[str, Curves] = r.pop("curves")
+        curves: dict[str, Curves] = r.curves
         split_bytes = splits(store, tune, budget)
     rows: dict[str, Any] = {}
     with bandstore.open(path) as store:  # the tuned sizes are the stored defaults
         m = measure(store, tune, held)
         lookups = m["total"]["lookups"]
-        pred = r["total"]["predicted_blocks_per_1000_lookups"] * lookups / 1000.0
+        pred = r.total["predicted_blocks_per_1000_lookups"] * lookups / 1000.0
         rows["tuned"] = {"blocks": m["total"]["blocks_read"], "hit_ratio": m["total"]["hit_ratio"],
                          "predicted_blocks": pred}  # fmt: skip
         for label, alloc in split_bytes.items():
             for policy in ("clock", "best"):
                 for n, b in alloc.items():
-                    t, p = (None, 0.0) if policy == "clock" else best_policy_at(curves[n], b)
-                    store.configure_cache(n, cache_bytes=b, threshold=NEVER if t is None else t,
-                                          pinned_share=p)  # fmt: skip
+                    t, p = (NEVER, 0.0) if policy == "clock" else best_policy_at(curves[n], b)
+                    store.configure_cache(n, cache_bytes=b, threshold=t, pinned_share=p)
                 mm = measure(store, tune, held)
                 rows[f"{label}, {policy}"] = {"blocks": mm["total"]["blocks_read"],
                                               "hit_ratio": mm["total"]["hit_ratio"]}  # fmt: skip
@@ -375,10 +398,11 @@ def allocation_check(path: Path, trace: Trace, fraction: float, plot: Path | Non
         "size_cache_seconds": secs,
         "chosen": {
             n: {
-                k: t[k]
-                for k in ("cache_bytes", "threshold", "pinned_share", "effective_sample_rate")
+                k: v
+                for k, v in t.as_dict().items()
+                if k in ("cache_bytes", "threshold", "pinned_share", "effective_sample_rate")
             }
-            for n, t in r["tables"].items()
+            for n, t in r.tables.items()
         },  # fmt: skip
     }
 

@@ -66,6 +66,7 @@ from bench_layout import BATCH, DIM, RESULTS, real_traces, target
 from numba import njit
 
 from bandstore.kernels.cache import NEVER, _admit, _load_pinned
+from bandstore.options import SimOptions
 from bandstore.serve.cache import cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.tune.relayout_job import (
     Scoring,
@@ -363,8 +364,9 @@ def check_equivalent(trace, table, split, layout, counts, dram, setting: Setting
     idx, off = trace.table(table)
     for t, p in ((NEVER, 0.0), (0, 0.5), (2, 0.75), (0, 1.0), (NEVER, 0.9), (5, 0.25)):
         ref = simulate(
-            idx, off, layout, setting.rpb, DIM, counts, sizes_bytes=[dram], thresholds=[t],
-            pinned_shares=[p], batch_size=BATCH, warmup_queries=split, check=False,
+            idx, off, layout, setting.rpb, DIM, counts, sizes_bytes=[dram],
+            options=SimOptions(thresholds=[t], pinned_shares=[p], batch_size=BATCH),
+            warmup_queries=split, check=False,
         )  # fmt: skip
         pol = {"p": p, "t": t, "k": 0, "q": 0.0, "m": 0, "c": 0}
         lookups, misses, blocks = setting.run(pol)[:3]
@@ -450,7 +452,7 @@ def run_trace(name, trace, table, choose: bool) -> dict:
     auto_now = res_f["heldout_blocks_per_1000_lookups"]
     t_auto = res_f["threshold"]
     again = settings["auto"]["heldout"].run(
-        {"p": res_f["pinned_share"], "t": NEVER if t_auto is None else t_auto, "k": 0,
+        {"p": res_f["pinned_share"], "t": t_auto, "k": 0,
          "q": 0.0, "m": 0, "c": 0})  # fmt: skip
     assert abs(1000.0 * again[2] / again[0] - auto_now) < 1e-9, (again, auto_now)
     print(f"{name}: replay checked against simulate; naive {naive:.1f}, auto now "

@@ -32,6 +32,7 @@ import bench_plan  # noqa: E402
 
 import bandstore  # noqa: E402
 from bandstore.demo import create_store_for_trace  # noqa: E402
+from bandstore.options import ServeOptions  # noqa: E402
 from bandstore.traces.trace import Trace  # noqa: E402
 from bandstore.tune.planning import Calibration  # noqa: E402
 from bandstore.tune.planning import _batches as make_batches  # noqa: E402
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     faults = defaultdict(int)
     for n, plan in plans.items():
         st = bandstore.open(spath, plan=plan, workers=1 if "1 thread" in n else plan.workers,
-                            verify_reads=not args.no_verify)  # fmt: skip
+                            options=ServeOptions(verify_reads=not args.no_verify))  # fmt: skip
         for req in warm_b:
             st.lookup_many(req)
         st.reset_stats()

@@ -45,6 +45,7 @@ import bench_sizing as bs
 import numpy as np
 from numba import njit
 
+from bandstore.options import SimOptions
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.traces.trace import Trace
 from bandstore.tune.sim import allocate, simulate
@@ -183,9 +184,14 @@ def heldout_curves(trace: Trace, n_tune: int, counts: str, sample_rate: float):
             c = np.bincount(idx[off[held_from] :], minlength=rows)
         else:
             c = np.bincount(idx[: off[held_from]], minlength=rows)
+        grid = SimOptions(
+            thresholds=THRESHOLDS,
+            pinned_shares=SHARES,
+            batch_size=bs.BATCH,
+            sample_rate=sample_rate,
+        )
         out[name] = simulate(idx, off, np.arange(rows, dtype=np.int64), RPB, bs.DIM, c,
-                             thresholds=THRESHOLDS, pinned_shares=SHARES, batch_size=bs.BATCH,
-                             warmup_queries=n_tune, sample_rate=sample_rate, table=name,
+                             options=grid, warmup_queries=n_tune, table=name,
                              check=False)  # fmt: skip
     return out
 

@@ -25,9 +25,10 @@ from typing import Any
 import bench_sizing as bs
 import numpy as np
 
+from bandstore.options import SimOptions
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.traces.trace import Trace
-from bandstore.tune.sim import allocate, simulate, size_cache
+from bandstore.tune.sim import allocate, simulate
 
 NEVER = bs.NEVER
 RPB = 4096 // (4 * bs.DIM)
@@ -97,9 +98,11 @@ def heldout_blocks(trace: Trace, n_tune: int, choice: dict[str, dict[str, Any]])
         rows = max(1, trace.num_rows[name])
         c = np.bincount(idx[: off[n_tune]], minlength=rows)
         ch = choice[name]
+        one = SimOptions(
+            thresholds=[ch["threshold"]], pinned_shares=[ch["pinned_share"]], batch_size=bs.BATCH
+        )
         cv = simulate(idx, off, np.arange(rows, dtype=np.int64), RPB, bs.DIM, c,
-                      sizes_bytes=[int(ch["cache_bytes"])], thresholds=[ch["threshold"]],
-                      pinned_shares=[ch["pinned_share"]], batch_size=bs.BATCH,
+                      sizes_bytes=[int(ch["cache_bytes"])], options=one,
                       warmup_queries=n_tune, table=name, check=False)  # fmt: skip
         ch["heldout"] = float(cv.blocks_read[0, 0, 0])
         total += ch["heldout"]
@@ -114,9 +117,8 @@ def oracle_curves(trace: Trace, n_tune: int) -> dict[str, Any]:
         rows = max(1, trace.num_rows[name])
         c = np.bincount(idx[: off[n_tune]], minlength=rows)
         curves[name] = simulate(idx, off, np.arange(rows, dtype=np.int64), RPB, bs.DIM, c,
-                                thresholds=bs_thresholds(), pinned_shares=bs_shares(),
-                                batch_size=bs.BATCH, warmup_queries=n_tune, table=name,
-                                check=False)  # fmt: skip
+                                options=SimOptions(batch_size=bs.BATCH),
+                                warmup_queries=n_tune, table=name, check=False)  # fmt: skip
     return curves
 
 
@@ -138,18 +140,6 @@ def save_curves(curves: dict[str, Any], path: str) -> None:
         arrays[f"{n}/blocks_read"] = cv.blocks_read
         arrays[f"{n}/lookups"] = np.array(cv.lookups)
     np.savez_compressed(path, **arrays)
-
-
-def bs_thresholds():
-    from bandstore.tune.sim import DEFAULT_THRESHOLDS
-
-    return DEFAULT_THRESHOLDS
-
-
-def bs_shares():
-    from bandstore.tune.sim import DEFAULT_PINNED_SHARES
-
-    return DEFAULT_PINNED_SHARES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,9 +182,16 @@ def main(argv: list[str] | None = None) -> int:
                     blocks, ch = oracle(curves, budget)
                     pred = blocks
                 else:
-                    r = size_cache(store, tune, budget, progress=False, **VARIANTS[v])
-                    ch = r["tables"]
-                    pred = r["total"]["predicted_blocks_per_1000_lookups"] * held_lookups / 1000
+                    r = bs.size_cache_variant(store, tune, budget, VARIANTS[v], progress=False)
+                    ch = {
+                        n: {
+                            "cache_bytes": t.cache_bytes,
+                            "threshold": t.threshold,
+                            "pinned_share": t.pinned_share,
+                        }
+                        for n, t in r.tables.items()
+                    }
+                    pred = r.total["predicted_blocks_per_1000_lookups"] * held_lookups / 1000
                     blocks = heldout_blocks(trace, n_tune, ch)
                 secs = time.perf_counter() - t0
                 per = 1000.0 / held_lookups

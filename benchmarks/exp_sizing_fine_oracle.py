@@ -22,6 +22,7 @@ import bench_sizing as bs
 import numpy as np
 
 from bandstore.kernels.cache import NEVER
+from bandstore.options import SimOptions
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.tune.sim import knapsack, simulate
 
@@ -51,9 +52,7 @@ for name, (lo, hi) in ranges.items():
         bs.DIM,
         c,
         sizes_bytes=sizes,
-        thresholds=THR,
-        pinned_shares=SH,
-        batch_size=bs.BATCH,
+        options=SimOptions(thresholds=THR, pinned_shares=SH, batch_size=bs.BATCH),
         warmup_queries=n_tune,
         table=name,
         check=False,

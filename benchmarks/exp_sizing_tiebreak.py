@@ -130,9 +130,9 @@ def run(path: Path, tune, held, fraction: float, tol: float, measured: dict) -> 
         with tie_break(tol):
             r = sizing.size_cache(store, tune, budget, apply=True, progress=False)
         secs = time.perf_counter() - t0
-    chosen = {n: {k: t.get(k) for k in ("cache_bytes", "threshold", "simulated_threshold",
-                                         "pinned_share")}
-              for n, t in r["tables"].items()}  # fmt: skip
+    chosen = {n: {k: t.as_dict()[k] for k in ("cache_bytes", "threshold", "simulated_threshold",
+                                               "pinned_share")}
+              for n, t in r.tables.items()}  # fmt: skip
     key = (_CONTEXT[0], json.dumps(chosen, sort_keys=True))
     if key not in measured:
         with bandstore.open(path) as store:
@@ -141,7 +141,7 @@ def run(path: Path, tune, held, fraction: float, tol: float, measured: dict) -> 
         measured[key] = (m["total"]["blocks_read"], m["total"]["lookups"], tables)
     blocks, lookups, tables = measured[key]
     return {"blocks": blocks, "lookups": lookups, "per_1000": 1000.0 * blocks / lookups,
-            "predicted_per_1000": r["total"]["predicted_blocks_per_1000_lookups"],
+            "predicted_per_1000": r.total["predicted_blocks_per_1000_lookups"],
             "table_blocks": tables, "chosen": chosen,
             "size_cache_seconds": secs}  # fmt: skip
 

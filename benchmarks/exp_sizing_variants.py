@@ -38,7 +38,6 @@ import bench_sizing as bs
 
 import bandstore
 from bandstore.demo import create_store_for_trace
-from bandstore.tune.sim import size_cache
 
 NEVER = bandstore.NEVER
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -77,7 +76,7 @@ def run(path: Path, trace, fraction: float, variants: list[str]) -> dict[str, An
         kw = VARIANTS[name]
         t0 = time.perf_counter()
         with bandstore.open(path, writable=True) as store:
-            r = size_cache(store, tune, budget, apply=True, progress=False, **kw)
+            r = bs.size_cache_variant(store, tune, budget, kw, apply=True, progress=False)
         with bandstore.open(path) as store:
             m = bs.measure(store, tune, held)
         blocks = m["total"]["blocks_read"]
@@ -87,8 +86,7 @@ def run(path: Path, trace, fraction: float, variants: list[str]) -> dict[str, An
             "ratio_vs_best_clock_split": best_clock / blocks if blocks else float("inf"),
             "seconds": time.perf_counter() - t0,
             "chosen": {
-                n: [t["cache_bytes"], t["threshold"], t["pinned_share"]]
-                for n, t in r["tables"].items()
+                n: [t.cache_bytes, t.threshold, t.pinned_share] for n, t in r.tables.items()
             },  # fmt: skip
         }
         ratio = out["variants"][name]["ratio_vs_best_clock_split"]

@@ -17,10 +17,6 @@ from bandstore.kernels.codec import (
     FLOAT16,
     FLOAT32,
     INT8,
-    MAX,
-    MEAN,
-    SUM,
-    _accumulate_row,
     _decode_row_into,
 )
 from bandstore.storage import codecs
@@ -40,12 +36,6 @@ def _decode_all(raw, rb, codec, dim, out):
     """How a lookup kernel calls the helper: one flat buffer, a byte offset per row."""
     for i in range(out.shape[0]):
         _decode_row_into(raw, i * rb, codec, dim, out[i])
-
-
-@njit(nogil=True)
-def _pool_all(raw, rb, codec, dim, weights, out, mode):
-    for i in range(weights.shape[0]):
-        _accumulate_row(raw, i * rb, codec, dim, weights[i], out, mode)
 
 
 def numba_decode(codec: str, raw: np.ndarray, dim: int) -> np.ndarray:
@@ -282,13 +272,6 @@ def test_every_finite_half_decodes_exactly() -> None:
     nan = np.isnan(want)
     assert (bits(out)[~nan] == bits(want)[~nan]).all()
     assert np.isnan(out[nan]).all()
-    fh = h[finite]  # (signalling) NaNs would raise "invalid" warnings in plain-Python arithmetic
-    acc = np.zeros(fh.size, dtype=np.float32)
-    _accumulate_row(fh.view(np.uint8), 0, FLOAT16, fh.size, np.float32(1.0), acc, SUM)
-    assert (acc == want[finite]).all()
-    top = np.full(fh.size, -np.inf, dtype=np.float32)
-    _accumulate_row(fh.view(np.uint8), 0, FLOAT16, fh.size, np.float32(1.0), top, MAX)
-    assert (top == want[finite]).all()
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -324,34 +307,5 @@ def test_decode_at_offset_in_block_file(rng: np.random.Generator) -> None:
         assert (out[dim:] == 7.0).all()  # writes only out[:dim]
 
 
-@pytest.mark.parametrize("codec", CODECS)
-def test_accumulate_matches_numpy(codec: str, rng: np.random.Generator) -> None:
-    dim, n = 24, 30
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    raw = encode_rows(codec, x)
-    rb = raw.shape[1]
-    flat = np.frombuffer(raw.tobytes(), dtype=np.uint8)
-    dec = decode_rows(codec, raw, dim)
-    w = rng.uniform(-2, 2, n).astype(np.float32)
-    cid = np.int64(codec_id(codec))
-    for mode in (SUM, MEAN):
-        want = np.zeros(dim, dtype=np.float32)
-        for i in range(n):
-            want += w[i] * dec[i]  # float32 throughout, row by row
-        got = np.zeros(dim, dtype=np.float32)
-        _pool_all(flat, np.int64(rb), cid, np.int64(dim), w, got, np.int64(mode))
-        assert (bits(got) == bits(want)).all()
-    got = np.full(dim, -np.inf, dtype=np.float32)
-    _pool_all(flat, np.int64(rb), cid, np.int64(dim), w, got, np.int64(MAX))
-    assert (got == dec.max(axis=0)).all()
-    # a Python float weight gives the same float32 arithmetic
-    a = np.zeros(dim, dtype=np.float32)
-    b = np.zeros(dim, dtype=np.float32)
-    _accumulate_row(flat, rb, cid, dim, 0.1, a, SUM)
-    _accumulate_row(flat, rb, cid, dim, np.float32(0.1), b, SUM)
-    assert (bits(a) == bits(b)).all()
-
-
 def test_module_constants() -> None:
-    assert (SUM, MEAN, MAX) == (0, 1, 2)
     assert codecs.codec_id("float16") == FLOAT16

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bandstore"
 #: What each part of the package may import from bandstore (besides itself).
 ALLOWED = {
     "errors": set(),
-    "options": {"errors"},
+    "options": {"errors", "kernels"},  # kernels.cache.NEVER only
     "kernels": {"errors"},
     "storage": {"errors", "options", "kernels"},
     "traces": {"errors", "options", "kernels"},

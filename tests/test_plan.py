@@ -99,7 +99,9 @@ def test_every_strategy_matches_the_reference(store_path, weights, plan, verify,
     """Unverified reads take the decode passes' own prefetching path (no checksum pass)."""
     rng = np.random.default_rng(seed)
     weighted = weighted and mode == "sum"
-    with bandstore.open(store_path, plan=plan, verify_reads=verify) as s:
+    with bandstore.open(
+        store_path, plan=plan, options=bandstore.ServeOptions(verify_reads=verify)
+    ) as s:
         for _ in range(3):  # the caches warm up between calls
             req = random_request(rng, weights)
             if weighted:
@@ -737,12 +739,13 @@ def test_compare_plans(skewed):
     path, trace = skewed
     result = compare_plans(path, trace, workers=2, budget=1 << 20, batch_size=64, repeats=1,
                            curves=CURVES)  # fmt: skip
-    assert set(result["results"]) == {"plan", "uniform", "plan, 1 worker"}
-    for r in result["results"].values():
+    assert set(result.results) == {"plan", "uniform", "plan, 1 worker"}
+    for r in result.results.values():
         assert r["lookups_per_second"] > 0 and r["p99_batch_us"] >= r["p50_batch_us"] > 0
         assert r["outputs_match_uniform"]
         assert r["dram_bytes"] <= 1 << 20
-    assert result["speedup"]["plan_vs_uniform"] > 0
+    assert result.speedup["plan_vs_uniform"] > 0
+    assert json.loads(json.dumps(result.as_dict()))["workers"] == 2
 
 
 def test_plan_command(skewed, capsys, tmp_path):
@@ -833,7 +836,7 @@ def test_split_cached_parts_pin_their_own_hottest_rows(store_path, weights, tmp_
     rng = np.random.default_rng(5)
     counts = rng.integers(0, 50, SIZES["b"]).astype(np.int64)
     with bandstore.open(copy, writable=True) as s:
-        s.set_tuning({"b": {"cache_bytes": 60 * cache_row_bytes(DIM), "threshold": None,
+        s.set_tuning({"b": {"cache_bytes": 60 * cache_row_bytes(DIM), "threshold": bandstore.NEVER,
                             "pinned_share": 1.0}}, counts={"b": counts})  # fmt: skip
     plan = {
         "workers": 2,
@@ -888,7 +891,7 @@ def test_set_tuning_under_a_plan_rebuilds_only_what_serves(store_path, weights, 
     big = 400 * cache_row_bytes(DIM)
     rng = np.random.default_rng(3)
     counts = {n: rng.integers(0, 50, SIZES[n]).astype(np.int64) for n in ("b", "d")}
-    policy = {"cache_bytes": big, "threshold": None, "pinned_share": 1.0}
+    policy = {"cache_bytes": big, "threshold": bandstore.NEVER, "pinned_share": 1.0}
     with bandstore.open(copy, writable=True, plan=plan) as s:
         old_split = s._tables["b"].runner
         s.set_tuning({n: policy for n in SIZES}, counts=counts)

@@ -84,7 +84,7 @@ def test_pinned_matches_the_reference_and_never_admits(store_path, weights, coun
                 want = j if j < held[n].size and held[n][j] == i else -1
                 assert _pinned_slot(r.index, i) == want
             assert info[n]["pinned_rows"] == info[n]["capacity_rows"] == len(held[n])
-            assert info[n]["pinned_share"] == 1.0 and info[n]["threshold"] is None
+            assert info[n]["pinned_share"] == 1.0 and info[n]["threshold"] == bandstore.NEVER
             assert info[n]["dram_bytes"] == r.data.nbytes + 16 * -(-SIZES[n] // 64)
         for _ in range(3):
             req = random_request(rng, weights, n_bags=15, max_bag=8)

@@ -14,6 +14,7 @@ import pytest
 
 import bandstore
 from bandstore.demo import create_store_for_trace
+from bandstore.options import RelayoutOptions
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.traces.synth import synth
 from bandstore.traces.trace import Trace
@@ -54,24 +55,35 @@ def test_relayout_commits_a_better_layout_with_identical_rows(co_access_store):
         before = all_rows(s, "item")
         v0 = s.version
         # A small auto grid (this table is big for a test; the full grid is tested below).
-        report = relayout(s, trace, batch_size=16, half_lives=(None, 0.25), colds=("inline",))
-        entry = report["tables"]["item"]
-        assert entry["action"] == "commit" and report["committed_version"] == s.version > v0
-        chosen = entry["result"]
-        assert chosen["heldout_blocks_read"] < entry["current"]["heldout_blocks_read"]
-        assert entry["improvement_over_naive"] > 1.5
+        report = relayout(
+            s,
+            trace,
+            options=RelayoutOptions(batch_size=16, half_lives=(None, 0.25), colds=("inline",)),
+        )
+        entry = report.tables["item"]
+        assert entry.action == "commit" and report.committed_version == s.version > v0
+        chosen = entry.result
+        assert chosen["heldout_blocks_read"] < entry.current["heldout_blocks_read"]
+        assert entry.improvement_over_naive > 1.5
         assert np.array_equal(all_rows(s, "item"), before)
         assert s.verify() == []
+        # The committed counts say where they came from: this relayout's tuning part.
+        origin = s.counts_origin("item")
+        assert origin is not None and origin.writer == "relayout"
+        assert origin.version == report.committed_version
+        assert origin.queries == report.queries["tuning"] and origin.trace is None
+        assert origin.lookups == trace.query_slice(0, origin.queries).n_lookups("item")
+        assert "tuning part" in origin.detail and origin.time is not None
     # The committed policy and counts are what a new store serves with, and the simulator's
     # held-out prediction is what the real store reads when replaying the same queries.
     with bandstore.open(path) as s:
         info = s.cache_info()["item"]
         assert info["threshold"] == chosen["threshold"]
         assert info["pinned_share"] == chosen["pinned_share"]
-        split = report["queries"]["tuning"]
+        split = report.queries["tuning"]
         replay(s, trace.query_slice(0, split), batch_size=16)
         held = replay(s, trace.query_slice(split, trace.n_queries), batch_size=16)
-        assert held["item"]["blocks_read"] == chosen["heldout_blocks_read"]
+        assert held.tables["item"]["blocks_read"] == chosen["heldout_blocks_read"]
 
 
 def test_relayout_never_commits_a_worse_layout_unless_forced(tmp_path):
@@ -83,11 +95,13 @@ def test_relayout_never_commits_a_worse_layout_unless_forced(tmp_path):
     create_store_for_trace(path, trace, dim=16).close()
     with bandstore.open(path, writable=True, cache_bytes=20 * cache_row_bytes(16)) as s:
         v0 = s.version
-        report = relayout(s, trace, method="random", batch_size=32)
-        assert report["tables"]["t"]["action"] == "keep"
-        assert report["committed_version"] is None and s.version == v0
-        report = relayout(s, trace, method="random", batch_size=32, force=True)
-        assert report["committed_version"] == s.version > v0
+        report = relayout(s, trace, method="random", options=RelayoutOptions(batch_size=32))
+        assert report.tables["t"].action == "keep"
+        assert report.committed_version is None and s.version == v0
+        report = relayout(
+            s, trace, method="random", force=True, options=RelayoutOptions(batch_size=32)
+        )
+        assert report.committed_version == s.version > v0
 
 
 def runs_trace(n_queries: int = 800, rows: int = 3100, seed: int = 0) -> Trace:
@@ -242,18 +256,21 @@ def test_auto_chooses_without_the_held_out_queries(tmp_path):
     reports = []
     for t in (trace, swapped):
         with bandstore.open(path, writable=True, cache_bytes=800 * cache_row_bytes(16)) as s:
-            reports.append(relayout(s, t, batch_size=16, dry_run=True, **grid)["tables"]["item"])
+            reports.append(
+                relayout(s, t, dry_run=True, options=RelayoutOptions(batch_size=16, **grid)).tables[
+                    "item"
+                ]
+            )
     a, b = reports
-    assert a["configuration"] == b["configuration"]
+    assert a.configuration == b.configuration
 
     def scores(e):  # every figure of the choice but the build time
         return [
-            {k: v for k, v in c.items() if k != "build_seconds"}
-            for c in e["choice"]["configurations"]
+            {k: v for k, v in c.items() if k != "build_seconds"} for c in e.choice["configurations"]
         ]
 
-    assert scores(a) == scores(b) and a["choice"]["queries"] == b["choice"]["queries"]
-    assert a["result"]["heldout_blocks_read"] != b["result"]["heldout_blocks_read"]
+    assert scores(a) == scores(b) and a.choice["queries"] == b.choice["queries"]
+    assert a.result["heldout_blocks_read"] != b.result["heldout_blocks_read"]
 
 
 def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
@@ -262,25 +279,25 @@ def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
     create_store_for_trace(path, trace, dim=16).close()
     cache = 800 * cache_row_bytes(16)
     with bandstore.open(path, writable=True, cache_bytes=cache) as s:
-        report = relayout(s, trace, batch_size=16)
-        e = report["tables"]["item"]
-        json.loads(json.dumps(report))  # JSON-ready
-        c = e["configuration"]
+        report = relayout(s, trace, options=RelayoutOptions(batch_size=16))
+        e = report.tables["item"]
+        json.loads(json.dumps(report.as_dict()))  # JSON-ready
+        c = e.configuration
         assert set(c) == {"method", "half_life", "cold", "threshold", "pinned_share"}
-        assert c["method"] == e["chosen"] == e["choice"]["chosen"]["method"]
-        split = report["queries"]["tuning"]
+        assert c["method"] == e.chosen == e.choice["chosen"]["method"]
+        split = report.queries["tuning"]
         assert {k: c[k] for k in ("method", "half_life", "cold")} == transfer_configuration(
-            e["choice"], split
+            e.choice, split
         )
-        assert c["threshold"] == e["result"]["threshold"]
-        assert len(e["choice"]["configurations"]) == 24
-        assert set(e["candidates"]) == set(AUTO_METHODS)
-        assert e["policy_only"] is e["candidates"]["identity"]
-        assert e["action"] == "commit" and report["committed_version"] == s.version
-        assert e["result"]["heldout_blocks_read"] < e["current"]["heldout_blocks_read"]
-        assert e["improvement_over_naive"] > 1.3
+        assert c["threshold"] == e.result["threshold"]
+        assert len(e.choice["configurations"]) == 24
+        assert set(e.candidates) == set(AUTO_METHODS)
+        assert e.policy_only is e.candidates["identity"]
+        assert e.action == "commit" and report.committed_version == s.version
+        assert e.result["heldout_blocks_read"] < e.current["heldout_blocks_read"]
+        assert e.improvement_over_naive > 1.3
         committed_counts = s.table_counts("item")
-        split = report["queries"]["tuning"]
+        split = report.queries["tuning"]
         expected = recency_counts(trace.query_slice(0, split), "item", 8000, c["half_life"])
         assert np.array_equal(committed_counts, expected)
         assert s.cache_info()["item"]["pinned_share"] == c["pinned_share"]
@@ -289,27 +306,30 @@ def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
     with bandstore.open(path, cache_bytes=cache) as s:
         replay(s, trace.query_slice(0, split), batch_size=16)
         held = replay(s, trace.query_slice(split, trace.n_queries), batch_size=16)
-        assert held["item"]["blocks_read"] == e["result"]["heldout_blocks_read"]
+        assert held.tables["item"]["blocks_read"] == e.result["heldout_blocks_read"]
     with bandstore.open(path, writable=True, cache_bytes=cache) as s:
         # Again on the same trace: the same choice is what the store now has; equal is not
         # fewer, so nothing is committed.
         v = s.version
-        again = relayout(s, trace, batch_size=16)
-        e2 = again["tables"]["item"]
-        assert e2["configuration"] == c
-        assert e2["result"]["heldout_blocks_read"] == e2["current"]["heldout_blocks_read"]
-        assert e2["action"] == "keep" and again["committed_version"] is None and s.version == v
-        assert "not fewer" in e2["reason"]
+        again = relayout(s, trace, options=RelayoutOptions(batch_size=16))
+        e2 = again.tables["item"]
+        assert e2.configuration == c
+        assert e2.result["heldout_blocks_read"] == e2.current["heldout_blocks_read"]
+        assert e2.action == "keep" and again.committed_version is None and s.version == v
+        assert "not fewer" in e2.reason
         # A recency-weighted choice (the only half-life offered) is committed with its counts.
         forced = relayout(
-            s, trace, batch_size=16, auto_methods=("metis",), half_lives=(0.25,), force=True
+            s,
+            trace,
+            force=True,
+            options=RelayoutOptions(batch_size=16, auto_methods=("metis",), half_lives=(0.25,)),
         )
-        e3 = forced["tables"]["item"]
+        e3 = forced.tables["item"]
         # chosen on the inner split's first part, kept as a length in queries
-        hl = 0.25 * e3["choice"]["queries"]["fit"] / split
-        assert e3["choice"]["chosen"]["half_life"] == 0.25
-        assert e3["configuration"]["half_life"] == pytest.approx(hl) and hl < 0.25
-        assert forced["committed_version"] > v
+        hl = 0.25 * e3.choice["queries"]["fit"] / split
+        assert e3.choice["chosen"]["half_life"] == 0.25
+        assert e3.configuration["half_life"] == pytest.approx(hl) and hl < 0.25
+        assert forced.committed_version > v
         recent = recency_counts(trace.query_slice(0, split), "item", 8000, hl)
         assert np.array_equal(s.table_counts("item"), recent)
         assert not np.array_equal(recent, recency_counts(trace.query_slice(0, split), "item",
@@ -317,7 +337,7 @@ def test_auto_reports_its_choice_and_never_commits_worse(tmp_path):
     with bandstore.open(path, cache_bytes=cache) as s:
         replay(s, trace.query_slice(0, split), batch_size=16)
         held = replay(s, trace.query_slice(split, trace.n_queries), batch_size=16)
-        assert held["item"]["blocks_read"] == e3["result"]["heldout_blocks_read"]
+        assert held.tables["item"]["blocks_read"] == e3.result["heldout_blocks_read"]
 
 
 def test_auto_can_choose_identity(tmp_path):
@@ -330,16 +350,16 @@ def test_auto_can_choose_identity(tmp_path):
     path = tmp_path / "s"
     create_store_for_trace(path, trace, dim=16).close()
     with bandstore.open(path, writable=True, cache_bytes=20 * cache_row_bytes(16)) as s:
-        report = relayout(s, trace, batch_size=32, dry_run=True)
-    e = report["tables"]["t"]
-    assert e["chosen"] == "identity" and e["configuration"]["method"] == "identity"
-    assert e["choice"]["chosen"]["method"] == "identity"
+        report = relayout(s, trace, dry_run=True, options=RelayoutOptions(batch_size=32))
+    e = report.tables["t"]
+    assert e.chosen == "identity" and e.configuration["method"] == "identity"
+    assert e.choice["chosen"]["method"] == "identity"
     # Chosen on its merit: every layout that moves rows reads more blocks on the last tuning
     # queries, and on the held-out ones.
-    scores = e["choice"]["configurations"]
+    scores = e.choice["configurations"]
     ident = max(c["select_blocks_read"] for c in scores if c["method"] == "identity")
     assert all(c["select_blocks_read"] > ident for c in scores if c["method"] != "identity")
-    held = {m: c["heldout_blocks_read"] for m, c in e["candidates"].items()}
+    held = {m: c["heldout_blocks_read"] for m, c in e.candidates.items()}
     assert held["identity"] < min(held["frequency"], held["metis"], held["hypergraph"])
 
 
@@ -349,15 +369,22 @@ def test_auto_keeps_the_current_layout_when_every_candidate_is_worse(tmp_path):
     create_store_for_trace(path, trace, dim=16).close()
     with bandstore.open(path, writable=True, cache_bytes=20 * cache_row_bytes(16)) as s:
         v0 = s.version
-        report = relayout(s, trace, batch_size=32, auto_methods=("random",), half_lives=(None,))
-        e = report["tables"]["t"]
-        assert e["chosen"] == "random"
-        assert e["result"]["heldout_blocks_read"] >= e["current"]["heldout_blocks_read"]
-        assert e["action"] == "keep" and report["committed_version"] is None and s.version == v0
-        forced = relayout(
-            s, trace, batch_size=32, auto_methods=("random",), half_lives=(None,), force=True
+        report = relayout(
+            s,
+            trace,
+            options=RelayoutOptions(batch_size=32, auto_methods=("random",), half_lives=(None,)),
         )
-        assert forced["committed_version"] == s.version > v0
+        e = report.tables["t"]
+        assert e.chosen == "random"
+        assert e.result["heldout_blocks_read"] >= e.current["heldout_blocks_read"]
+        assert e.action == "keep" and report.committed_version is None and s.version == v0
+        forced = relayout(
+            s,
+            trace,
+            force=True,
+            options=RelayoutOptions(batch_size=32, auto_methods=("random",), half_lives=(None,)),
+        )
+        assert forced.committed_version == s.version > v0
 
 
 def test_relayout_bad_input(co_access_store):
@@ -366,17 +393,17 @@ def test_relayout_bad_input(co_access_store):
         with pytest.raises(bandstore.InvalidArgumentError):
             relayout(s, trace, method="magic")
         with pytest.raises(bandstore.InvalidArgumentError):
-            relayout(s, trace, batch_size=0)
+            relayout(s, trace, options=RelayoutOptions(batch_size=0))
         with pytest.raises(bandstore.InvalidArgumentError):
             relayout(s, trace, holdout=1.5)
         with pytest.raises(bandstore.UnknownTableError):
             relayout(s, trace, tables=["nope"])
         with pytest.raises(bandstore.InvalidArgumentError):
-            relayout(s, trace, auto_methods=("magic",))
+            relayout(s, trace, options=RelayoutOptions(auto_methods=("magic",)))
         with pytest.raises(bandstore.InvalidArgumentError):
-            relayout(s, trace, colds=("nowhere",))
+            relayout(s, trace, options=RelayoutOptions(colds=("nowhere",)))
         with pytest.raises(bandstore.InvalidArgumentError):
-            relayout(s, trace, inner_share=1.0)
+            relayout(s, trace, options=RelayoutOptions(inner_share=1.0))
     with bandstore.open(path) as s, pytest.raises(bandstore.ReadOnlyError):
         relayout(s, trace, method="frequency", force=True)
 
@@ -391,8 +418,8 @@ def test_relayout_from_recorded_traffic(co_access_store, tmp_path):
     recorded = read_recorded(rec)
     assert 0.4 * trace.n_queries < recorded.n_queries < 0.6 * trace.n_queries
     with bandstore.open(path, writable=True) as s:
-        report = relayout(s, recorded, method="frequency", batch_size=32)
-        assert report["tables"]["item"]["candidates"]["frequency"]["heldout_lookups"] > 0
+        report = relayout(s, recorded, method="frequency", options=RelayoutOptions(batch_size=32))
+        assert report.tables["item"].candidates["frequency"]["heldout_lookups"] > 0
 
 
 LOOP = textwrap.dedent(

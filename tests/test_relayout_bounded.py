@@ -9,6 +9,7 @@ import pytest
 import bandstore
 from bandstore.demo import create_store_for_trace
 from bandstore.kernels.cache import NEVER
+from bandstore.options import RelayoutOptions
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.traces.synth import synth
 from bandstore.tune.measure import replay
@@ -107,19 +108,25 @@ def test_bounded_auto_chooses_on_the_window_and_builds_the_choice_once(tmp_path,
     grid = dict(auto_methods=("identity", "frequency", "metis"), half_lives=(None, 0.25))
     with bandstore.open(path, writable=True, cache_bytes=CACHE) as s:
         before = s.lookup("item", np.arange(8000))
-        unbounded = relayout(s, trace, batch_size=16, dry_run=True, max_tuning_lookups=None,
-                             **grid)["tables"]["item"]  # fmt: skip
-        assert "policy_window" not in unbounded and "skipped_candidates" not in unbounded
-        assert set(unbounded["candidates"]) == {"identity", "frequency", "metis"}
-        report = relayout(s, trace, batch_size=16, max_tuning_lookups=12_000, **grid)
-        e = report["tables"]["item"]
-        split = report["queries"]["tuning"]
+        unbounded = relayout(
+            s,
+            trace,
+            dry_run=True,
+            options=RelayoutOptions(batch_size=16, max_tuning_lookups=None, **grid),
+        ).tables["item"]
+        assert unbounded.policy_window is None and unbounded.skipped_candidates is None
+        assert set(unbounded.candidates) == {"identity", "frequency", "metis"}
+        report = relayout(
+            s, trace, options=RelayoutOptions(batch_size=16, max_tuning_lookups=12_000, **grid)
+        )
+        e = report.tables["item"]
+        split = report.queries["tuning"]
         w = tuning_window(trace, "item", split, 12_000, 16)
-        assert e["policy_window"]["first_query"] == w > 0
-        assert e["policy_window"]["lookups"] <= 12_000
+        assert e.policy_window["first_query"] == w > 0
+        assert e.policy_window["lookups"] <= 12_000
         # Only identity and the chosen configuration were built at full size.
-        assert set(e["candidates"]) == {"identity"}
-        assert e["skipped_candidates"] == ["frequency", "metis"]
+        assert set(e.candidates) == {"identity"}
+        assert e.skipped_candidates == ["frequency", "metis"]
         # The choice is that of choose_configurations on the window alone.
         window = trace.query_slice(w, split)
         defaults = [
@@ -132,25 +139,24 @@ def test_bounded_auto_chooses_on_the_window_and_builds_the_choice_once(tmp_path,
         )
         # One configuration per method (the defaults), not the half-life x cold grid.
         assert [
-            {k: c[k] for k in ("method", "half_life", "cold")}
-            for c in e["choice"]["configurations"]
+            {k: c[k] for k in ("method", "half_life", "cold")} for c in e.choice["configurations"]
         ] == defaults
-        assert e["choice"]["chosen"] == direct["chosen"]
-        assert e["choice"]["queries"]["fit"] == inner_split(window, 16)
-        assert [c["select_blocks_read"] for c in e["choice"]["configurations"]] == [
+        assert e.choice["chosen"] == direct["chosen"]
+        assert e.choice["queries"]["fit"] == inner_split(window, 16)
+        assert [c["select_blocks_read"] for c in e.choice["configurations"]] == [
             c["select_blocks_read"] for c in direct["configurations"]
         ]
         # Held-out figures are whole: the naive store's match the unbounded run's exactly.
-        assert e["naive"]["heldout_blocks_read"] == unbounded["naive"]["heldout_blocks_read"]
-        assert e["naive"]["heldout_lookups"] == unbounded["naive"]["heldout_lookups"]
-        assert e["action"] == "commit" and s.verify() == []
+        assert e.naive["heldout_blocks_read"] == unbounded.naive["heldout_blocks_read"]
+        assert e.naive["heldout_lookups"] == unbounded.naive["heldout_lookups"]
+        assert e.action == "commit" and s.verify() == []
         assert np.array_equal(s.lookup("item", np.arange(8000)), before)
-        chosen = e["result"]
+        chosen = e.result
     # What the real store reads on the held-out queries is the reported figure.
     with bandstore.open(path) as s:
         replay(s, trace.query_slice(0, split), batch_size=16)
         held = replay(s, trace.query_slice(split, trace.n_queries), batch_size=16)
-        assert held["item"]["blocks_read"] == chosen["heldout_blocks_read"]
+        assert held.tables["item"]["blocks_read"] == chosen["heldout_blocks_read"]
 
 
 def test_bounded_relayout_refuses_a_window_too_short_to_choose_on(tmp_path, trace):
@@ -160,13 +166,18 @@ def test_bounded_relayout_refuses_a_window_too_short_to_choose_on(tmp_path, trac
         v = s.version
         # 20 lookups: a window of one batch, which the inner split cannot cut.
         with pytest.raises(bandstore.InvalidArgumentError):
-            relayout(s, trace, batch_size=16, max_tuning_lookups=20)
+            relayout(s, trace, options=RelayoutOptions(batch_size=16, max_tuning_lookups=20))
         with pytest.raises(bandstore.InvalidArgumentError):
-            relayout(s, trace, batch_size=16, max_tuning_lookups=0)
+            relayout(s, trace, options=RelayoutOptions(batch_size=16, max_tuning_lookups=0))
         # A single method needs no inner split: a one-batch window is allowed.
-        r = relayout(s, trace, batch_size=16, method="frequency", max_tuning_lookups=20,
-                     dry_run=True)  # fmt: skip
-        assert r["tables"]["item"]["policy_window"]["queries"] == 16
+        r = relayout(
+            s,
+            trace,
+            method="frequency",
+            dry_run=True,
+            options=RelayoutOptions(batch_size=16, max_tuning_lookups=20),
+        )
+        assert r.tables["item"].policy_window["queries"] == 16
         assert s.version == v
 
 

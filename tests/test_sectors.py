@@ -98,7 +98,7 @@ def test_admission_verifies_the_neighbours_it_would_decode(store, weights):
     bad_id, good = _corrupt(store, 1, 0, rpb, layout)
     counts = np.zeros(ROWS, dtype=np.int64)
     with bandstore.open(store, writable=True) as s:
-        s.set_tuning({"t": {"cache_bytes": 1 << 16, "threshold": None, "pinned_share": 0.0}},
+        s.set_tuning({"t": {"cache_bytes": 1 << 16, "pinned_share": 0.0}},
                      counts={"t": counts})  # fmt: skip
     with bandstore.open(store) as s:
         assert np.array_equal(s.lookup("t", good[:3]), weights[good[:3]])  # no admission
@@ -125,11 +125,11 @@ def test_checksum_bytes_arguments(tmp_path, pristine):
     with bandstore.create(tmp_path / "default") as s:
         assert s.checksum_bytes == DEFAULT_CHECKSUM_BYTES
     with pytest.raises(bandstore.FormatMismatchError) as exc:
-        bandstore.open(pristine, checksum_bytes=512)
+        bandstore.open(pristine, options=bandstore.ServeOptions(checksum_bytes=512))
     assert (exc.value.stored, exc.value.requested) == (SECTOR, 512)
     with pytest.raises(bandstore.FormatMismatchError):
         bandstore.create(pristine, exist_ok=True, block_size=BLOCK, checksum_bytes=1024)
-    bandstore.open(pristine, checksum_bytes=SECTOR).close()
+    bandstore.open(pristine, options=bandstore.ServeOptions(checksum_bytes=SECTOR)).close()
 
 
 def test_a_format_1_store_serves_with_block_checksums(tmp_path, weights):
@@ -158,7 +158,7 @@ def test_rows_loaded_ahead_skip_corrupt_sectors(store, weights):
     hot = np.array([bad_id, *good[:5].tolist()])
     counts[hot] = 100
     with bandstore.open(store, writable=True) as s:
-        s.set_tuning({"t": {"cache_bytes": 64 * 4 * DIM, "threshold": None, "pinned_share": 1.0}},
+        s.set_tuning({"t": {"cache_bytes": 64 * 4 * DIM, "pinned_share": 1.0}},
                      counts={"t": counts})  # fmt: skip
     for plan in (None, {"workers": 2, "tables": {"t": {
             "strategy": "split", "inner": "cached", "workers": [0, 1], "cache_bytes": 1 << 14,

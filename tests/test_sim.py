@@ -20,6 +20,7 @@ from bandstore.errors import (
     ReadOnlyError,
     UnknownTableError,
 )
+from bandstore.options import SimOptions, SizingOptions
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.traces.synth import synth
 from bandstore.traces.trace import Trace
@@ -39,6 +40,16 @@ JIT = not numba.config.DISABLE_JIT
 Q = 1 if JIT else 4
 
 
+def _sim(**kw) -> SimOptions:
+    """Simulation options: one policy (no admission, nothing pinned) unless given."""
+    return SimOptions(**{"thresholds": (NEVER,), "pinned_shares": (0.0,), **kw})
+
+
+def _sizing(sim: dict | None = None, **kw) -> SizingOptions:
+    """Sizing options with ``sim`` fields changed from size_cache's defaults."""
+    return SizingOptions(**kw).with_sim(**(sim or {}))
+
+
 def _store(path: Path, trace: Trace, dim: int = 8, block_size: int = 512, seed: int = 0):
     rng = np.random.default_rng(seed)
     s = bandstore.create(path, block_size=block_size)
@@ -49,11 +60,10 @@ def _store(path: Path, trace: Trace, dim: int = 8, block_size: int = 512, seed: 
 
 def _replay_counters(store, trace, name, counts, size, threshold, share, batch_size):
     store.set_tuning(
-        {name: {"cache_bytes": int(size), "threshold": None if threshold >= NEVER else threshold,
-                "pinned_share": float(share)}},
+        {name: {"cache_bytes": int(size), "threshold": threshold, "pinned_share": float(share)}},
         counts={name: counts},
     )  # fmt: skip
-    s = replay(store, trace.select([name]), batch_size=batch_size, progress=False)[name]
+    s = replay(store, trace.select([name]), batch_size=batch_size, progress=False).tables[name]
     return s["lookups"], s["misses"], s["blocks_read"]
 
 
@@ -71,9 +81,9 @@ def test_exact_simulation_matches_store_counters(tmp_path, batch_size):
         layout, _ = store.table_layout("a")
         info = store.tables["a"]
         idx, off = held.table("a")
-        cv = simulate(idx, off, layout, info.rows_per_block, info.dim, counts,
-                      sizes_bytes=sizes, thresholds=thresholds, pinned_shares=shares,
-                      batch_size=batch_size)  # fmt: skip
+        cv = simulate(idx, off, layout, info.rows_per_block, info.dim, counts, sizes_bytes=sizes,
+                      options=_sim(thresholds=thresholds, pinned_shares=shares,
+                                   batch_size=batch_size))  # fmt: skip
         assert cv.exact and cv.lookups == idx.size
         for i, t in enumerate(thresholds):
             for j, p in enumerate(shares):
@@ -117,8 +127,9 @@ def test_exact_simulation_matches_store_on_random_layouts(case):
         layout, _ = store.table_layout("t")
         assert np.array_equal(layout, slots)
         cv = simulate(idx, off, layout, store.tables["t"].rows_per_block, 8, counts,
-                      sizes_bytes=sizes, thresholds=thresholds, pinned_shares=shares,
-                      batch_size=batch)  # fmt: skip
+                      sizes_bytes=sizes,
+                      options=_sim(thresholds=thresholds, pinned_shares=shares,
+                                   batch_size=batch))  # fmt: skip
         for i, t in enumerate(thresholds):
             for j, p in enumerate(shares):
                 for k, size in enumerate(sizes):
@@ -133,31 +144,31 @@ def test_size_cache_exact_prediction_is_what_the_store_reads(tmp_path, warmup):
     with _store(tmp_path / "s", trace, dim=16, block_size=1024) as store:
         budget = 3000 * cache_row_bytes(16)
         # apply_counts="warmup": the store admits and pins by the counts the simulation used.
-        result = size_cache(store, trace, budget, sample_rate=1.0, warmup=warmup, apply=True,
-                            apply_counts="warmup", progress=False, n_sizes=33,
-                            pinned_shares=(0.0, 0.5))  # fmt: skip
-    assert result["allocated_bytes"] <= budget
-    assert sum(t["cache_bytes"] for t in result["tables"].values()) == result["allocated_bytes"]
+        options = _sizing(dict(sample_rate=1.0, n_sizes=33, pinned_shares=(0.0, 0.5)),
+                          warmup=warmup, apply_counts="warmup")  # fmt: skip
+        result = size_cache(store, trace, budget, apply=True, progress=False, options=options)
+    assert result.allocated_bytes <= budget
+    assert sum(t.cache_bytes for t in result.tables.values()) == result.allocated_bytes
     first, rest = trace.split(warmup) if warmup else (None, trace)
-    assert result["warmup_queries"] == (first.n_queries if first else 0)
+    assert result.warmup_queries == (first.n_queries if first else 0)
     with bandstore.open(tmp_path / "s") as store:  # the stored sizes are the default now
         info = store.cache_info()
-        for name, t in result["tables"].items():
-            assert info[name]["cache_bytes"] == t["cache_bytes"]
-            assert info[name]["threshold"] == t["threshold"]
-            assert info[name]["pinned_share"] == t["pinned_share"]
+        for name, t in result.tables.items():
+            assert info[name]["cache_bytes"] == t.cache_bytes
+            assert info[name]["threshold"] == t.threshold
+            assert info[name]["pinned_share"] == t.pinned_share
         if first is not None:
             replay(store, first, batch_size=256, progress=False)  # warm, as predicted
         measured = replay(store, rest, batch_size=256, progress=False)
-    for name, t in result["tables"].items():
-        assert measured[name]["lookups"] == t["lookups"]
-        assert measured[name]["blocks_read"] == t["predicted_blocks_read"]
-        assert measured[name]["hit_ratio"] == pytest.approx(t["predicted_hit_ratio"])
-    assert measured["total"]["blocks_read"] == result["total"]["predicted_blocks_read"]
+    for name, t in result.tables.items():
+        assert measured.tables[name]["lookups"] == t.lookups
+        assert measured.tables[name]["blocks_read"] == t.predicted_blocks_read
+        assert measured.tables[name]["hit_ratio"] == pytest.approx(t.predicted_hit_ratio)
+    assert measured.total["blocks_read"] == result.total["predicted_blocks_read"]
     if warmup:  # the counts stored are those of the warm-up part
         with bandstore.open(tmp_path / "s") as store:
             assert np.array_equal(store.catalog.counts("big"), first.access_counts("big"))
-    assert result["applied_counts"] == "warmup"
+    assert result.applied_counts == "warmup"
 
 
 def _full_counts(trace: Trace, name: str, rows: int) -> np.ndarray:
@@ -173,11 +184,18 @@ def test_apply_stores_the_whole_trace_counts_by_default(tmp_path, mode):
     first, _ = trace.split(0.5)
     kw = {} if mode is None else {"apply_counts": mode}
     with _store(tmp_path / "s", trace) as store:
-        r = size_cache(store, trace, 10**5, warmup=0.5, n_sizes=8, apply=True, progress=False,
-                       **kw)  # fmt: skip
+        options = _sizing({"n_sizes": 8}, warmup=0.5, **kw)
+        r = size_cache(store, trace, 10**5, apply=True, progress=False, options=options)
         rows = {n: store.tables[n].rows for n in ("a", "b")}
-    assert r["applied_counts"] == (mode or "trace")
+        origins = {n: store.counts_origin(n) for n in ("a", "b")}
+        version = store.version
+    assert r.applied_counts == (mode or "trace")
     part = first if mode == "warmup" else trace
+    for name in ("a", "b"):  # where the stored counts came from: the part they counted
+        o = origins[name]
+        assert o is not None and o.writer == "size_cache" and o.version == version
+        assert o.queries == part.n_queries and o.lookups == part.n_lookups(name)
+        assert o.detail == ("warm-up part" if mode == "warmup" else "whole trace")
     with bandstore.open(tmp_path / "s") as store:
         for name in ("a", "b"):
             stored = store.catalog.counts(name)
@@ -192,7 +210,8 @@ def test_apply_counts_must_be_trace_or_warmup(small):
     store, trace = small
     for bad in ("all", "", None, 1, "Trace"):
         with pytest.raises(InvalidArgumentError, match="apply_counts") as exc:
-            size_cache(store, trace, 10**6, apply=True, apply_counts=bad, progress=False)
+            size_cache(store, trace, 10**6, apply=True, progress=False,
+                       options=SizingOptions(apply_counts=bad))  # fmt: skip
         assert exc.value.argument == "apply_counts"
     assert store.catalog.tuning("a") is None  # nothing was stored
 
@@ -201,7 +220,7 @@ def test_curves_have_32_sizes_and_are_consistent():
     trace = synth({"t": 50000}, 400, pooling=10, seed=1)
     idx, off = trace.table("t")
     cv = simulate(idx, off, np.arange(50000), 32, 32, trace.access_counts("t"),
-                  thresholds=[0, NEVER], pinned_shares=[0.0, 0.5])  # fmt: skip
+                  options=_sim(thresholds=[0, NEVER], pinned_shares=[0.0, 0.5]))  # fmt: skip
     assert cv.sizes_bytes.size >= 32 and cv.sizes_bytes[0] == 0
     assert np.all(np.diff(cv.sizes_bytes) > 0)
     assert cv.miss_ratio.shape == (2, 2, cv.sizes_bytes.size)
@@ -238,11 +257,11 @@ def test_sampled_rate_one_is_exact():
     idx, off = trace.table("t")
     args = (idx, off, np.arange(20000), 16, 16, trace.access_counts("t"))
     kw = {"thresholds": [0, NEVER], "pinned_shares": [0.0, 0.5], "n_sizes": 10}
-    a = simulate(*args, **kw)
-    b = simulate(*args, sample_rate=1.0, sampling="stratified", **kw)
+    a = simulate(*args, options=_sim(**kw))
+    b = simulate(*args, options=_sim(sample_rate=1.0, sampling="stratified", **kw))
     assert np.array_equal(a.misses, b.misses) and np.array_equal(a.blocks_read, b.blocks_read)
     # A table whose sample would be too small runs at a higher rate (here: exact).
-    c = simulate(*args, sample_rate=0.01, min_sampled_blocks=2000, **kw)
+    c = simulate(*args, options=_sim(sample_rate=0.01, min_sampled_blocks=2000, **kw))
     assert c.exact and np.array_equal(a.misses, c.misses)
 
 
@@ -253,12 +272,12 @@ def test_sampled_curves_are_close_to_exact():
     idx, off = trace.table("t")
     args = (idx, off, np.arange(rows), 32, 32, trace.access_counts("t"))
     kw = {"thresholds": [0, 4, NEVER], "pinned_shares": [0.0, 0.5], "n_sizes": 12}
-    exact = simulate(*args, **kw)
+    exact = simulate(*args, options=_sim(**kw))
     for sampling in ("hash", "stratified"):
         errs = []
         for seed in range(2):
-            s = simulate(*args, sample_rate=0.2, min_sampled_blocks=0, seed=seed,
-                         sampling=sampling, **kw)  # fmt: skip
+            s = simulate(*args, options=_sim(sample_rate=0.2, min_sampled_blocks=0, seed=seed,
+                                             sampling=sampling, **kw))  # fmt: skip
             assert not s.exact and s.sampled_lookups < 0.35 * idx.size
             errs.append(np.abs(s.miss_ratio - exact.miss_ratio).mean())
         assert np.mean(errs) < 0.015, (sampling, errs)
@@ -274,10 +293,10 @@ def test_sampled_blocks_of_a_skewed_table_with_small_caches():
     idx, off = trace.table("t")
     args = (idx, off, np.arange(rows), 16, 16)
     sizes = [0, 64 * 16, 64 * 1024]
-    exact = simulate(*args, sizes_bytes=sizes, batch_size=1024)
+    exact = simulate(*args, sizes_bytes=sizes, options=_sim(batch_size=1024))
     for seed in range(3):
-        s = simulate(*args, sizes_bytes=sizes, batch_size=1024, sample_rate=0.1,
-                     min_sampled_blocks=0, seed=seed)  # fmt: skip
+        sampled = _sim(batch_size=1024, sample_rate=0.1, min_sampled_blocks=0, seed=seed)
+        s = simulate(*args, sizes_bytes=sizes, options=sampled)
         assert not s.exact
         rel = np.abs(s.blocks_read[0, 0] / exact.blocks_read[0, 0] - 1.0)
         assert rel.max() < 0.05, (seed, rel)
@@ -294,12 +313,12 @@ def small(tmp_path):
 
 def test_simulate_store_uses_the_trace_counts_or_the_stored_ones(small):
     store, trace = small
-    curves = simulate_store(store, trace, thresholds=[0, NEVER], pinned_shares=[0.0],
-                            n_sizes=8, progress=False)  # fmt: skip
+    curves = simulate_store(store, trace, progress=False,
+                            options=_sim(thresholds=[0, NEVER], n_sizes=8))  # fmt: skip
     assert set(curves) == {"a", "b"}
     assert curves["a"].thresholds.tolist() == [0, NEVER]
     # The store has no counts yet: it never admits neighbours, so only NEVER is simulated.
-    stored = simulate_store(store, trace, counts="store", n_sizes=8, progress=False)
+    stored = simulate_store(store, trace, counts="store", options=_sim(n_sizes=8), progress=False)
     assert stored["a"].thresholds.tolist() == [NEVER]
 
 
@@ -316,19 +335,19 @@ def test_budget_errors(small):
     with pytest.raises(InvalidArgumentError):
         size_cache(store, trace, 1.5e6, progress=False)  # type: ignore[arg-type]
     # Exactly the smallest useful cache is accepted: one table gets it, the other none.
-    r = size_cache(store, trace, needed, n_sizes=8, progress=False)
-    assert r["allocated_bytes"] <= needed
+    r = size_cache(store, trace, needed, options=_sizing({"n_sizes": 8}), progress=False)
+    assert r.allocated_bytes <= needed
 
 
 @pytest.mark.parametrize("rate", [0.0, -0.1, 1.01, float("nan"), "x"])
 def test_bad_sample_rate(small, rate):
     store, trace = small
     with pytest.raises(InvalidArgumentError) as exc:
-        size_cache(store, trace, 10**6, sample_rate=rate, progress=False)
+        size_cache(store, trace, 10**6, options=_sizing({"sample_rate": rate}), progress=False)
     assert exc.value.argument == "sample_rate"
     idx, off = trace.table("a")
     with pytest.raises(InvalidArgumentError):
-        simulate(idx, off, np.arange(4000), 64, 8, sample_rate=rate)
+        simulate(idx, off, np.arange(4000), 64, 8, options=_sim(sample_rate=rate))
 
 
 def test_empty_trace_and_unknown_tables(small):
@@ -354,9 +373,17 @@ def test_bad_policies(small):
     store, trace = small
     for kw in ({"thresholds": [-1]}, {"thresholds": []}, {"pinned_shares": [1.5]},
                {"pinned_shares": []}, {"batch_size": 0}, {"sampling": "x"},
-               {"estimator": "x"}, {"warmup": 1.0}, {"warmup": -0.1}):  # fmt: skip
+               {"estimator": "x"}, {"thresholds": [None]}, {"thresholds": [1.5]}):  # fmt: skip
+        with pytest.raises(InvalidArgumentError) as exc:
+            size_cache(store, trace, 10**6, progress=False, options=_sizing(kw))
+        assert exc.value.argument == next(iter(kw))
+    for warmup in (1.0, -0.1):
         with pytest.raises(InvalidArgumentError):
-            size_cache(store, trace, 10**6, progress=False, **kw)
+            size_cache(store, trace, 10**6, progress=False, options=_sizing(warmup=warmup))
+    with pytest.raises(InvalidArgumentError, match="NEVER"):
+        SimOptions(thresholds=(0, None))  # one spelling of never: bandstore.NEVER
+    with pytest.raises(InvalidArgumentError, match="NEVER"):
+        SimOptions(thresholds=(-1,))
 
 
 def test_apply_needs_a_writable_store(tmp_path, small):
@@ -377,8 +404,9 @@ def test_table_layout_is_read_only(small):
 
 def test_apply_gives_unread_tables_no_cache(small):
     store, trace = small
-    r = size_cache(store, trace.select(["a"]), 10**5, n_sizes=8, apply=True, progress=False)
-    assert set(r["tables"]) == {"a"}
+    r = size_cache(store, trace.select(["a"]), 10**5, apply=True, progress=False,
+                   options=_sizing({"n_sizes": 8}))  # fmt: skip
+    assert set(r.tables) == {"a"}
     info = store.cache_info()
     assert info["b"]["cache_bytes"] == 0
     assert store.catalog.tuning("b")["note"] == "not read by the sizing trace"
@@ -388,8 +416,8 @@ def test_plot_is_written(small, tmp_path):
     pytest.importorskip("matplotlib")
     store, trace = small
     out = tmp_path / "curves.png"
-    r = size_cache(store, trace, 10**5, n_sizes=8, plot=out, progress=False)
-    assert r["plot"] == str(out) and out.stat().st_size > 1000
+    r = size_cache(store, trace, 10**5, plot=out, progress=False, options=_sizing({"n_sizes": 8}))
+    assert r.plot == str(out) and out.stat().st_size > 1000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -439,11 +467,13 @@ def test_a_table_the_measured_queries_do_not_read_gets_no_cache(tmp_path):
     b_idx = rng.integers(0, 800, n // 2 * 3)  # b is read in the first half only
     trace = Trace({"a": (a_idx, a_off), "b": (b_idx, b_off)}, {"a": 3000, "b": 800})
     with _store(tmp_path / "s", trace) as store:
-        r = size_cache(store, trace, 10**5, warmup=0.5, n_sizes=8, progress=False)
-        assert r["tables"]["b"]["lookups"] == 0 and r["tables"]["b"]["cache_bytes"] == 0
-        assert r["tables"]["a"]["cache_bytes"] > 0
+        r = size_cache(store, trace, 10**5, progress=False,
+                       options=_sizing({"n_sizes": 8}, warmup=0.5))  # fmt: skip
+        assert r.tables["b"].lookups == 0 and r.tables["b"].cache_bytes == 0
+        assert r.tables["a"].cache_bytes > 0
         with pytest.raises(InvalidArgumentError, match="nothing to predict"):
-            size_cache(store, trace.select(["b"]), 10**5, warmup=0.5, progress=False)
+            size_cache(store, trace.select(["b"]), 10**5, progress=False,
+                       options=_sizing(warmup=0.5))  # fmt: skip
     idx, off = trace.table("a")
     with pytest.raises(InvalidArgumentError):
         simulate(idx, off, np.arange(3000), 64, 8, warmup_queries=n + 1)
@@ -456,35 +486,38 @@ def test_exact_pass_makes_sampled_sizing_predict_what_the_store_reads(tmp_path):
     trace = synth({"big": 20000, "mid": 3000, "small": 100}, 1500 // Q,
                   pooling={"big": 12, "mid": 5, "small": 2}, seed=2)  # fmt: skip
     budget = 3000 * cache_row_bytes(16)
-    kw = dict(sample_rate=0.1, min_sampled_blocks=0, max_sampled_lookups=None, warmup=0.5,
-              n_sizes=17, pinned_shares=(0.0, 0.5), progress=False)  # fmt: skip
+    sim = dict(sample_rate=0.1, min_sampled_blocks=0, max_sampled_lookups=None, n_sizes=17,
+               pinned_shares=(0.0, 0.5))  # fmt: skip
     with _store(tmp_path / "s", trace, dim=16, block_size=1024) as store:
-        plain = size_cache(store, trace, budget, exact_window=0, **kw)
-        result = size_cache(store, trace, budget, apply=True, apply_counts="warmup",
-                            return_curves=True, **kw)  # fmt: skip
-    assert all("exact_points" not in t for t in plain["tables"].values())
-    assert result["allocated_bytes"] <= budget
-    for name, t in result["tables"].items():
-        assert t["effective_sample_rate"] < 1.0
-        exact = result["exact_curves"][name]
-        assert t["exact_points"] == exact.sizes_bytes.size >= 2
-        assert exact.exact and 0 in exact.sizes_bytes and t["cache_bytes"] in exact.sizes_bytes
-        assert not result["curves"][name].exact  # the whole sampled curves, as before
+        plain = size_cache(store, trace, budget, progress=False,
+                           options=_sizing(sim, warmup=0.5, exact_window=0))  # fmt: skip
+        result = size_cache(store, trace, budget, apply=True, progress=False,
+                            options=_sizing(sim, warmup=0.5, apply_counts="warmup"))  # fmt: skip
+    assert all(t.exact_points is None for t in plain.tables.values())
+    assert not plain.exact_curves
+    assert result.allocated_bytes <= budget
+    for name, t in result.tables.items():
+        assert t.effective_sample_rate < 1.0
+        exact = result.exact_curves[name]
+        assert t.exact_points == exact.sizes_bytes.size >= 2
+        assert exact.exact and 0 in exact.sizes_bytes and t.cache_bytes in exact.sizes_bytes
+        assert not result.curves[name].exact  # the whole sampled curves, as before
+    assert "curves" not in result.as_dict() and json.dumps(result.as_dict())
     first, rest = trace.split(0.5)
     with bandstore.open(tmp_path / "s") as store:
         replay(store, first, batch_size=256, progress=False)
         measured = replay(store, rest, batch_size=256, progress=False)
-    for name, t in result["tables"].items():
-        assert measured[name]["blocks_read"] == t["predicted_blocks_read"]
-    assert measured["total"]["blocks_read"] == result["total"]["predicted_blocks_read"]
+    for name, t in result.tables.items():
+        assert measured.tables[name]["blocks_read"] == t.predicted_blocks_read
+    assert measured.total["blocks_read"] == result.total["predicted_blocks_read"]
 
 
 def test_default_warmup_share(small):
     """size_cache chooses on the queries after its default warm-up share (0.7)."""
     store, trace = small
-    r = size_cache(store, trace, 10**5, n_sizes=8, progress=False)
+    r = size_cache(store, trace, 10**5, options=_sizing({"n_sizes": 8}), progress=False)
     assert DEFAULT_WARMUP == 0.7
-    assert r["warmup_queries"] == int(round(DEFAULT_WARMUP * trace.n_queries))
+    assert r.warmup_queries == int(round(DEFAULT_WARMUP * trace.n_queries))
 
 
 @pytest.mark.parametrize("mode", ["trace", "warmup"])
@@ -495,15 +528,15 @@ def test_applied_thresholds_follow_the_applied_counts(tmp_path, mode):
     trace = synth({"a": 4000, "b": 500}, 400 // Q, pooling={"a": 6, "b": 2}, seed=4)
     first, _ = trace.split(0.5)
     with _store(tmp_path / "s", trace) as store:
-        r = size_cache(store, trace, 10**5, warmup=0.5, n_sizes=8, apply=True, progress=False,
-                       thresholds=[4], apply_counts=mode)  # fmt: skip
+        options = _sizing({"n_sizes": 8, "thresholds": [4]}, warmup=0.5, apply_counts=mode)
+        r = size_cache(store, trace, 10**5, apply=True, progress=False, options=options)
         info = store.cache_info()
     for name in ("a", "b"):
-        t = r["tables"][name]
+        t = r.tables[name]
         if mode == "warmup":
-            assert t["threshold"] == 4 and "simulated_threshold" not in t
+            assert t.threshold == 4 and t.simulated_threshold is None
         else:
             ratio = trace.n_lookups(name) / first.n_lookups(name)
-            assert t["simulated_threshold"] == 4
-            assert t["threshold"] == math.ceil(4 * ratio - 1e-9) > 4
-        assert info[name]["threshold"] == t["threshold"]  # what the store serves with
+            assert t.simulated_threshold == 4
+            assert t.threshold == math.ceil(4 * ratio - 1e-9) > 4
+        assert info[name]["threshold"] == t.threshold  # what the store serves with

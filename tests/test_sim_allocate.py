@@ -105,7 +105,7 @@ def test_allocate_picks_the_best_policy_and_the_best_split():
     b = _curves([50, 45, 44, 43], [0, 16, 64, 256])
     out = allocate({"a": a, "b": b}, 64 * crb)
     assert out["a"]["cache_bytes"] == 64 * crb and out["a"]["threshold"] == 0
-    assert out["b"]["cache_bytes"] == 0 and out["b"]["threshold"] is None
+    assert out["b"]["cache_bytes"] == 0 and out["b"]["threshold"] == bandstore.NEVER
     assert out["a"]["predicted_blocks_read"] == 10 and out["a"]["predicted_misses"] == 15
     out = allocate({"a": a, "b": b}, 32 * crb)  # 64 rows do not fit: 16 rows for a
     assert out["a"]["cache_bytes"] == 16 * crb and out["a"]["threshold"] == 4

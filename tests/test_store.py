@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from reference import ReferenceCache, embedding_bag_ref
 
 import bandstore
+from bandstore.options import CacheOptions, ServeOptions
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.storage.codecs import decode_rows, encode_rows
 
@@ -92,7 +93,7 @@ def test_reopen_sees_tables_and_persists(store_path, weights):
 
 def test_conflicting_format_argument_is_an_error(store_path):
     with pytest.raises(bandstore.FormatMismatchError) as exc:
-        bandstore.open(store_path, block_size=4096)
+        bandstore.open(store_path, options=bandstore.ServeOptions(block_size=4096))
     assert exc.value.stored == 512 and exc.value.requested == 4096
     with pytest.raises(bandstore.FormatMismatchError):
         bandstore.create(store_path, exist_ok=True, block_size=4096)
@@ -495,7 +496,8 @@ def test_store_pickles_by_path_and_options(store_path, weights):
     import copy
     import pickle
 
-    with bandstore.open(store_path, cache_bytes=cache_bytes_for(40), threshold=3) as s:
+    opts = ServeOptions(cache=CacheOptions(cache_bytes_for(40), threshold=3))
+    with bandstore.open(store_path, options=opts) as s:
         data = pickle.dumps(s)
         assert len(data) < 2000 and weights.tobytes()[:64] not in data  # never the rows
         for other in (pickle.loads(data), copy.deepcopy(s), copy.copy(s)):

@@ -21,6 +21,7 @@ from bandstore.errors import (  # noqa: E402
     TableExistsError,
     UnknownTableError,
 )
+from bandstore.options import ServeOptions  # noqa: E402
 from bandstore.storage.codecs import max_abs_error  # noqa: E402
 from bandstore.torch import (  # noqa: E402
     EmbeddingBag,
@@ -337,7 +338,9 @@ def test_pickle_deepcopy_and_torch_save(store_path):
     torch.manual_seed(2)
     rng = np.random.default_rng(9)
     x, off = ragged(rng, 20, torch.int64)
-    with bandstore.open(store_path, cache_bytes=4096, verify_reads=False) as s:
+    with bandstore.open(
+        store_path, cache_bytes=4096, options=ServeOptions(verify_reads=False)
+    ) as s:
         model = Holder(EmbeddingBag(s, "float16", mode="max"))
         expected = model(x, off)
 

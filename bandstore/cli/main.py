@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             store.close()
             raise
     with store:
-        info = {
+        info: dict[str, Any] = {
             "store": str(args.store),
             "version": store.version,
             "tables": {n: t.as_dict() for n, t in store.tables.items()},
@@ -162,13 +163,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     import bandstore
 
     with bandstore.open(args.store, cache_bytes=0) as store:
-        info = {
+        origins = {n: store.counts_origin(n) for n in store.tables}
+        info: dict[str, Any] = {
             "store": str(args.store),
             "version": store.version,
             "block_size": store.block_size,
             "checksum_bytes": store.checksum_bytes,
             "tables": {n: t.as_dict() for n, t in store.tables.items()},
             "tuning": {n: store.catalog.tuning(n) for n in store.tables},
+            # Whose access counts admission and pinning use (None: none, or of unknown origin).
+            "counts": {
+                n: {
+                    "recorded": store.has_counts(n),
+                    "origin": o.as_dict() if (o := origins[n]) is not None else None,
+                }
+                for n in store.tables
+            },
         }
     if args.json:
         _print_json(info)
@@ -183,6 +193,13 @@ def cmd_info(args: argparse.Namespace) -> int:
                 f"  {n}: {t['rows']} rows x {t['dim']} {t['codec']}, {t['blocks']} blocks "
                 f"({t['rows_per_block']} rows each)" + (f", tuned {tun}" if tun else "")
             )
+            origin = origins[n]
+            if origin is not None:
+                print(f"    access counts: {origin.describe()}")
+            elif info["counts"][n]["recorded"]:
+                print("    access counts: of unknown origin (stored before origins were kept)")
+            else:
+                print("    access counts: none recorded")
     return 0
 
 
@@ -219,30 +236,26 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     import bandstore
+    from bandstore.options import CacheOptions, ServeOptions
     from bandstore.tune.measure import replay
+    from bandstore.tune.reports import jsonable
 
     trace = _load_trace(args.trace)
     if args.holdout:
         trace = trace.split(1.0 - args.holdout)[1]
-    kwargs: dict[str, Any] = {}
-    if args.cache_bytes is not None:
-        kwargs["cache_bytes"] = args.cache_bytes
-    if args.threshold is not None:
-        kwargs["threshold"] = bandstore.NEVER if args.threshold < 0 else args.threshold
-    if args.pinned_share is not None:
-        kwargs["pinned_share"] = args.pinned_share
-    with bandstore.open(args.store, **kwargs) as store:
+    options = ServeOptions(cache=CacheOptions(args.cache_bytes, args.threshold, args.pinned_share))
+    with bandstore.open(args.store, options=options) as store:
         if args.cold:
             store.drop_page_cache()
-        stats = replay(store, trace, batch_size=args.batch_size, progress=not args.json)
-        stats["cache"] = store.cache_info()
+        report = replay(store, trace, batch_size=args.batch_size, progress=not args.json)
+        cache = store.cache_info()
     if args.json:
-        _print_json(stats)
+        _print_json({**report.as_dict(), "cache": jsonable(cache)})
     else:
-        print(_stats_table(stats))
+        print(_stats_table({**report.tables, "total": report.total}))
         print(
-            f"{stats['total']['lookups']} lookups in {stats['seconds']:.3f} s: "
-            f"{stats['lookups_per_second']:,.0f} lookups/s"
+            f"{report.total['lookups']} lookups in {report.seconds:.3f} s: "
+            f"{report.lookups_per_second:,.0f} lookups/s"
         )
     return 0
 
@@ -260,11 +273,16 @@ def _load_trace(path: Path):
 
 def cmd_relayout(args: argparse.Namespace) -> int:
     import bandstore
+    from bandstore.options import RelayoutOptions
     from bandstore.tune.relayout_job import relayout
 
     trace = _load_trace(args.trace)
+    options = RelayoutOptions(batch_size=args.batch_size, seed=args.seed)
+    if args.max_tuning_lookups is not None:  # 0: no bound
+        options = RelayoutOptions(batch_size=args.batch_size, seed=args.seed,
+                                  max_tuning_lookups=args.max_tuning_lookups or None)  # fmt: skip
     with bandstore.open(args.store, writable=True) as store:
-        report = relayout(
+        result = relayout(
             store,
             trace,
             method=args.method,
@@ -272,15 +290,10 @@ def cmd_relayout(args: argparse.Namespace) -> int:
             cache_bytes=args.cache_bytes,
             force=args.force,
             dry_run=args.dry_run,
-            batch_size=args.batch_size,
-            seed=args.seed,
             progress=not args.json,
-            **(
-                {}
-                if args.max_tuning_lookups is None
-                else {"max_tuning_lookups": args.max_tuning_lookups or None}
-            ),
+            options=options,
         )
+    report = result.as_dict()
     if args.json:
         _print_json(report)
         return 0
@@ -291,24 +304,24 @@ def cmd_relayout(args: argparse.Namespace) -> int:
         print(f"\n{name} (cache {e['cache_bytes'] / 2**20:.1f} MiB):\n  {cols}")
         rows = [("naive", e["naive"]), ("current", e["current"]), ("policy only", e["policy_only"])]
         rows += list(e["candidates"].items())
-        if "choice" in e:
+        if e["choice"]:
             rows.append(("auto", e["result"]))
         for label, r in rows:
-            t = "never" if r["threshold"] is None else r["threshold"]
+            t = r["threshold"]
             print(
                 f"  {label:<16}{r['heldout_blocks_per_1000_lookups']:>12.1f}"
                 f"{r['heldout_hit_ratio']:>10.3f}{t!s:>10}{r['pinned_share']:>8.2f}"
             )
         c = e["configuration"]
-        if "skipped_candidates" in e:
+        if e["skipped_candidates"]:
             print(f"  (not built at full size: {', '.join(e['skipped_candidates'])})")
-        if "policy_window" in e:
+        if e["policy_window"]:
             pw = e["policy_window"]
             print(
-                f"  policies{' and configuration' if 'choice' in e else ''} chosen on the last "
+                f"  policies{' and configuration' if e['choice'] else ''} chosen on the last "
                 f"{pw['queries']} tuning queries ({pw['lookups']} lookups)"
             )
-        if "choice" in e:
+        if e["choice"]:
             q = e["choice"]["queries"]
             print(
                 f"  auto chose {c['method']} (recency half-life "
@@ -324,42 +337,37 @@ def cmd_relayout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threshold_arg(text: str) -> int | None:
-    """An admission threshold: an integer >= 0, or 'never' (also -1) for no neighbours."""
-    if text.strip().lower() in ("never", "none", "-1"):
-        return None
+def _threshold_arg(text: str) -> int:
+    """An admission threshold: an integer >= 0, or 'never' for no neighbour admission."""
+    from bandstore.options import threshold_from_json
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a threshold: {text!r} (integer or never)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"threshold must be >= 0 or 'never': {text!r}")
-    return value
+        return threshold_from_json(text)
+    except BandstoreError:
+        raise argparse.ArgumentTypeError(
+            f"not a threshold: {text!r} (an integer >= 0, or 'never' for no neighbour admission)"
+        ) from None
 
 
 def cmd_size_cache(args: argparse.Namespace) -> int:
     import bandstore
-    from bandstore.tune.sim import (
-        DEFAULT_PINNED_SHARES,
-        DEFAULT_THRESHOLDS,
-        DEFAULT_WARMUP,
-        format_sizing,
-        size_cache,
-    )
+    from bandstore.options import SimOptions, SizingOptions
+    from bandstore.tune.sim import format_sizing, size_cache
 
     trace = _load_trace(args.trace)
+    sim = SimOptions(sample_rate=args.sample_rate, batch_size=args.batch_size, seed=args.seed)
+    if args.thresholds:
+        sim = replace(sim, thresholds=tuple(args.thresholds))
+    if args.pinned_shares:
+        sim = replace(sim, pinned_shares=tuple(args.pinned_shares))
+    options = SizingOptions(sim=sim, apply_counts=args.apply_counts)
+    if args.warmup is not None:
+        options = SizingOptions(sim=sim, apply_counts=args.apply_counts, warmup=args.warmup)
     with bandstore.open(args.store, writable=args.apply, cache_bytes=0) as store:
-        result = size_cache(
-            store, trace, args.budget, sample_rate=args.sample_rate,
-            thresholds=args.thresholds or DEFAULT_THRESHOLDS,
-            pinned_shares=args.pinned_shares or DEFAULT_PINNED_SHARES,
-            batch_size=args.batch_size, apply=args.apply,
-            warmup=DEFAULT_WARMUP if args.warmup is None else args.warmup,
-            apply_counts=args.apply_counts, plot=args.plot, seed=args.seed,
-            progress=not args.json,
-        )  # fmt: skip
+        result = size_cache(store, trace, args.budget, apply=args.apply, plot=args.plot,
+                            progress=not args.json, options=options)  # fmt: skip
     if args.json:
-        _print_json(result)
+        _print_json(result.as_dict())
     else:
         print(format_sizing(result))
     return 0
@@ -509,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store", type=Path)
     sp.add_argument("trace", type=Path)
     sp.add_argument("--cache-bytes", type=_size, help="total DRAM for caches (default: tuned)")
-    sp.add_argument("--threshold", type=int, help="admission threshold (-1: never)")
+    sp.add_argument("--threshold", type=_threshold_arg,
+                    help="admission threshold: an integer >= 0, or never")  # fmt: skip
     sp.add_argument("--pinned-share", type=float)
     sp.add_argument("--batch-size", type=int, default=256, help="queries per lookup_many call")
     sp.add_argument(
@@ -551,8 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-tuning-lookups", type=int, default=None, metavar="N",
                     help="above N tuning lookups per table, choose policies (and auto's "
                          "configuration) on the most recent N; held-out figures stay whole "
-                         "(default: bandstore.tune.relayout_job.DEFAULT_MAX_TUNING_LOOKUPS; 0: no "
-                         "bound)")  # fmt: skip
+                         "(default: bandstore.options.RelayoutOptions.max_tuning_lookups; 0: "
+                         "no bound)")  # fmt: skip
 
     sp = add("size-cache", cmd_size_cache,
              "size each table's DRAM cache within a budget by mini cache simulation")  # fmt: skip

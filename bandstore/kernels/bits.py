@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import config, njit
 
-if config.DISABLE_JIT:
+if config.DISABLE_JIT:  # type: ignore[attr-defined]  # numba.config sets it at import
 
     def _popcount(x):
         """Set bits of a 64-bit integer (two's complement for negative values)."""
@@ -28,7 +28,7 @@ else:
     @intrinsic
     def _popcount(typingctx, x):
         """Set bits of a 64-bit integer: llvm.ctpop, one instruction where the CPU has it."""
-        if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        if not isinstance(x, types.Integer) or x.bitwidth != 64:  # type: ignore[attr-defined]  # numba types: runtime attr
             return None
 
         def codegen(context, builder, signature, args):

@@ -58,7 +58,7 @@ _S32 = np.uint64(32)
 _S33 = np.uint64(33)
 _S64 = np.uint64(64)
 
-if config.DISABLE_JIT:
+if config.DISABLE_JIT:  # type: ignore[attr-defined]  # numba.config sets it at import
     # Plain Python: exact integer arithmetic, masked back to 64 bits (no overflow warnings).
 
     def _mul(a, b):

@@ -1,21 +1,14 @@
 """Row decoding for the lookup kernels (numba side of :mod:`bandstore.storage.codecs`).
 
-Two helpers, meant to be called from other ``@njit`` kernels on the miss path (they also run as
-plain Python under ``NUMBA_DISABLE_JIT=1``):
-
-- ``_decode_row_into(raw_u8, offset, codec, dim, out)``: ``out[:dim]`` = the row stored at byte
-  ``offset`` of ``raw_u8``.
-- ``_accumulate_row(raw_u8, offset, codec, dim, weight, out, mode)``: pool the row into
-  ``out[:dim]``: ``SUM``/``MEAN``: ``out += weight * row``; ``MAX``: ``out = max(out, row)``.
-
-Both decode bit-for-bit like :func:`bandstore.storage.codecs.decode_rows` (the numpy
-reference), allocate nothing, and never raise. Preconditions (the caller checks them once,
-not per row):
-``raw_u8`` is a contiguous 1-D uint8 array (e.g. the whole block file mmap, read-only is fine),
-``offset`` is a multiple of 4 with ``offset + row_bytes(codec, dim) <= len(raw_u8)``, ``codec``
-is one of ``FLOAT32``/``FLOAT16``/``INT8``, and ``out`` is a contiguous float32 array with at
-least ``dim`` elements. Pass ``offset``, ``codec``, ``dim`` and ``mode`` as int64 and ``weight`` as
-float32 (it is converted to float32 anyway, so the arithmetic is the same as numpy's float32).
+``_decode_row_into(raw_u8, offset, codec, dim, out)``, meant to be called from other ``@njit``
+kernels on the miss path (it also runs as plain Python under ``NUMBA_DISABLE_JIT=1``), sets
+``out[:dim]`` to the row stored at byte ``offset`` of ``raw_u8``. It decodes bit-for-bit like
+:func:`bandstore.storage.codecs.decode_rows` (the numpy reference), allocates nothing, and never
+raises. Preconditions (the caller checks them once, not per row): ``raw_u8`` is a contiguous
+1-D uint8 array (e.g. the whole block file mmap, read-only is fine), ``offset`` is a multiple
+of 4 with ``offset + row_bytes(codec, dim) <= len(raw_u8)``, ``codec`` is one of
+``FLOAT32``/``FLOAT16``/``INT8``, and ``out`` is a contiguous float32 array with at least
+``dim`` elements. Pass ``offset``, ``codec`` and ``dim`` as int64.
 """
 
 from __future__ import annotations
@@ -25,20 +18,15 @@ from llvmlite import ir
 from numba import config, njit, types
 from numba.extending import intrinsic
 
-__all__ = ["FLOAT16", "FLOAT32", "INT8", "MAX", "MEAN", "SUM"]
+__all__ = ["FLOAT16", "FLOAT32", "INT8"]
 
 # Codec ids (the order of bandstore.storage.codecs.CODECS; stored in the catalog, never renumber).
 FLOAT32 = 0
 FLOAT16 = 1
 INT8 = 2
 
-# Pooling modes of _accumulate_row.
-SUM = 0
-MEAN = 1
-MAX = 2
 
-
-if config.DISABLE_JIT:
+if config.DISABLE_JIT:  # type: ignore[attr-defined]  # numba.config sets it at import
 
     def _u32_as_f32(bits):
         """The float32 whose bit pattern is the low 32 bits of ``bits`` (plain-Python twin)."""
@@ -56,9 +44,9 @@ else:
         def codegen(context, builder, signature, args):
             v = args[0]
             i32 = ir.IntType(32)
-            if bits.bitwidth > 32:
+            if bits.bitwidth > 32:  # type: ignore[attr-defined]  # numba types: runtime attr
                 v = builder.trunc(v, i32)
-            elif bits.bitwidth < 32:
+            elif bits.bitwidth < 32:  # type: ignore[attr-defined]  # numba types: runtime attr
                 v = builder.zext(v, i32)
             return builder.bitcast(v, context.get_value_type(types.float32))
 
@@ -113,47 +101,3 @@ def _decode_row_into(raw_u8, offset, codec, dim, out):
         codes = raw_u8[offset + 8 : offset + 8 + dim]
         for j in range(dim):
             out[j] = np.float32(codes[j]) * scale + bias
-
-
-@njit(nogil=True, cache=True)
-def _accumulate_row(raw_u8, offset, codec, dim, weight, out, mode):
-    """Pool the row at byte ``offset`` into ``out[:dim]``.
-
-    ``SUM``/``MEAN``: ``out[j] += weight * row[j]`` in float32 (for ``MEAN`` the caller divides
-    by the bag size afterwards). ``MAX``: ``out[j] = row[j]`` where ``row[j] > out[j]``; the
-    weight is ignored (as in torch's EmbeddingBag) and the caller starts from ``-inf``.
-    """
-    w = np.float32(weight)
-    if codec == FLOAT32:
-        src = raw_u8[offset : offset + 4 * dim].view(np.float32)
-        if mode == MAX:
-            for j in range(dim):
-                v = src[j]
-                if v > out[j]:
-                    out[j] = v
-        else:
-            for j in range(dim):
-                out[j] += w * src[j]
-    elif codec == FLOAT16:
-        halves = raw_u8[offset : offset + 2 * dim].view(np.uint16)
-        if mode == MAX:
-            for j in range(dim):
-                v = _half_to_float(halves[j])
-                if v > out[j]:
-                    out[j] = v
-        else:
-            for j in range(dim):
-                out[j] += w * _half_to_float(halves[j])
-    else:
-        sb = raw_u8[offset : offset + 8].view(np.float32)
-        scale = sb[0]
-        bias = sb[1]
-        codes = raw_u8[offset + 8 : offset + 8 + dim]
-        if mode == MAX:
-            for j in range(dim):
-                v = np.float32(codes[j]) * scale + bias
-                if v > out[j]:
-                    out[j] = v
-        else:
-            for j in range(dim):
-                out[j] += w * (np.float32(codes[j]) * scale + bias)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from numba import config
 
-if config.DISABLE_JIT:
+if config.DISABLE_JIT:  # type: ignore[attr-defined]  # numba.config sets it at import
 
     def _prefetch_row(arr2d, row):
         """No-op in plain Python."""

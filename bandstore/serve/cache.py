@@ -17,6 +17,7 @@ import numpy as np
 
 from bandstore.errors import InvalidArgumentError
 from bandstore.kernels.cache import META_CAPACITY, NEVER
+from bandstore.options import check_threshold
 from bandstore.storage import dram
 
 #: DRAM bytes charged per cached row beyond its decoded float32 values: the slot's id (8), its
@@ -34,25 +35,10 @@ def capacity_rows(cache_bytes: int, dim: int, rows: int) -> int:
     return int(min(rows, max(0, cache_bytes) // cache_row_bytes(dim)))
 
 
-def threshold_from_json(value) -> int:
-    """Thresholds are stored as JSON numbers, or null for 'never admit neighbours'."""
-    if value is None:
-        return NEVER
-    t = int(value)
-    if t < 0:
-        raise InvalidArgumentError(
-            f"admission threshold must be >= 0, got {t}", argument="threshold"
-        )
-    return min(t, NEVER)
-
-
-def threshold_to_json(value: int) -> int | None:
-    return None if value >= NEVER else int(value)
-
-
 @dataclass(frozen=True)
 class CachePolicy:
-    """The cache parameters of one table."""
+    """The cache parameters of one table (``threshold``: an integer >= 0, ``NEVER`` for no
+    neighbour admission; larger values are clamped to ``NEVER``)."""
 
     cache_bytes: int
     threshold: int = NEVER
@@ -68,10 +54,7 @@ class CachePolicy:
                 f"pinned_share must be in [0, 1], got {self.pinned_share}",
                 argument="pinned_share",
             )
-        if self.threshold < 0:
-            raise InvalidArgumentError(
-                f"admission threshold must be >= 0, got {self.threshold}", argument="threshold"
-            )
+        object.__setattr__(self, "threshold", check_threshold(self.threshold))
 
 
 def pinned_ids(counts: np.ndarray | None, n_pinned: int) -> np.ndarray:

@@ -386,6 +386,7 @@ class Executor:
             if cut > 1:  # ranges of bags: a split's parts' workers in turn, else every worker's
                 n_bags = req[2].shape[0] - 1
                 k, w = len(where), self.workers
+                parts: tuple[tuple[int, Any], ...]
                 parts = tuple(((where[c % k] if k > 1 else where[0] + c) % w,
                                _bag_range(n_bags, cut, c)) for c in range(cut))  # fmt: skip
                 helped = True  # (ranges on every worker of the table)
@@ -460,11 +461,3 @@ class Executor:
         for th in self._threads:
             th.join(timeout=5)
         self._queues, self._threads = [], []
-
-
-def timed_run(executor: Executor, prepared: Mapping[str, tuple], log: LatencyLog):
-    """``executor.run`` with its latency appended to ``log``."""
-    t0 = time.perf_counter()
-    out = executor.run(prepared)
-    log.add(time.perf_counter() - t0)
-    return out

@@ -83,6 +83,9 @@ class Plan:
     #: (not part of the JSON form: ``apply_plan`` stores them as the tables' access counts).
     #: A pinned table without them ranks by the table's stored counts.
     counts: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: Where those counts came from, by table (``bandstore.storage.origin.CountsOrigin``),
+    #: stored with them by ``apply_plan``.
+    counts_origin: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ table are serialized because its cache is mutable state.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -38,6 +39,13 @@ from bandstore.errors import (
 )
 from bandstore.kernels import cache as kc
 from bandstore.kernels.resident import _all_in_range, _checked_bags, _non_decreasing
+from bandstore.options import (
+    CacheOptions,
+    ServeOptions,
+    check_threshold,
+    threshold_from_json,
+    threshold_to_json,
+)
 from bandstore.serve import runtime
 from bandstore.serve.cache import (
     CachePolicy,
@@ -45,8 +53,6 @@ from bandstore.serve.cache import (
     cache_row_bytes,
     capacity_rows,
     pinned_ids,
-    threshold_from_json,
-    threshold_to_json,
 )
 from bandstore.serve.executor import CallCounts, LatencyLog
 from bandstore.serve.plan import META_KEY as PLAN_KEY
@@ -54,7 +60,8 @@ from bandstore.serve.plan import Plan
 from bandstore.storage import blockfile, dram
 from bandstore.storage.blockfile import BlockGeometry
 from bandstore.storage.catalog import Catalog
-from bandstore.storage.codecs import CODECS, codec_id, encode_rows, row_bytes
+from bandstore.storage.codecs import CODECS, codec_id, decode_rows, encode_rows, row_bytes
+from bandstore.storage.origin import CountsOrigin
 
 DEFAULT_BLOCK_SIZE = 4096
 #: Checksum sector of new stores: a lookup hashes the 512-byte sectors holding the rows it
@@ -272,9 +279,10 @@ class _Table:
         return CorruptBlockError(self.name, block, str(self.block_path), expected, actual)
 
     def close(self) -> None:
-        # Drop the maps; in-flight calls hold their own references until they return.
-        self.blocks_u8 = None
-        self.layout = None
+        # Drop the maps; in-flight calls hold their own references until they return. (No
+        # call reaches a closed table: the store checks it is open first.)
+        self.blocks_u8 = None  # type: ignore[assignment]
+        self.layout = None  # type: ignore[assignment]
 
 
 def _validate_table_name(name: str) -> None:
@@ -405,9 +413,7 @@ class Store:
         catalog: Catalog,
         *,
         writable: bool,
-        cache_bytes: int | Mapping[str, int] | None = None,
-        threshold: int | Mapping[str, int] | None = None,
-        pinned_share: float | Mapping[str, float] | None = None,
+        cache: CacheOptions | None = None,
         verify_reads: bool = True,
         recorder: Any = None,
         workers: int | None = None,
@@ -417,9 +423,10 @@ class Store:
         self._catalog = catalog
         self._writable = writable
         self._verify_reads = verify_reads
-        self._cache_arg = cache_bytes
-        self._threshold_arg = threshold
-        self._pinned_arg = pinned_share
+        cache = cache if cache is not None else CacheOptions()
+        self._cache_arg = cache.cache_bytes
+        self._threshold_arg = cache.threshold
+        self._pinned_arg = cache.pinned_share
         self._recorder = recorder
         # What open() was given, for pickling (see __reduce__); None for create()'s handles.
         self._open_options: dict[str, Any] | None = None
@@ -608,7 +615,12 @@ class Store:
         if persist:
             self._check_writable()
             counts = self._checked_counts(plan.counts) if plan is not None else {}
-            self._catalog.put_meta(PLAN_KEY, plan.as_dict() if plan is not None else None, counts)
+            origins = _origin_records(
+                counts, plan.counts_origin if plan is not None else None, "set_plan", self.version
+            )
+            self._catalog.put_meta(
+                PLAN_KEY, plan.as_dict() if plan is not None else None, counts, origins
+            )
             self._install_counts(counts)
         self._plan_arg = plan if plan is not None else False
         runtime.attach(self)
@@ -645,6 +657,15 @@ class Store:
         else the stored tuning, else the defaults."""
         t = self._table(table)
         return self._policy_for(table, t, self._tables)
+
+    def counts_origin(self, table: str) -> CountsOrigin | None:
+        """Where ``table``'s stored access counts came from (the job that wrote them, its
+        trace, when, with which version), or None: no counts, or counts stored before origins
+        were recorded. Read from the catalog: another process's newer counts show here before
+        this store serves them (after :meth:`refresh` for a relayout)."""
+        self._table(table)  # an unknown table raises
+        rec = self._catalog.counts_origin(table)
+        return CountsOrigin.from_dict(rec) if isinstance(rec, dict) else None
 
     def has_counts(self, table: str) -> bool:
         """Whether ``table`` has recorded access counts (else they are all zero)."""
@@ -697,8 +718,9 @@ class Store:
                 f"cache_bytes must be >= 0, got {total}", argument="cache_bytes"
             )
         tuned = {n: (self._catalog.tuning(n) or {}).get("cache_bytes") for n in all_tables}
-        if all(v is not None for v in tuned.values()) and sum(tuned.values()) > 0:
-            weights = {n: float(v) for n, v in tuned.items()}
+        sized = {n: float(v) for n, v in tuned.items() if v is not None}
+        if len(sized) == len(tuned) and sum(sized.values()) > 0:
+            weights = sized
         else:
             weights = {
                 n: float(t.info.rows * cache_row_bytes(t.info.dim)) for n, t in all_tables.items()
@@ -731,7 +753,8 @@ class Store:
 
     def cache_info(self) -> dict[str, dict[str, Any]]:
         """Per table: the cache policy in force and how full the cache is (a ``pinned`` table's
-        is its frozen set of rows; ``resident`` and ``direct`` tables have none)."""
+        is its frozen set of rows; ``resident`` and ``direct`` tables have none). A threshold
+        is an integer, ``bandstore.NEVER`` for no neighbour admission."""
         self._check_open()
         out = {}
         for name, t in self._tables.items():
@@ -744,7 +767,7 @@ class Store:
                 "capacity_rows": c.capacity,
                 "cached_rows": c.filled,
                 "pinned_rows": c.pinned,
-                "threshold": threshold_to_json(t.policy.threshold),
+                "threshold": t.policy.threshold,
                 "pinned_share": t.policy.pinned_share,
                 "dram_bytes": c.nbytes,
             }
@@ -812,6 +835,7 @@ class Store:
             if _checked_bags(indices, offsets, t.info.rows, off):
                 return t, indices, off, _NO_WEIGHTS, MODES[mode], -1
         idx = _as_int_array(indices, "indices", table)
+        bags: np.ndarray | None = None  # the offsets of the 2-D form
         if idx.ndim == 2:
             # torch's 2-D form: each row is a bag of the same length, offsets must be None.
             if offsets is not None:
@@ -820,9 +844,9 @@ class Store:
                 )
             n_bags, length = idx.shape
             idx = idx.reshape(-1)
-            off = np.arange(0, n_bags * length + 1, max(length, 1), dtype=np.int64)
+            bags = np.arange(0, n_bags * length + 1, max(length, 1), dtype=np.int64)
             if length == 0:
-                off = np.zeros(n_bags + 1, dtype=np.int64)
+                bags = np.zeros(n_bags + 1, dtype=np.int64)
             if per_sample_weights is not None:
                 per_sample_weights = np.asarray(per_sample_weights).reshape(-1)
         else:
@@ -830,10 +854,11 @@ class Store:
                 raise InvalidOffsetsError(
                     f"offsets are required when indices for table {table!r} are 1-D", table=table
                 )
-            off = None
         ids = _check_ids(idx, t.info, "indices")
-        if off is None:
+        if bags is None:
             off = _check_offsets(offsets, ids.shape[0], include_last_offset, table)
+        else:
+            off = bags
         weights = _NO_WEIGHTS
         if per_sample_weights is not None:
             if mode != "sum":
@@ -1039,6 +1064,7 @@ class Store:
         counts: Mapping[str, np.ndarray] | None = None,
         tuning: Mapping[str, dict] | None = None,
         extra: Mapping[str, dict] | None = None,
+        origins: Mapping[str, CountsOrigin] | None = None,
     ) -> int:
         """Write ``new_tables`` into a new version beside the current one and commit it.
 
@@ -1097,12 +1123,16 @@ class Store:
                     checksums=checksums,
                     counts=dict(counts or {}),
                     tuning=dict(tuning or {}),
+                    origins=_origin_records(counts, origins, "relayout_tables", vid),
                 )
             except BaseException:
                 blockfile.remove_version_dir(vdir, None)
                 raise
+            committed = self._catalog.version(vid)
+            if committed is None:  # only a concurrent gc of a version it did not see could
+                raise CorruptFileError(str(self.root), f"version {vid} vanished after its commit")
             lock = blockfile.ReaderLock(vdir)
-            self._install_version(self._catalog.version(vid), vdir, lock)
+            self._install_version(committed, vdir, lock)
         return vid
 
     def relayout_tables(
@@ -1113,13 +1143,15 @@ class Store:
         tuning: Mapping[str, dict] | None = None,
         note: str = "relayout",
         progress: bool | None = None,
+        counts_origin: CountsOrigin | Mapping[str, CountsOrigin] | None = None,
     ) -> int:
         """Commit a new version where each table in ``layouts`` has the given layout.
 
         Rows are copied byte for byte from the served version, then every row of the new file
         is compared with the old one before anything is committed; ``counts`` (access counts by
-        id) and ``tuning`` (cache policy per table) are committed in the same transaction.
-        Returns the new version id.
+        id) and ``tuning`` (cache policy per table) are committed in the same transaction, with
+        ``counts_origin`` (where the counts came from: one for all tables or per table; see
+        :meth:`counts_origin`). Returns the new version id.
         """
         self._check_writable()
         new_tables = {}
@@ -1150,6 +1182,7 @@ class Store:
                 for n, c in (counts or {}).items()
             },
             tuning=tuning,
+            origins=_per_table(counts_origin, counts),
         )
         return vid
 
@@ -1158,12 +1191,14 @@ class Store:
         tuning: Mapping[str, Mapping[str, Any]],
         *,
         counts: Mapping[str, np.ndarray] | None = None,
+        counts_origin: CountsOrigin | Mapping[str, CountsOrigin] | None = None,
     ) -> None:
         """Store cache policies ``{table: {cache_bytes, threshold, pinned_share}}`` (and the
         access counts admission and pinning use) in the catalog, and apply them now.
 
-        ``threshold`` None means never admit neighbours. Stores opened later use these
-        policies by default.
+        ``threshold``: an integer >= 0, or ``bandstore.NEVER`` (the default) to never admit
+        neighbours. Stores opened later use these policies by default. ``counts_origin``: where
+        the counts came from (see :meth:`counts_origin`).
         """
         self._check_writable()
         records = {}
@@ -1171,7 +1206,7 @@ class Store:
             self._table(name)  # an unknown table raises
             policy = CachePolicy(
                 int(rec["cache_bytes"]),
-                threshold_from_json(rec.get("threshold")),
+                check_threshold(rec.get("threshold", kc.NEVER)),
                 float(rec.get("pinned_share", 0.0)),
             )
             records[name] = {
@@ -1181,7 +1216,9 @@ class Store:
                 "pinned_share": policy.pinned_share,
             }
         arrays = self._checked_counts(counts or {})
-        self._catalog.put_tuning(records, counts=arrays)
+        origins = _origin_records(arrays, _per_table(counts_origin, arrays), "set_tuning",
+                                  self.version)  # fmt: skip
+        self._catalog.put_tuning(records, counts=arrays, origins=origins)
         self._install_counts(arrays)
         runtime.retune(self, sorted(set(records) | set(arrays)))
 
@@ -1235,16 +1272,48 @@ class Store:
             blockfile.evict_from_page_cache(t.block_path)
 
     def decoded_rows(self, table: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` decoded straight from the block file, bypassing the cache."""
-        from bandstore.storage.codecs import decode_rows
-
+        """Rows ``[start, stop)`` of ``table`` decoded straight from its block file, bypassing
+        the cache (float32, shape ``(stop - start, dim)``)."""
         t = self._table(table)
         g = t.geometry
+        if not (0 <= start <= stop <= g.rows):
+            raise InvalidArgumentError(
+                f"rows [{start}, {stop}) are out of range for table {table!r} with {g.rows} rows",
+                argument="start",
+                value=(start, stop),
+            )
         slots = np.asarray(t.layout[start:stop])
         raw = blockfile.rows_view(t.blocks_u8, g)[
             slots // g.rows_per_block, slots % g.rows_per_block
         ]
         return decode_rows(g.codec, raw, g.dim)
+
+
+def _per_table(
+    origin: CountsOrigin | Mapping[str, CountsOrigin] | None, counts: Mapping[str, Any] | None
+) -> dict[str, CountsOrigin] | None:
+    """One origin for every table of ``counts``, or the per-table mapping as given."""
+    if origin is None:
+        return None
+    if isinstance(origin, CountsOrigin):
+        return {name: origin for name in counts or {}}
+    return dict(origin)
+
+
+def _origin_records(
+    counts: Mapping[str, Any] | None,
+    origins: Mapping[str, CountsOrigin] | None,
+    writer: str,
+    version: int,
+) -> dict[str, dict]:
+    """The catalog records of the origins of ``counts``, stamped with now and ``version``
+    (a table without a given origin is attributed to ``writer``)."""
+    now = time.time()
+    out = {}
+    for name in counts or {}:
+        o = (origins or {}).get(name) or CountsOrigin(writer)
+        out[name] = o.stamped(now, version).as_dict()
+    return out
 
 
 def _table_writer(
@@ -1381,8 +1450,10 @@ def create(
         )
     if root.exists() and any(root.iterdir()):
         if exist_ok and (root / "catalog").is_dir():
-            return open(root, writable=True, block_size=block_size, verify_reads=verify_reads,
-                        checksum_bytes=checksum_bytes)  # fmt: skip
+            options = ServeOptions(
+                verify_reads=verify_reads, block_size=block_size, checksum_bytes=checksum_bytes
+            )
+            return open(root, writable=True, options=options)
         raise StoreExistsError(str(root))
     root.mkdir(parents=True, exist_ok=True)
     if checksum_bytes is None:
@@ -1396,39 +1467,50 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     path: str | os.PathLike,
     *,
     cache_bytes: int | Mapping[str, int] | None = None,
-    threshold: int | Mapping[str, int] | None = None,
-    pinned_share: float | Mapping[str, float] | None = None,
     writable: bool = False,
-    block_size: int | None = None,
-    checksum_bytes: int | None = None,
-    verify_reads: bool = True,
     record: str | os.PathLike | None = None,
     sample_rate: float = 0.01,
     workers: int | None = None,
     plan: Any = None,
+    options: ServeOptions | None = None,
 ) -> Store:
     """Open a store for serving.
 
     cache_bytes: DRAM for row caches, a total (split by the tuned sizes, or by table size) or
-    ``{table: bytes}``; None uses the sizes stored by tuning, else 10% of each table's rows.
-    threshold / pinned_share: override the stored admission threshold (0 admits every neighbour
-    of a missed row, ``NEVER`` none) and pinned share, for all tables or per table; None keeps
-    the stored ones (a store with no recorded access counts never admits neighbours).
+    ``{table: bytes}``; None uses the sizes stored by tuning, else 10% of each table's rows
+    (shorthand for ``options.cache.cache_bytes``: give one or the other).
+    writable: allow changes (tables, relayouts, tuning, plans).
     record: a directory to append sampled queries to (``sample_rate`` of them), for relayout.
     workers / plan: lookup_many runs on ``workers`` threads (default: the plan's, else 1);
     ``plan`` None serves the applied plan unless ``cache_bytes`` is given, False none, or a
     Plan / plan dict.
+    options: :class:`bandstore.options.ServeOptions`: overrides of the stored admission
+    threshold and pinned share (``options.cache``), read verification, the expected format.
     """
+    options = options if options is not None else ServeOptions()
+    if not isinstance(options, ServeOptions):
+        raise InvalidArgumentError(
+            f"options must be a bandstore.options.ServeOptions, got {type(options).__name__}",
+            argument="options",
+        )
+    cache = options.cache
+    if cache_bytes is not None:
+        if cache.cache_bytes is not None:
+            raise InvalidArgumentError(
+                "cache_bytes is given twice: as open(cache_bytes=...) and in options.cache",
+                argument="cache_bytes",
+            )
+        cache = CacheOptions(cache_bytes, cache.threshold, cache.pinned_share)
     root = Path(path)
     catalog = Catalog.open(root)
     recorder: Any = None
     try:
         stored = catalog.format["block_size"]
-        if block_size is not None and block_size != stored:
-            raise FormatMismatchError("block_size", stored, block_size)
+        if options.block_size is not None and options.block_size != stored:
+            raise FormatMismatchError("block_size", stored, options.block_size)
         stored_cb = catalog.format["checksum_bytes"]
-        if checksum_bytes is not None and checksum_bytes != stored_cb:
-            raise FormatMismatchError("checksum_bytes", stored_cb, checksum_bytes)
+        if options.checksum_bytes is not None and options.checksum_bytes != stored_cb:
+            raise FormatMismatchError("checksum_bytes", stored_cb, options.checksum_bytes)
         if record is not None:
             from bandstore.traces.recorder import TraceRecorder
 
@@ -1437,10 +1519,8 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
             root,
             catalog,
             writable=writable,
-            cache_bytes=cache_bytes,
-            threshold=threshold,
-            pinned_share=pinned_share,
-            verify_reads=verify_reads,
+            cache=cache,
+            verify_reads=options.verify_reads,
             recorder=recorder,
             workers=workers,
             plan=plan,
@@ -1448,12 +1528,9 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
         store._open_options = {
             "path": str(root.absolute()),
             "options": {
-                "cache_bytes": cache_bytes,
-                "threshold": threshold,
-                "pinned_share": pinned_share,
-                "verify_reads": verify_reads,
                 "workers": workers,
                 "plan": plan,
+                "options": dataclasses.replace(options, cache=cache),
             },
         }
         return store

@@ -123,6 +123,11 @@ class Runner:
     def run_part(self, job: Job, j: int) -> None:
         raise NotImplementedError
 
+    def run_bags(self, job: Job, b0: int, b1: int) -> None:
+        """Bags ``[b0, b1)`` of the job, for the strategies whose calls the executor cuts in
+        ranges of bags (the others are never cut)."""
+        raise NotImplementedError
+
     def finish(self, job: Job) -> np.ndarray:
         return job.out
 
@@ -293,7 +298,7 @@ class PinnedRunner(DirectRunner):
         """``Store.cache_info``'s entry: a full cache, all of it pinned, no admission."""
         k = int(self.ids.size)
         return {"cache_bytes": self.cache_bytes, "capacity_rows": k, "cached_rows": k,
-                "pinned_rows": k, "threshold": None, "pinned_share": 1.0,
+                "pinned_rows": k, "threshold": kc.NEVER, "pinned_share": 1.0,
                 "dram_bytes": self.dram_bytes}  # fmt: skip
 
 

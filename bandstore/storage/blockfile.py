@@ -208,7 +208,7 @@ def write_layout_file(path: Path, slot_of_id: np.ndarray) -> int:
     arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=slot_of_id.shape)
     arr[:] = slot_of_id
     arr.flush()
-    checksum = xxhash.xxh64_intdigest(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    checksum = xxhash.xxh64_intdigest(np.ascontiguousarray(arr).view(np.uint8).data)
     del arr
     fsync_path(path)
     return checksum
@@ -226,7 +226,7 @@ def read_layout_file(path: Path, rows: int, checksum: int) -> np.ndarray:
         raise CorruptFileError(
             str(path), f"layout is {arr.dtype}{arr.shape}, expected int64 of {rows} rows"
         )
-    actual = xxhash.xxh64_intdigest(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    actual = xxhash.xxh64_intdigest(np.ascontiguousarray(arr).view(np.uint8).data)
     if actual != checksum:
         raise CorruptFileError(str(path), "layout file does not match its checksum")
     return arr
@@ -278,7 +278,7 @@ def remove_version_dir(version_dir: Path, lock_fd: int | None) -> None:
 
 
 def list_version_dirs(root: Path) -> dict[int, Path]:
-    out = {}
+    out: dict[int, Path] = {}
     base = root / VERSIONS_DIR
     if not base.is_dir():
         return out

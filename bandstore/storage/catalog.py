@@ -9,6 +9,9 @@ Keys (values are JSON unless said otherwise; nothing is ever pickled):
 - ``checksums/<file id>``: raw little-endian uint64 checksums of one block file, one per sector
   of ``checksum_bytes`` (``block_size // checksum_bytes`` per block, in block order).
 - ``counts/<table>``: raw little-endian int32 access counts by id (admission, pinning).
+- ``counts_origin/<table>``: where those counts came from (writer, trace, queries, time,
+  version), written in the same transaction as the counts; counts written without one drop
+  the old one, so an origin never describes counts it did not come with.
 - ``tuning/<table>``: cache bytes, admission threshold and pinned share chosen by tuning.
 - ``meta/<name>``: other tuning results (plan, calibration).
 
@@ -75,6 +78,22 @@ def _release_env(path: Path) -> None:
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True).encode()
+
+
+def _put_counts(
+    txn: lmdb.Transaction,
+    counts: dict[str, np.ndarray] | None,
+    origins: dict[str, dict] | None,
+) -> None:
+    """Write access counts by table and, for each, its origin record (or drop a stale one)."""
+    for table, arr in (counts or {}).items():
+        key = table.encode()
+        txn.put(b"counts/" + key, np.ascontiguousarray(arr, "<i4").tobytes())
+        origin = (origins or {}).get(table)
+        if origin is None:
+            txn.delete(b"counts_origin/" + key)
+        else:
+            txn.put(b"counts_origin/" + key, _dumps(origin))
 
 
 class Catalog:
@@ -145,7 +164,7 @@ class Catalog:
         if raw is None:
             return None
         try:
-            return json.loads(raw)
+            return json.loads(bytes(raw))
         except ValueError as exc:
             raise CorruptFileError(str(self.root / CATALOG_DIR), f"bad record {key!r}") from exc
 
@@ -202,8 +221,10 @@ class Catalog:
         checksums: dict[str, np.ndarray] | None = None,
         counts: dict[str, np.ndarray] | None = None,
         tuning: dict[str, dict] | None = None,
+        origins: dict[str, dict] | None = None,
     ) -> None:
-        """Make ``record`` the current version in one transaction, if ``base`` still is."""
+        """Make ``record`` the current version in one transaction, if ``base`` still is
+        (with access counts by table, their ``origins`` and tuning records)."""
         self._env.sync(True)
         with self._env.begin(write=True) as txn:
             current = self._get_json(b"current", txn)
@@ -214,8 +235,7 @@ class Catalog:
                 txn.put(
                     b"checksums/" + file_id.encode(), np.ascontiguousarray(arr, "<u8").tobytes()
                 )
-            for table, arr in (counts or {}).items():
-                txn.put(b"counts/" + table.encode(), np.ascontiguousarray(arr, "<i4").tobytes())
+            _put_counts(txn, counts, origins)
             for table, rec in (tuning or {}).items():
                 txn.put(b"tuning/" + table.encode(), _dumps(rec))
             txn.put(b"version/%08d" % record["id"], _dumps(record))
@@ -237,25 +257,40 @@ class Catalog:
     def counts(self, table: str) -> np.ndarray | None:
         return self._get_array(b"counts/" + table.encode(), "<i4")
 
+    def counts_origin(self, table: str) -> dict | None:
+        """Where ``table``'s access counts came from (a JSON record), or None if unknown."""
+        return self._get_json(b"counts_origin/" + table.encode())
+
     def tuning(self, table: str) -> dict | None:
         return self._get_json(b"tuning/" + table.encode())
 
-    def put_tuning(self, tuning: dict[str, dict], counts: dict[str, np.ndarray] | None = None):
-        """Store tuning results (and the access counts they were made with) in one txn."""
+    def put_tuning(
+        self,
+        tuning: dict[str, dict],
+        counts: dict[str, np.ndarray] | None = None,
+        origins: dict[str, dict] | None = None,
+    ) -> None:
+        """Store tuning results (and the access counts they were made with, and where those
+        came from) in one txn."""
         with self._env.begin(write=True) as txn:
             for table, rec in tuning.items():
                 txn.put(b"tuning/" + table.encode(), _dumps(rec))
-            for table, arr in (counts or {}).items():
-                txn.put(b"counts/" + table.encode(), np.ascontiguousarray(arr, "<i4").tobytes())
+            _put_counts(txn, counts, origins)
         self._env.sync(True)
 
     def meta(self, name: str) -> Any:
         return self._get_json(b"meta/" + name.encode())
 
-    def put_meta(self, name: str, value: Any, counts: dict[str, np.ndarray] | None = None) -> None:
-        """Store ``value`` (and access counts by table, made with it) in one txn."""
+    def put_meta(
+        self,
+        name: str,
+        value: Any,
+        counts: dict[str, np.ndarray] | None = None,
+        origins: dict[str, dict] | None = None,
+    ) -> None:
+        """Store ``value`` (and access counts by table, made with it, and their origins) in
+        one txn."""
         with self._env.begin(write=True) as txn:
             txn.put(b"meta/" + name.encode(), _dumps(value))
-            for table, arr in (counts or {}).items():
-                txn.put(b"counts/" + table.encode(), np.ascontiguousarray(arr, "<i4").tobytes())
+            _put_counts(txn, counts, origins)
         self._env.sync(True)

@@ -146,7 +146,7 @@ def _check_finite(x: np.ndarray, codec: str) -> None:
 def _cast_checked(x: np.ndarray, dtype: type, codec: str) -> np.ndarray:
     """x.astype(dtype), refusing values that overflow to inf in the cast."""
     with np.errstate(over="ignore"):
-        y = x.astype(dtype)
+        y: np.ndarray = x.astype(dtype)
     bad = ~np.isfinite(y)
     if bad.any():
         _reject(bad, x, codec, f"which overflows {np.dtype(dtype).name}")

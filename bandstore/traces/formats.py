@@ -112,7 +112,7 @@ def _parse_column(
 ) -> np.ndarray:
     """Parse a column of bytes fields as ``dtype``; on failure name the first bad line."""
     try:
-        values = fields.astype(dtype)
+        values: np.ndarray = fields.astype(dtype)
     except (ValueError, OverflowError):
         conv = int if dtype is np.int64 else float
         for k, tok in enumerate(fields.tolist()):
@@ -458,10 +458,10 @@ def write_csv(trace: Trace, path: PathLike) -> None:
                 value=name,
             )
     parts_q, parts_t, parts_i = [], [], []
-    for t, name in enumerate(trace.table_names):
+    for k, name in enumerate(trace.table_names):
         idx, off = trace.table(name)
         parts_q.append(np.repeat(np.arange(trace.n_queries, dtype=np.int64), np.diff(off)))
-        parts_t.append(np.full(idx.size, t, dtype=np.int64))
+        parts_t.append(np.full(idx.size, k, dtype=np.int64))
         parts_i.append(idx)
     if parts_q:
         q, t, i = (np.concatenate(p) for p in (parts_q, parts_t, parts_i))

@@ -552,7 +552,7 @@ def read_recorded_with_report(
         ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int64)
         tables[name] = (ids, offsets)
     report.queries = total
-    return Trace(tables, num_rows), report
+    return Trace(tables, num_rows).with_source(os.fspath(directory)), report
 
 
 def _drop_first_queries(

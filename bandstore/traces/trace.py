@@ -159,7 +159,7 @@ class Trace:
     UnknownTableError for a ``num_rows`` entry naming no table.
     """
 
-    __slots__ = ("_tables", "_num_rows", "_n_queries")
+    __slots__ = ("_tables", "_num_rows", "_n_queries", "_source")
 
     def __init__(
         self,
@@ -219,6 +219,7 @@ class Trace:
         self._tables = checked
         self._num_rows = sizes
         self._n_queries = n_queries or 0
+        self._source: str | None = None
 
     @classmethod
     def _trusted(
@@ -226,12 +227,14 @@ class Trace:
         tables: dict[str, tuple[np.ndarray, np.ndarray]],
         num_rows: dict[str, int],
         n_queries: int,
+        source: str | None = None,
     ) -> Trace:
         """Build from arrays already known to be valid (slices, concatenations): no O(n) checks."""
         self = cls.__new__(cls)
         self._tables = {k: (_readonly(i), _readonly(o)) for k, (i, o) in tables.items()}
         self._num_rows = dict(num_rows)
         self._n_queries = int(n_queries)
+        self._source = source
         return self
 
     # ----------------------------------------------------------------- basic facts
@@ -249,6 +252,17 @@ class Trace:
     def num_rows(self) -> dict[str, int]:
         """Declared size of each table (a fresh dict)."""
         return dict(self._num_rows)
+
+    @property
+    def source(self) -> str | None:
+        """Where the queries were read from (the ``.npz`` file of :meth:`load`, the directory
+        of ``read_recorded``), kept by slices and selections; None for a trace built in
+        memory. Tuning jobs record it with the access counts they store."""
+        return self._source
+
+    def with_source(self, source: str | None) -> Trace:
+        """The same queries (shared arrays) with ``source`` as their origin."""
+        return Trace._trusted(self._tables, self._num_rows, self._n_queries, source)
 
     def __len__(self) -> int:
         return self._n_queries
@@ -310,7 +324,7 @@ class Trace:
             sub = off[start : stop + 1]
             base = sub[0]
             out[name] = (idx[base : sub[-1]], sub - base)
-        return Trace._trusted(out, self._num_rows, stop - start)
+        return Trace._trusted(out, self._num_rows, stop - start, self._source)
 
     def take(self, queries: Any) -> Trace:
         """The given queries (int positions in any order, repeats allowed, or a bool mask)."""
@@ -332,7 +346,7 @@ class Trace:
                 value=bad,
             )
         out = {name: take_bags(idx, off, q) for name, (idx, off) in self._tables.items()}
-        return Trace._trusted(out, self._num_rows, q.size)
+        return Trace._trusted(out, self._num_rows, q.size, self._source)
 
     def split(self, tune_fraction: float = 0.8) -> tuple[Trace, Trace]:
         """Split by query position: the first ``round(f * n)`` queries tune, the rest are held out.
@@ -382,7 +396,9 @@ class Trace:
                 f"select got a table twice: {names}", argument="tables", value=names
             )
         out = {name: self._get(name) for name in names}
-        return Trace._trusted(out, {n: self._num_rows[n] for n in names}, self._n_queries)
+        return Trace._trusted(
+            out, {n: self._num_rows[n] for n in names}, self._n_queries, self._source
+        )
 
     # ----------------------------------------------------------------- statistics
     def access_counts(self, name: str) -> np.ndarray:
@@ -508,7 +524,9 @@ class Trace:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                (np.savez_compressed if compress else np.savez)(f, **arrays)
+                save = np.savez_compressed if compress else np.savez
+                # numpy's stubs type **kwds like savez's bool keyword: the arrays are arrays.
+                save(f, **arrays)  # type: ignore[arg-type]
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -544,7 +562,7 @@ class Trace:
                     raise CorruptFileError(spath, f"unreadable array in the .npz ({exc})") from exc
         except (zipfile.BadZipFile, OSError) as exc:  # pragma: no cover - close errors
             raise CorruptFileError(spath, f"unreadable .npz ({exc})") from exc
-        return cls._from_arrays(spath, arrays)
+        return cls._from_arrays(spath, arrays).with_source(spath)
 
     @classmethod
     def _from_arrays(cls, path: str, arrays: dict[str, np.ndarray]) -> Trace:
@@ -570,7 +588,7 @@ class Trace:
                 path, f"num_rows must be int64 of shape ({len(names)},), got {num_rows.dtype}"
             )
         expected = {"header", "table_names", "num_rows"}
-        tables = {}
+        tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for i, name in enumerate(names):
             pair = []
             for kind in ("indices", "offsets"):
@@ -584,7 +602,7 @@ class Trace:
                         path, f"{key} of table {name!r} must be 1-D int64, got {arr.dtype}"
                     )
                 pair.append(arr)
-            tables[name] = tuple(pair)
+            tables[name] = (pair[0], pair[1])
         extra = set(arrays) - expected
         if extra:
             raise TraceFormatError(path, f"unexpected arrays {sorted(extra)}")

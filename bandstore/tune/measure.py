@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
 from bandstore.errors import InvalidArgumentError, UnknownTableError
 from bandstore.serve.store import Store
 from bandstore.traces.trace import Trace
+from bandstore.tune.reports import ReplayReport
 
 
 def trace_requests(trace: Trace, start: int, stop: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -31,11 +31,12 @@ def replay(
     mode: str = "sum",
     reset: bool = True,
     progress: bool | None = None,
-) -> dict[str, Any]:
+) -> ReplayReport:
     """Replay ``trace`` in batches of ``batch_size`` queries through ``store.lookup_many``.
 
-    Returns the store's stats for the replay (per table and ``total``) plus ``seconds``,
-    ``lookups_per_second`` and ``queries``.
+    Returns the store's counters for the replay (per table and ``total``; without ``reset``,
+    the counters since the last reset) with the queries, the seconds spent in ``lookup_many``
+    and the lookups per second.
     """
     from tqdm.auto import tqdm
 
@@ -68,9 +69,13 @@ def replay(
             store.lookup_many(req, mode=mode)
             elapsed += time.perf_counter() - t0
             bar.update(stop - start)
-    stats: dict[str, Any] = store.stats()
-    lookups = stats["total"]["lookups"]
-    stats["seconds"] = elapsed
-    stats["queries"] = n
-    stats["lookups_per_second"] = lookups / elapsed if elapsed > 0 else 0.0
-    return stats
+    stats = store.stats()
+    total = stats.pop("total")
+    lookups = total["lookups"]
+    return ReplayReport(
+        tables=stats,
+        total=total,
+        queries=n,
+        seconds=elapsed,
+        lookups_per_second=lookups / elapsed if elapsed > 0 else 0.0,
+    )

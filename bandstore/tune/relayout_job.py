@@ -73,29 +73,27 @@ import numpy as np
 
 from bandstore.errors import InvalidArgumentError, UnknownTableError
 from bandstore.kernels.cache import NEVER
-from bandstore.serve.cache import capacity_rows, threshold_to_json
+from bandstore.options import (
+    AUTO_COLDS,
+    AUTO_HALF_LIVES,
+    AUTO_METHODS,
+    RELAYOUT_METHODS,
+    RELAYOUT_PINNED_SHARES,
+    RELAYOUT_THRESHOLDS,
+    RelayoutOptions,
+    SimOptions,
+)
+from bandstore.serve.cache import capacity_rows
 from bandstore.serve.store import Store, TableInfo
 from bandstore.traces.trace import Trace
+from bandstore.tune.provenance import trace_origin
+from bandstore.tune.reports import RelayoutReport, TableRelayout
 
-#: Candidate methods of ``auto`` (each reported on held-out queries; all in the inner grid).
-AUTO_METHODS = ("identity", "frequency", "metis", "hypergraph")
-METHODS = ("auto", "identity", "random", "frequency", "metis", "hypergraph")
-#: Admission thresholds tried on the tuning part (NEVER: no neighbour admission).
-DEFAULT_THRESHOLDS: tuple[int, ...] = (0, 1, 2, 3, 5, 8, 16, NEVER)
-#: Pinned shares tried on the tuning part.
-DEFAULT_PINNED_SHARES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-#: Recency half-lives of the access counts tried by ``auto``, as a share of the queries they
-#: are counted on (None: plain counts). Also passed to the layout build (counts, graph and
-#: objective weighted alike).
-AUTO_HALF_LIVES: tuple[float | None, ...] = (None, 0.1, 0.25, 0.5)
-#: Placements of the rows never read (``cold`` of ``build_layout``) tried by ``auto`` for the
-#: methods that have the option (metis, hypergraph).
-AUTO_COLDS: tuple[str, ...] = ("after", "inline")
 #: Share of the tuning queries (the last ones) that chooses among configurations.
-INNER_SHARE = 0.25
+INNER_SHARE = RelayoutOptions.inner_share
 #: Above this many tuning lookups (per table), policies and ``auto``'s configuration are chosen
 #: on the most recent ``max_tuning_lookups`` lookups of the tuning part (see :func:`relayout`).
-DEFAULT_MAX_TUNING_LOOKUPS = 20_000_000
+DEFAULT_MAX_TUNING_LOOKUPS = RelayoutOptions.max_tuning_lookups
 #: Methods whose ``cold`` placement is a parameter.
 _COLD_METHODS = ("metis", "hypergraph")
 
@@ -134,8 +132,8 @@ class Scoring:
     ``thresholds`` x ``pinned_shares`` on the tuning queries."""
 
     batch_size: int
-    thresholds: Sequence[int] = DEFAULT_THRESHOLDS
-    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES
+    thresholds: Sequence[int] = RELAYOUT_THRESHOLDS
+    pinned_shares: Sequence[float] = RELAYOUT_PINNED_SHARES
 
 
 def _batch_split(n_queries: int, share: float, batch_size: int) -> int:
@@ -244,12 +242,15 @@ def recency_counts(trace: Trace, table: str, rows: int, half_life: float | None)
             argument="rows",
             value=rows,
         )
+    c: np.ndarray
     if half_life is None:
         c = np.bincount(idx, minlength=rows)
     else:
         from bandstore.tune.layout import query_weights
 
-        per_lookup = np.repeat(query_weights(off, float(half_life)), np.diff(off))
+        weights = query_weights(off, float(half_life))
+        assert weights is not None  # (None only for half_life None)
+        per_lookup = np.repeat(weights, np.diff(off))
         w = np.bincount(idx, weights=per_lookup, minlength=rows)
         total = float(per_lookup.sum())
         c = np.rint(w * (idx.size / total)) if total > 0 else np.zeros(rows)
@@ -301,10 +302,15 @@ def evaluate_layout(
 
     idx, off = trace.table(table)
     batch_size, rows_per_block, dim = scoring.batch_size, target.rows_per_block, target.dim
-    common = dict(
-        sizes_bytes=[target.cache_bytes], batch_size=batch_size, block_size=target.block_size,
+    common: dict[str, Any] = dict(
+        sizes_bytes=[target.cache_bytes], block_size=target.block_size,
         row_bytes=target.row_bytes, check=False, table=table,
     )  # fmt: skip
+    grid = SimOptions(tuple(scoring.thresholds), tuple(scoring.pinned_shares), batch_size)
+
+    def one(threshold: int, share: float) -> SimOptions:
+        return SimOptions((threshold,), (share,), batch_size)
+
     if policy_from:
         if not 0 < policy_from < split or policy_from % batch_size:
             raise InvalidArgumentError(
@@ -316,31 +322,27 @@ def evaluate_layout(
         w_idx = idx[off[policy_from] : off[split]]
         warm = (split - policy_from) // batch_size // 4 * batch_size
         window = simulate(
-            w_idx, w_off, layout, rows_per_block, dim, counts, thresholds=scoring.thresholds,
-            pinned_shares=scoring.pinned_shares, warmup_queries=warm, **common,
+            w_idx, w_off, layout, rows_per_block, dim, counts, options=grid,
+            warmup_queries=warm, **common,
         )  # fmt: skip
         blocks, ti, pi = window.envelope()
         threshold = int(window.thresholds[ti[0]])
         share = float(window.pinned_shares[pi[0]])
         held = simulate(
-            idx, off, layout, rows_per_block, dim, counts, thresholds=[threshold],
-            pinned_shares=[share], warmup_queries=split, **common,
+            idx, off, layout, rows_per_block, dim, counts, options=one(threshold, share),
+            warmup_queries=split, **common,
         )  # fmt: skip
         return _figures(
             threshold, share, 1000.0 * float(blocks[0]) / max(1, window.lookups), held.lookups,
             int(held.misses[0, 0, 0]), int(held.blocks_read[0, 0, 0]), target,
         )  # fmt: skip
     tune_idx, tune_off = idx[: off[split]], off[: split + 1]
-    tune = simulate(
-        tune_idx, tune_off, layout, rows_per_block, dim, counts,
-        thresholds=scoring.thresholds, pinned_shares=scoring.pinned_shares, **common,
-    )  # fmt: skip
+    tune = simulate(tune_idx, tune_off, layout, rows_per_block, dim, counts, options=grid, **common)
     blocks, ti, pi = tune.envelope()
     threshold, share = int(tune.thresholds[ti[0]]), float(tune.pinned_shares[pi[0]])
     whole = simulate(
-        idx, off, layout, rows_per_block, dim, counts,
-        thresholds=[threshold], pinned_shares=[share], **common,
-    )  # fmt: skip
+        idx, off, layout, rows_per_block, dim, counts, options=one(threshold, share), **common
+    )
     t_i, p_i = list(tune.thresholds).index(threshold), list(tune.pinned_shares).index(share)
     held_lookups = whole.lookups - tune.lookups
     held_misses = int(whole.misses[0, 0, 0] - tune.misses[t_i, p_i, 0])
@@ -356,7 +358,7 @@ def _figures(threshold: int, share: float, tuning_per_1000: float, held_lookups:
              target: LayoutTarget) -> dict[str, Any]:  # fmt: skip
     row_bytes, block_size = target.row_bytes, target.block_size
     return {
-        "threshold": threshold_to_json(threshold),
+        "threshold": int(threshold),
         "pinned_share": share,
         "tuning_blocks_per_1000_lookups": tuning_per_1000,
         "heldout_lookups": int(held_lookups),
@@ -524,15 +526,15 @@ def evaluate_choice(
     if evaluations is not None:
         h = hashlib.blake2b(digest_size=16)
         for a in (np.ascontiguousarray(layout), np.ascontiguousarray(counts)):
-            h.update(a.view(np.uint8))
+            h.update(a.view(np.uint8).data)
         digest = (h.hexdigest(), split, target.cache_bytes, policy_from)
-    if digest is not None and digest in evaluations:
+    if evaluations is not None and digest is not None and digest in evaluations:
         res = dict(evaluations[digest])
     else:
         res = evaluate_layout(
             trace, table, split, layout, counts, target, scoring, policy_from=policy_from
         )
-        if digest is not None:
+        if evaluations is not None and digest is not None:
             evaluations[digest] = dict(res)
     res["build_seconds"] = seconds
     res["configuration"] = {
@@ -620,40 +622,33 @@ def relayout(
     method: str = "auto",
     holdout: float = 0.2,
     cache_bytes: int | Mapping[str, int] | None = None,
+    tables: Sequence[str] | None = None,
     force: bool = False,
     dry_run: bool = False,
-    tables: Sequence[str] | None = None,
-    batch_size: int = 256,
-    thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
-    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
-    seed: int = 0,
     progress: bool | None = None,
-    layout_params: Mapping[str, Mapping[str, Any]] | None = None,
-    auto_methods: Sequence[str] = AUTO_METHODS,
-    half_lives: Sequence[float | None] = AUTO_HALF_LIVES,
-    colds: Sequence[str] = AUTO_COLDS,
-    inner_share: float = INNER_SHARE,
-    inner_thresholds: Sequence[int] | None = None,
-    inner_pinned_shares: Sequence[float] | None = None,
-    max_tuning_lookups: int | None = DEFAULT_MAX_TUNING_LOOKUPS,
-) -> dict[str, Any]:
+    options: RelayoutOptions | None = None,
+) -> RelayoutReport:
     """Relayout ``store``'s tables from ``trace``; return the per-table report.
 
     method: ``auto`` (the configuration chosen on an inner split of the tuning part, see
-    :func:`choose_configurations`, over ``auto_methods`` x ``half_lives`` x ``colds``) or one
-    method with default parameters (and ``layout_params``). inner_thresholds /
-    inner_pinned_shares: the policy grid of the inner split (default: thresholds /
-    pinned_shares).
+    :func:`choose_configurations`, over ``options.auto_methods`` x ``half_lives`` x
+    ``colds``) or one method with default parameters (and ``options.layout_params``).
+    holdout: the share of later queries held out (they only measure).
     cache_bytes: the DRAM the decision is made for: a total (split by table size), per table,
-    or None for each table's current cache size.
+    or None for each table's current cache size. tables: the tables to relayout (default:
+    the trace's). force: commit even if not better; dry_run: commit nothing.
+    options: batch size, seed, ``auto``'s grid, the bound on tuning lookups, layout
+    parameters (:class:`bandstore.options.RelayoutOptions`).
 
-    Per table, the report has ``current``, ``naive``, ``policy_only`` and ``candidates`` (per
-    method) held-out figures, ``chosen`` (the method of the chosen configuration),
-    ``configuration`` (method, half_life, cold, threshold, pinned_share), ``result`` (its
-    held-out figures), for ``auto`` ``choice`` (the inner split and every configuration's
-    score), and ``action`` (``commit`` or ``keep`` with a ``reason``).
+    Per table (:class:`bandstore.tune.reports.TableRelayout`), the report has ``current``,
+    ``naive``, ``policy_only`` and ``candidates`` (per method) held-out figures, ``chosen``
+    (the method of the chosen configuration), ``configuration`` (method, half_life, cold,
+    threshold, pinned_share), ``result`` (its held-out figures), for ``auto`` ``choice`` (the
+    inner split and every configuration's score), and ``action`` (``commit`` or ``keep`` with
+    a ``reason``). The committed access counts are stored with their origin (this trace's
+    tuning part, :meth:`Store.counts_origin`).
 
-    max_tuning_lookups: a bound for long traces (None: no bound). When a table's tuning part
+    options.max_tuning_lookups: a bound for long traces (None: no bound). When a table's tuning part
     holds more lookups, its most recent whole batches holding at most this many
     (:func:`tuning_window`, reported as ``policy_window``) choose every admission threshold and
     pinned share (:func:`evaluate_layout`'s ``policy_from``) and, for ``auto``, are the tuning
@@ -666,14 +661,21 @@ def relayout(
     policy-only figure) and the chosen configuration; the other methods are listed in
     ``skipped_candidates`` (their inner-split scores are in ``choice``).
     """
-    if method not in METHODS:
+    if method not in RELAYOUT_METHODS:
         raise InvalidArgumentError(
-            f"unknown method {method!r}; known: {list(METHODS)}", argument="method", value=method
+            f"unknown method {method!r}; known: {list(RELAYOUT_METHODS)}",
+            argument="method",
+            value=method,
         )
-    if batch_size < 1:
+    o = options if options is not None else RelayoutOptions()
+    if not isinstance(o, RelayoutOptions):
         raise InvalidArgumentError(
-            f"batch_size must be >= 1, got {batch_size}", argument="batch_size"
+            f"options must be a bandstore.options.RelayoutOptions, got {type(o).__name__}",
+            argument="options",
         )
+    batch_size, max_tuning_lookups = o.batch_size, o.max_tuning_lookups
+    auto_methods, half_lives, colds = o.auto_methods, o.half_lives, o.colds
+    inner_share, layout_params = o.inner_share, o.layout_params
     names = list(tables) if tables is not None else list(trace.table_names)
     for name in names:
         if name not in store.tables:
@@ -688,13 +690,8 @@ def relayout(
             )
     split = split_point(trace, holdout, batch_size)
     tune = trace.query_slice(0, split)
-    scoring = Scoring(batch_size, thresholds, pinned_shares)
-    inner_scoring = Scoring(
-        batch_size,
-        thresholds if inner_thresholds is None else inner_thresholds,
-        pinned_shares if inner_pinned_shares is None else inner_pinned_shares,
-    )
-    build = dict(seed=seed, layout_params=layout_params, progress=bool(progress))
+    scoring = inner_scoring = Scoring(batch_size)
+    build: dict[str, Any] = dict(seed=o.seed, layout_params=layout_params, progress=bool(progress))
     _check_max_tuning_lookups(max_tuning_lookups)
     windows = {n: tuning_window(trace, n, split, max_tuning_lookups, batch_size) for n in names}
     if method == "auto":
@@ -703,13 +700,13 @@ def relayout(
         for w in set(windows.values()) - {0}:
             inner_split(tune.query_slice(w, split), batch_size, inner_share)
     candidates = tuple(auto_methods) if method == "auto" else (method,)
-    report: dict[str, Any] = {
-        "queries": {"tuning": split, "heldout": trace.n_queries - split},
-        "method": method,
-        "max_tuning_lookups": max_tuning_lookups,
-        "tables": {},
-    }
-    layouts, counts_by_table, tuning = {}, {}, {}
+    report = RelayoutReport(
+        queries={"tuning": split, "heldout": trace.n_queries - split},
+        method=method,
+        max_tuning_lookups=max_tuning_lookups,
+        tables={},
+    )
+    layouts, counts_by_table, tuning, origins = {}, {}, {}, {}
     for name in names:
         target = LayoutTarget.of(store.tables[name], _table_cache_bytes(store, name, cache_bytes))
         rows = target.rows
@@ -756,8 +753,7 @@ def relayout(
         )
         # The store as it is: its layout and its policy (its own counts, if it has any).
         step("current")
-        cur_threshold = current_policy["threshold"]
-        cur_t = NEVER if cur_threshold is None else min(int(cur_threshold), NEVER)
+        cur_t = min(int(current_policy["threshold"]), NEVER)
         if (
             cur_t >= NEVER
             and float(current_policy["pinned_share"]) == 0.0
@@ -843,6 +839,11 @@ def relayout(
             entry["action"] = "commit"
             layouts[name] = chosen_layout
             counts_by_table[name] = chosen_counts
+            half_life = entry["configuration"].get("half_life")
+            origins[name] = trace_origin(
+                "relayout", tune, name,
+                "tuning part" + (f", recency half-life {half_life:.3g}" if half_life else ""),
+            )  # fmt: skip
             tuning[name] = {
                 "cache_bytes": target.cache_bytes,
                 "threshold": chosen["threshold"],
@@ -855,12 +856,11 @@ def relayout(
                 f"{label} reads {chosen['heldout_blocks_read']} blocks on held-out queries, "
                 f"not fewer than the current layout's {cur['heldout_blocks_read']}"
             )
-        report["tables"][name] = entry
-    report["committed_version"] = None
+        report.tables[name] = TableRelayout(**entry)
     if layouts and not dry_run:
-        report["committed_version"] = store.relayout_tables(
+        report.committed_version = store.relayout_tables(
             layouts, counts=counts_by_table, tuning=tuning, note=f"relayout {method}",
-            progress=progress,
+            progress=progress, counts_origin=origins,
         )  # fmt: skip
     return report
 

@@ -49,6 +49,7 @@ from bandstore.tune.planning.planner import (
     predict,
     uniform_plan,
 )
+from bandstore.tune.reports import PlanComparison
 
 __all__ = [
     "STRATEGIES",
@@ -118,7 +119,16 @@ def plan_store(
     profiles = profile_trace(store, trace, batch_size=batch_size, curves=curves)
     if budget is None:
         budget = default_budget(profiles)
-    return make_plan(profiles, cal, workers, budget, cold=cold)
+    return with_counts_origin(make_plan(profiles, cal, workers, budget, cold=cold), trace)
+
+
+def with_counts_origin(plan: Plan, trace: Any) -> Plan:
+    """``plan`` with the origin of its access counts (``trace``'s), stored with them when the
+    plan is applied (``Store.counts_origin``)."""
+    from bandstore.tune.provenance import trace_origin
+
+    origins = {n: trace_origin("plan", trace, n) for n in plan.counts}
+    return replace(plan, counts_origin=origins)
 
 
 def apply_plan(store: Any, plan: Plan | Mapping[str, Any] | None, *, persist: bool = True) -> None:
@@ -180,7 +190,7 @@ def replan(
         old = predict(current, profiles, cal)["batch_ns"]
     else:
         old = predict(current, _as_served(store, profiles, trace, batch_size), cal)["batch_ns"]
-    new_plan = make_plan(profiles, cal, w, budget)
+    new_plan = with_counts_origin(make_plan(profiles, cal, w, budget), trace)
     new = new_plan.predicted["batch_ns"]
     switch = new < old * (1.0 - min_gain)
     if switch:
@@ -244,10 +254,9 @@ def compare_plans(
     repeats: int = 3,
     warm_queries: int | None = None,
     calibration: Calibration | None = None,
-    one_worker: bool = True,
     curves: CurveSource | Mapping[str, tuple[Any, Any, Any]] | None = None,
     refine: bool = False,
-) -> dict[str, Any]:
+) -> PlanComparison:
     """Plan ``store_path`` for ``trace`` and measure it against the uniform baseline (and the
     same planner at one worker), same budget, same run, repetitions interleaved.
 
@@ -260,8 +269,8 @@ def compare_plans(
     same queries again would find them in the caches, which no server sees and which flatters
     cached tables over direct ones. ``repeats`` cuts the held-out batches into that many
     consecutive chunks; lookups/s is the median over the chunks of each chunk's rate. Returns
-    the plans, the predicted and measured batch times, lookups/s, p50/p99 per batch, and the
-    ratios (``speedup``).
+    a :class:`bandstore.tune.reports.PlanComparison`: the plans, the predicted and measured
+    batch times, lookups/s, p50/p99 per batch, and the ratios (``speedup``).
     """
     import bandstore
 
@@ -279,7 +288,7 @@ def compare_plans(
         "plan": make_plan(profiles, cal, workers, budget),
         "uniform": uniform_plan(profiles, cal, workers, budget),
     }
-    if one_worker and workers > 1:
+    if workers > 1:
         plans["plan, 1 worker"] = make_plan(profiles, cal, 1, budget)
     warm = tune
     if warm_queries is not None and tune.n_queries > warm_queries:
@@ -362,18 +371,18 @@ def compare_plans(
     speedup = {"plan_vs_uniform": lps["plan"] / lps["uniform"]}
     if "plan, 1 worker" in lps:
         speedup["workers_vs_one"] = lps["plan"] / lps["plan, 1 worker"]
-    return {
-        "store": str(Path(store_path)),
-        "workers": workers,
-        "budget_bytes": budget,
-        "batch_size": batch_size,
-        "queries": {"tuning": tune.n_queries, "heldout": held.n_queries},
-        "heldout_lookups": lookups,
-        "calibrated": calibrated,
-        "plans": {n: p.as_dict() for n, p in plans.items()},
-        "results": results,
-        "speedup": speedup,
-    }
+    return PlanComparison(
+        store=str(Path(store_path)),
+        workers=workers,
+        budget_bytes=budget,
+        batch_size=batch_size,
+        queries={"tuning": tune.n_queries, "heldout": held.n_queries},
+        heldout_lookups=lookups,
+        calibrated=calibrated,
+        plans={n: p.as_dict() for n, p in plans.items()},
+        results=results,
+        speedup=speedup,
+    )
 
 
 def _mapping(plan: Plan) -> dict[str, tuple]:

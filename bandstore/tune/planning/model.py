@@ -123,6 +123,7 @@ def simulated_curve(sample_rate: float = 0.1, n_sizes: int = 24, warmup: float =
     """
 
     def source(store: Any, name: str, indices, offsets, batch_size: int):
+        from bandstore.options import SimOptions
         from bandstore.tune.sim.mrc import simulate
 
         g = store.tables[name]
@@ -133,12 +134,14 @@ def simulated_curve(sample_rate: float = 0.1, n_sizes: int = 24, warmup: float =
         cut = (int(warmup * nq) // batch_size) * batch_size  # whole batches, as replayed
 
         def run(idx, off, sizes=None):
-            return simulate(
-                idx, off, layout, g.rows_per_block, g.dim, counts, sizes_bytes=sizes,
+            options = SimOptions(
                 thresholds=(policy.threshold,), pinned_shares=(policy.pinned_share,),
                 batch_size=batch_size, sample_rate=sample_rate, n_sizes=n_sizes,
-                block_size=g.block_size, row_bytes=g.row_bytes, inverse_layout=inverse,
-                table=name, check=False,
+            )  # fmt: skip
+            return simulate(
+                idx, off, layout, g.rows_per_block, g.dim, counts, options=options,
+                sizes_bytes=sizes, block_size=g.block_size, row_bytes=g.row_bytes,
+                inverse_layout=inverse, table=name, check=False,
             )  # fmt: skip
 
         full = run(indices, offsets)

@@ -253,7 +253,7 @@ def uniform_plan(profiles: Mapping[str, TableProfile], cal: Calibration | None, 
     index = sum(4 * p.rows for p in profiles.values())
     left = max(0, budget - index)
     full = {n: p.rows * cache_row_bytes(p.dim) for n, p in profiles.items()}
-    share = {}
+    share: dict[str, int] = {}
     for n in sorted(profiles, key=lambda k: full[k]):  # smallest first: each takes what it can
         share[n] = min(full[n], left // (len(profiles) - len(share)))
         left -= share[n]

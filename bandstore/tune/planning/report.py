@@ -81,7 +81,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InvalidArgumentError("--batch-size must be >= 1", argument="batch_size")
     trace = Trace.load(args.trace)
-    result = compare_plans(
+    comparison = compare_plans(
         args.store,
         trace,
         workers=args.workers,
@@ -90,9 +90,10 @@ def run_plan_command(args: argparse.Namespace) -> int:
         holdout=args.holdout,
         repeats=args.repeats,
     )
+    result = comparison.as_dict()
     if args.apply:
         with bandstore.open(args.store, writable=True, cache_bytes=0, plan=False) as s:
-            apply_plan(s, Plan.from_dict(result["plans"]["plan"], s.tables))
+            apply_plan(s, Plan.from_dict(comparison.plans["plan"], s.tables))
         result["applied"] = True
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True, default=float))

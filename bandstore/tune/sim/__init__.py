@@ -7,7 +7,10 @@
   minimizes the predicted blocks read.
 - :func:`size_cache`: all of it for ``bandstore size-cache`` and the demo; ``apply=True``
   stores the choice in the catalog so ``bandstore.open(path)`` uses it (with the access counts
-  of the whole tuning trace, or of its warm-up part: ``apply_counts``).
+  of the whole tuning trace, or of its warm-up part: ``SizingOptions.apply_counts``).
+
+Options (:class:`bandstore.options.SimOptions`, :class:`bandstore.options.SizingOptions`) and
+their defaults live in :mod:`bandstore.options`.
 """
 
 from bandstore.tune.sim.allocate import allocate, knapsack

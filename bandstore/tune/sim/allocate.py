@@ -87,21 +87,22 @@ def knapsack(options: list[tuple[np.ndarray, np.ndarray]], budget: int) -> list[
             f"a budget of {budget} bytes cannot give every table one of its options",
             budget=budget,
         )
-    out = [0] * len(pruned)
-    c = cells
+    picked = [0] * len(pruned)
+    left = cells
     for g in range(len(pruned) - 1, -1, -1):
         pick, wc = choices[g]
-        o = int(pick[c])
-        out[g] = int(pruned[g][0][o])
-        c -= int(wc[o])
-    return out
+        o = int(pick[left])
+        picked[g] = int(pruned[g][0][o])
+        left -= int(wc[o])
+    return picked
 
 
 def allocate(curves: Mapping[str, Curves], budget: int) -> dict[str, dict[str, Any]]:
     """Choose cache bytes, threshold and pinned share per table to minimize blocks read.
 
     Returns ``{table: {"size_index", "cache_bytes", "capacity_rows", "threshold",
-    "pinned_share", "predicted_misses", "predicted_blocks_read"}}`` (threshold None = never).
+    "pinned_share", "predicted_misses", "predicted_blocks_read"}}`` (threshold ``NEVER``: no
+    neighbour admission).
     Raises BudgetError when the budget is negative or below the smallest useful cache of every
     table, InvalidArgumentError when there is no table.
     """
@@ -143,7 +144,7 @@ def allocate(curves: Mapping[str, Curves], budget: int) -> dict[str, dict[str, A
             "size_index": int(k),
             "cache_bytes": int(cv.sizes_bytes[k]),
             "capacity_rows": int(cv.capacity_rows[k]),
-            "threshold": None if thr >= NEVER else thr,
+            "threshold": min(thr, NEVER),
             "pinned_share": float(cv.pinned_shares[p]),
             "predicted_misses": float(cv.misses[t, p, k]),
             "predicted_blocks_read": float(cv.blocks_read[t, p, k]),

@@ -34,6 +34,14 @@ import numpy as np
 from bandstore.errors import InvalidArgumentError, InvalidShapeError
 from bandstore.kernels import cache as kc
 from bandstore.kernels.cache import NEVER
+from bandstore.options import (
+    DEFAULT_PINNED_SHARES,
+    DEFAULT_THRESHOLDS,
+    ESTIMATORS,
+    SAMPLINGS,
+    SimOptions,
+    threshold_to_json,
+)
 from bandstore.serve.cache import cache_row_bytes, capacity_rows
 from bandstore.traces.trace import check_csr
 from bandstore.tune.sim import kernels as sk
@@ -52,29 +60,20 @@ __all__ = [
     "simulate",
 ]
 
-#: Admission thresholds simulated by default: every neighbour, neighbours read at least
-#: 1, 4 or 16 times in the counts, and none (plain CLOCK).
-DEFAULT_THRESHOLDS: tuple[int, ...] = (0, 1, 4, 16, NEVER)
-#: Pinned shares simulated by default: the best share moves with the cache size, hence a grid
-#: finer than 0/0.5/0.9; 1.0 pins the whole cache (a static cache of the hottest rows).
-DEFAULT_PINNED_SHARES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 #: Default number of cache sizes per curve (0 bytes included).
-DEFAULT_N_SIZES = 33
+DEFAULT_N_SIZES = SimOptions.n_sizes
 #: With sampling, a table is sampled at a rate that keeps at least this many of the blocks the
 #: trace reads (a 1% sample of a 100-block table says nothing)...
-MIN_SAMPLED_BLOCKS = 1024
+MIN_SAMPLED_BLOCKS = SimOptions.min_sampled_blocks
 #: ...unless that would simulate more than this many lookups: a small table with many lookups
 #: is sampled down to it (never below the requested rate). Together they bound the cost of a
 #: table (about lookups x configurations) and keep the sample's block count useful.
-MAX_SAMPLED_LOOKUPS = 200_000
-#: Memory the mini caches of one table may take at once; more configurations run in groups.
-DEFAULT_MEMORY_LIMIT = 2 << 30
+MAX_SAMPLED_LOOKUPS = SimOptions.max_sampled_lookups
 #: Lookups mapped to blocks at a time (bounds the temporaries of a long trace).
 _MAP_CHUNK = 1 << 22
 
-#: Spatial sampling schemes (see :func:`simulate`).
-SAMPLINGS = ("hash", "stratified")
-#: How sampled counters are scaled back to the whole trace:
+#: How sampled counters are scaled back to the whole trace (:data:`ESTIMATORS`, defined with
+#: the options in :mod:`bandstore.options`):
 #: ``"lookups"``: plain SHARDS, the sample's miss ratio (misses / sampled lookups) times the
 #: lookups; ``"adjusted"``: SHARDS_adj, misses / R (the sample's excess or shortfall of lookups
 #: over the expected ``R * lookups`` counted as hits); ``"che"``: a ratio estimator whose
@@ -82,7 +81,6 @@ SAMPLINGS = ("hash", "stratified")
 #: counts (batch-granular, pinned rows excluded): the sample's misses times (predicted misses of
 #: all rows / predicted misses of the sampled rows). Heavy rows in or out of the sample then
 #: move the numerator and the denominator together.
-ESTIMATORS = ("che", "lookups", "adjusted")
 
 _HASH_SPACE = 1 << 32
 
@@ -180,7 +178,7 @@ class Curves:
             "sampled_lookups": self.sampled_lookups,
             "sizes_bytes": self.sizes_bytes.tolist(),
             "capacity_rows": self.capacity_rows.tolist(),
-            "thresholds": [None if t >= NEVER else int(t) for t in self.thresholds],
+            "thresholds": [threshold_to_json(t) for t in self.thresholds],
             "pinned_shares": self.pinned_shares.tolist(),
             "miss_ratio": self.miss_ratio.tolist(),
             "blocks_per_lookup": self.blocks_per_lookup.tolist(),
@@ -253,49 +251,6 @@ def _as_ids(a: Any, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def _check_rate(sample_rate: float) -> float:
-    try:
-        r = float(sample_rate)
-    except (TypeError, ValueError):
-        r = math.nan
-    if not (0.0 < r <= 1.0):
-        raise InvalidArgumentError(
-            f"sample_rate must be in (0, 1], got {sample_rate!r}",
-            argument="sample_rate",
-            value=sample_rate,
-        )
-    return r
-
-
-def _check_thresholds(thresholds: Sequence[int | None]) -> np.ndarray:
-    out = []
-    for t in thresholds:
-        if t is None:
-            out.append(NEVER)
-            continue
-        if isinstance(t, bool) or not float(t).is_integer() or t < 0:
-            raise InvalidArgumentError(
-                f"thresholds must be integers >= 0 (or None for never), got {t!r}",
-                argument="thresholds",
-                value=t,
-            )
-        out.append(min(int(t), NEVER))
-    if not out:
-        raise InvalidArgumentError("at least one threshold is needed", argument="thresholds")
-    return np.array(out, dtype=np.int64)
-
-
-def _check_shares(shares: Sequence[float]) -> np.ndarray:
-    arr = np.array([float(s) for s in shares], dtype=np.float64)
-    if arr.size == 0 or np.any(~(arr >= 0.0) | (arr > 1.0)):
-        raise InvalidArgumentError(
-            f"pinned_shares must be a non-empty list of numbers in [0, 1], got {list(shares)}",
-            argument="pinned_shares",
-            value=list(shares),
-        )
-    return arr
-
-
 def simulate(
     indices: Any,
     offsets: Any,
@@ -304,23 +259,12 @@ def simulate(
     dim: int,
     counts: Any = None,
     *,
+    options: SimOptions | None = None,
     sizes_bytes: Sequence[int] | np.ndarray | None = None,
-    thresholds: Sequence[int | None] = (NEVER,),
-    pinned_shares: Sequence[float] = (0.0,),
-    batch_size: int = 256,
     warmup_queries: int = 0,
-    sample_rate: float = 1.0,
-    seed: int = 0,
-    min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
-    max_sampled_lookups: int | None = MAX_SAMPLED_LOOKUPS,
-    sampling: str = "stratified",
-    estimator: str = "che",
-    n_sizes: int = DEFAULT_N_SIZES,
     block_size: int = 4096,
     row_bytes: int = 0,
     inverse_layout: np.ndarray | None = None,
-    workers: int | None = None,
-    memory_limit: int = DEFAULT_MEMORY_LIMIT,
     table: str | None = None,
     check: bool = True,
 ) -> Curves:
@@ -331,35 +275,32 @@ def simulate(
         layout: id -> slot of the table (its length is the table's rows).
         rows_per_block, dim: the table's geometry (``dim`` sets the DRAM cost of a cached row).
         counts: access counts used for admission and pinning (None: all zero).
-        sizes_bytes: cache sizes; default :func:`size_grid` up to the rows of the blocks read.
-        thresholds, pinned_shares: the policies to simulate at every size (None = never).
-        batch_size: queries per ``lookup_many`` call of the replay being predicted.
+        options: the policies simulated at every size (``thresholds`` x ``pinned_shares``),
+            the batch size of the replay being predicted, the sampling (``sample_rate``: 1 for
+            exact, else the SHARDS rate R; ``sampling``: ``"hash"``, block b in the sample iff
+            its hash is below R, or ``"stratified"``, blocks sorted by lookups and one in every
+            1/R taken systematically; ``estimator``, see :data:`ESTIMATORS`), threads and
+            memory; see :class:`bandstore.options.SimOptions` (default: its defaults).
+        sizes_bytes: cache sizes; default :func:`size_grid` (``options.n_sizes`` of them) up to
+            the rows of the blocks read.
         warmup_queries: the first queries only warm the caches: the counters (and ``lookups``)
             are those of the queries after them, as for a replay of the warm-up queries, then
             of the rest (each part cut in batches from its own start).
-        sample_rate: 1 for exact; else the SHARDS rate R in (0, 1]. The rate used is
-            ``max(R, min(1, min_sampled_blocks / blocks read, max_sampled_lookups / lookups))``
-            (``min_sampled_blocks=0`` and ``max_sampled_lookups=None``: exactly R).
-        sampling: ``"hash"`` (SHARDS: block b in the sample iff its hash is below R) or
-            ``"stratified"`` (blocks sorted by lookups, one in every 1/R taken systematically,
-            the hash breaking ties: the sample holds its share of hot, warm and cold blocks).
-        estimator: how sampled counters are scaled back (see :data:`ESTIMATORS`).
+        block_size, row_bytes: the table's block geometry (for the reported figures).
         inverse_layout: slot -> id (-1 for holes) if the caller has it (saves building it).
-        workers: threads (the kernels release the GIL); default: the CPU count.
-        memory_limit: bytes the mini caches may take at once (configurations run in groups).
+        table: the table's name (in error messages and the result).
         check: validate the arrays (the store-level API passes the store's own, valid ones).
     """
     t0 = time.perf_counter()
-    rate = _check_rate(sample_rate)
-    if sampling not in SAMPLINGS:
-        raise InvalidArgumentError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}",
-                                   argument="sampling", value=sampling)  # fmt: skip
-    if estimator not in ESTIMATORS:
-        raise InvalidArgumentError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}",
-                                   argument="estimator", value=estimator)  # fmt: skip
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}",
-                                   argument="batch_size", value=batch_size)  # fmt: skip
+    o = options if options is not None else SimOptions()
+    if not isinstance(o, SimOptions):
+        raise InvalidArgumentError(
+            f"options must be a bandstore.options.SimOptions, got {type(o).__name__}",
+            argument="options",
+        )
+    rate = float(o.sample_rate)
+    batch_size, seed, sampling, estimator = o.batch_size, o.seed, o.sampling, o.estimator
+    min_sampled_blocks, max_sampled_lookups = o.min_sampled_blocks, o.max_sampled_lookups
     rpb = int(rows_per_block)
     dim = int(dim)
     if rpb < 1 or dim < 1:
@@ -374,8 +315,8 @@ def simulate(
     else:
         indices = np.ascontiguousarray(indices, dtype=np.int64)
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    ts = _check_thresholds(thresholds)
-    ps = _check_shares(pinned_shares)
+    ts = np.array(o.thresholds, dtype=np.int64)
+    ps = np.array(o.pinned_shares, dtype=np.float64)
     if counts is None:
         cnt = np.zeros(rows, dtype=np.int32)
     else:
@@ -412,7 +353,7 @@ def simulate(
     touched = per_block > 0
     n_touched = int(np.count_nonzero(touched))
     if sizes_bytes is None:
-        sizes = size_grid(rows, dim, rpb, min(rows, n_touched * rpb), n_sizes)
+        sizes = size_grid(rows, dim, rpb, min(rows, n_touched * rpb), o.n_sizes)
     else:
         sizes = np.asarray(sizes_bytes, dtype=np.int64)
         if sizes.ndim != 1 or sizes.size == 0 or sizes.min() < 0:
@@ -521,7 +462,7 @@ def simulate(
 
     stats = _run_configs(
         ids, bounds, c_counts, c_layout, c_inverse, rpb, block_size, row_bytes, n_compact,
-        pinned_list, cfg, workers, memory_limit, n_warm,
+        pinned_list, cfg, o.workers, o.memory_limit, n_warm,
     )  # fmt: skip
 
     measured = indices[offsets[w] :]

@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,14 @@ import numpy as np
 
 from bandstore.errors import BudgetError, InvalidArgumentError, UnknownTableError
 from bandstore.kernels.cache import NEVER
+from bandstore.options import APPLY_COUNTS, SimOptions, SizingOptions
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.serve.store import Store
 from bandstore.traces.trace import Trace
+from bandstore.tune.provenance import trace_origin
+from bandstore.tune.reports import SizingReport, TableSizing
 from bandstore.tune.sim.allocate import allocate
-from bandstore.tune.sim.mrc import (
-    DEFAULT_N_SIZES,
-    DEFAULT_PINNED_SHARES,
-    DEFAULT_THRESHOLDS,
-    MAX_SAMPLED_LOOKUPS,
-    MIN_SAMPLED_BLOCKS,
-    Curves,
-    _check_rate,
-    simulate,
-)
+from bandstore.tune.sim.mrc import Curves, simulate
 
 __all__ = [
     "APPLY_COUNTS",
@@ -52,20 +47,21 @@ __all__ = [
 ]
 
 #: Grid steps on either side of a sampled table's choice that size_cache simulates again
-#: exactly before splitting the budget a second time (see ``size_cache(exact_window=...)``).
-DEFAULT_EXACT_WINDOW = 2
+#: exactly before splitting the budget a second time (``SizingOptions.exact_window``).
+DEFAULT_EXACT_WINDOW = SizingOptions.exact_window
 #: Share of the tuning trace that gives size_cache the access counts and warms the caches; the
 #: choice is made on the rest. A serving store admits and pins by the counts of the whole
 #: tuning trace and serves what follows it: the larger the warm-up share, the closer the
 #: simulated counts are to those (dlrm-26 at a 5% budget, held-out blocks: 0.5 reads 8.7% more
 #: than 0.7, see benchmarks/results/sizing_choice.md), and the fewer queries to choose on.
-DEFAULT_WARMUP = 0.7
+DEFAULT_WARMUP = SizingOptions.warmup
 #: size_cache's default SHARDS rate (tables with few blocks run at a higher rate, or exact).
-DEFAULT_SAMPLE_RATE = 0.01
-#: What ``size_cache(..., apply=True)`` stores as the access counts (with ``counts="trace"``):
-#: those of the whole tuning trace (the default: a serving store admits and pins by everything
-#: it has seen) or those of its warm-up part (the counts the predictions were simulated with).
-APPLY_COUNTS = ("trace", "warmup")
+DEFAULT_SAMPLE_RATE = SizingOptions().sim.sample_rate
+#: Sizes simulated on either side of every table's first choice (up to the next grid points)
+#: before the budget is split again: the grid is geometric, and a choice between two of its
+#: points may leave budget unused (0: no second pass; an experiment's switch, see
+#: benchmarks/exp_sizing_choice.py).
+REFINE_POINTS = 2
 
 
 def check_trace(store: Store, trace: Trace) -> list[str]:
@@ -152,24 +148,16 @@ def simulate_store(
     store: Store,
     trace: Trace,
     *,
+    options: SimOptions | None = None,
     counts: str | Mapping[str, np.ndarray | None] = "trace",
-    thresholds: Sequence[int | None] = DEFAULT_THRESHOLDS,
-    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
-    sizes_bytes: Mapping[str, Sequence[int]] | None = None,
-    n_sizes: int = DEFAULT_N_SIZES,
-    batch_size: int = 256,
+    sizes_bytes: Mapping[str, Sequence[int] | np.ndarray] | None = None,
     warmup: float = 0.0,
-    sample_rate: float = 1.0,
-    seed: int = 0,
-    min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
-    max_sampled_lookups: int | None = MAX_SAMPLED_LOOKUPS,
-    sampling: str = "stratified",
-    estimator: str = "che",
-    workers: int | None = None,
     progress: bool | None = None,
 ) -> dict[str, Curves]:
     """Curves of every table of ``trace``, simulated over ``store``'s layouts and geometry.
 
+    ``options``: the policies, sizes and sampling simulated (:class:`SimOptions`; default its
+    defaults, exact). ``sizes_bytes``: cache sizes by table (default: a grid per table).
     ``warmup``: the first ``warmup`` share of the queries only warm the caches (see
     :func:`size_cache`). ``counts``: the access counts that admission and pinning use:
     ``"trace"`` (those of the warm-up part, or of the whole trace without one),
@@ -180,6 +168,7 @@ def simulate_store(
     """
     from tqdm.auto import tqdm
 
+    o = options if options is not None else SimOptions()
     names = check_trace(store, trace)
     cut = warmup_cut(trace, warmup)
     table_counts = _counts_for(store, trace, counts, cut)
@@ -189,9 +178,8 @@ def simulate_store(
         info = store.tables[name]
         layout, inverse = store.table_layout(name)
         c = table_counts[name]
-        ts = thresholds
-        if c is None:
-            ts = [NEVER]  # the store never admits neighbours without recorded counts
+        # The store never admits neighbours without recorded counts.
+        table_options = o if c is not None else replace(o, thresholds=(NEVER,))
         indices, offsets = trace.table(name)
         out[name] = simulate(
             indices,
@@ -200,29 +188,19 @@ def simulate_store(
             info.rows_per_block,
             info.dim,
             c,
+            options=table_options,
             sizes_bytes=None if sizes_bytes is None else sizes_bytes.get(name),
-            thresholds=ts,
-            pinned_shares=pinned_shares,
-            batch_size=batch_size,
             warmup_queries=cut,
-            sample_rate=sample_rate,
-            seed=seed,
-            min_sampled_blocks=min_sampled_blocks,
-            max_sampled_lookups=max_sampled_lookups,
-            sampling=sampling,
-            estimator=estimator,
-            n_sizes=n_sizes,
             block_size=info.block_size,
             row_bytes=info.row_bytes,
             inverse_layout=inverse,
-            workers=workers,
             table=name,
             check=False,
         )
     return out
 
 
-def _figures(lookups: int, misses: float, blocks: float) -> dict[str, float]:
+def _figures(lookups: int, misses: float, blocks: float) -> dict[str, Any]:
     return {
         "lookups": int(lookups),
         "predicted_misses": float(misses),
@@ -237,52 +215,34 @@ def size_cache(
     trace: Trace,
     budget: int,
     *,
-    sample_rate: float = DEFAULT_SAMPLE_RATE,
-    thresholds: Sequence[int | None] = DEFAULT_THRESHOLDS,
-    pinned_shares: Sequence[float] = DEFAULT_PINNED_SHARES,
-    n_sizes: int = DEFAULT_N_SIZES,
-    batch_size: int = 256,
-    warmup: float = DEFAULT_WARMUP,
-    counts: str | Mapping[str, np.ndarray] = "trace",
     apply: bool = False,
-    apply_counts: str = "trace",
     plot: str | os.PathLike | None = None,
-    refine: int = 2,
-    exact_window: int = DEFAULT_EXACT_WINDOW,
-    seed: int = 0,
-    min_sampled_blocks: int = MIN_SAMPLED_BLOCKS,
-    max_sampled_lookups: int | None = MAX_SAMPLED_LOOKUPS,
-    sampling: str = "stratified",
-    estimator: str = "che",
-    workers: int | None = None,
+    counts: str | Mapping[str, np.ndarray] = "trace",
     progress: bool | None = None,
-    return_curves: bool = False,
-) -> dict[str, Any]:
+    options: SizingOptions | None = None,
+) -> SizingReport:
     """Size the DRAM cache of every table of ``trace`` within ``budget`` bytes in total.
 
     Simulates the store's cache policy over ``trace`` (normally the tuning part of a log) for
-    ``n_sizes`` sizes x ``thresholds`` x ``pinned_shares`` per table (SHARDS-sampled at
-    ``sample_rate``; 1.0 = exact), chooses per table the cache bytes, threshold and pinned share
-    that minimize the total predicted blocks read under the budget, and returns::
+    ``n_sizes`` sizes x ``thresholds`` x ``pinned_shares`` per table (``options.sim``,
+    SHARDS-sampled at ``sample_rate``; 1.0 = exact), chooses per table the cache bytes,
+    threshold and pinned share that minimize the total predicted blocks read under the budget,
+    and returns a :class:`bandstore.tune.reports.SizingReport` (per table a
+    :class:`~bandstore.tune.reports.TableSizing`; the simulated curves in ``curves`` and, for
+    the exact pass, ``exact_curves``).
 
-        {"budget_bytes", "allocated_bytes", "sample_rate", "batch_size", "queries",
-         "warmup_queries",
-         "tables": {name: {"cache_bytes", "capacity_rows", "threshold", "pinned_share",
-                           "lookups", "predicted_hit_ratio", "predicted_blocks_read",
-                           "predicted_misses", "predicted_blocks_per_1000_lookups",
-                           "effective_sample_rate", "configurations", "seconds"}},
-         "total": {"cache_bytes", "lookups", "predicted_hit_ratio", "predicted_blocks_read",
-                   "predicted_misses", "predicted_blocks_per_1000_lookups"},
-         "applied", "applied_counts" (with apply), "plot", "seconds"}
+    The first ``options.warmup`` share of the queries (``Trace.split``'s cut) give the access
+    counts (admission, pinning) and warm the caches; the predictions are for the queries after
+    them, in batches of ``batch_size`` queries per ``lookup_many`` call: choices are made, and
+    judged, on queries the counts did not see. ``warmup=0`` predicts the whole trace from cold
+    caches with its own counts (optimistic: the pinned rows are then known in advance).
+    ``counts``: the counts admission and pinning use in the simulations: ``"trace"`` (those of
+    the warm-up part), ``"store"`` (those the store holds) or ``{table: array}``.
 
-    The first ``warmup`` share of the queries (``Trace.split``'s cut) give the access counts
-    (admission, pinning) and warm the caches; the predictions are for the queries after them, in
-    batches of ``batch_size`` queries per ``lookup_many`` call: choices are made, and judged, on
-    queries the counts did not see. ``warmup=0`` predicts the whole trace from cold caches with
-    its own counts (optimistic: the pinned rows are then known in advance). ``apply=True``
-    stores the choice in the catalog (the store must be writable), with access counts for
-    admission and pinning per ``apply_counts`` (when ``counts="trace"``; explicit counts or
-    ``"store"`` are stored as given): ``"trace"`` (default) the counts of the whole trace, as a
+    ``apply=True`` stores the choice in the catalog (the store must be writable), with access
+    counts for admission and pinning per ``options.apply_counts`` (when ``counts="trace"``;
+    explicit counts or ``"store"`` are stored as given), and their origin
+    (``Store.counts_origin``): ``"trace"`` (default) the counts of the whole trace, as a
     serving store counts everything it has seen, so the store serves the queries after the trace
     with more evidence than the simulation had (the predictions are then for the warm-up-part
     counts, not exactly what a replay of the trace's own second part reads, since the stored
@@ -294,37 +254,33 @@ def size_cache(
     those the predictions were made with, so replaying the warm-up part then the rest through
     ``bandstore.open(path)`` reads what was predicted. Tables of the store that the trace does
     not read get 0 bytes, since the budget is a total. ``plot`` draws the curves with the chosen
-    points (needs matplotlib: ``pip install bandstore[plot]``). ``refine``: after a first choice
-    on the grid, this many more sizes on each side of every table's choice (up to the next grid
-    points) are simulated and the choice is made again (0: no second pass). ``exact_window``:
-    when curves were sampled, the sizes within this many grid steps of every sampled table's
-    choice (and 0 bytes) are simulated again exactly, and the budget is split again with those
-    tables restricted to their exact points (0: keep the sampled choice). Sampled curves are
-    good enough to find the neighbourhood of each table's best size, not to trade the last
-    percents of budget between tables whose errors differ; this pass costs a few exact sizes per
-    table instead of a whole exact curve. Tables refined so are marked ``"exact_points"`` (how
-    many) in the result. ``return_curves`` adds the :class:`Curves` objects under ``"curves"``
-    (not JSON; whole curves, sampled where they were) and those of the exact pass under
-    ``"exact_curves"``.
+    points (needs matplotlib: ``pip install bandstore[plot]``).
 
-    Raises BudgetError (budget below the smallest useful cache), InvalidArgumentError (bad rate,
-    empty trace, trace larger than a table, ``apply_counts`` not in :data:`APPLY_COUNTS`),
-    UnknownTableError (trace names a table the store does not have), ReadOnlyError (``apply``
-    on a read-only store).
+    After a first choice on the grid, :data:`REFINE_POINTS` more sizes on each side of every
+    table's choice (up to the next grid points) are simulated and the choice is made again.
+    ``options.exact_window``: when curves were sampled, the sizes within this many grid steps
+    of every sampled table's choice (and 0 bytes) are simulated again exactly, and the budget
+    is split again with those tables restricted to their exact points (0: keep the sampled
+    choice). Sampled curves are good enough to find the neighbourhood of each table's best
+    size, not to trade the last percents of budget between tables whose errors differ; this
+    pass costs a few exact sizes per table instead of a whole exact curve. Tables refined so
+    have ``exact_points`` (how many) in the report.
+
+    Raises BudgetError (budget below the smallest useful cache), InvalidArgumentError (bad
+    options, empty trace, trace larger than a table), UnknownTableError (trace names a table
+    the store does not have), ReadOnlyError (``apply`` on a read-only store).
     """
     t0 = time.perf_counter()
+    o = options if options is not None else SizingOptions()
+    if not isinstance(o, SizingOptions):
+        raise InvalidArgumentError(
+            f"options must be a bandstore.options.SizingOptions, got {type(o).__name__}",
+            argument="options",
+        )
     check_trace(store, trace)
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
         raise InvalidArgumentError(f"budget must be an integer number of bytes, got {budget!r}",
                                    argument="budget", value=budget)  # fmt: skip
-    _check_rate(sample_rate)
-    if not isinstance(apply_counts, str) or apply_counts not in APPLY_COUNTS:
-        raise InvalidArgumentError(
-            f"apply_counts must be one of {', '.join(repr(a) for a in APPLY_COUNTS)}, "
-            f"got {apply_counts!r}",
-            argument="apply_counts",
-            value=apply_counts,
-        )
     infos = [store.tables[n] for n in trace.table_names]
     smallest = min(min(i.rows, i.rows_per_block) * cache_row_bytes(i.dim) for i in infos)
     if budget < smallest:  # refuse before minutes of simulation (allocate checks it again)
@@ -338,29 +294,15 @@ def size_cache(
         from bandstore.errors import ReadOnlyError
 
         raise ReadOnlyError("size_cache(apply=True) needs a store opened for writing")
+    warmup, sim = o.warmup, o.sim
     cut = warmup_cut(trace, warmup)
     table_counts = _counts_for(store, trace, counts, cut)
     curves = simulate_store(
-        store,
-        trace,
-        counts=table_counts,  # type: ignore[arg-type]
-        thresholds=thresholds,
-        pinned_shares=pinned_shares,
-        n_sizes=n_sizes,
-        batch_size=batch_size,
-        warmup=warmup,
-        sample_rate=sample_rate,
-        seed=seed,
-        min_sampled_blocks=min_sampled_blocks,
-        max_sampled_lookups=max_sampled_lookups,
-        sampling=sampling,
-        estimator=estimator,
-        workers=workers,
-        progress=progress,
+        store, trace, options=sim, counts=table_counts, warmup=warmup, progress=progress
     )
     choice = allocate(curves, int(budget))
     grids = {n: cv.sizes_bytes for n, cv in curves.items()}
-    if refine:
+    if REFINE_POINTS:
         # Sizes between the grid points around each choice, then choose again: the grid is
         # geometric, and a choice between two of its points may leave budget unused.
         extra = {}
@@ -368,83 +310,84 @@ def size_cache(
             grid = curves[name].sizes_bytes
             k = ch["size_index"]
             lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
-            pts = np.unique(np.linspace(lo, hi, 2 * refine + 3).astype(np.int64))
+            pts = np.unique(np.linspace(lo, hi, 2 * REFINE_POINTS + 3).astype(np.int64))
             crb = cache_row_bytes(curves[name].dim)
             pts = np.setdiff1d(np.unique(pts // crb * crb), grid)
             if pts.size:
                 extra[name] = pts
         if extra:
             more = simulate_store(
-                store, trace.select(list(extra)), counts={n: table_counts[n] for n in extra},
-                thresholds=thresholds, pinned_shares=pinned_shares, sizes_bytes=extra,
-                batch_size=batch_size, warmup=warmup, sample_rate=sample_rate, seed=seed,
-                min_sampled_blocks=min_sampled_blocks, max_sampled_lookups=max_sampled_lookups,
-                sampling=sampling, estimator=estimator, workers=workers, progress=False,
+                store, trace.select(list(extra)), options=sim,
+                counts={n: table_counts[n] for n in extra}, sizes_bytes=extra, warmup=warmup,
+                progress=False,
             )  # fmt: skip
             curves = {n: cv.merge(more[n]) if n in more else cv for n, cv in curves.items()}
             choice = allocate(curves, int(budget))
     sampled_curves = curves
-    if exact_window and any(not cv.exact for cv in curves.values()):
+    if o.exact_window and any(not cv.exact for cv in curves.values()):
         curves, choice = _exact_pass(
-            store, trace, curves, choice, int(budget), int(exact_window), grids, table_counts,
-            thresholds=thresholds, pinned_shares=pinned_shares, batch_size=batch_size,
-            warmup=warmup, workers=workers,
+            store, trace, curves, choice, int(budget), int(o.exact_window), grids, table_counts,
+            options=replace(sim, sample_rate=1.0), warmup=warmup,
         )  # fmt: skip
-    tables: dict[str, dict[str, Any]] = {}
+    tables: dict[str, TableSizing] = {}
     tot_bytes = tot_lookups = 0
     tot_misses = tot_blocks = 0.0
     for name, ch in choice.items():
         cv = curves[name]
-        tables[name] = {
-            "cache_bytes": ch["cache_bytes"],
-            "capacity_rows": ch["capacity_rows"],
-            "threshold": ch["threshold"],
-            "pinned_share": ch["pinned_share"],
+        t = TableSizing(
+            cache_bytes=int(ch["cache_bytes"]),
+            capacity_rows=int(ch["capacity_rows"]),
+            threshold=int(ch["threshold"]),
+            pinned_share=float(ch["pinned_share"]),
             **_figures(cv.lookups, ch["predicted_misses"], ch["predicted_blocks_read"]),
-            "effective_sample_rate": sampled_curves[name].sample_rate,
-            "configurations": cv.configurations,
-            "seconds": cv.seconds,
-        }
+            effective_sample_rate=sampled_curves[name].sample_rate,
+            configurations=cv.configurations,
+            seconds=cv.seconds,
+        )
         if cv is not sampled_curves[name]:
-            tables[name]["configurations"] += sampled_curves[name].configurations
-            tables[name]["seconds"] += sampled_curves[name].seconds
-            tables[name]["exact_points"] = int(cv.sizes_bytes.size)
+            t.configurations += sampled_curves[name].configurations
+            t.seconds += sampled_curves[name].seconds
+            t.exact_points = int(cv.sizes_bytes.size)
+        tables[name] = t
         tot_bytes += ch["cache_bytes"]
         tot_lookups += cv.lookups
         tot_misses += ch["predicted_misses"]
         tot_blocks += ch["predicted_blocks_read"]
-    result: dict[str, Any] = {
-        "budget_bytes": int(budget),
-        "allocated_bytes": int(tot_bytes),
-        "sample_rate": float(sample_rate),
-        "batch_size": int(batch_size),
-        "queries": trace.n_queries,
-        "warmup_queries": cut,
-        "tables": tables,
-        "total": {"cache_bytes": int(tot_bytes), **_figures(tot_lookups, tot_misses, tot_blocks)},
-        "applied": False,
-        "plot": None,
-    }
+    report = SizingReport(
+        budget_bytes=int(budget),
+        allocated_bytes=int(tot_bytes),
+        sample_rate=float(sim.sample_rate),
+        batch_size=int(sim.batch_size),
+        queries=trace.n_queries,
+        warmup_queries=cut,
+        tables=tables,
+        total={"cache_bytes": int(tot_bytes), **_figures(tot_lookups, tot_misses, tot_blocks)},
+        curves=dict(sampled_curves),
+        exact_curves={n: cv for n, cv in curves.items() if cv is not sampled_curves[n]},
+    )
     if plot is not None:
         plot_curves(sampled_curves, plot, chosen={
             n: {**ch, "size_index": int(np.argmin(np.abs(
                 sampled_curves[n].sizes_bytes - ch["cache_bytes"])))}
             for n, ch in choice.items()})  # fmt: skip
-        result["plot"] = str(plot)
+        report.plot = str(plot)
     if apply:
-        stored = table_counts
-        if counts == "trace" and apply_counts == "trace" and cut:
-            stored = dict(trace_counts(store, trace))
+        stored, part = table_counts, "warm-up part" if cut else "whole trace"
+        counted = trace.query_slice(0, cut) if cut else trace
+        if counts == "trace" and o.apply_counts == "trace" and cut:
+            stored, part, counted = dict(trace_counts(store, trace)), "whole trace", trace
             if SCALE_THRESHOLDS:
-                _rescale_thresholds(result, table_counts, stored)
-        apply_sizing(store, result, stored)
-        result["applied"] = True
-        result["applied_counts"] = apply_counts if counts == "trace" else "given"
-    result["seconds"] = time.perf_counter() - t0
-    if return_curves:
-        result["curves"] = sampled_curves
-        result["exact_curves"] = {n: cv for n, cv in curves.items() if cv is not sampled_curves[n]}
-    return result
+                _rescale_thresholds(report, table_counts, stored)
+        if counts == "trace":
+            origin = {n: trace_origin("size_cache", counted, n, part) for n in trace.table_names}
+        else:
+            given = "store's counts" if counts == "store" else "counts given"
+            origin = {n: trace_origin("size_cache", trace, n, given) for n in trace.table_names}
+        apply_sizing(store, report, stored, origin)
+        report.applied = True
+        report.applied_counts = o.apply_counts if counts == "trace" else "given"
+    report.seconds = time.perf_counter() - t0
+    return report
 
 
 def _exact_pass(
@@ -483,7 +426,7 @@ def _exact_pass(
     names = list(sizes)
     exact = simulate_store(
         store, trace.select(names), counts={n: table_counts[n] for n in names},
-        sizes_bytes=sizes, sample_rate=1.0, progress=False, **kw,
+        sizes_bytes=sizes, progress=False, **kw,
     )  # fmt: skip
     out = {n: exact.get(n, cv) for n, cv in curves.items()}
     return out, allocate(out, budget)
@@ -493,43 +436,47 @@ def _exact_pass(
 SCALE_THRESHOLDS = True
 
 
-def _rescale_thresholds(result: dict[str, Any], simulated: Mapping[str, np.ndarray | None],
+def _rescale_thresholds(report: SizingReport, simulated: Mapping[str, np.ndarray | None],
                         applied: Mapping[str, np.ndarray | None]) -> None:  # fmt: skip
     """A threshold was chosen on the warm-up part's counts; the store admits by the whole
     trace's, larger by the ratio of their lookups: the same threshold would admit more
     neighbours than the simulation did. Scale it by that ratio (rounded up)."""
-    for name, t in result["tables"].items():
+    for name, t in report.tables.items():
         sim, app = simulated.get(name), applied.get(name)
-        if t["threshold"] in (None, 0) or sim is None or app is None:
+        if t.threshold in (NEVER, 0) or sim is None or app is None:
             continue
         ratio = float(np.sum(app)) / max(1.0, float(np.sum(sim)))
         if ratio > 1.0:
-            t["simulated_threshold"] = t["threshold"]
-            t["threshold"] = int(min(NEVER - 1, math.ceil(t["threshold"] * ratio - 1e-9)))
+            t.simulated_threshold = t.threshold
+            t.threshold = int(min(NEVER - 1, math.ceil(t.threshold * ratio - 1e-9)))
 
 
 def apply_sizing(
-    store: Store, result: Mapping[str, Any], counts: Mapping[str, np.ndarray | None]
+    store: Store,
+    report: SizingReport,
+    counts: Mapping[str, np.ndarray | None],
+    origin: Mapping[str, Any] | None = None,
 ) -> None:
-    """Store a :func:`size_cache` result (and the counts it used) as the store's tuning."""
+    """Store a :func:`size_cache` report (and the counts it used, with their ``origin`` by
+    table) as the store's tuning."""
     tuning: dict[str, dict[str, Any]] = {}
-    for name, t in result["tables"].items():
+    for name, t in report.tables.items():
         tuning[name] = {
-            "cache_bytes": t["cache_bytes"],
-            "threshold": t["threshold"],
-            "pinned_share": t["pinned_share"],
+            "cache_bytes": t.cache_bytes,
+            "threshold": t.threshold,
+            "pinned_share": t.pinned_share,
             "sized_by": "bandstore.sim",
-            "budget_bytes": result["budget_bytes"],
-            "predicted_hit_ratio": t["predicted_hit_ratio"],
-            "predicted_blocks_per_1000_lookups": t["predicted_blocks_per_1000_lookups"],
+            "budget_bytes": report.budget_bytes,
+            "predicted_hit_ratio": t.predicted_hit_ratio,
+            "predicted_blocks_per_1000_lookups": t.predicted_blocks_per_1000_lookups,
         }
     for name in store.tables:
         if name not in tuning:  # not read by the trace: the budget went elsewhere
-            tuning[name] = {"cache_bytes": 0, "threshold": None, "pinned_share": 0.0,
-                            "sized_by": "bandstore.sim", "budget_bytes": result["budget_bytes"],
+            tuning[name] = {"cache_bytes": 0, "threshold": NEVER, "pinned_share": 0.0,
+                            "sized_by": "bandstore.sim", "budget_bytes": report.budget_bytes,
                             "note": "not read by the sizing trace"}  # fmt: skip
     arrays = {n: np.asarray(c) for n, c in counts.items() if c is not None}
-    store.set_tuning(tuning, counts=arrays)
+    store.set_tuning(tuning, counts=arrays, counts_origin=dict(origin or {}))
 
 
 def plot_curves(
@@ -595,8 +542,9 @@ def plot_curves(
     return path
 
 
-def format_sizing(result: Mapping[str, Any]) -> str:
-    """A :func:`size_cache` result as a text table (what ``bandstore size-cache`` prints)."""
+def format_sizing(report: SizingReport) -> str:
+    """A :func:`size_cache` report as a text table (what ``bandstore size-cache`` prints)."""
+    result = report.as_dict()
     head = (f"{'table':<16}{'cache MiB':>11}{'rows':>12}{'threshold':>11}{'pinned':>8}"
             f"{'hit ratio':>11}{'blocks/1000':>13}{'blocks read':>14}{'rate':>8}")  # fmt: skip
     lines = [
@@ -607,7 +555,7 @@ def format_sizing(result: Mapping[str, Any]) -> str:
         head,
     ]
     for name, t in result["tables"].items():
-        thr = "never" if t["threshold"] is None else str(t["threshold"])
+        thr = str(t["threshold"])
         lines.append(
             f"{name[:15]:<16}{t['cache_bytes'] / 2**20:>11.2f}{t['capacity_rows']:>12,}{thr:>11}"
             f"{t['pinned_share']:>8.2f}{t['predicted_hit_ratio']:>11.3f}"
