@@ -497,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, required=True, help="worker threads (W >= 1)")
     sp.add_argument("--budget", type=_size, help="DRAM bytes (default: 25%% of the tables)")
     sp.add_argument("--apply", action="store_true", help="store the plan; later opens serve it")
+    sp.add_argument("--force", action="store_true",
+                    help="with --apply: apply even a plan measured slower than the uniform "
+                         "mapping, or more workers than CPUs")  # fmt: skip
     sp.add_argument("--batch-size", type=int, default=256, help="queries per lookup_many call")
     sp.add_argument("--holdout", type=float, default=0.5, help="share of queries measured on")
     sp.add_argument("--repeats", type=int, default=3, help="interleaved repetitions")

@@ -8,6 +8,7 @@ table are serialized because its cache is mutable state.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -21,6 +22,7 @@ import numpy as np
 import xxhash
 
 from bandstore.errors import (
+    BandstoreError,
     CorruptBlockError,
     CorruptFileError,
     FormatMismatchError,
@@ -30,6 +32,7 @@ from bandstore.errors import (
     InvalidOffsetsError,
     InvalidShapeError,
     ReadOnlyError,
+    StorageFullError,
     StoreClosedError,
     StoreExistsError,
     TableExistsError,
@@ -211,11 +214,14 @@ class _Table:
         ok = ~(np.isin(first, bad) | np.isin(last, bad))
         return np.ascontiguousarray(ids[ok])
 
-    def serve(self, ids, offsets, weights, mode, padding_idx, out) -> None:
-        """Run one batch through the cache kernel; raise on a corrupt block."""
+    def serve(self, ids, offsets, weights, mode, padding_idx, out, stats=None) -> None:
+        """Run one batch through the cache kernel; raise on a corrupt block.
+
+        The batch's counters go to ``stats`` if given (a ``lookup_many`` job's, added to the
+        table's once the whole call succeeded), else to the table's; none on an error."""
         runner = self.runner
         if runner is not None:  # the table's planned strategy (serve.strategies)
-            runner.serve(ids, offsets, weights, mode, padding_idx, out)
+            runner.serve(ids, offsets, weights, mode, padding_idx, out, stats)
             return
         g = self.geometry
         batch = np.zeros(kc.N_STATS, dtype=np.int64)
@@ -252,7 +258,10 @@ class _Table:
                 error,
             )
             if status == kc.STATUS_OK:
-                self.stats += batch
+                if stats is None:
+                    self.stats += batch
+                else:
+                    stats += batch
                 return
         raise self.corrupt_block_error(int(error[0]))
 
@@ -542,17 +551,34 @@ class Store:
         opened later serve it too, with the access counts that rank its pinned tables' rows
         (``Plan.counts``) as those tables' access counts, in the same transaction. Runners are
         built beside the old ones: calls in flight finish on what they started with.
+
+        Every runner is built (the plan checked against this store) before anything is
+        stored: a plan that cannot be served raises and leaves the catalog, the counts and the
+        served plan as they were.
         """
         self._check_open()
         if plan is not None and not isinstance(plan, Plan):
             plan = Plan.from_dict(plan, self.tables)
+        counts: dict[str, np.ndarray] = {}
         if persist:
             self._check_writable()
             counts = self._checked_counts(plan.counts) if plan is not None else {}
-            self._catalog.put_meta(PLAN_KEY, plan.as_dict() if plan is not None else None, counts)
-            self._install_counts(counts)
-        self._plan_arg = plan if plan is not None else False
-        runtime.attach(self)
+        with self._switch_lock:
+            old_arg = self._plan_arg
+            old_counts = {n: (self._tables[n].counts, self._tables[n].has_counts) for n in counts}
+            try:
+                self._install_counts(counts)
+                self._plan_arg = plan if plan is not None else False
+                runtime.attach(self)  # builds every runner first: raises before any switch
+                if persist:
+                    value = plan.as_dict() if plan is not None else None
+                    self._catalog.put_meta(PLAN_KEY, value, counts)
+            except BaseException:
+                for n, (c, has) in old_counts.items():
+                    self._tables[n].counts, self._tables[n].has_counts = c, has
+                self._plan_arg = old_arg
+                runtime.attach(self)  # back to what was served (rebuilt from the same state)
+                raise
 
     def set_calibration(self, record: Mapping[str, Any]) -> None:
         """Store this machine's measured costs (``bandstore.tune.planning.calibrate``'s record) in
@@ -957,7 +983,10 @@ class Store:
                 pbar.update(stop - start)
 
         self._commit_tables(
-            {name: (geometry, layout, fill)}, note=f"add_table {name}", progress=progress
+            {name: (geometry, layout, fill)},
+            note=f"add_table {name}",
+            progress=progress,
+            adding=True,
         )
         return self._tables[name].info
 
@@ -970,11 +999,14 @@ class Store:
         counts: Mapping[str, np.ndarray] | None = None,
         tuning: Mapping[str, dict] | None = None,
         extra: Mapping[str, dict] | None = None,
+        adding: bool = False,
     ) -> int:
         """Write ``new_tables`` into a new version beside the current one and commit it.
 
         ``new_tables`` maps a name to (geometry, layout, fill) where ``fill(writer, pbar)``
         writes every row. Other tables are shared with the base version by hard links.
+        ``adding``: the tables are new; one the base version already has (another writer
+        added it since this store's check) raises TableExistsError, under the write lock.
         """
         from tqdm.auto import tqdm
 
@@ -984,6 +1016,10 @@ class Store:
                 # Another writer committed: serve its version first so our base is current.
                 self._load_current()
                 base = self._version
+            if adding:
+                for name in new_tables:
+                    if name in base["tables"]:
+                        raise TableExistsError(name)
             vid = self._catalog.reserve_version_id()
             vdir = blockfile.make_version_dir(self.root, vid)
             try:
@@ -1029,8 +1065,11 @@ class Store:
                     counts=dict(counts or {}),
                     tuning=dict(tuning or {}),
                 )
-            except BaseException:
+            except BaseException as exc:
                 blockfile.remove_version_dir(vdir, None)
+                if isinstance(exc, OSError) and not isinstance(exc, BandstoreError):
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise StorageFullError(str(vdir)) from exc
                 raise
             lock = blockfile.ReaderLock(vdir)
             self._install_version(self._catalog.version(vid), vdir, lock)

@@ -32,6 +32,7 @@ from bandstore.errors import (
     InvalidArgumentError,
     InvalidDtypeError,
     InvalidShapeError,
+    StorageFullError,
 )
 
 BLOCK_MAGIC = b"BANDBLK\x00"
@@ -111,14 +112,17 @@ class BlockFileWriter:
     """Creates a block file of known geometry; rows are scattered into it by slot.
 
     The file is sized and mapped up front so that a table larger than RAM streams through the
-    page cache. ``finish()`` computes the per-block checksums and fsyncs the file.
+    page cache. Its space is reserved first (``posix_fallocate``): filling a sparse map on a
+    full filesystem would kill the process with SIGBUS; a reservation that does not fit raises
+    StorageFullError and removes the file. ``finish()`` computes the per-block checksums and
+    fsyncs the file.
     """
 
     def __init__(self, path: Path, geometry: BlockGeometry):
         self.path = Path(path)
         self.geometry = geometry
         with open(self.path, "xb") as f:
-            f.truncate(geometry.file_size)
+            reserve_space(f.fileno(), geometry.file_size, self.path)
         self._buf = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(geometry.file_size,))
         header = BLOCK_MAGIC + json.dumps(geometry.header()).encode()
         if len(header) > geometry.block_size:
@@ -148,6 +152,25 @@ class BlockFileWriter:
         del self._buf
         fsync_path(self.path)
         return checksums
+
+
+def reserve_space(fd: int, size: int, path: Path) -> None:
+    """Allocate ``size`` bytes of the file ``fd`` on the device (so that writing them through a
+    map cannot fail); on a full device remove ``path`` and raise StorageFullError."""
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:  # pragma: no cover - (no fallocate: sparse, as before)
+            os.ftruncate(fd, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            os.ftruncate(fd, size)  # a filesystem without fallocate: sparse, as before
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFullError(str(path), size) from exc
+        raise
 
 
 def read_block_file(path: Path, geometry: BlockGeometry) -> np.ndarray:
@@ -204,14 +227,16 @@ def verify_block_file(
 
 
 def write_layout_file(path: Path, slot_of_id: np.ndarray) -> int:
-    """Write a layout (int64 id -> slot) as .npy, fsync it, and return its checksum."""
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=slot_of_id.shape)
-    arr[:] = slot_of_id
-    arr.flush()
-    checksum = xxhash.xxh64_intdigest(memoryview(np.ascontiguousarray(arr)).cast("B"))
-    del arr
-    fsync_path(path)
-    return checksum
+    """Write a layout (int64 id -> slot) as .npy, fsync it, and return its checksum.
+
+    Written with plain writes (not through a map), so a full device is an OSError (ENOSPC),
+    not a SIGBUS."""
+    arr = np.ascontiguousarray(slot_of_id, dtype=np.int64)
+    with open(path, "xb") as f:
+        np.lib.format.write_array(f, arr, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    return xxhash.xxh64_intdigest(memoryview(arr).cast("B"))
 
 
 def read_layout_file(path: Path, rows: int, checksum: int) -> np.ndarray:

@@ -247,6 +247,7 @@ def compare_plans(
     one_worker: bool = True,
     curves: CurveSource | Mapping[str, tuple[Any, Any, Any]] | None = None,
     refine: bool = False,
+    return_plans: bool = False,
 ) -> dict[str, Any]:
     """Plan ``store_path`` for ``trace`` and measure it against the uniform baseline (and the
     same planner at one worker), same budget, same run, repetitions interleaved.
@@ -261,7 +262,9 @@ def compare_plans(
     cached tables over direct ones. ``repeats`` cuts the held-out batches into that many
     consecutive chunks; lookups/s is the median over the chunks of each chunk's rate. Returns
     the plans, the predicted and measured batch times, lookups/s, p50/p99 per batch, and the
-    ratios (``speedup``).
+    ratios (``speedup``). ``return_plans``: also return the :class:`Plan` objects under
+    ``"plan_objects"`` (not JSON: they carry the access counts that rank pinned tables' rows,
+    which ``apply_plan`` stores with the plan; the ``"plans"`` dicts do not have them).
     """
     import bandstore
 
@@ -362,7 +365,7 @@ def compare_plans(
     speedup = {"plan_vs_uniform": lps["plan"] / lps["uniform"]}
     if "plan, 1 worker" in lps:
         speedup["workers_vs_one"] = lps["plan"] / lps["plan, 1 worker"]
-    return {
+    out = {
         "store": str(Path(store_path)),
         "workers": workers,
         "budget_bytes": budget,
@@ -374,6 +377,9 @@ def compare_plans(
         "results": results,
         "speedup": speedup,
     }
+    if return_plans:
+        out["plan_objects"] = dict(plans)
+    return out
 
 
 def _mapping(plan: Plan) -> dict[str, tuple]:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from bandstore.errors import InvalidArgumentError
+from bandstore.errors import InvalidArgumentError, PlanError
 from bandstore.serve.plan import check_workers
 
 
@@ -70,16 +70,44 @@ def format_comparison(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def run_plan_command(args: argparse.Namespace) -> int:
-    """``bandstore plan STORE TRACE --workers W [--budget B] [--apply] [--json]``."""
+    """``bandstore plan STORE TRACE --workers W [--budget B] [--apply [--force]] [--json]``.
+
+    ``--apply`` stores the measured plan object itself (with the access counts that rank its
+    pinned tables' rows), and refuses, unless ``--force``: a plan its own measurement shows
+    slower than the uniform mapping, and more workers than the CPUs this process may use.
+    A refused or failed apply changes nothing in the store.
+    """
     import bandstore
-    from bandstore.serve.plan import Plan
     from bandstore.traces.trace import Trace
     from bandstore.tune.planning import apply_plan, compare_plans
 
     check_workers(args.workers)
     if args.batch_size < 1:
         raise InvalidArgumentError("--batch-size must be >= 1", argument="batch_size")
+    if not 0.0 < args.holdout < 1.0:
+        raise InvalidArgumentError(
+            f"--holdout must be strictly between 0 and 1, got {args.holdout}",
+            argument="holdout",
+            value=args.holdout,
+        )
+    force = getattr(args, "force", False)
+    cpus = available_cpus()
+    if args.apply and args.workers > cpus and not force:
+        raise PlanError(
+            f"--workers {args.workers} is more than the {cpus} CPU(s) this process may use: "
+            "the workers would share cores and the plan's timings would not hold; use "
+            "--workers <= CPUs, or --force to apply anyway"
+        )
     trace = Trace.load(args.trace)
     result = compare_plans(
         args.store,
@@ -89,15 +117,32 @@ def run_plan_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         holdout=args.holdout,
         repeats=args.repeats,
+        return_plans=True,
     )
+    plan = result.pop("plan_objects")["plan"]
     if args.apply:
+        speedup = result["speedup"]["plan_vs_uniform"]
+        if speedup < 1.0 and not force:
+            result["applied"] = False
+            _print_result(args, result)
+            raise PlanError(
+                f"not applied: measured here the plan serves {speedup:.2f}x the lookups/s of "
+                "the uniform mapping (slower)"
+                + ("" if result["calibrated"] else "; the store is not calibrated: run "
+                   "`bandstore calibrate STORE` first")
+                + "; --force applies it anyway"
+            )  # fmt: skip
         with bandstore.open(args.store, writable=True, cache_bytes=0, plan=False) as s:
-            apply_plan(s, Plan.from_dict(result["plans"]["plan"], s.tables))
+            apply_plan(s, plan)  # the plan object: its pinned tables' counts go with it
         result["applied"] = True
+    _print_result(args, result)
+    return 0
+
+
+def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True, default=float))
-    else:
-        print(format_comparison(result))
-        if args.apply:
-            print(f"applied: stores opened from now on serve this plan ({args.store})")
-    return 0
+        return
+    print(format_comparison(result))
+    if result.get("applied"):
+        print(f"applied: stores opened from now on serve this plan ({args.store})")
