@@ -110,30 +110,38 @@ class _Table:
         self.name = name
         self.checksum_bytes = int(catalog.format["checksum_bytes"])
         self.record = rec
-        self.file_id = rec["file_id"]
-        self.geometry = BlockGeometry(
-            rows=rec["rows"],
-            dim=rec["dim"],
-            codec=rec["codec"],
-            row_bytes=rec["row_bytes"],
-            rows_per_block=rec["rows_per_block"],
-            n_blocks=rec["n_blocks"],
-            block_size=rec["block_size"],
-        )
+        try:
+            self.file_id = str(rec["file_id"])
+            self.geometry = BlockGeometry(
+                rows=rec["rows"],
+                dim=rec["dim"],
+                codec=rec["codec"],
+                row_bytes=rec["row_bytes"],
+                rows_per_block=rec["rows_per_block"],
+                n_blocks=rec["n_blocks"],
+                block_size=rec["block_size"],
+            )
+            rec["block_file"], rec["layout_file"], int(rec["layout_checksum"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFileError(
+                str(catalog.root), f"the catalog's record of table {name!r} is malformed ({exc!r})"
+            ) from exc
         g = self.geometry
+        where = f"{catalog.root} table {name!r}"
+        # The catalog is trusted no further than this: a geometry the kernels would read or
+        # write out of bounds with, or files outside the version, are a corrupt store.
+        blockfile.check_geometry(g, int(catalog.format["block_size"]), where)
         self.info = TableInfo(
             name, g.rows, g.dim, g.codec, g.rows_per_block, g.n_blocks, g.row_bytes, g.block_size
         )
         self.codec = codec_id(g.codec)
-        self.block_path = vdir / rec["block_file"]
+        self.block_path = vdir / blockfile.check_file_name(rec["block_file"], where)
         self.blocks_u8 = blockfile.read_block_file(self.block_path, g)
-        self.layout = blockfile.read_layout_file(
-            vdir / rec["layout_file"], g.rows, rec["layout_checksum"]
-        )
+        layout_path = vdir / blockfile.check_file_name(rec["layout_file"], where)
+        self.layout = blockfile.read_layout_file(layout_path, g.rows, rec["layout_checksum"])
         # Read at random by lookups (neighbour admission, misses): large ones on huge pages.
         inverse = dram.full(g.n_blocks * g.rows_per_block, -1, np.int64)
-        inverse[self.layout] = np.arange(g.rows, dtype=np.int64)
-        self.inverse_layout = inverse
+        self.inverse_layout = blockfile.invert_layout(self.layout, inverse, str(layout_path))
         checksums = catalog.checksums(self.file_id)
         spb = g.block_size // self.checksum_bytes
         if checksums is None or checksums.shape != (g.n_blocks * spb,):

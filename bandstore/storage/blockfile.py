@@ -380,3 +380,85 @@ def validate_layout(slot_of_id: Any, rows: int, rows_per_block: int) -> None:
             argument="slot_of_id",
             value=slot,
         )
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def check_geometry(g: BlockGeometry, block_size: int, where: str) -> None:
+    """Raise CorruptFileError unless ``g`` (from the catalog, matched by the block file's
+    header) is a geometry this code can serve without reading or writing out of bounds: a
+    known codec, ``row_bytes`` of that codec and ``dim``, the store's block size,
+    ``rows_per_block = block_size // row_bytes >= 1``, and blocks enough for every row."""
+    from bandstore.storage.codecs import CODECS, row_bytes
+
+    fields = (g.rows, g.dim, g.row_bytes, g.rows_per_block, g.n_blocks, g.block_size)
+    if not all(_is_int(v) for v in fields) or min(fields) < 0 or g.rows < 1 or g.dim < 1:
+        raise CorruptFileError(where, f"bad table geometry {g}")
+    if g.codec not in CODECS:
+        raise CorruptFileError(where, f"unknown codec {g.codec!r} (known: {list(CODECS)})")
+    if g.block_size != block_size:
+        raise CorruptFileError(
+            where, f"block size {g.block_size} is not the store's block size {block_size}"
+        )
+    expected = row_bytes(g.codec, g.dim)
+    if g.row_bytes != expected:
+        raise CorruptFileError(
+            where, f"row_bytes {g.row_bytes} is not {expected} (a {g.codec} row of dim {g.dim})"
+        )
+    if g.rows_per_block != g.block_size // g.row_bytes or g.rows_per_block < 1:
+        raise CorruptFileError(
+            where,
+            f"rows_per_block {g.rows_per_block} is not {g.block_size // g.row_bytes} "
+            f"({g.row_bytes}-byte rows in {g.block_size}-byte blocks)",
+        )
+    if g.n_blocks * g.rows_per_block < g.rows:
+        raise CorruptFileError(
+            where, f"{g.n_blocks} blocks of {g.rows_per_block} rows cannot hold {g.rows} rows"
+        )
+
+
+def check_file_name(name: Any, where: str) -> str:
+    """``name`` if it is a plain file name (no directory part, not ``.``/``..``): files named
+    by the catalog are read from the version directory and nowhere else."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or os.sep in name
+        or "\x00" in name
+        or os.path.basename(name) != name
+    ):
+        raise CorruptFileError(
+            where, f"file name {name!r} is not a plain name inside the version directory"
+        )
+    return name
+
+
+def invert_layout(slot_of_id: np.ndarray, out: np.ndarray, where: str) -> np.ndarray:
+    """Fill ``out`` (``id_of_slot``, one entry per slot, caller-allocated) from a layout read
+    from disk, checking it once: every slot in range and given to one id only. Raise
+    CorruptFileError naming the first problem (a layout with -1, an out-of-range or a shared
+    slot would serve wrong rows silently)."""
+    n_slots = out.shape[0]
+    rows = slot_of_id.shape[0]
+    out[:] = -1
+    if rows == 0:
+        return out
+    lo, hi = int(slot_of_id.min()), int(slot_of_id.max())
+    if lo < 0 or hi >= n_slots:
+        bad = int(np.flatnonzero((slot_of_id < 0) | (slot_of_id >= n_slots))[0])
+        raise CorruptFileError(
+            where,
+            f"layout gives id {bad} slot {int(slot_of_id[bad])}, outside 0..{n_slots - 1}",
+        )
+    out[slot_of_id] = np.arange(rows, dtype=out.dtype)
+    if int(np.count_nonzero(out >= 0)) != rows:  # fewer filled slots than ids: a shared slot
+        owner = out[slot_of_id]
+        bad = int(np.flatnonzero(owner != np.arange(rows))[0])
+        raise CorruptFileError(
+            where, f"layout gives slot {int(slot_of_id[bad])} to more than one id (id {bad})"
+        )
+    return out
