@@ -316,3 +316,204 @@ def test_file_names_outside_the_version_are_refused(store_path, tmp_path, key):
     _craft_table(path, "a", **{key: rel})
     with pytest.raises(CorruptFileError, match="version directory"):
         bandstore.open(path)
+
+
+# ---- 7: races: open against commit + gc; close against lookups ---------------------------
+def test_open_retries_when_gc_removes_the_version_it_picked(store_path, monkeypatch):
+    path, w = store_path
+    stale = _current_record(path)
+    with bandstore.open(path, writable=True) as s:
+        s.add_table("c", np.ones((10, 8), dtype=np.float32), progress=False)
+    from bandstore.storage.versions import collect_garbage
+
+    assert stale["id"] in collect_garbage(path)["removed"]
+    from bandstore.storage.catalog import Catalog
+
+    real = Catalog.current_version
+    calls = []
+
+    def racing(self):  # the first look sees the version a gc removed since
+        calls.append(1)
+        return stale if len(calls) == 1 else real(self)
+
+    monkeypatch.setattr(Catalog, "current_version", racing)
+    with bandstore.open(path) as s:
+        assert s.version > stale["id"] and "c" in s.tables
+        np.testing.assert_array_equal(s.lookup("a", [1]), w["a"][[1]])
+
+
+def test_missing_current_version_directory_is_corrupt(store_path):
+    path, _ = store_path
+    rec = _current_record(path)
+    shutil.rmtree(blockfile.version_path(path, rec["id"]))
+    with pytest.raises(CorruptFileError, match="missing"):
+        bandstore.open(path)
+
+
+@pytest.mark.parametrize("plan", [None, "direct"])
+def test_table_used_after_close_raises_store_closed(store_path, plan):
+    path, _ = store_path
+    p = None if plan is None else {"workers": 1, "tables": {"a": {"strategy": plan}}}
+    s = bandstore.open(path, plan=p)
+    t = s._tables["a"]  # a call that passed the open check as another thread closes
+    s.close()
+    out = np.zeros((1, 8), dtype=np.float32)
+    with pytest.raises(StoreClosedError):
+        t.serve(np.array([1]), np.array([0, 1]), np.zeros(0, np.float32), 0, -1, out)
+
+
+def test_close_while_threads_look_up(store_path):
+    path, _ = store_path
+    s = bandstore.open(path, workers=2)
+    errors: list[BaseException] = []
+    started = threading.Barrier(4)
+
+    def reader(k: int) -> None:
+        rng = np.random.default_rng(k)
+        started.wait()
+        for _ in range(20_000):
+            try:
+                if k % 2:
+                    s.lookup("a", rng.integers(0, 300, 16))
+                else:
+                    s.lookup_many({"a": (rng.integers(0, 300, 16), np.array([0, 8])),
+                                   "b": (rng.integers(0, 200, 4), np.array([0, 2]))})  # fmt: skip
+            except StoreClosedError:
+                return
+            except BaseException as exc:  # noqa: BLE001 - any other error fails the test
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(3)]
+    for th in threads:
+        th.start()
+    started.wait()
+    s.close()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors
+
+
+# ---- 8: a store on a read-only mount ----------------------------------------------------
+def test_store_on_a_read_only_mount_opens_for_reading(tmp_path):
+    mnt = tmp_path / f"ro-{uuid.uuid4().hex[:6]}"
+    if not _mount_tmpfs(mnt, "16m"):
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
+    try:
+        w = random_tables({"a": 100}, dim=8, seed=3)
+        make_store(mnt / "s", w)
+        r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot remount read-only: {r.stderr!r}")
+        with bandstore.open(mnt / "s") as s:
+            np.testing.assert_array_equal(s.lookup("a", [4, 99]), w["a"][[4, 99]])
+            assert s.verify() == []
+        with bandstore.open(mnt / "s", writable=True) as s, pytest.raises(BandstoreError):
+            s.add_table("b", w["a"], progress=False)
+    finally:
+        _umount(mnt)
+
+
+# ---- 9: raw built-in errors from the API, and what was silently accepted -----------------
+def _bad_calls(path: Path, tmp_path: Path):
+    s = bandstore.open(path, writable=True)
+    ids, off = np.array([1, 2]), np.array([0])
+    yield "table name list", lambda: s.lookup(["a"], [1])
+    yield "mode list", lambda: s.embedding_bag("a", ids, off, mode=["sum"])
+    yield "padding_idx str", lambda: s.embedding_bag("a", ids, off, padding_idx="x")
+    yield "padding_idx float", lambda: s.embedding_bag("a", ids, off, padding_idx=1.5)
+    yield "cache_bytes str", lambda: bandstore.open(path, cache_bytes="1M")
+    yield "cache_bytes nan", lambda: bandstore.open(path, cache_bytes=float("nan"))
+    yield "cache_bytes map nan", lambda: bandstore.open(path, cache_bytes={"a": float("nan")})
+    yield "threshold str", lambda: bandstore.open(path, threshold="x")
+    yield "pinned_share 2", lambda: bandstore.open(path, pinned_share=2.0)
+    yield "set_tuning no cache_bytes", lambda: s.set_tuning({"a": {"threshold": 1}})
+    yield "set_tuning bad threshold", lambda: s.set_tuning({"a": {"cache_bytes": 9, "threshold": "x"}})
+    yield "create on a file", lambda: bandstore.create(path / "catalog" / "data.mdb")
+    yield "create block_size 2**40", lambda: bandstore.create(tmp_path / "new", block_size=2**40)
+    yield "table name newline", lambda: s.add_table("x\n", np.ones((3, 2), np.float32))
+    layout = np.arange(300, dtype=np.int64)
+    for big in (2**40, 2**62):
+        lay = layout.copy()
+        lay[0] = big
+        yield f"layout slot {big}", lambda lay=lay: s.relayout_tables({"a": lay})
+    yield "float layout", lambda: s.relayout_tables({"a": layout.astype(np.float64) + 0.5})
+    yield "negative counts", lambda: s.relayout_tables({"a": layout}, counts={"a": -layout})
+    yield "nan counts", lambda: s.relayout_tables(
+        {"a": layout}, counts={"a": np.full(300, np.nan)}
+    )
+    yield "decoded_rows out of range", lambda: s.decoded_rows("a", -5, 10**6)
+    yield "decoded_rows reversed", lambda: s.decoded_rows("a", 10, 5)
+    s.close()
+
+
+def test_bad_api_arguments_raise_bandstore_errors(store_path, tmp_path):
+    path, _ = store_path
+    failures = []
+    for label, call in _bad_calls(path, tmp_path):
+        try:
+            result = call()
+        except BandstoreError:
+            continue
+        except BaseException as exc:  # noqa: BLE001 - the point: which ones are not ours
+            failures.append(f"{label}: {type(exc).__name__}: {exc}")
+            continue
+        if hasattr(result, "close"):
+            result.close()
+        failures.append(f"{label}: accepted")
+    assert not failures, "\n".join(failures)
+    with bandstore.open(path) as s:  # and nothing changed
+        assert sorted(s.tables) == ["a", "b"] and not s.has_counts("a")
+
+
+def test_damaged_catalog_page_is_corrupt_file(store_path):
+    path, _ = store_path
+    mdb = path / CATALOG_DIR / "data.mdb"
+    raw = bytearray(mdb.read_bytes())
+    raw[16:20] = b"\x00\x00\x00\x00"  # both meta pages' magic
+    psize = 4096
+    raw[psize + 16 : psize + 20] = b"\x00\x00\x00\x00"
+    mdb.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError):
+        bandstore.open(path)
+
+
+def test_damaged_trace_zip_is_corrupt_file(tmp_path):
+    trace = bandstore.Trace.from_queries({"a": 10}, [{"a": [1, 2]}, {"a": [3]}] * 50) \
+        if hasattr(bandstore.Trace, "from_queries") else None
+    if trace is None:
+        from bandstore.traces.synth import synth
+
+        trace = synth({"a": 100}, 200, pooling=3, seed=1)
+    p = tmp_path / "t.npz"
+    trace.save(p)
+    raw = bytearray(p.read_bytes())
+    for off in range(60, len(raw) - 200, 97):  # damage compressed data, keep the directory
+        raw[off] ^= 0x5A
+    p.write_bytes(bytes(raw))
+    with pytest.raises(BandstoreError):
+        bandstore.Trace.load(p)
+
+
+# ---- 10: a store dropped without close() -------------------------------------------------
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_dropped_store_releases_its_fds_and_version(store_path):
+    path, _ = store_path
+    with contextlib.suppress(Exception):
+        bandstore.open(path).close()  # warm: numba, the shared catalog
+    gc.collect()
+    before = _open_fds()
+    s = bandstore.open(path, workers=2)
+    v = s.version
+    s.lookup("a", [1, 2])
+    del s
+    gc.collect()
+    assert _open_fds() == before
+    with bandstore.open(path, writable=True) as w:
+        w.add_table("c", np.ones((5, 8), dtype=np.float32), progress=False)
+    from bandstore.storage.versions import collect_garbage
+
+    assert v in collect_garbage(path)["removed"]

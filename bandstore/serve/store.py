@@ -222,6 +222,14 @@ class _Table:
         ok = ~(np.isin(first, bad) | np.isin(last, bad))
         return np.ascontiguousarray(ids[ok])
 
+    def maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(blocks_u8, layout)``, or StoreClosedError once ``close()`` dropped them (a call
+        that passed the store's open check as another thread closed it)."""
+        blocks, layout = self.blocks_u8, self.layout
+        if blocks is None or layout is None:
+            raise StoreClosedError()
+        return blocks, layout
+
     def serve(self, ids, offsets, weights, mode, padding_idx, out, stats=None) -> None:
         """Run one batch through the cache kernel; raise on a corrupt block.
 
@@ -232,6 +240,7 @@ class _Table:
             runner.serve(ids, offsets, weights, mode, padding_idx, out, stats)
             return
         g = self.geometry
+        blocks, layout = self.maps()
         batch = np.zeros(kc.N_STATS, dtype=np.int64)
         error = np.zeros(1, dtype=np.int64)
         with self.lock:
@@ -251,14 +260,14 @@ class _Table:
                 c.data,
                 self.counts,
                 self.policy.threshold,
-                self.layout,
+                layout,
                 self.inverse_layout,
                 g.rows_per_block,
                 g.block_size,
                 g.row_bytes,
                 self.codec,
                 g.dim,
-                self.blocks_u8,
+                blocks,
                 self.checksums,
                 self.checksum_bytes,
                 self.verify_reads,
@@ -479,7 +488,17 @@ class Store:
         while True:
             rec = self._catalog.current_version()
             vdir = blockfile.version_path(self.root, rec["id"])
-            lock = blockfile.ReaderLock(vdir) if rec["tables"] else None
+            try:
+                lock = blockfile.ReaderLock(vdir) if rec["tables"] else None
+            except FileNotFoundError as exc:
+                # A writer committed and a garbage collector removed this version between
+                # the two steps: retry on the new current version. If it is still current,
+                # its directory is really missing.
+                if self._catalog.current_version()["id"] == rec["id"]:
+                    raise CorruptFileError(
+                        str(vdir), "the current version's directory is missing"
+                    ) from exc
+                continue
             # A garbage collector may have removed the version between the two steps.
             if self._catalog.version(rec["id"]) is not None:
                 break

@@ -260,10 +260,11 @@ class DirectRunner(Runner):
     def _read(self, ids, off, w, mode, pad, out, stats) -> None:
         t = self.table
         g = t.geometry
+        blocks, layout = t.maps()
         error = np.zeros(1, dtype=np.int64)
         status = kr._direct_batch(
-            ids, off, w, mode, pad, out, self.index, self.data, t.layout, g.rows_per_block,
-            g.block_size, g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums,
+            ids, off, w, mode, pad, out, self.index, self.data, layout, g.rows_per_block,
+            g.block_size, g.row_bytes, t.codec, g.dim, blocks, t.checksums,
             t.checksum_bytes, t.verify_reads, stats, error,
         )  # fmt: skip
         if status != kc.STATUS_OK:
@@ -421,12 +422,13 @@ class SplitCachedRunner(Runner):
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
         error = np.zeros(1, dtype=np.int64)
         c = self.caches[j]
+        blocks, layout = t.maps()
         with self.locks[j]:
             status = kc._cache_batch(
                 sub_ids[:m], sub_off, sub_w[:m], mode, -1, job.partials[j], True,
                 c.slot_of_id, c.id_of_slot, c.ref, c.meta, c.data, self.counts[j],
-                self.threshold, t.layout, t.inverse_layout, g.rows_per_block, g.block_size,
-                g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums, t.checksum_bytes,
+                self.threshold, layout, t.inverse_layout, g.rows_per_block, g.block_size,
+                g.row_bytes, t.codec, g.dim, blocks, t.checksums, t.checksum_bytes,
                 t.verify_reads, stats, error,
             )  # fmt: skip
         if status != kc.STATUS_OK:
