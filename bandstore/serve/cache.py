@@ -38,6 +38,12 @@ def threshold_from_json(value) -> int:
     """Thresholds are stored as JSON numbers, or null for 'never admit neighbours'."""
     if value is None:
         return NEVER
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InvalidArgumentError(
+            f"admission threshold must be an integer >= 0 or None (never), got {value!r}",
+            argument="threshold",
+            value=value,
+        )
     t = int(value)
     if t < 0:
         raise InvalidArgumentError(

@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ from bandstore.storage.catalog import Catalog
 from bandstore.storage.codecs import CODECS, codec_id, encode_rows, row_bytes
 
 DEFAULT_BLOCK_SIZE = 4096
+#: The largest block size a store may have (a block is the unit of every slow-tier read).
+MAX_BLOCK_SIZE = 1 << 20
 #: Checksum sector of new stores: a lookup hashes the 512-byte sectors holding the rows it
 #: decodes, not its whole 4 KB block (4-8x less memory traffic per missed row; 1.6% of the
 #: table's bytes in DRAM for the checksums). Persistent memory reads in 256-byte units.
@@ -302,8 +305,53 @@ class _Table:
         self.layout = None
 
 
+def _check_open_arguments(cache_bytes: Any, threshold: Any, pinned_share: Any) -> None:
+    """InvalidArgumentError unless each is None, a valid value, or a mapping of table names to
+    valid values: cache_bytes an integer >= 0, threshold an integer >= 0 (``NEVER``: never
+    admit neighbours), pinned_share a real number in [0, 1]."""
+
+    def values(arg: Any, name: str) -> list:
+        if isinstance(arg, Mapping):
+            bad = [k for k in arg if not isinstance(k, str)]
+            if bad:
+                raise InvalidArgumentError(
+                    f"{name} maps table names to values; {bad[0]!r} is not a table name",
+                    argument=name,
+                    value=bad[0],
+                )
+            return list(arg.values())
+        return [] if arg is None else [arg]
+
+    for v in values(cache_bytes, "cache_bytes"):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise InvalidArgumentError(
+                f"cache_bytes must be an integer number of bytes >= 0 (or a mapping of table "
+                f"names to them), got {v!r}",
+                argument="cache_bytes",
+                value=v,
+            )
+    for v in values(threshold, "threshold"):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise InvalidArgumentError(
+                f"threshold must be an integer >= 0 (bandstore.NEVER: no neighbours), got {v!r}",
+                argument="threshold",
+                value=v,
+            )
+    for v in values(pinned_share, "pinned_share"):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int | float | np.integer | np.floating)
+            or not 0.0 <= float(v) <= 1.0
+        ):
+            raise InvalidArgumentError(
+                f"pinned_share must be a number in [0, 1], got {v!r}",
+                argument="pinned_share",
+                value=v,
+            )
+
+
 def _validate_table_name(name: str) -> None:
-    if not isinstance(name, str) or not _TABLE_NAME.match(name):
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"invalid table name {name!r}: use 1-128 characters from [A-Za-z0-9_.-], "
             "not starting with '.' or '-'",
@@ -384,6 +432,33 @@ def _check_offsets(offsets: Any, n: int, include_last_offset: bool, table: str) 
     return np.concatenate([offsets, np.array([n], dtype=np.int64)])
 
 
+class _Resources:
+    """What an open Store holds outside Python objects; ``release`` gives it all back once
+    (called by ``Store.close``, or by the finalizer of a store dropped without it)."""
+
+    def __init__(self, catalog: Catalog, recorder: Any):
+        self.catalog: Catalog | None = catalog
+        self.recorder = recorder
+        self.executor: Any = None
+        self.reader_lock: Any = None
+
+    def stop_serving(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+        if self.executor is not None:
+            self.executor.close()
+
+    def release(self) -> None:
+        self.stop_serving()
+        if self.reader_lock is not None:
+            self.reader_lock.release()
+            self.reader_lock = None
+        if self.catalog is not None:
+            self.catalog.close()
+            self.catalog = None
+
+
 class Store:
     """An open bandstore store. Use :func:`bandstore.open` or :func:`bandstore.create`."""
 
@@ -401,6 +476,7 @@ class Store:
         workers: int | None = None,
         plan: Any = None,
     ):
+        _check_open_arguments(cache_bytes, threshold, pinned_share)
         self.root = root
         self._catalog = catalog
         self._writable = writable
@@ -412,13 +488,15 @@ class Store:
         self._closed = False
         self._switch_lock = threading.RLock()
         self._tables: dict[str, _Table] = {}
-        self._reader_lock: blockfile.ReaderLock | None = None
+        # What a store dropped without close() must still give back (its version's reader
+        # lock, the catalog, the worker threads): released by a finalizer, or by close().
+        self._res = _Resources(catalog, recorder)
+        self._finalizer = weakref.finalize(self, self._res.release)
         self._version: dict = {}
 
         self._workers_arg = workers
         self._plan_arg = plan
         self._plan: Any = None
-        self._executor: Any = None
         self._latency = LatencyLog()
         self._call_counts = CallCounts()  # parallel / inline calls, whatever the executor
         self._listeners: list[Any] = []  # told of recorded queries (e.g. a background re-planner)
@@ -439,16 +517,28 @@ class Store:
             if self._closed:
                 return
             self._closed = True
-            if self._recorder is not None:
-                self._recorder.close()
-            if self._executor is not None:
-                self._executor.close()
+            self._res.stop_serving()  # the recorder, then the workers (after calls in flight)
             for t in self._tables.values():
                 t.close()
             self._tables = {}
-            if self._reader_lock is not None:
-                self._reader_lock.release()
-            self._catalog.close()
+            self._finalizer()  # the reader lock and the catalog
+
+    # The executor and the version's reader lock live in ``_res`` (released by the finalizer).
+    @property
+    def _executor(self) -> Any:
+        return self._res.executor
+
+    @_executor.setter
+    def _executor(self, value: Any) -> None:
+        self._res.executor = value
+
+    @property
+    def _reader_lock(self) -> Any:
+        return self._res.reader_lock
+
+    @_reader_lock.setter
+    def _reader_lock(self, value: Any) -> None:
+        self._res.reader_lock = value
 
     def _check_open(self) -> None:
         if self._closed:
@@ -756,6 +846,12 @@ class Store:
     # ---- lookups ---------------------------------------------------------------------------
     def _table(self, name: str) -> _Table:
         self._check_open()
+        if not isinstance(name, str):
+            raise InvalidArgumentError(
+                f"a table name must be a string, got {type(name).__name__} {name!r}",
+                argument="table",
+                value=name,
+            )
         t = self._tables.get(name)
         if t is None:
             raise UnknownTableError(name, list(self._tables))
@@ -783,7 +879,7 @@ class Store:
         padding_idx: int | None,
     ) -> tuple[_Table, np.ndarray, np.ndarray, np.ndarray, int, int]:
         t = self._table(table)
-        if mode not in MODES:
+        if not isinstance(mode, str) or mode not in MODES:
             raise InvalidArgumentError(
                 f"mode must be one of {sorted(MODES)}, got {mode!r}", argument="mode", value=mode
             )
@@ -853,6 +949,12 @@ class Store:
             weights = np.ascontiguousarray(w, dtype=np.float32)
         pad = -1
         if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, int | np.integer):
+                raise InvalidArgumentError(
+                    f"padding_idx must be an integer or None, got {padding_idx!r}",
+                    argument="padding_idx",
+                    value=padding_idx,
+                )
             p = int(padding_idx)
             if not -t.info.rows <= p < t.info.rows:
                 raise InvalidArgumentError(
@@ -1123,29 +1225,18 @@ class Store:
         for name, layout in layouts.items():
             t = self._table(name)
             g = t.geometry
+            blockfile.validate_layout(layout, g.rows, g.rows_per_block)  # (before any cast)
             layout = np.ascontiguousarray(layout, dtype=np.int64)
-            blockfile.validate_layout(layout, g.rows, g.rows_per_block)
             n_blocks = int(layout.max()) // g.rows_per_block + 1
             geometry = BlockGeometry(
                 g.rows, g.dim, g.codec, g.row_bytes, g.rows_per_block, n_blocks, g.block_size
             )
             new_tables[name] = (geometry, layout, _copy_rows_filler(t, layout, geometry))
-        for name, c in (counts or {}).items():
-            rows = self._table(name).info.rows
-            if np.shape(c) != (rows,):
-                raise InvalidShapeError(
-                    f"access counts for table {name!r} must have {rows} entries",
-                    argument="counts",
-                    shape=np.shape(c),
-                )
         vid = self._commit_tables(
             new_tables,
             note=note,
             progress=progress,
-            counts={
-                n: np.minimum(np.asarray(c), 2**31 - 1).astype(np.int32)
-                for n, c in (counts or {}).items()
-            },
+            counts=self._checked_counts(counts or {}),
             tuning=tuning,
         )
         return vid
@@ -1166,6 +1257,14 @@ class Store:
         records = {}
         for name, rec in tuning.items():
             self._table(name)  # an unknown table raises
+            if not isinstance(rec, Mapping) or "cache_bytes" not in rec:
+                raise InvalidArgumentError(
+                    f"tuning of table {name!r} must be a mapping with at least 'cache_bytes', "
+                    f"got {rec!r}",
+                    argument="tuning",
+                    value=rec,
+                )
+            _check_open_arguments(rec["cache_bytes"], None, rec.get("pinned_share"))
             policy = CachePolicy(
                 int(rec["cache_bytes"]),
                 threshold_from_json(rec.get("threshold")),
@@ -1237,6 +1336,16 @@ class Store:
 
         t = self._table(table)
         g = t.geometry
+        if (
+            any(isinstance(x, bool) or not isinstance(x, int | np.integer) for x in (start, stop))
+            or not 0 <= start <= stop <= g.rows
+        ):
+            raise InvalidArgumentError(
+                f"decoded_rows needs integers 0 <= start <= stop <= {g.rows} for table "
+                f"{table!r}, got start={start!r}, stop={stop!r}",
+                argument="start",
+                value=(start, stop),
+            )
         slots = np.asarray(t.layout[start:stop])
         raw = blockfile.rows_view(t.blocks_u8, g)[
             slots // g.rows_per_block, slots % g.rows_per_block
@@ -1330,9 +1439,14 @@ def create(
     writing instead, provided its stored block size (and checksum sector, if given) match.
     """
     root = Path(path)
-    if not isinstance(block_size, int) or block_size < 512 or block_size & (block_size - 1):
+    if (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, int)
+        or not 512 <= block_size <= MAX_BLOCK_SIZE
+        or block_size & (block_size - 1)
+    ):
         raise InvalidArgumentError(
-            f"block_size must be a power of two >= 512, got {block_size!r}",
+            f"block_size must be a power of two from 512 to {MAX_BLOCK_SIZE}, got {block_size!r}",
             argument="block_size",
             value=block_size,
         )
@@ -1348,6 +1462,8 @@ def create(
             argument="checksum_bytes",
             value=checksum_bytes,
         )
+    if root.exists() and not root.is_dir():
+        raise StoreExistsError(str(root))
     if root.exists() and any(root.iterdir()):
         if exist_ok and (root / "catalog").is_dir():
             return open(root, writable=True, block_size=block_size, verify_reads=verify_reads,

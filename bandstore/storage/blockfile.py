@@ -32,6 +32,7 @@ from bandstore.errors import (
     InvalidArgumentError,
     InvalidDtypeError,
     InvalidShapeError,
+    ReadOnlyError,
     StorageFullError,
 )
 
@@ -315,8 +316,14 @@ def list_version_dirs(root: Path) -> dict[int, Path]:
 
 @contextlib.contextmanager
 def write_lock(root: Path) -> Iterator[None]:
-    """Serialize writers of one store (across processes)."""
-    fd = os.open(root / WRITE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    """Serialize writers of one store (across processes). A store that cannot be written
+    (a read-only mount, no permission) raises ReadOnlyError here, before any write."""
+    try:
+        fd = os.open(root / WRITE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ReadOnlyError(f"{root} cannot be written ({exc.strerror})") from exc
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -369,6 +376,14 @@ def validate_layout(slot_of_id: Any, rows: int, rows_per_block: int) -> None:
             f"slot_of_id[{neg[0]}] = {arr[neg[0]]} is negative",
             argument="slot_of_id",
             value=int(arr[neg[0]]),
+        )
+    top = int(arr.max())
+    if top >= rows * rows_per_block:
+        raise InvalidArgumentError(
+            f"slot_of_id[{int(np.argmax(arr))}] = {top} is beyond the {rows * rows_per_block} "
+            f"slots a table of {rows} rows may use (one row per block at most)",
+            argument="slot_of_id",
+            value=top,
         )
     s = np.sort(arr.astype(np.int64))
     dup = np.flatnonzero(s[1:] == s[:-1])
