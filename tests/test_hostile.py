@@ -25,7 +25,6 @@ from bandstore.errors import (
     BandstoreError,
     CorruptBlockError,
     CorruptFileError,
-    InvalidArgumentError,
     PlanError,
     StorageFullError,
     StoreClosedError,
@@ -428,7 +427,10 @@ def _bad_calls(path: Path, tmp_path: Path):
     yield "threshold str", lambda: bandstore.open(path, threshold="x")
     yield "pinned_share 2", lambda: bandstore.open(path, pinned_share=2.0)
     yield "set_tuning no cache_bytes", lambda: s.set_tuning({"a": {"threshold": 1}})
-    yield "set_tuning bad threshold", lambda: s.set_tuning({"a": {"cache_bytes": 9, "threshold": "x"}})
+    yield (
+        "set_tuning bad threshold",
+        lambda: s.set_tuning({"a": {"cache_bytes": 9, "threshold": "x"}}),
+    )
     yield "create on a file", lambda: bandstore.create(path / "catalog" / "data.mdb")
     yield "create block_size 2**40", lambda: bandstore.create(tmp_path / "new", block_size=2**40)
     yield "table name newline", lambda: s.add_table("x\n", np.ones((3, 2), np.float32))
@@ -439,9 +441,7 @@ def _bad_calls(path: Path, tmp_path: Path):
         yield f"layout slot {big}", lambda lay=lay: s.relayout_tables({"a": lay})
     yield "float layout", lambda: s.relayout_tables({"a": layout.astype(np.float64) + 0.5})
     yield "negative counts", lambda: s.relayout_tables({"a": layout}, counts={"a": -layout})
-    yield "nan counts", lambda: s.relayout_tables(
-        {"a": layout}, counts={"a": np.full(300, np.nan)}
-    )
+    yield "nan counts", lambda: s.relayout_tables({"a": layout}, counts={"a": np.full(300, np.nan)})
     yield "decoded_rows out of range", lambda: s.decoded_rows("a", -5, 10**6)
     yield "decoded_rows reversed", lambda: s.decoded_rows("a", 10, 5)
     s.close()
@@ -479,8 +479,11 @@ def test_damaged_catalog_page_is_corrupt_file(store_path):
 
 
 def test_damaged_trace_zip_is_corrupt_file(tmp_path):
-    trace = bandstore.Trace.from_queries({"a": 10}, [{"a": [1, 2]}, {"a": [3]}] * 50) \
-        if hasattr(bandstore.Trace, "from_queries") else None
+    trace = (
+        bandstore.Trace.from_queries({"a": 10}, [{"a": [1, 2]}, {"a": [3]}] * 50)
+        if hasattr(bandstore.Trace, "from_queries")
+        else None
+    )
     if trace is None:
         from bandstore.traces.synth import synth
 
