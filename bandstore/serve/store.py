@@ -689,7 +689,8 @@ class Store:
                 runtime.attach(self)  # builds every runner first: raises before any switch
                 if persist:
                     value = plan.as_dict() if plan is not None else None
-                    self._catalog.put_meta(PLAN_KEY, value, counts)
+                    origin = f"plan {plan.name!r}" if plan is not None else "plan"
+                    self._catalog.put_meta(PLAN_KEY, value, counts, origin=origin)
             except BaseException:
                 for n, (c, has) in old_counts.items():
                     self._tables[n].counts, self._tables[n].has_counts = c, has
@@ -815,15 +816,33 @@ class Store:
 
     def cache_info(self) -> dict[str, dict[str, Any]]:
         """Per table: the cache policy in force and how full the cache is (a ``pinned`` table's
-        is its frozen set of rows; ``resident`` and ``direct`` tables have none)."""
+        is its frozen set of rows; a cached split's, its parts' caches together; ``resident``
+        and ``direct`` tables have none).
+
+        This is the one source of truth for the cache a table is served with; ``source`` says
+        where its size came from: ``plan`` (the served plan sizes every table it names),
+        ``open`` (``open(cache_bytes=...)``), ``tuning`` (stored by ``size_cache(apply=True)``
+        or ``set_tuning``) or ``default`` (a share of the table's rows)."""
         self._check_open()
         out = {}
+        plan = self._plan
         for name, t in self._tables.items():
+            if plan is not None and name in plan.tables:
+                source = "plan"
+            elif self._cache_arg is not None and (
+                not isinstance(self._cache_arg, Mapping) or name in self._cache_arg
+            ):
+                source = "open"
+            elif "cache_bytes" in (self._catalog.tuning(name) or {}):
+                source = "tuning"
+            else:
+                source = "default"
             if hasattr(t.runner, "cache_info"):  # a planned strategy with rows of its own
-                out[name] = t.runner.cache_info()
+                out[name] = {**t.runner.cache_info(), "source": source}
                 continue
             c = t.cache
             out[name] = {
+                "source": source,
                 "cache_bytes": t.policy.cache_bytes,
                 "capacity_rows": c.capacity,
                 "cached_rows": c.filled,
@@ -1082,23 +1101,65 @@ class Store:
         table becomes visible in a new version committed in one catalog transaction; a crash
         at any point leaves the previous version intact.
         """
+        return self.add_tables({name: data}, codec=codec, progress=progress)[name]
+
+    def add_tables(
+        self,
+        tables: Mapping[str, Any],
+        *,
+        codec: str | Mapping[str, str] = "float32",
+        progress: bool | None = None,
+    ) -> dict[str, TableInfo]:
+        """Add several tables in one new version (one commit: all of them or none).
+
+        Each value is an (n, dim) float array, a path to a ``.npy`` file, or
+        ``(rows, dim, read)`` where ``read(start, stop)`` returns rows ``[start, stop)`` as a
+        float array, called once per chunk in order (tables generated as they are written).
+        ``codec``: one for all tables, or one per table name. Everything is checked before
+        anything is written.
+        """
         self._check_writable()
-        _validate_table_name(name)
-        if name in self._tables:
-            raise TableExistsError(name)
-        if codec not in CODECS:
+        if not isinstance(tables, Mapping) or not tables:
             raise InvalidArgumentError(
-                f"unknown codec {codec!r}; known codecs: {list(CODECS)}", argument="codec"
+                "tables must map at least one table name to its data", argument="tables"
             )
-        array = _open_table_data(data)
-        rows, dim = array.shape
+        new = {}
+        for name, data in tables.items():
+            _validate_table_name(name)
+            if name in self._tables:
+                raise TableExistsError(name)
+            c = codec.get(name, "float32") if isinstance(codec, Mapping) else codec
+            if not isinstance(c, str) or c not in CODECS:
+                raise InvalidArgumentError(
+                    f"unknown codec {c!r}; known codecs: {list(CODECS)}", argument="codec"
+                )
+            new[name] = self._table_writer(name, data, c)
+        names = ", ".join(new)
+        self._commit_tables(new, note=f"add_table {names}", progress=progress, adding=True)
+        return {name: self._tables[name].info for name in new}
+
+    def _table_writer(self, name: str, data: Any, codec: str) -> tuple:
+        """(geometry, identity layout, fill) of a new table from ``data`` (``add_tables``)."""
+        if isinstance(data, tuple) and len(data) == 3 and callable(data[2]):
+            rows, dim = (
+                blockfile.check_count(v, n, 1)
+                for v, n in zip(data[:2], ("rows", "dim"), strict=True)
+            )
+            read = data[2]
+        else:
+            array = _open_table_data(data)
+            rows, dim = array.shape
+
+            def read(start: int, stop: int, array: np.ndarray = array) -> np.ndarray:
+                return np.asarray(array[start:stop])
+
         rb = row_bytes(codec, dim)
         bs = self.block_size
         rpb = bs // rb
         if rpb < 1:
             raise InvalidArgumentError(
-                f"a {codec} row of dim {dim} takes {rb} bytes and does not fit in a "
-                f"{bs}-byte block",
+                f"table {name!r}: a {codec} row of dim {dim} takes {rb} bytes and does not fit "
+                f"in a {bs}-byte block",
                 argument="data",
             )
         geometry = BlockGeometry(rows, dim, codec, rb, rpb, -(-rows // rpb), bs)
@@ -1107,17 +1168,18 @@ class Store:
         def fill(writer: blockfile.BlockFileWriter, pbar: Any) -> None:
             for start in range(0, rows, IMPORT_CHUNK_ROWS):
                 stop = min(rows, start + IMPORT_CHUNK_ROWS)
-                enc = encode_rows(codec, np.asarray(array[start:stop]))
-                writer.write_rows(layout[start:stop], enc)
+                chunk = read(start, stop)
+                if np.shape(chunk) != (stop - start, dim):
+                    raise InvalidShapeError(
+                        f"table {name!r}: rows [{start}, {stop}) came back with shape "
+                        f"{np.shape(chunk)}, not {(stop - start, dim)}",
+                        argument="data",
+                        shape=np.shape(chunk),
+                    )
+                writer.write_rows(layout[start:stop], encode_rows(codec, chunk))
                 pbar.update(stop - start)
 
-        self._commit_tables(
-            {name: (geometry, layout, fill)},
-            note=f"add_table {name}",
-            progress=progress,
-            adding=True,
-        )
-        return self._tables[name].info
+        return geometry, layout, fill
 
     def _commit_tables(
         self,
@@ -1183,6 +1245,7 @@ class Store:
                         "layout_checksum": layout_checksum,
                     }
                     trec.pop("format_version")
+                    trec["written_by"] = note  # e.g. "add_table x", "relayout metis"
                     trec.update((extra or {}).get(name, {}))
                     tables[name] = trec
                 blockfile.fsync_path(vdir)
@@ -1277,7 +1340,11 @@ class Store:
                 "pinned_share": policy.pinned_share,
             }
         arrays = self._checked_counts(counts or {})
-        self._catalog.put_tuning(records, counts=arrays)
+        sources = {str(r.get("source") or r.get("sized_by") or "") for r in records.values()}
+        origin = "set_tuning" + (
+            f" ({', '.join(sorted(sources - {''}))})" if sources - {""} else ""
+        )
+        self._catalog.put_tuning(records, counts=arrays, origin=origin)
         self._install_counts(arrays)
         runtime.retune(self, sorted(set(records) | set(arrays)))
 

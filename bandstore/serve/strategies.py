@@ -394,6 +394,21 @@ class SplitCachedRunner(Runner):
             n += sum(int(c.nbytes) for c in self.counts)
         return n
 
+    def cache_info(self) -> dict[str, Any]:
+        """``Store.cache_info``'s entry: the parts' caches together (``cache_bytes`` is every
+        part's share for its own rows; each part also pins the replicated rows)."""
+        return {
+            "cache_bytes": self.cache_bytes * self.parts,
+            "capacity_rows": sum(c.capacity for c in self.caches),
+            "cached_rows": sum(c.filled for c in self.caches),
+            "pinned_rows": sum(c.pinned for c in self.caches),
+            "threshold": None if self.threshold >= kc.NEVER else self.threshold,
+            "pinned_share": self.pinned_share,
+            "dram_bytes": self.dram_bytes,
+            "parts": self.parts,
+            "replicated_rows": int(self.replicate.size),
+        }
+
     def begin(self, ids, offsets, weights, mode, pad, *, allocate: bool = True) -> Job:
         # Its parts run on several workers and share the partial sums: allocated at once.
         n_bags = offsets.shape[0] - 1

@@ -9,6 +9,7 @@ Keys (values are JSON unless said otherwise; nothing is ever pickled):
 - ``checksums/<file id>``: raw little-endian uint64 checksums of one block file, one per sector
   of ``checksum_bytes`` (``block_size // checksum_bytes`` per block, in block order).
 - ``counts/<table>``: raw little-endian int32 access counts by id (admission, pinning).
+- ``counts_origin/<table>``: what stored those counts (``{"origin": ..., "time": ...}``).
 - ``tuning/<table>``: cache bytes, admission threshold and pinned share chosen by tuning.
 - ``meta/<name>``: other tuning results (plan, calibration).
 
@@ -176,6 +177,14 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True).encode()
 
 
+def _put_counts(txn: Any, counts: dict[str, np.ndarray] | None, origin: str) -> None:
+    """Store access counts by table, and what stored them, in ``txn``."""
+    now = time.time()
+    for table, arr in (counts or {}).items():
+        txn.put(b"counts/" + table.encode(), np.ascontiguousarray(arr, "<i4").tobytes())
+        txn.put(b"counts_origin/" + table.encode(), _dumps({"origin": origin, "time": now}))
+
+
 class Catalog:
     """Typed access to a store's LMDB catalog."""
 
@@ -323,8 +332,7 @@ class Catalog:
                 txn.put(
                     b"checksums/" + file_id.encode(), np.ascontiguousarray(arr, "<u8").tobytes()
                 )
-            for table, arr in (counts or {}).items():
-                txn.put(b"counts/" + table.encode(), np.ascontiguousarray(arr, "<i4").tobytes())
+            _put_counts(txn, counts, str(record.get("note", "a commit")))
             for table, rec in (tuning or {}).items():
                 txn.put(b"tuning/" + table.encode(), _dumps(rec))
             txn.put(b"version/%08d" % record["id"], _dumps(record))
@@ -346,25 +354,29 @@ class Catalog:
     def counts(self, table: str) -> np.ndarray | None:
         return self._get_array(b"counts/" + table.encode(), "<i4")
 
+    def counts_origin(self, table: str) -> dict | None:
+        """What stored ``table``'s access counts (``{"origin", "time"}``), None if unknown."""
+        return self._get_json(b"counts_origin/" + table.encode())
+
     def tuning(self, table: str) -> dict | None:
         return self._get_json(b"tuning/" + table.encode())
 
-    def put_tuning(self, tuning: dict[str, dict], counts: dict[str, np.ndarray] | None = None):
+    def put_tuning(self, tuning: dict[str, dict], counts: dict[str, np.ndarray] | None = None,
+                   origin: str = "set_tuning"):  # fmt: skip
         """Store tuning results (and the access counts they were made with) in one txn."""
         with self._txn(write=True) as txn:
             for table, rec in tuning.items():
                 txn.put(b"tuning/" + table.encode(), _dumps(rec))
-            for table, arr in (counts or {}).items():
-                txn.put(b"counts/" + table.encode(), np.ascontiguousarray(arr, "<i4").tobytes())
+            _put_counts(txn, counts, origin)
         self._sync()
 
     def meta(self, name: str) -> Any:
         return self._get_json(b"meta/" + name.encode())
 
-    def put_meta(self, name: str, value: Any, counts: dict[str, np.ndarray] | None = None) -> None:
+    def put_meta(self, name: str, value: Any, counts: dict[str, np.ndarray] | None = None,
+                 origin: str | None = None) -> None:  # fmt: skip
         """Store ``value`` (and access counts by table, made with it) in one txn."""
         with self._txn(write=True) as txn:
             txn.put(b"meta/" + name.encode(), _dumps(value))
-            for table, arr in (counts or {}).items():
-                txn.put(b"counts/" + table.encode(), np.ascontiguousarray(arr, "<i4").tobytes())
+            _put_counts(txn, counts, origin or name)
         self._sync()

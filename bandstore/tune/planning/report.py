@@ -42,14 +42,21 @@ def format_plan(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_comparison(result: dict[str, Any]) -> str:
-    """The figures of :func:`bandstore.tune.planning.compare_plans` as text."""
+def format_comparison(result: dict[str, Any], *, advice: bool = True) -> str:
+    """The figures of :func:`bandstore.tune.planning.compare_plans` as text (``advice``:
+    suggest commands on the store, which a caller whose store is gone turns off)."""
     lines = [format_plan(result["plans"]["plan"]), ""]
     lines.append(
         f"budget {result['budget_bytes'] / 2**20:.1f} MiB, batches of {result['batch_size']} "
         f"queries, {result['queries']['heldout']:,} held-out queries "
         f"({result['heldout_lookups']:,} lookups)"
-        + ("" if result["calibrated"] else "; NOT calibrated: run `bandstore calibrate STORE`")
+        + (
+            ""
+            if result["calibrated"]
+            else "; NOT calibrated: run `bandstore calibrate STORE`"
+            if advice
+            else "; NOT calibrated (typical costs)"
+        )
     )
     lines.append(
         f"  {'':<16}{'workers':>8}{'pred. us':>10}{'meas. us':>10}{'p99 us':>10}"
@@ -133,8 +140,17 @@ def run_plan_command(args: argparse.Namespace) -> int:
                 + "; --force applies it anyway"
             )  # fmt: skip
         with bandstore.open(args.store, writable=True, cache_bytes=0, plan=False) as s:
+            # One source of truth: while a plan is applied it sets the cache of every table it
+            # names; say which stored sizes (size-cache --apply) it takes over from.
+            sized = sorted(n for n in plan.tables if "cache_bytes" in (s.catalog.tuning(n) or {}))
             apply_plan(s, plan)  # the plan object: its pinned tables' counts go with it
         result["applied"] = True
+        if sized:
+            result["notes"] = [
+                f"note: while this plan is applied it replaces the cache sizes stored by "
+                f"size-cache for {', '.join(sized)} (they stay stored; `bandstore size-cache "
+                "--apply` again removes the plan)"
+            ]
     _print_result(args, result)
     return 0
 
@@ -146,3 +162,5 @@ def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
     print(format_comparison(result))
     if result.get("applied"):
         print(f"applied: stores opened from now on serve this plan ({args.store})")
+    for note in result.get("notes", []):
+        print(note)
