@@ -336,3 +336,28 @@ def test_demo_text_explains_a_lower_hit_ratio_after_sizing():
     text = format_demo(result)
     assert "hit ratio fell from 0.700 to 0.030" in text and "Blocks per 1000 lookups" in text
     assert "load average 1.0" in text and "temporary files are removed" in text
+
+
+# ---- 2 (through the CLI): plan --apply of a plan that pins a table ---------------------
+def test_plan_apply_with_a_pinned_table_stores_its_counts(capsys, store, trace_file,
+                                                          monkeypatch):  # fmt: skip
+    from dataclasses import replace
+
+    import bandstore.tune.planning as planning
+    from bandstore.serve.plan import TablePlan
+
+    real = planning.make_plan
+
+    def pinning(profiles, cal, workers, budget, *a, **k):  # the planner's plan, "a" pinned
+        p = real(profiles, cal, workers, budget, *a, **k)
+        tables = {**p.tables, "a": TablePlan("pinned", (0,), 4096)}
+        return replace(p, tables=tables, counts={"a": profiles["a"].counts})
+
+    monkeypatch.setattr(planning, "make_plan", pinning)
+    code, out, err = cli(capsys, "plan", store, trace_file, "--workers", "1", "--budget", "64K",
+                         "--repeats", "1", "--batch-size", "32", "--apply", "--force")  # fmt: skip
+    assert code == 0, err
+    with bandstore.open(store) as s:  # the default open serves it, ranked by the trace's counts
+        assert s.plan.tables["a"].strategy == "pinned" and s.has_counts("a")
+        assert s.pinned_rows("a").size > 0
+    assert cli(capsys, "replay", store, trace_file)[0] == 0
