@@ -1013,7 +1013,11 @@ class Store:
     ) -> dict[str, np.ndarray]:
         """Serve several tables in one call: ``{table: (indices, offsets[, weights])}``.
 
-        Every request is validated before any is served, so a bad one changes nothing.
+        Every request is validated before any is served, so a bad one changes nothing. A call
+        that raises while serving (``CorruptBlockError``) returns nothing and changes no
+        counter: each table's counters are added only once the whole call succeeded. Cache
+        contents are not results and are not rolled back: tables served before the failure
+        may keep rows admitted on the way (all of them verified), so no later result differs.
         """
         self._check_open()
         if not isinstance(requests, Mapping):
