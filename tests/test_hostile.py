@@ -520,3 +520,25 @@ def test_dropped_store_releases_its_fds_and_version(store_path):
     from bandstore.storage.versions import collect_garbage
 
     assert v in collect_garbage(path)["removed"]
+
+
+def test_full_disk_at_catalog_commit_is_storage_full(tiny_fs):
+    path = tiny_fs / "s"
+    rows = 60_000
+    with bandstore.create(path, block_size=512) as s:
+        s.add_table("t", np.ones((rows, 1), dtype=np.float16), progress=False)
+        filler = tiny_fs / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:  # take every byte left
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        counts = np.arange(rows, dtype=np.int64)  # 240 KB of new catalog pages
+        with pytest.raises(StorageFullError):
+            s.set_tuning({"t": {"cache_bytes": 4096, "threshold": 1}}, counts={"t": counts})
+        assert not s.has_counts("t")
+    filler.unlink()
+    with bandstore.open(path) as s:
+        assert not s.has_counts("t") and s.catalog.tuning("t") is None

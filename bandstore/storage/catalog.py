@@ -201,7 +201,7 @@ class Catalog:
         path.mkdir(parents=True, exist_ok=False)
         env = _acquire_env(path, create=True)
         cat = cls(root, env)
-        with env.begin(write=True) as txn:
+        with _lmdb_errors(path, True), env.begin(write=True) as txn:
             txn.put(
                 b"format",
                 _dumps(
@@ -215,7 +215,7 @@ class Catalog:
             txn.put(b"next_version", _dumps(1))
             txn.put(b"current", _dumps(0))
             txn.put(b"version/00000000", _dumps({"id": 0, "parent": None, "tables": {}}))
-        env.sync(True)
+        cat._sync()
         return cat
 
     @classmethod
