@@ -180,7 +180,7 @@ def _check_lightgcn_shape(path: str, lines: list[tuple[int, bytes]]) -> None:
         "Last.fm's user_artists.dat use the `lastfm` format, for other column files `csv`"
     )
     if not lines:
-        raise TraceFormatError(path, "the input is empty: no line holds any id")
+        return  # an empty list is a trace of no queries (``convert`` refuses it)
     first_no, first = lines[0]
     if not _looks_numeric(first.split()):
         raise TraceFormatError(
@@ -202,7 +202,7 @@ def read_lightgcn(path: PathLike, *, table: str = "item") -> Trace:
     ids); it becomes one query reading its items from one table, in file order. A line with a
     user and no item is a query that reads nothing. ``num_rows`` is ``max item + 1``.
 
-    The shape of the input is checked first: an empty file, a header line, or a file whose
+    The shape of the input is checked first: a header line, or a file whose
     every line is ``a<TAB>b<TAB>c`` (a weighted ``user item weight`` log such as Last.fm's
     ``user_artists.dat``, whose weights would be read as item ids) raise TraceFormatError.
     """
@@ -520,7 +520,8 @@ def convert(format: str, input_path: PathLike, **options: Any) -> Trace:
     """Read ``input_path`` with the reader of ``format`` (a key of :data:`FORMATS`).
 
     Raises InvalidArgumentError for an unknown format or an option the reader does not take,
-    TraceFormatError (with path and line) for a malformed file, FileNotFoundError if missing.
+    TraceFormatError (with path and line) for a malformed file or one with no queries,
+    FileNotFoundError if missing.
     """
     reader = FORMATS.get(format)
     if reader is None:
@@ -540,5 +541,7 @@ def convert(format: str, input_path: PathLike, **options: Any) -> Trace:
         )
     trace = reader(Path(input_path), **options)
     if trace.n_queries == 0:
-        raise TraceFormatError(os.fspath(input_path), f"no {format} queries in the input (empty?)")
+        raise TraceFormatError(
+            os.fspath(input_path), f"the input is empty: no {format} queries in it"
+        )
     return trace
