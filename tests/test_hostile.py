@@ -478,7 +478,8 @@ def test_damaged_catalog_page_is_corrupt_file(store_path):
         bandstore.open(path)
 
 
-def test_damaged_trace_zip_is_corrupt_file(tmp_path):
+@pytest.mark.parametrize("damage", ["bytes", "encrypted_flag", "method"])
+def test_damaged_trace_zip_is_corrupt_file(tmp_path, damage):
     trace = (
         bandstore.Trace.from_queries({"a": 10}, [{"a": [1, 2]}, {"a": [3]}] * 50)
         if hasattr(bandstore.Trace, "from_queries")
@@ -491,8 +492,18 @@ def test_damaged_trace_zip_is_corrupt_file(tmp_path):
     p = tmp_path / "t.npz"
     trace.save(p)
     raw = bytearray(p.read_bytes())
-    for off in range(60, len(raw) - 200, 97):  # damage compressed data, keep the directory
-        raw[off] ^= 0x5A
+    if damage == "bytes":
+        for off in range(60, len(raw) - 200, 97):  # damage compressed data, keep the directory
+            raw[off] ^= 0x5A
+    else:  # flag every member encrypted / give it an unknown compression method
+        for sig, flag_off, method_off in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+            i = raw.find(sig)
+            while i >= 0:
+                if damage == "encrypted_flag":
+                    raw[i + flag_off] |= 1
+                else:
+                    raw[i + method_off : i + method_off + 2] = (99).to_bytes(2, "little")
+                i = raw.find(sig, i + 4)
     p.write_bytes(bytes(raw))
     with pytest.raises(BandstoreError):
         bandstore.Trace.load(p)
