@@ -115,6 +115,14 @@ def run_plan_command(args: argparse.Namespace) -> int:
             "the workers would share cores and the plan's timings would not hold; use "
             "--workers <= CPUs, or --force to apply anyway"
         )
+    if args.workers > cpus and not args.apply:
+        import sys
+
+        print(
+            f"note: {args.workers} workers on the {cpus} CPU(s) this process may use share "
+            "cores; the measured times say so",
+            file=sys.stderr,
+        )
     trace = Trace.load(args.trace)
     result = compare_plans(
         args.store,
