@@ -356,6 +356,8 @@ def test_no_plan_is_todays_store_round_robin(store_path, weights):
 class _Table:
     def __init__(self, name: str):
         self.name = name
+        self.lock = threading.Lock()  # (the executor adds a successful call's counters)
+        self.stats = np.zeros(6, dtype=np.int64)
 
 
 class _Recorder:
@@ -763,7 +765,7 @@ def test_plan_command(skewed, capsys, tmp_path):
     with bandstore.open(path) as s:
         assert s.plan is not None
     assert main(["plan", str(path), str(trace_file), "--workers", "0"]) == 2
-    assert "workers must be" in capsys.readouterr().err
+    assert "--workers: must be >= 1" in capsys.readouterr().err
     assert main(["plan", str(path), str(trace_file), "--workers", "1", "--budget", "10"]) == 1
     assert "budget" in capsys.readouterr().err
 

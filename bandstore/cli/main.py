@@ -92,6 +92,17 @@ def _open_fraction(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    """A sampling rate in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
 
@@ -693,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store", type=Path)
     sp.add_argument("trace", type=Path, help="the tuning trace (.npz or a recorded directory)")
     sp.add_argument("--budget", type=_size, required=True, help="total DRAM bytes (e.g. 64M)")
-    sp.add_argument("--sample-rate", type=float, default=0.01,
+    sp.add_argument("--sample-rate", type=_rate, default=0.01,
                     help="SHARDS sampling rate in (0, 1]; 1 = exact (default 0.01; small "
                          "tables run at a higher rate)")  # fmt: skip
     sp.add_argument("--thresholds", type=_threshold_arg, nargs="+", metavar="T",

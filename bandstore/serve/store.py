@@ -1294,6 +1294,15 @@ class Store:
             g = t.geometry
             blockfile.validate_layout(layout, g.rows, g.rows_per_block)  # (before any cast)
             layout = np.ascontiguousarray(layout, dtype=np.int64)
+            top = int(layout.max())
+            if top >= g.rows * g.rows_per_block:  # a block file of mostly holes, or overflow
+                raise InvalidArgumentError(
+                    f"layout of table {name!r}: slot {top} is beyond the "
+                    f"{g.rows * g.rows_per_block} slots a table of {g.rows} rows may use in a "
+                    "store (one row per block at most)",
+                    argument="layouts",
+                    value=top,
+                )
             n_blocks = int(layout.max()) // g.rows_per_block + 1
             geometry = BlockGeometry(
                 g.rows, g.dim, g.codec, g.row_bytes, g.rows_per_block, n_blocks, g.block_size

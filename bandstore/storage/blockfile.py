@@ -377,14 +377,6 @@ def validate_layout(slot_of_id: Any, rows: int, rows_per_block: int) -> None:
             argument="slot_of_id",
             value=int(arr[neg[0]]),
         )
-    top = int(arr.max())
-    if top >= rows * rows_per_block:
-        raise InvalidArgumentError(
-            f"slot_of_id[{int(np.argmax(arr))}] = {top} is beyond the {rows * rows_per_block} "
-            f"slots a table of {rows} rows may use (one row per block at most)",
-            argument="slot_of_id",
-            value=top,
-        )
     s = np.sort(arr.astype(np.int64))
     dup = np.flatnonzero(s[1:] == s[:-1])
     if len(dup):
