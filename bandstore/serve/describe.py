@@ -81,7 +81,11 @@ def _when(t: Any) -> str:
 
 
 def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    """Bytes for people: KiB below a MiB, MiB below a GiB, else GiB."""
+    for unit, shift in (("GiB", 30), ("MiB", 20)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n / 1024:.1f} KiB"
 
 
 def format_description(d: dict[str, Any]) -> str:
