@@ -553,3 +553,16 @@ def test_full_disk_at_catalog_commit_is_storage_full(tiny_fs):
     filler.unlink()
     with bandstore.open(path) as s:
         assert not s.has_counts("t") and s.catalog.tuning("t") is None
+
+
+def test_create_on_a_full_disk_leaves_nothing(tiny_fs):
+    fd = os.open(tiny_fs / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # take every byte
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    with pytest.raises(BandstoreError):  # StorageFullError, or a catalog LMDB could not make
+        bandstore.create(tiny_fs / "s")
+    assert not (tiny_fs / "s").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import threading
 import time
 import weakref
@@ -1549,12 +1550,27 @@ def create(
             return open(root, writable=True, block_size=block_size, verify_reads=verify_reads,
                         checksum_bytes=checksum_bytes)  # fmt: skip
         raise StoreExistsError(str(root))
-    root.mkdir(parents=True, exist_ok=True)
+    made = not root.exists()
     if checksum_bytes is None:
         checksum_bytes = min(DEFAULT_CHECKSUM_BYTES, block_size)
-    catalog = Catalog.create(root, block_size=block_size, checksum_bytes=checksum_bytes)
-    (root / blockfile.VERSIONS_DIR).mkdir(exist_ok=True)
-    return Store(root, catalog, writable=True, verify_reads=verify_reads)
+    catalog = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog.create(root, block_size=block_size, checksum_bytes=checksum_bytes)
+        (root / blockfile.VERSIONS_DIR).mkdir(exist_ok=True)
+        return Store(root, catalog, writable=True, verify_reads=verify_reads)
+    except BaseException as exc:
+        # A store that could not be made whole (a full disk...) is not left half-made.
+        if catalog is not None:
+            catalog.close()
+        for child in (root / "catalog", root / blockfile.VERSIONS_DIR):
+            shutil.rmtree(child, ignore_errors=True)
+        if made:
+            shutil.rmtree(root, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, BandstoreError):
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFullError(str(root)) from exc
+        raise
 
 
 def open(  # noqa: A001 - the package's public verb, like zarr.open

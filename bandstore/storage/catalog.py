@@ -37,7 +37,7 @@ from bandstore.errors import (
     NotAStoreError,
     StorageFullError,
 )
-from bandstore.storage import dram
+from bandstore.storage import blockfile, dram
 
 #: Version 2 adds ``checksum_bytes`` (checksums per sector, not per block); a version 1 catalog
 #: reads as one checksum per block.
@@ -45,6 +45,8 @@ FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 CATALOG_DIR = "catalog"
 MAP_SIZE = 1 << 36  # address space only: LMDB grows the file as pages are used
+#: Reserved for LMDB's lock file at create (its reader table: 126 slots of 64 bytes + header).
+_LOCK_FILE_BYTES = 64 << 10
 
 _envs: dict[str, tuple[lmdb.Environment, int]] = {}
 _envs_lock = threading.Lock()
@@ -104,6 +106,8 @@ def _open_lmdb(path: Path, create: bool) -> lmdb.Environment:
     try:
         return lmdb.open(str(path), map_size=MAP_SIZE, subdir=True, create=create, max_dbs=0)
     except lmdb.Error as exc:
+        if create and _device_full(path):
+            raise StorageFullError(str(path)) from exc
         if create or os.access(path, os.W_OK) and not _read_only_mount(path):
             raise CorruptFileError(str(path / "data.mdb"), f"LMDB cannot open it ({exc})") from exc
     try:
@@ -199,6 +203,10 @@ class Catalog:
         root = Path(root)
         path = root / CATALOG_DIR
         path.mkdir(parents=True, exist_ok=False)
+        # LMDB sizes its lock file and writes it through a map: on a full device the process
+        # would die of SIGBUS. Reserve its space first (StorageFullError if there is none).
+        with open(path / "lock.mdb", "xb") as f:
+            blockfile.reserve_space(f.fileno(), _LOCK_FILE_BYTES, path / "lock.mdb")
         env = _acquire_env(path, create=True)
         cat = cls(root, env)
         with _lmdb_errors(path, True), env.begin(write=True) as txn:
