@@ -566,3 +566,19 @@ def test_create_on_a_full_disk_leaves_nothing(tiny_fs):
     with pytest.raises(BandstoreError):  # StorageFullError, or a catalog LMDB could not make
         bandstore.create(tiny_fs / "s")
     assert not (tiny_fs / "s").exists()
+
+
+@pytest.mark.parametrize("change", [{"checksum_bytes": 0}, {"checksum_bytes": 3},
+                                    {"block_size": 0}, {"block_size": 2**40}])  # fmt: skip
+def test_crafted_format_record_is_refused(store_path, change):
+    path, _ = store_path
+    env = lmdb.open(str(path / CATALOG_DIR), subdir=True, max_dbs=0)
+    try:
+        with env.begin(write=True) as txn:
+            fmt = json.loads(txn.get(b"format"))
+            fmt.update(change)
+            txn.put(b"format", json.dumps(fmt).encode())
+    finally:
+        env.close()
+    with pytest.raises(CorruptFileError, match="format record"):
+        bandstore.open(path)

@@ -177,6 +177,20 @@ def _release_env(path: Path) -> None:
             env.close()
 
 
+def _pow2(x: Any, lo: int, hi: int) -> bool:
+    return type(x) is int and lo <= x <= hi and not x & (x - 1)
+
+
+def _check_format(fmt: Any, where: str) -> None:
+    """CorruptFileError unless the format record's block size is a power of two from 512 to
+    1 MiB and its checksum sector (if any) a power of two from 64 to the block size."""
+    if not isinstance(fmt, dict) or not _pow2(fmt.get("block_size"), 512, 1 << 20):
+        raise CorruptFileError(where, f"bad format record {fmt!r}: block_size")
+    cb = fmt.get("checksum_bytes", fmt["block_size"])
+    if not _pow2(cb, 64, fmt["block_size"]):
+        raise CorruptFileError(where, f"bad format record {fmt!r}: checksum_bytes")
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True).encode()
 
@@ -242,6 +256,7 @@ class Catalog:
                 raise NotAStoreError(str(root), "catalog has no format record")
             if fmt.get("format_version") not in READABLE_FORMAT_VERSIONS:
                 raise FormatVersionError(str(root), fmt.get("format_version"), FORMAT_VERSION)
+            _check_format(fmt, str(path / "data.mdb"))
         except BaseException:
             cat.close()
             raise
