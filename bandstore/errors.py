@@ -154,6 +154,20 @@ class FormatMismatchError(BandstoreError, ValueError):
         self.requested = requested
 
 
+class StorageFullError(BandstoreError, OSError):
+    """The filesystem holding the store has no room left for a write (ENOSPC).
+
+    The write was abandoned: its partial files are removed and the store is as before."""
+
+    def __init__(self, path: str, needed: int | None = None):
+        what = f" for {needed} bytes" if needed is not None else ""
+        super().__init__(
+            f"no space left on the device{what} writing {path}; the store is unchanged"
+        )
+        self.path = path
+        self.needed = needed
+
+
 class ReadOnlyError(BandstoreError, PermissionError):
     """A write on a store opened for serving only."""
 

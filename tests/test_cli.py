@@ -71,9 +71,9 @@ def test_create_from_npy_lookup_and_verify(tmp_path, capsys, rng):
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
-    assert main(["info", str(tmp_path)]) == 2
+    assert main(["info", str(tmp_path)]) == 1  # a failure; 2 is a usage error
     assert "not a bandstore store" in capsys.readouterr().err
-    assert main(["lookup", str(tmp_path / "nope"), "t", "1"]) == 2
+    assert main(["lookup", str(tmp_path / "nope"), "t", "1"]) == 1
 
 
 def test_trace_convert_csv(tmp_path, capsys):

@@ -1,9 +1,15 @@
-"""The ``bandstore`` command: parses arguments and calls the library, nothing more."""
+"""The ``bandstore`` command: parses arguments and calls the library, nothing more.
+
+Errors are one line on stderr, ``bandstore: error: ...`` (no traceback), and the exit status
+says what kind: see ``EXIT_STATUS``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -12,7 +18,90 @@ from typing import Any
 
 import numpy as np
 
-from bandstore.errors import BandstoreError
+from bandstore.errors import BandstoreError, InvalidArgumentError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
+EXIT_STATUS = """exit status:
+  0  success
+  1  failure: the command could not do its work (a missing or malformed file, a bad value
+     found in the data, a store that refuses the operation); for `verify`: corrupt blocks
+  2  usage: bad arguments (the message names the argument)
+  3  `verify` only: the store could not be read at all (catalog, layout or version missing
+     or damaged), so its blocks were not checked"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with bandstore's error style: usage, then ``bandstore: error: ...``, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"bandstore: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _usage(args: argparse.Namespace, message: str) -> None:
+    """A usage error found after parsing (exit 2)."""
+    args._parser.error(message)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only for a person watching: not with --json, not into a log file."""
+    return not getattr(args, "json", False) and sys.stderr.isatty()
+
+
+def kernels_compiled() -> bool:
+    """Whether numba's cache holds bandstore's compiled kernels (else the first calls compile
+    them, for tens of seconds)."""
+    from pathlib import Path as _P
+
+    import bandstore.kernels as kpkg
+
+    dirs = [_P(kpkg.__file__).parent / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        dirs.append(_P(os.environ["NUMBA_CACHE_DIR"]))
+    return any(next(d.rglob("*.nbi"), None) is not None for d in dirs if d.is_dir())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _row_id(text: str) -> int:
+    """A row id: a decimal integer that fits in int64 (range checks are the store's)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer row id: {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"row id {text} does not fit in 64 bits")
+    return value
+
+
+def _open_fraction(text: str) -> float:
+    """A share strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    """A sampling rate in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def _print_json(obj: Any) -> None:
@@ -54,7 +143,7 @@ def _stats_table(stats: dict[str, Any]) -> str:
         "blocks_per_1000_lookups",
         "useful_per_byte_read",
     )
-    names = [k for k, v in stats.items() if isinstance(v, dict)]
+    names = [k for k, v in stats.items() if isinstance(v, dict) and "lookups" in v]
     width = max([len(n) for n in names] + [5])
     lines = [f"{'table':<{width}}  " + "  ".join(f"{c:>24}" for c in cols)]
     for n in names:
@@ -71,8 +160,10 @@ def _stats_table(stats: dict[str, Any]) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bandstore.demo import format_demo, run_demo
 
+    if args.scale <= 0:
+        _usage(args, f"argument --scale: must be > 0, got {args.scale}")
     result = run_demo(
-        workdir=args.workdir, scale=args.scale, seed=args.seed, progress=not args.json
+        workdir=args.workdir, scale=args.scale, seed=args.seed, progress=_progress(args)
     )
     if args.json:
         _print_json(result)
@@ -81,43 +172,92 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table_spec(args: argparse.Namespace, spec: str) -> tuple[str, Path, str]:
+    """``NAME=FILE.npy[:CODEC]`` -> (name, path, codec). The ``:CODEC`` suffix is taken only
+    when it names a codec, so a path may hold ``:``; the file is checked to be a 2-D float
+    ``.npy`` array before anything is created."""
+    from bandstore.storage.codecs import CODECS
+
+    name, eq, rest = spec.partition("=")
+    if not eq or not name or not rest:
+        _usage(args, f"bad --table {spec!r}: want NAME=FILE.npy[:CODEC]")
+    path, codec = rest, args.codec
+    head, colon, tail = rest.rpartition(":")
+    if colon and tail in CODECS:
+        path, codec = head, tail
+    elif colon and not Path(rest).exists() and "/" not in tail and not tail.endswith(".npy"):
+        _usage(args, f"bad --table {spec!r}: unknown codec {tail!r} (known: {', '.join(CODECS)})")
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidArgumentError(f"--table {name}: no such file: {file}", argument="table")
+    try:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InvalidArgumentError(
+            f"--table {name}: {file} is not a readable .npy array ({exc})", argument="table"
+        ) from exc
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.dtype.kind != "f" or 0 in arr.shape:
+        raise InvalidArgumentError(
+            f"--table {name}: {file} must hold a non-empty 2-D float array (rows, dim), got "
+            f"{getattr(arr, 'dtype', '?')}{getattr(arr, 'shape', '')}",
+            argument="table",
+        )
+    return name, file, codec
+
+
 def cmd_create(args: argparse.Namespace) -> int:
+    """Atomic: every --table is checked first, and a store that fails half-made is removed."""
     import bandstore
 
     if args.from_trace and args.table:
-        raise SystemExit("bandstore create: use --table or --from-trace, not both")
+        _usage(args, "use --table or --from-trace, not both")
     if not args.from_trace and not args.table:
-        raise SystemExit("bandstore create: give at least one --table NAME=FILE.npy[:CODEC]")
+        _usage(args, "give at least one --table NAME=FILE.npy[:CODEC], or --from-trace TRACE")
+    target = Path(args.store)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        from bandstore.errors import StoreExistsError
+
+        raise StoreExistsError(str(target))
+    trace = None
+    specs: list[tuple[str, Path, str]] = []
     if args.from_trace:
-        from bandstore.demo import create_store_for_trace
         from bandstore.traces.trace import Trace
 
         trace = Trace.load(args.from_trace)
-        store = create_store_for_trace(
-            args.store,
-            trace,
-            dim=args.dim,
-            codec=args.codec,
-            block_size=args.block_size,
-            checksum_bytes=args.checksum_bytes,
-            seed=args.seed,
-        )
     else:
-        store = bandstore.create(
-            args.store, block_size=args.block_size, checksum_bytes=args.checksum_bytes
-        )
-        try:
-            for spec in args.table:
-                name, _, rest = spec.partition("=")
-                path, _, codec = rest.partition(":")
-                if not name or not path:
-                    raise SystemExit(
-                        f"bandstore create: bad --table {spec!r}, want NAME=FILE.npy[:CODEC]"
-                    )
-                store.add_table(name, path, codec=codec or args.codec, progress=not args.json)
-        except BaseException:
-            store.close()
-            raise
+        specs = [_table_spec(args, spec) for spec in args.table]
+        names = [n for n, _, _ in specs]
+        if len(set(names)) != len(names):
+            _usage(args, f"a table name is given twice: {names}")
+    made = not target.exists()
+    try:
+        if trace is not None:
+            from bandstore.demo import create_store_for_trace
+
+            store = create_store_for_trace(
+                target, trace, dim=args.dim, codec=args.codec, block_size=args.block_size,
+                checksum_bytes=args.checksum_bytes, seed=args.seed, progress=_progress(args),
+            )  # fmt: skip
+        else:
+            store = bandstore.create(
+                target, block_size=args.block_size, checksum_bytes=args.checksum_bytes
+            )
+            try:
+                store.add_tables(
+                    {n: p for n, p, _ in specs},
+                    codec={n: c for n, _, c in specs},
+                    progress=_progress(args),
+                )
+            except BaseException:
+                store.close()
+                raise
+    except BaseException:
+        if made:  # nothing half-made is left behind: the retry must not find a store
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            for child in target.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        raise
     with store:
         info: dict[str, Any] = {
             "store": str(args.store),
@@ -145,7 +285,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         codec=args.codec,
         match=args.match,
         block_size=args.block_size,
-        progress=not args.json,
+        progress=_progress(args),
     )
     if args.json:
         _print_json(report.as_dict())
@@ -160,54 +300,27 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import bandstore
+    from bandstore.serve.describe import describe_store, format_description
 
-    with bandstore.open(args.store, cache_bytes=0) as store:
-        origins = {n: store.counts_origin(n) for n in store.tables}
-        info: dict[str, Any] = {
-            "store": str(args.store),
-            "version": store.version,
-            "block_size": store.block_size,
-            "checksum_bytes": store.checksum_bytes,
-            "tables": {n: t.as_dict() for n, t in store.tables.items()},
-            "tuning": {n: store.catalog.tuning(n) for n in store.tables},
-            # Whose access counts admission and pinning use (None: none, or of unknown origin).
-            "counts": {
-                n: {
-                    "recorded": store.has_counts(n),
-                    "origin": o.as_dict() if (o := origins[n]) is not None else None,
-                }
-                for n in store.tables
-            },
-        }
+    info = describe_store(args.store)
     if args.json:
         _print_json(info)
     else:
-        print(
-            f"{info['store']}: version {info['version']}, block size {info['block_size']}, "
-            f"checksum per {info['checksum_bytes']} bytes"
-        )
-        for n, t in info["tables"].items():
-            tun = info["tuning"][n]
-            print(
-                f"  {n}: {t['rows']} rows x {t['dim']} {t['codec']}, {t['blocks']} blocks "
-                f"({t['rows_per_block']} rows each)" + (f", tuned {tun}" if tun else "")
-            )
-            origin = origins[n]
-            if origin is not None:
-                print(f"    access counts: {origin.describe()}")
-            elif info["counts"][n]["recorded"]:
-                print("    access counts: of unknown origin (stored before origins were kept)")
-            else:
-                print("    access counts: none recorded")
+        print(format_description(info))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     import bandstore
 
-    with bandstore.open(args.store, cache_bytes=0) as store:
-        problems = store.verify(progress=not args.json)
+    try:
+        store = bandstore.open(args.store, cache_bytes=0, plan=False)
+    except (BandstoreError, OSError) as exc:
+        # Not "corrupt blocks" (1): the store could not be read, nothing was checked.
+        print(f"bandstore: error: cannot verify {args.store}: {_message(exc)}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    with store:
+        problems = store.verify(progress=_progress(args))
         n_blocks = sum(t.blocks for t in store.tables.values())
     if args.json:
         _print_json({"ok": not problems, "blocks_checked": n_blocks, "problems": problems})
@@ -217,7 +330,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(
             f"{'FAILED' if problems else 'OK'}: {n_blocks} blocks checked, {len(problems)} corrupt"
         )
-    return 1 if problems else 0
+    return EXIT_FAILURE if problems else EXIT_OK
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
@@ -241,13 +354,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from bandstore.tune.reports import jsonable
 
     trace = _load_trace(args.trace)
-    if args.holdout:
+    if args.holdout is not None:
         trace = trace.split(1.0 - args.holdout)[1]
     options = ServeOptions(cache=CacheOptions(args.cache_bytes, args.threshold, args.pinned_share))
     with bandstore.open(args.store, options=options) as store:
         if args.cold:
             store.drop_page_cache()
-        report = replay(store, trace, batch_size=args.batch_size, progress=not args.json)
+        report = replay(store, trace, batch_size=args.batch_size, progress=_progress(args))
         cache = store.cache_info()
     if args.json:
         _print_json({**report.as_dict(), "cache": jsonable(cache)})
@@ -290,7 +403,7 @@ def cmd_relayout(args: argparse.Namespace) -> int:
             cache_bytes=args.cache_bytes,
             force=args.force,
             dry_run=args.dry_run,
-            progress=not args.json,
+            progress=_progress(args),
             options=options,
         )
     report = result.as_dict()
@@ -354,6 +467,18 @@ def cmd_size_cache(args: argparse.Namespace) -> int:
     from bandstore.options import SimOptions, SizingOptions
     from bandstore.tune.sim import format_sizing, size_cache
 
+    if args.plot is not None:  # before the simulation, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InvalidArgumentError(
+                "--plot needs matplotlib, which is not installed (pip install matplotlib)",
+                argument="plot",
+            ) from None
+        if not Path(args.plot).resolve().parent.is_dir():
+            raise InvalidArgumentError(
+                f"--plot: no such folder: {Path(args.plot).parent}", argument="plot"
+            )
     trace = _load_trace(args.trace)
     sim = SimOptions(sample_rate=args.sample_rate, batch_size=args.batch_size, seed=args.seed)
     if args.thresholds:
@@ -363,13 +488,24 @@ def cmd_size_cache(args: argparse.Namespace) -> int:
     options = SizingOptions(sim=sim, apply_counts=args.apply_counts)
     if args.warmup is not None:
         options = SizingOptions(sim=sim, apply_counts=args.apply_counts, warmup=args.warmup)
+    notes = []
     with bandstore.open(args.store, writable=args.apply, cache_bytes=0) as store:
         result = size_cache(store, trace, args.budget, apply=args.apply, plot=args.plot,
-                            progress=not args.json, options=options)  # fmt: skip
+                            progress=_progress(args), options=options)  # fmt: skip
+        if args.apply and store.catalog.meta("plan"):
+            # One source of truth: the newer decision wins. A stored plan sizes the caches of
+            # every table it names, so the sizes just stored would never be served under it.
+            store.set_plan(None)
+            notes.append(
+                "note: removed the applied plan (`bandstore plan --apply`), whose cache sizes "
+                "would have overridden these; stores opened from now on serve these sizes"
+            )
     if args.json:
-        _print_json(result.as_dict())
+        _print_json({**result.as_dict(), "notes": notes})
     else:
         print(format_sizing(result))
+        for n in notes:
+            print(n)
     return 0
 
 
@@ -392,13 +528,27 @@ def cmd_trace_convert(args: argparse.Namespace) -> int:
         options["session_gap"] = args.session_gap
     if args.top is not None:
         options["top"] = args.top
+    _check_output_folder(args.output)  # before reading a large log, not after
     trace = convert(args.format, args.input, **options)
     trace.save(args.output)
-    if args.json:
-        _print_json({"output": str(args.output), **trace.summary()})
-    else:
-        print(f"wrote {args.output}: {trace.n_queries} queries, {trace.n_lookups()} lookups")
+    _print_trace_summary(args, trace)
     return 0
+
+
+def _check_output_folder(path: Path) -> None:
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise InvalidArgumentError(f"no such folder for the output: {folder}", argument="output")
+
+
+def _print_trace_summary(args: argparse.Namespace, trace: Any) -> None:
+    summary = trace.summary()
+    if args.json:
+        _print_json({"output": str(args.output), **summary})
+        return
+    print(f"wrote {args.output}: {trace.n_queries} queries, {trace.n_lookups()} lookups")
+    for name in trace.table_names:
+        print(f"  {name}: {trace.num_rows[name]} rows, {trace.n_lookups(name)} lookups")
 
 
 def _parse_tables(text: str) -> dict[str, int]:
@@ -424,17 +574,19 @@ def cmd_trace_synth(args: argparse.Namespace) -> int:
         co_access=args.co_access,
         seed=args.seed,
     )
+    _check_output_folder(args.output)
     trace.save(args.output)
-    if args.json:
-        _print_json({"output": str(args.output), **trace.summary()})
-    else:
-        print(f"wrote {args.output}: {trace.n_queries} queries, {trace.n_lookups()} lookups")
+    _print_trace_summary(args, trace)
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from bandstore.tune.planning import calibrate_store
 
+    if not Path(args.store).is_dir():
+        from bandstore.errors import NotAStoreError
+
+        raise NotAStoreError(str(args.store), "no such directory")
     cal = calibrate_store(args.store, quick=args.quick)
     if args.json:
         _print_json(cal.as_dict())
@@ -453,18 +605,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # ---- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bandstore",
         description="Embedding store with co-access block layouts and a simulated-to-size cache.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
         name: str, fn: Callable[[argparse.Namespace], int], help: str
     ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        sp = sub.add_parser(name, help=help, description=help, epilog=EXIT_STATUS,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         sp.add_argument("--json", action="store_true", help="print JSON (no progress bars)")
-        sp.set_defaults(func=fn)
+        sp.set_defaults(func=fn, _parser=sp)
         return sp
 
     sp = add("demo", cmd_demo, "generate data, build a store, replay, and print the figures")
@@ -481,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TRACE",
         help="random vectors for every table of this trace",
     )
-    sp.add_argument("--dim", type=int, default=64)
+    sp.add_argument("--dim", type=_positive_int, default=64, help="with --from-trace (>= 1)")
     sp.add_argument("--codec", default="float32", choices=["float32", "float16", "int8"])
     sp.add_argument("--block-size", type=int, default=4096)
     sp.add_argument(
@@ -511,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("lookup", cmd_lookup, "print rows of a table")
     sp.add_argument("store", type=Path)
     sp.add_argument("table")
-    sp.add_argument("ids", type=int, nargs="+")
+    sp.add_argument("ids", type=_row_id, nargs="+")
 
     sp = add("replay", cmd_replay, "replay a trace through the store and print its counters")
     sp.add_argument("store", type=Path)
@@ -523,9 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=256, help="queries per lookup_many call")
     sp.add_argument(
         "--holdout",
-        type=float,
-        default=0.0,
-        help="replay only the last fraction of the queries (held-out part)",
+        type=_open_fraction,
+        default=None,
+        help="replay only this last share of the queries (0 < H < 1; default: all of them)",
     )
     sp.add_argument("--cold", action="store_true", help="drop block files from the page cache")
 
@@ -536,11 +691,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("plan", cmd_plan, "plan strategies and workers per table for a trace, and measure")
     sp.add_argument("store", type=Path)
     sp.add_argument("trace", type=Path)
-    sp.add_argument("--workers", type=int, required=True, help="worker threads (W >= 1)")
+    sp.add_argument("--workers", type=_positive_int, required=True,
+                    help="worker threads (W >= 1; --apply refuses more than the CPUs this "
+                         "process may use, unless --force)")  # fmt: skip
     sp.add_argument("--budget", type=_size, help="DRAM bytes (default: 25%% of the tables)")
     sp.add_argument("--apply", action="store_true", help="store the plan; later opens serve it")
+    sp.add_argument("--force", action="store_true",
+                    help="with --apply: apply even a plan measured slower than the uniform "
+                         "mapping, or more workers than CPUs")  # fmt: skip
     sp.add_argument("--batch-size", type=int, default=256, help="queries per lookup_many call")
-    sp.add_argument("--holdout", type=float, default=0.5, help="share of queries measured on")
+    sp.add_argument("--holdout", type=_open_fraction, default=0.5,
+                    help="share of later queries measured on (0 < H < 1)")  # fmt: skip
     sp.add_argument("--repeats", type=int, default=3, help="interleaved repetitions")
 
     sp = add("relayout", cmd_relayout, "rebuild layouts from a trace, judged on held-out queries")
@@ -551,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "identity", "random", "frequency", "metis", "hypergraph"],
     )
-    sp.add_argument("--holdout", type=float, default=0.2, help="share of later queries held out")
+    sp.add_argument("--holdout", type=_open_fraction, default=0.2,
+                    help="share of later queries held out (0 < H < 1)")  # fmt: skip
     sp.add_argument("--cache-bytes", type=_size, help="DRAM to decide for (default: current)")
     sp.add_argument("--batch-size", type=int, default=256, help="queries per serving call")
     sp.add_argument("--force", action="store_true", help="commit even if not better")
@@ -568,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store", type=Path)
     sp.add_argument("trace", type=Path, help="the tuning trace (.npz or a recorded directory)")
     sp.add_argument("--budget", type=_size, required=True, help="total DRAM bytes (e.g. 64M)")
-    sp.add_argument("--sample-rate", type=float, default=0.01,
+    sp.add_argument("--sample-rate", type=_rate, default=0.01,
                     help="SHARDS sampling rate in (0, 1]; 1 = exact (default 0.01; small "
                          "tables run at a higher rate)")  # fmt: skip
     sp.add_argument("--thresholds", type=_threshold_arg, nargs="+", metavar="T",
@@ -590,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("gc", cmd_gc, "remove versions no reader holds")
     sp.add_argument("store", type=Path)
 
-    tp = sub.add_parser("trace", help="convert or generate traces")
+    tp = sub.add_parser("trace", help="convert or generate traces", epilog=EXIT_STATUS,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     tsub = tp.add_subparsers(dest="trace_command", required=True, metavar="COMMAND")
     sp = tsub.add_parser("convert", help="convert a public log format to a trace (.npz)")
     sp.add_argument("format", choices=["lightgcn", "lastfm", "movielens", "criteo", "avazu", "csv"])
@@ -599,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--session-gap", type=float, help="movielens: seconds between sessions")
     sp.add_argument("--top", type=int, help="lastfm: artists per user")
     sp.add_argument("--json", action="store_true")
-    sp.set_defaults(func=cmd_trace_convert)
+    sp.set_defaults(func=cmd_trace_convert, _parser=sp)
     sp = tsub.add_parser("synth", help="generate a trace with Zipf popularity and co-access")
     sp.add_argument("output", type=Path)
     sp.add_argument(
@@ -620,17 +783,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--json", action="store_true")
-    sp.set_defaults(func=cmd_trace_synth)
+    sp.set_defaults(func=cmd_trace_synth, _parser=sp)
     return p
 
 
+def _message(exc: BaseException) -> str:
+    """An exception as one line for a user: an OSError as "what: which file"."""
+    if isinstance(exc, OSError) and not isinstance(exc, BandstoreError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        return f"{exc.strerror}: {where}" if where else exc.strerror
+    return str(exc)
+
+
+#: Commands that run numba kernels (the first run compiles them).
+_COMPILING = {"demo", "create", "verify", "lookup", "replay", "relayout", "size-cache",
+              "calibrate", "plan"}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command; return its exit status (``EXIT_STATUS``), never raise for a user's
+    mistake or a bad file: those are one ``bandstore: error: ...`` line on stderr."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return int(exc.code or 0)
+    if args.command in _COMPILING and not kernels_compiled():
+        print("bandstore: compiling kernels (first run only)...", file=sys.stderr, flush=True)
     try:
         return int(args.func(args) or 0)
-    except BandstoreError as exc:
-        print(f"bandstore: error: {exc}", file=sys.stderr)
-        return 2
+    except SystemExit as exc:  # a usage error found after parsing (_usage), already printed
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    except (BandstoreError, OSError) as exc:
+        print(f"bandstore: error: {_message(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("bandstore: error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

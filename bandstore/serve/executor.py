@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bandstore.serve.strategies import CachedRunner, Runner, _bag_range
+from bandstore.serve.strategies import CachedRunner, Runner, _bag_range, commit_stats
 
 #: Per-call latencies kept for p50/p99 (a ring: the most recent calls).
 LATENCY_WINDOW = 4096
@@ -421,8 +421,7 @@ class Executor:
             inline = self._closing or self.workers == 1 or small
             if not inline:
                 self._active += 1
-            if small or (any_helped and not inline):
-                self.calls.add(inline=small)
+            counted = small or (any_helped and not inline)
         if inline:  # one worker, a small call, or replaced by a new plan: all on this thread
             begin(for_helpers)
             begin(for_caller)
@@ -446,7 +445,11 @@ class Executor:
                     if self._active == 0:
                         self._state.notify_all()
         if error is not None:
-            raise error
+            raise error  # before any counter: a call that raises changes none
+        for runner, job in jobs.values():
+            commit_stats(runner.table, job)
+        if counted:
+            self.calls.add(inline=small)
         self.busy.called()
         return {name: jobs[name][0].finish(jobs[name][1]) for name in prepared}
 

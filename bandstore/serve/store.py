@@ -9,10 +9,13 @@ table are serialized because its cache is mutable state.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
+import shutil
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ import numpy as np
 import xxhash
 
 from bandstore.errors import (
+    BandstoreError,
     CorruptBlockError,
     CorruptFileError,
     FormatMismatchError,
@@ -31,6 +35,7 @@ from bandstore.errors import (
     InvalidOffsetsError,
     InvalidShapeError,
     ReadOnlyError,
+    StorageFullError,
     StoreClosedError,
     StoreExistsError,
     StorePickleError,
@@ -64,6 +69,8 @@ from bandstore.storage.codecs import CODECS, codec_id, decode_rows, encode_rows,
 from bandstore.storage.origin import CountsOrigin
 
 DEFAULT_BLOCK_SIZE = 4096
+#: The largest block size a store may have (a block is the unit of every slow-tier read).
+MAX_BLOCK_SIZE = 1 << 20
 #: Checksum sector of new stores: a lookup hashes the 512-byte sectors holding the rows it
 #: decodes, not its whole 4 KB block (4-8x less memory traffic per missed row; 1.6% of the
 #: table's bytes in DRAM for the checksums). Persistent memory reads in 256-byte units.
@@ -115,30 +122,38 @@ class _Table:
         self.name = name
         self.checksum_bytes = int(catalog.format["checksum_bytes"])
         self.record = rec
-        self.file_id = rec["file_id"]
-        self.geometry = BlockGeometry(
-            rows=rec["rows"],
-            dim=rec["dim"],
-            codec=rec["codec"],
-            row_bytes=rec["row_bytes"],
-            rows_per_block=rec["rows_per_block"],
-            n_blocks=rec["n_blocks"],
-            block_size=rec["block_size"],
-        )
+        try:
+            self.file_id = str(rec["file_id"])
+            self.geometry = BlockGeometry(
+                rows=rec["rows"],
+                dim=rec["dim"],
+                codec=rec["codec"],
+                row_bytes=rec["row_bytes"],
+                rows_per_block=rec["rows_per_block"],
+                n_blocks=rec["n_blocks"],
+                block_size=rec["block_size"],
+            )
+            rec["block_file"], rec["layout_file"], int(rec["layout_checksum"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFileError(
+                str(catalog.root), f"the catalog's record of table {name!r} is malformed ({exc!r})"
+            ) from exc
         g = self.geometry
+        where = f"{catalog.root} table {name!r}"
+        # The catalog is trusted no further than this: a geometry the kernels would read or
+        # write out of bounds with, or files outside the version, are a corrupt store.
+        blockfile.check_geometry(g, int(catalog.format["block_size"]), where)
         self.info = TableInfo(
             name, g.rows, g.dim, g.codec, g.rows_per_block, g.n_blocks, g.row_bytes, g.block_size
         )
         self.codec = codec_id(g.codec)
-        self.block_path = vdir / rec["block_file"]
+        self.block_path = vdir / blockfile.check_file_name(rec["block_file"], where)
         self.blocks_u8 = blockfile.read_block_file(self.block_path, g)
-        self.layout = blockfile.read_layout_file(
-            vdir / rec["layout_file"], g.rows, rec["layout_checksum"]
-        )
+        layout_path = vdir / blockfile.check_file_name(rec["layout_file"], where)
+        self.layout = blockfile.read_layout_file(layout_path, g.rows, rec["layout_checksum"])
         # Read at random by lookups (neighbour admission, misses): large ones on huge pages.
         inverse = dram.full(g.n_blocks * g.rows_per_block, -1, np.int64)
-        inverse[self.layout] = np.arange(g.rows, dtype=np.int64)
-        self.inverse_layout = inverse
+        self.inverse_layout = blockfile.invert_layout(self.layout, inverse, str(layout_path))
         checksums = catalog.checksums(self.file_id)
         spb = g.block_size // self.checksum_bytes
         if checksums is None or checksums.shape != (g.n_blocks * spb,):
@@ -219,13 +234,25 @@ class _Table:
         ok = ~(np.isin(first, bad) | np.isin(last, bad))
         return np.ascontiguousarray(ids[ok])
 
-    def serve(self, ids, offsets, weights, mode, padding_idx, out) -> None:
-        """Run one batch through the cache kernel; raise on a corrupt block."""
+    def maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(blocks_u8, layout)``, or StoreClosedError once ``close()`` dropped them (a call
+        that passed the store's open check as another thread closed it)."""
+        blocks, layout = self.blocks_u8, self.layout
+        if blocks is None or layout is None:
+            raise StoreClosedError()
+        return blocks, layout
+
+    def serve(self, ids, offsets, weights, mode, padding_idx, out, stats=None) -> None:
+        """Run one batch through the cache kernel; raise on a corrupt block.
+
+        The batch's counters go to ``stats`` if given (a ``lookup_many`` job's, added to the
+        table's once the whole call succeeded), else to the table's; none on an error."""
         runner = self.runner
         if runner is not None:  # the table's planned strategy (serve.strategies)
-            runner.serve(ids, offsets, weights, mode, padding_idx, out)
+            runner.serve(ids, offsets, weights, mode, padding_idx, out, stats)
             return
         g = self.geometry
+        blocks, layout = self.maps()
         batch = np.zeros(kc.N_STATS, dtype=np.int64)
         error = np.zeros(1, dtype=np.int64)
         with self.lock:
@@ -245,14 +272,14 @@ class _Table:
                 c.data,
                 self.counts,
                 self.policy.threshold,
-                self.layout,
+                layout,
                 self.inverse_layout,
                 g.rows_per_block,
                 g.block_size,
                 g.row_bytes,
                 self.codec,
                 g.dim,
-                self.blocks_u8,
+                blocks,
                 self.checksums,
                 self.checksum_bytes,
                 self.verify_reads,
@@ -260,7 +287,10 @@ class _Table:
                 error,
             )
             if status == kc.STATUS_OK:
-                self.stats += batch
+                if stats is None:
+                    self.stats += batch
+                else:
+                    stats += batch
                 return
         raise self.corrupt_block_error(int(error[0]))
 
@@ -285,8 +315,53 @@ class _Table:
         self.layout = None  # type: ignore[assignment]
 
 
+def _check_open_arguments(cache_bytes: Any, threshold: Any, pinned_share: Any) -> None:
+    """InvalidArgumentError unless each is None, a valid value, or a mapping of table names to
+    valid values: cache_bytes an integer >= 0, threshold an integer >= 0 (``NEVER``: never
+    admit neighbours), pinned_share a real number in [0, 1]."""
+
+    def values(arg: Any, name: str) -> list:
+        if isinstance(arg, Mapping):
+            bad = [k for k in arg if not isinstance(k, str)]
+            if bad:
+                raise InvalidArgumentError(
+                    f"{name} maps table names to values; {bad[0]!r} is not a table name",
+                    argument=name,
+                    value=bad[0],
+                )
+            return list(arg.values())
+        return [] if arg is None else [arg]
+
+    for v in values(cache_bytes, "cache_bytes"):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise InvalidArgumentError(
+                f"cache_bytes must be an integer number of bytes >= 0 (or a mapping of table "
+                f"names to them), got {v!r}",
+                argument="cache_bytes",
+                value=v,
+            )
+    for v in values(threshold, "threshold"):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise InvalidArgumentError(
+                f"threshold must be an integer >= 0 (bandstore.NEVER: no neighbours), got {v!r}",
+                argument="threshold",
+                value=v,
+            )
+    for v in values(pinned_share, "pinned_share"):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int | float | np.integer | np.floating)
+            or not 0.0 <= float(v) <= 1.0
+        ):
+            raise InvalidArgumentError(
+                f"pinned_share must be a number in [0, 1], got {v!r}",
+                argument="pinned_share",
+                value=v,
+            )
+
+
 def _validate_table_name(name: str) -> None:
-    if not isinstance(name, str) or not _TABLE_NAME.match(name):
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"invalid table name {name!r}: use 1-128 characters from [A-Za-z0-9_.-], "
             "not starting with '.' or '-'",
@@ -404,6 +479,33 @@ def _check_offsets(offsets: Any, n: int, include_last_offset: bool, table: str) 
     return np.concatenate([offsets, np.array([n], dtype=np.int64)])
 
 
+class _Resources:
+    """What an open Store holds outside Python objects; ``release`` gives it all back once
+    (called by ``Store.close``, or by the finalizer of a store dropped without it)."""
+
+    def __init__(self, catalog: Catalog, recorder: Any):
+        self.catalog: Catalog | None = catalog
+        self.recorder = recorder
+        self.executor: Any = None
+        self.reader_lock: Any = None
+
+    def stop_serving(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+        if self.executor is not None:
+            self.executor.close()
+
+    def release(self) -> None:
+        self.stop_serving()
+        if self.reader_lock is not None:
+            self.reader_lock.release()
+            self.reader_lock = None
+        if self.catalog is not None:
+            self.catalog.close()
+            self.catalog = None
+
+
 class Store:
     """An open bandstore store. Use :func:`bandstore.open` or :func:`bandstore.create`."""
 
@@ -419,11 +521,12 @@ class Store:
         workers: int | None = None,
         plan: Any = None,
     ):
+        cache = cache if cache is not None else CacheOptions()
+        _check_open_arguments(cache.cache_bytes, cache.threshold, cache.pinned_share)
         self.root = root
         self._catalog = catalog
         self._writable = writable
         self._verify_reads = verify_reads
-        cache = cache if cache is not None else CacheOptions()
         self._cache_arg = cache.cache_bytes
         self._threshold_arg = cache.threshold
         self._pinned_arg = cache.pinned_share
@@ -433,13 +536,15 @@ class Store:
         self._closed = False
         self._switch_lock = threading.RLock()
         self._tables: dict[str, _Table] = {}
-        self._reader_lock: blockfile.ReaderLock | None = None
+        # What a store dropped without close() must still give back (its version's reader
+        # lock, the catalog, the worker threads): released by a finalizer, or by close().
+        self._res = _Resources(catalog, recorder)
+        self._finalizer = weakref.finalize(self, self._res.release)
         self._version: dict = {}
 
         self._workers_arg = workers
         self._plan_arg = plan
         self._plan: Any = None
-        self._executor: Any = None
         self._latency = LatencyLog()
         self._call_counts = CallCounts()  # parallel / inline calls, whatever the executor
         self._listeners: list[Any] = []  # told of recorded queries (e.g. a background re-planner)
@@ -479,16 +584,28 @@ class Store:
             if self._closed:
                 return
             self._closed = True
-            if self._recorder is not None:
-                self._recorder.close()
-            if self._executor is not None:
-                self._executor.close()
+            self._res.stop_serving()  # the recorder, then the workers (after calls in flight)
             for t in self._tables.values():
                 t.close()
             self._tables = {}
-            if self._reader_lock is not None:
-                self._reader_lock.release()
-            self._catalog.close()
+            self._finalizer()  # the reader lock and the catalog
+
+    # The executor and the version's reader lock live in ``_res`` (released by the finalizer).
+    @property
+    def _executor(self) -> Any:
+        return self._res.executor
+
+    @_executor.setter
+    def _executor(self, value: Any) -> None:
+        self._res.executor = value
+
+    @property
+    def _reader_lock(self) -> Any:
+        return self._res.reader_lock
+
+    @_reader_lock.setter
+    def _reader_lock(self, value: Any) -> None:
+        self._res.reader_lock = value
 
     def _check_open(self) -> None:
         if self._closed:
@@ -528,7 +645,17 @@ class Store:
         while True:
             rec = self._catalog.current_version()
             vdir = blockfile.version_path(self.root, rec["id"])
-            lock = blockfile.ReaderLock(vdir) if rec["tables"] else None
+            try:
+                lock = blockfile.ReaderLock(vdir) if rec["tables"] else None
+            except FileNotFoundError as exc:
+                # A writer committed and a garbage collector removed this version between
+                # the two steps: retry on the new current version. If it is still current,
+                # its directory is really missing.
+                if self._catalog.current_version()["id"] == rec["id"]:
+                    raise CorruptFileError(
+                        str(vdir), "the current version's directory is missing"
+                    ) from exc
+                continue
             # A garbage collector may have removed the version between the two steps.
             if self._catalog.version(rec["id"]) is not None:
                 break
@@ -608,22 +735,40 @@ class Store:
         opened later serve it too, with the access counts that rank its pinned tables' rows
         (``Plan.counts``) as those tables' access counts, in the same transaction. Runners are
         built beside the old ones: calls in flight finish on what they started with.
+
+        Every runner is built (the plan checked against this store) before anything is
+        stored: a plan that cannot be served raises and leaves the catalog, the counts and the
+        served plan as they were.
         """
         self._check_open()
         if plan is not None and not isinstance(plan, Plan):
             plan = Plan.from_dict(plan, self.tables)
+        counts: dict[str, np.ndarray] = {}
         if persist:
             self._check_writable()
             counts = self._checked_counts(plan.counts) if plan is not None else {}
-            origins = _origin_records(
-                counts, plan.counts_origin if plan is not None else None, "set_plan", self.version
-            )
-            self._catalog.put_meta(
-                PLAN_KEY, plan.as_dict() if plan is not None else None, counts, origins
-            )
-            self._install_counts(counts)
-        self._plan_arg = plan if plan is not None else False
-        runtime.attach(self)
+        with self._switch_lock:
+            old_arg = self._plan_arg
+            old_counts = {n: (self._tables[n].counts, self._tables[n].has_counts) for n in counts}
+            try:
+                self._install_counts(counts)
+                self._plan_arg = plan if plan is not None else False
+                runtime.attach(self)  # builds every runner first: raises before any switch
+                if persist:
+                    origins = _origin_records(
+                        counts,
+                        plan.counts_origin if plan is not None else None,
+                        "set_plan",
+                        self.version,
+                    )
+                    value = plan.as_dict() if plan is not None else None
+                    self._catalog.put_meta(PLAN_KEY, value, counts, origins)
+            except BaseException:
+                for n, (c, has) in old_counts.items():
+                    self._tables[n].counts, self._tables[n].has_counts = c, has
+                self._plan_arg = old_arg
+                runtime.attach(self)  # back to what was served (rebuilt from the same state)
+                raise
 
     def set_calibration(self, record: Mapping[str, Any]) -> None:
         """Store this machine's measured costs (``bandstore.tune.planning.calibrate``'s record) in
@@ -753,16 +898,33 @@ class Store:
 
     def cache_info(self) -> dict[str, dict[str, Any]]:
         """Per table: the cache policy in force and how full the cache is (a ``pinned`` table's
-        is its frozen set of rows; ``resident`` and ``direct`` tables have none). A threshold
-        is an integer, ``bandstore.NEVER`` for no neighbour admission."""
+        is its frozen set of rows; a cached split's, its parts' caches together; ``resident``
+        and ``direct`` tables have none).
+
+        This is the one source of truth for the cache a table is served with; ``source`` says
+        where its size came from: ``plan`` (the served plan sizes every table it names),
+        ``open`` (``open(cache_bytes=...)``), ``tuning`` (stored by ``size_cache(apply=True)``
+        or ``set_tuning``) or ``default`` (a share of the table's rows)."""
         self._check_open()
         out = {}
+        plan = self._plan
         for name, t in self._tables.items():
+            if plan is not None and name in plan.tables:
+                source = "plan"
+            elif self._cache_arg is not None and (
+                not isinstance(self._cache_arg, Mapping) or name in self._cache_arg
+            ):
+                source = "open"
+            elif "cache_bytes" in (self._catalog.tuning(name) or {}):
+                source = "tuning"
+            else:
+                source = "default"
             if hasattr(t.runner, "cache_info"):  # a planned strategy with rows of its own
-                out[name] = t.runner.cache_info()
+                out[name] = {**t.runner.cache_info(), "source": source}
                 continue
             c = t.cache
             out[name] = {
+                "source": source,
                 "cache_bytes": t.policy.cache_bytes,
                 "capacity_rows": c.capacity,
                 "cached_rows": c.filled,
@@ -785,6 +947,12 @@ class Store:
     # ---- lookups ---------------------------------------------------------------------------
     def _table(self, name: str) -> _Table:
         self._check_open()
+        if not isinstance(name, str):
+            raise InvalidArgumentError(
+                f"a table name must be a string, got {type(name).__name__} {name!r}",
+                argument="table",
+                value=name,
+            )
         t = self._tables.get(name)
         if t is None:
             raise UnknownTableError(name, list(self._tables))
@@ -812,7 +980,7 @@ class Store:
         padding_idx: int | None,
     ) -> tuple[_Table, np.ndarray, np.ndarray, np.ndarray, int, int]:
         t = self._table(table)
-        if mode not in MODES:
+        if not isinstance(mode, str) or mode not in MODES:
             raise InvalidArgumentError(
                 f"mode must be one of {sorted(MODES)}, got {mode!r}", argument="mode", value=mode
             )
@@ -884,6 +1052,12 @@ class Store:
             weights = np.ascontiguousarray(w, dtype=np.float32)
         pad = -1
         if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, int | np.integer):
+                raise InvalidArgumentError(
+                    f"padding_idx must be an integer or None, got {padding_idx!r}",
+                    argument="padding_idx",
+                    value=padding_idx,
+                )
             p = int(padding_idx)
             if not -t.info.rows <= p < t.info.rows:
                 raise InvalidArgumentError(
@@ -927,7 +1101,11 @@ class Store:
         (required), ``offsets`` (None for 2-D indices), ``per_sample_weights``, ``mode``,
         ``padding_idx``, ``include_last_offset``. ``mode`` is one pooling mode for every table or
         ``{table: mode}`` (tables it leaves out use ``"sum"``); a request's own ``mode`` wins.
-        Every request is validated before any is served, so a bad one changes nothing.
+        Every request is validated before any is served, so a bad one changes nothing. A call
+        that raises while serving (``CorruptBlockError``) returns nothing and changes no
+        counter: each table's counters are added only once the whole call succeeded. Cache
+        contents are not results and are not rolled back: tables served before the failure
+        may keep rows admitted on the way (all of them verified), so no later result differs.
         """
         self._check_open()
         if not isinstance(requests, Mapping):
@@ -1025,35 +1203,75 @@ class Store:
         """Add several tables in ONE new version: all of them become visible together, or (on
         any error, a crash included) none does and the store is as it was.
 
-        ``tables`` maps a name to what :meth:`add_table` takes (an array, a ``.npy`` path) or to
-        a lazy array: an object with a numpy ``dtype``, ``shape`` and row slicing
-        (``data[a:b]`` gives a numpy array), read chunk by chunk while writing (as
-        :mod:`bandstore.importers` gives). ``codec``: one for every table or ``{name: codec}``.
-        Every name, codec and shape is checked before anything is written.
+        Each value is an (n, dim) float array, a path to a ``.npy`` file, a lazy array (an
+        object with a numpy ``dtype``, ``shape`` and row slicing, ``data[a:b]`` giving a numpy
+        array, as :mod:`bandstore.importers` gives), or ``(rows, dim, read)`` where
+        ``read(start, stop)`` returns rows ``[start, stop)`` as a float array, called once per
+        chunk in order (tables generated as they are written). ``codec``: one for all tables,
+        or one per table name. Everything is checked before anything is written.
         """
         self._check_writable()
         if not isinstance(tables, Mapping) or not tables:
             raise InvalidArgumentError(
-                "tables must be a non-empty mapping {name: data}", argument="tables"
+                "tables must map at least one table name to its data", argument="tables"
             )
-        new_tables = {}
+        new = {}
         for name, data in tables.items():
             _validate_table_name(name)
             if name in self._tables:
                 raise TableExistsError(name)
-            table_codec = codec.get(name, "float32") if isinstance(codec, Mapping) else codec
-            if table_codec not in CODECS:
+            c = codec.get(name, "float32") if isinstance(codec, Mapping) else codec
+            if not isinstance(c, str) or c not in CODECS:
                 raise InvalidArgumentError(
-                    f"unknown codec {table_codec!r}; known codecs: {list(CODECS)}",
-                    argument="codec",
+                    f"unknown codec {c!r}; known codecs: {list(CODECS)}", argument="codec"
                 )
-            new_tables[name] = _table_writer(
-                name, _open_table_data(data), table_codec, self.block_size
+            new[name] = self._table_writer(name, data, c)
+        names = ", ".join(new)
+        self._commit_tables(new, note=note or f"add_table {names}", progress=progress, adding=True)
+        return {name: self._tables[name].info for name in new}
+
+    def _table_writer(self, name: str, data: Any, codec: str) -> tuple:
+        """(geometry, identity layout, fill) of a new table from ``data`` (``add_tables``)."""
+        if isinstance(data, tuple) and len(data) == 3 and callable(data[2]):
+            rows, dim = (
+                blockfile.check_count(v, n, 1)
+                for v, n in zip(data[:2], ("rows", "dim"), strict=True)
             )
-        self._commit_tables(
-            new_tables, note=note or f"add_table {' '.join(tables)}", progress=progress
-        )
-        return {name: self._tables[name].info for name in tables}
+            read = data[2]
+        else:
+            array = _open_table_data(data)
+            rows, dim = array.shape
+
+            def read(start: int, stop: int, array: np.ndarray = array) -> np.ndarray:
+                return np.asarray(array[start:stop])
+
+        rb = row_bytes(codec, dim)
+        bs = self.block_size
+        rpb = bs // rb
+        if rpb < 1:
+            raise InvalidArgumentError(
+                f"table {name!r}: a {codec} row of dim {dim} takes {rb} bytes and does not fit "
+                f"in a {bs}-byte block",
+                argument="data",
+            )
+        geometry = BlockGeometry(rows, dim, codec, rb, rpb, -(-rows // rpb), bs)
+        layout = np.arange(rows, dtype=np.int64)
+
+        def fill(writer: blockfile.BlockFileWriter, pbar: Any) -> None:
+            for start in range(0, rows, IMPORT_CHUNK_ROWS):
+                stop = min(rows, start + IMPORT_CHUNK_ROWS)
+                chunk = read(start, stop)
+                if np.shape(chunk) != (stop - start, dim):
+                    raise InvalidShapeError(
+                        f"table {name!r}: rows [{start}, {stop}) came back with shape "
+                        f"{np.shape(chunk)}, not {(stop - start, dim)}",
+                        argument="data",
+                        shape=np.shape(chunk),
+                    )
+                writer.write_rows(layout[start:stop], encode_rows(codec, chunk))
+                pbar.update(stop - start)
+
+        return geometry, layout, fill
 
     def _commit_tables(
         self,
@@ -1065,11 +1283,14 @@ class Store:
         tuning: Mapping[str, dict] | None = None,
         extra: Mapping[str, dict] | None = None,
         origins: Mapping[str, CountsOrigin] | None = None,
+        adding: bool = False,
     ) -> int:
         """Write ``new_tables`` into a new version beside the current one and commit it.
 
         ``new_tables`` maps a name to (geometry, layout, fill) where ``fill(writer, pbar)``
         writes every row. Other tables are shared with the base version by hard links.
+        ``adding``: the tables are new; one the base version already has (another writer
+        added it since this store's check) raises TableExistsError, under the write lock.
         """
         from tqdm.auto import tqdm
 
@@ -1079,6 +1300,10 @@ class Store:
                 # Another writer committed: serve its version first so our base is current.
                 self._load_current()
                 base = self._version
+            if adding:
+                for name in new_tables:
+                    if name in base["tables"]:
+                        raise TableExistsError(name)
             vid = self._catalog.reserve_version_id()
             vdir = blockfile.make_version_dir(self.root, vid)
             try:
@@ -1113,6 +1338,7 @@ class Store:
                         "layout_checksum": layout_checksum,
                     }
                     trec.pop("format_version")
+                    trec["written_by"] = note  # e.g. "add_table x", "relayout metis"
                     trec.update((extra or {}).get(name, {}))
                     tables[name] = trec
                 blockfile.fsync_path(vdir)
@@ -1125,8 +1351,11 @@ class Store:
                     tuning=dict(tuning or {}),
                     origins=_origin_records(counts, origins, "relayout_tables", vid),
                 )
-            except BaseException:
+            except BaseException as exc:
                 blockfile.remove_version_dir(vdir, None)
+                if isinstance(exc, OSError) and not isinstance(exc, BandstoreError):
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise StorageFullError(str(vdir)) from exc
                 raise
             committed = self._catalog.version(vid)
             if committed is None:  # only a concurrent gc of a version it did not see could
@@ -1158,29 +1387,27 @@ class Store:
         for name, layout in layouts.items():
             t = self._table(name)
             g = t.geometry
+            blockfile.validate_layout(layout, g.rows, g.rows_per_block)  # (before any cast)
             layout = np.ascontiguousarray(layout, dtype=np.int64)
-            blockfile.validate_layout(layout, g.rows, g.rows_per_block)
+            top = int(layout.max())
+            if top >= g.rows * g.rows_per_block:  # a block file of mostly holes, or overflow
+                raise InvalidArgumentError(
+                    f"layout of table {name!r}: slot {top} is beyond the "
+                    f"{g.rows * g.rows_per_block} slots a table of {g.rows} rows may use in a "
+                    "store (one row per block at most)",
+                    argument="layouts",
+                    value=top,
+                )
             n_blocks = int(layout.max()) // g.rows_per_block + 1
             geometry = BlockGeometry(
                 g.rows, g.dim, g.codec, g.row_bytes, g.rows_per_block, n_blocks, g.block_size
             )
             new_tables[name] = (geometry, layout, _copy_rows_filler(t, layout, geometry))
-        for name, c in (counts or {}).items():
-            rows = self._table(name).info.rows
-            if np.shape(c) != (rows,):
-                raise InvalidShapeError(
-                    f"access counts for table {name!r} must have {rows} entries",
-                    argument="counts",
-                    shape=np.shape(c),
-                )
         vid = self._commit_tables(
             new_tables,
             note=note,
             progress=progress,
-            counts={
-                n: np.minimum(np.asarray(c), 2**31 - 1).astype(np.int32)
-                for n, c in (counts or {}).items()
-            },
+            counts=self._checked_counts(counts or {}),
             tuning=tuning,
             origins=_per_table(counts_origin, counts),
         )
@@ -1204,6 +1431,14 @@ class Store:
         records = {}
         for name, rec in tuning.items():
             self._table(name)  # an unknown table raises
+            if not isinstance(rec, Mapping) or "cache_bytes" not in rec:
+                raise InvalidArgumentError(
+                    f"tuning of table {name!r} must be a mapping with at least 'cache_bytes', "
+                    f"got {rec!r}",
+                    argument="tuning",
+                    value=rec,
+                )
+            _check_open_arguments(rec["cache_bytes"], None, rec.get("pinned_share"))
             policy = CachePolicy(
                 int(rec["cache_bytes"]),
                 check_threshold(rec.get("threshold", kc.NEVER)),
@@ -1276,9 +1511,13 @@ class Store:
         the cache (float32, shape ``(stop - start, dim)``)."""
         t = self._table(table)
         g = t.geometry
-        if not (0 <= start <= stop <= g.rows):
+        if (
+            any(isinstance(x, bool) or not isinstance(x, int | np.integer) for x in (start, stop))
+            or not 0 <= start <= stop <= g.rows
+        ):
             raise InvalidArgumentError(
-                f"rows [{start}, {stop}) are out of range for table {table!r} with {g.rows} rows",
+                f"decoded_rows needs integers 0 <= start <= stop <= {g.rows} for table "
+                f"{table!r}, got start={start!r}, stop={stop!r}",
                 argument="start",
                 value=(start, stop),
             )
@@ -1314,32 +1553,6 @@ def _origin_records(
         o = (origins or {}).get(name) or CountsOrigin(writer)
         out[name] = o.stamped(now, version).as_dict()
     return out
-
-
-def _table_writer(
-    name: str, array: Any, codec: str, block_size: int
-) -> tuple[BlockGeometry, np.ndarray, Any]:
-    """(geometry, identity layout, fill) writing ``array``'s rows encoded, chunk by chunk."""
-    rows, dim = array.shape
-    rb = row_bytes(codec, dim)
-    rpb = block_size // rb
-    if rpb < 1:
-        raise InvalidArgumentError(
-            f"a {codec} row of dim {dim} (table {name!r}) takes {rb} bytes and does not fit in "
-            f"a {block_size}-byte block",
-            argument="data",
-        )
-    geometry = BlockGeometry(rows, dim, codec, rb, rpb, -(-rows // rpb), block_size)
-    layout = np.arange(rows, dtype=np.int64)
-
-    def fill(writer: blockfile.BlockFileWriter, pbar: Any) -> None:
-        for start in range(0, rows, IMPORT_CHUNK_ROWS):
-            stop = min(rows, start + IMPORT_CHUNK_ROWS)
-            enc = encode_rows(codec, np.asarray(array[start:stop]))
-            writer.write_rows(layout[start:stop], enc)
-            pbar.update(stop - start)
-
-    return geometry, layout, fill
 
 
 def _copy_rows_filler(t: _Table, layout: np.ndarray, geometry: BlockGeometry):
@@ -1430,9 +1643,14 @@ def create(
     writing instead, provided its stored block size (and checksum sector, if given) match.
     """
     root = Path(path)
-    if not isinstance(block_size, int) or block_size < 512 or block_size & (block_size - 1):
+    if (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, int)
+        or not 512 <= block_size <= MAX_BLOCK_SIZE
+        or block_size & (block_size - 1)
+    ):
         raise InvalidArgumentError(
-            f"block_size must be a power of two >= 512, got {block_size!r}",
+            f"block_size must be a power of two from 512 to {MAX_BLOCK_SIZE}, got {block_size!r}",
             argument="block_size",
             value=block_size,
         )
@@ -1448,6 +1666,8 @@ def create(
             argument="checksum_bytes",
             value=checksum_bytes,
         )
+    if root.exists() and not root.is_dir():
+        raise StoreExistsError(str(root))
     if root.exists() and any(root.iterdir()):
         if exist_ok and (root / "catalog").is_dir():
             options = ServeOptions(
@@ -1455,12 +1675,27 @@ def create(
             )
             return open(root, writable=True, options=options)
         raise StoreExistsError(str(root))
-    root.mkdir(parents=True, exist_ok=True)
+    made = not root.exists()
     if checksum_bytes is None:
         checksum_bytes = min(DEFAULT_CHECKSUM_BYTES, block_size)
-    catalog = Catalog.create(root, block_size=block_size, checksum_bytes=checksum_bytes)
-    (root / blockfile.VERSIONS_DIR).mkdir(exist_ok=True)
-    return Store(root, catalog, writable=True, verify_reads=verify_reads)
+    catalog = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog.create(root, block_size=block_size, checksum_bytes=checksum_bytes)
+        (root / blockfile.VERSIONS_DIR).mkdir(exist_ok=True)
+        return Store(root, catalog, writable=True, verify_reads=verify_reads)
+    except BaseException as exc:
+        # A store that could not be made whole (a full disk...) is not left half-made.
+        if catalog is not None:
+            catalog.close()
+        for child in (root / "catalog", root / blockfile.VERSIONS_DIR):
+            shutil.rmtree(child, ignore_errors=True)
+        if made:
+            shutil.rmtree(root, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, BandstoreError):
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFullError(str(root)) from exc
+        raise
 
 
 def open(  # noqa: A001 - the package's public verb, like zarr.open

@@ -49,7 +49,8 @@ _DECODE_CHUNK = 1 << 16
 class Job:
     """One table's share of one call: the validated request and where the result goes."""
 
-    __slots__ = ("ids", "offsets", "weights", "mode", "pad", "out", "partials", "bag_n")
+    __slots__ = ("ids", "offsets", "weights", "mode", "pad", "out", "partials", "bag_n",
+                 "stats")  # fmt: skip
 
     def __init__(self, ids, offsets, weights, mode, pad, out, partials=None, bag_n=None):
         self.ids = ids
@@ -60,6 +61,9 @@ class Job:
         self.out = out
         self.partials = partials
         self.bag_n = bag_n
+        #: The job's counters, added to the table's by ``commit_stats`` only once the whole
+        #: call succeeded: a call that raises changes no counter.
+        self.stats = np.zeros(kc.N_STATS, dtype=np.int64)
 
 
 def raise_corrupt(t: Any, block: int) -> None:
@@ -67,9 +71,16 @@ def raise_corrupt(t: Any, block: int) -> None:
     raise t.corrupt_block_error(block)
 
 
-def _add_stats(t: Any, batch: np.ndarray) -> None:
+def _add_stats(t: Any, job: Job, batch: np.ndarray) -> None:
+    """Add a part's counters to its job's (parts of one job may run on several workers)."""
     with t.lock:
-        t.stats += batch
+        job.stats += batch
+
+
+def commit_stats(t: Any, job: Job) -> None:
+    """Add a finished job's counters to its table's (once the call has succeeded)."""
+    with t.lock:
+        t.stats += job.stats
 
 
 def _bag_range(n_bags: int, parts: int, j: int) -> tuple[int, int]:
@@ -131,14 +142,19 @@ class Runner:
     def finish(self, job: Job) -> np.ndarray:
         return job.out
 
-    def serve(self, ids, offsets, weights, mode, pad, out) -> None:
-        """Serve a whole request on the calling thread into ``out`` (``_Table.serve``'s form)."""
+    def serve(self, ids, offsets, weights, mode, pad, out, stats=None) -> None:
+        """Serve a whole request on the calling thread into ``out`` (``_Table.serve``'s form);
+        its counters go to ``stats`` if given, else to the table's, and only on success."""
         job = self.begin(ids, offsets, weights, mode, pad, allocate=False)
         job.out = out
         for j in range(self.parts):
             self.run_part(job, j)
         if job.partials is not None:
             self.finish(job)
+        if stats is None:
+            commit_stats(self.table, job)
+        else:
+            stats += job.stats
 
 
 class CachedRunner(Runner):
@@ -147,7 +163,8 @@ class CachedRunner(Runner):
     strategy = "cached"
 
     def run_part(self, job: Job, j: int) -> None:
-        self.table.serve(job.ids, job.offsets, job.weights, job.mode, job.pad, job.out)
+        self.table.serve(job.ids, job.offsets, job.weights, job.mode, job.pad, job.out,
+                         job.stats)  # fmt: skip
 
 
 def decode_table(t: Any) -> np.ndarray:
@@ -209,7 +226,7 @@ class ResidentRunner(Runner):
         ids, off, w, out = _bags(job, b0, b1)
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
         kr._gather_pool(ids, off, w, job.mode, job.pad, out, self.data, stats)
-        _add_stats(self.table, stats)
+        _add_stats(self.table, job, stats)
 
 
 #: The pinned set of a ``direct`` table: none.
@@ -243,15 +260,16 @@ class DirectRunner(Runner):
         ids, off, w, out = _bags(job, b0, b1)
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
         self._read(ids, off, w, job.mode, job.pad, out, stats)
-        _add_stats(self.table, stats)
+        _add_stats(self.table, job, stats)
 
     def _read(self, ids, off, w, mode, pad, out, stats) -> None:
         t = self.table
         g = t.geometry
+        blocks, layout = t.maps()
         error = np.zeros(1, dtype=np.int64)
         status = kr._direct_batch(
-            ids, off, w, mode, pad, out, self.index, self.data, t.layout, g.rows_per_block,
-            g.block_size, g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums,
+            ids, off, w, mode, pad, out, self.index, self.data, layout, g.rows_per_block,
+            g.block_size, g.row_bytes, t.codec, g.dim, blocks, t.checksums,
             t.checksum_bytes, t.verify_reads, stats, error,
         )  # fmt: skip
         if status != kc.STATUS_OK:
@@ -381,6 +399,21 @@ class SplitCachedRunner(Runner):
             n += sum(int(c.nbytes) for c in self.counts)
         return n
 
+    def cache_info(self) -> dict[str, Any]:
+        """``Store.cache_info``'s entry: the parts' caches together (``cache_bytes`` is every
+        part's share for its own rows; each part also pins the replicated rows)."""
+        return {
+            "cache_bytes": self.cache_bytes * self.parts,
+            "capacity_rows": sum(c.capacity for c in self.caches),
+            "cached_rows": sum(c.filled for c in self.caches),
+            "pinned_rows": sum(c.pinned for c in self.caches),
+            "threshold": None if self.threshold >= kc.NEVER else self.threshold,
+            "pinned_share": self.pinned_share,
+            "dram_bytes": self.dram_bytes,
+            "parts": self.parts,
+            "replicated_rows": int(self.replicate.size),
+        }
+
     def begin(self, ids, offsets, weights, mode, pad, *, allocate: bool = True) -> Job:
         # Its parts run on several workers and share the partial sums: allocated at once.
         n_bags = offsets.shape[0] - 1
@@ -409,17 +442,18 @@ class SplitCachedRunner(Runner):
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
         error = np.zeros(1, dtype=np.int64)
         c = self.caches[j]
+        blocks, layout = t.maps()
         with self.locks[j]:
             status = kc._cache_batch(
                 sub_ids[:m], sub_off, sub_w[:m], mode, -1, job.partials[j], True,
                 c.slot_of_id, c.id_of_slot, c.ref, c.meta, c.data, self.counts[j],
-                self.threshold, t.layout, t.inverse_layout, g.rows_per_block, g.block_size,
-                g.row_bytes, t.codec, g.dim, t.blocks_u8, t.checksums, t.checksum_bytes,
+                self.threshold, layout, t.inverse_layout, g.rows_per_block, g.block_size,
+                g.row_bytes, t.codec, g.dim, blocks, t.checksums, t.checksum_bytes,
                 t.verify_reads, stats, error,
             )  # fmt: skip
         if status != kc.STATUS_OK:
             raise_corrupt(t, int(error[0]))
-        _add_stats(t, stats)
+        _add_stats(t, job, stats)
 
     def finish(self, job: Job) -> np.ndarray:
         kr._combine_parts(job.partials, job.bag_n, job.mode, job.out)

@@ -32,6 +32,8 @@ from bandstore.errors import (
     InvalidArgumentError,
     InvalidDtypeError,
     InvalidShapeError,
+    ReadOnlyError,
+    StorageFullError,
 )
 
 BLOCK_MAGIC = b"BANDBLK\x00"
@@ -111,14 +113,17 @@ class BlockFileWriter:
     """Creates a block file of known geometry; rows are scattered into it by slot.
 
     The file is sized and mapped up front so that a table larger than RAM streams through the
-    page cache. ``finish()`` computes the per-block checksums and fsyncs the file.
+    page cache. Its space is reserved first (``posix_fallocate``): filling a sparse map on a
+    full filesystem would kill the process with SIGBUS; a reservation that does not fit raises
+    StorageFullError and removes the file. ``finish()`` computes the per-block checksums and
+    fsyncs the file.
     """
 
     def __init__(self, path: Path, geometry: BlockGeometry):
         self.path = Path(path)
         self.geometry = geometry
         with open(self.path, "xb") as f:
-            f.truncate(geometry.file_size)
+            reserve_space(f.fileno(), geometry.file_size, self.path)
         self._buf = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(geometry.file_size,))
         header = BLOCK_MAGIC + json.dumps(geometry.header()).encode()
         if len(header) > geometry.block_size:
@@ -148,6 +153,25 @@ class BlockFileWriter:
         del self._buf
         fsync_path(self.path)
         return checksums
+
+
+def reserve_space(fd: int, size: int, path: Path) -> None:
+    """Allocate ``size`` bytes of the file ``fd`` on the device (so that writing them through a
+    map cannot fail); on a full device remove ``path`` and raise StorageFullError."""
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:  # pragma: no cover - (no fallocate: sparse, as before)
+            os.ftruncate(fd, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            os.ftruncate(fd, size)  # a filesystem without fallocate: sparse, as before
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFullError(str(path), size) from exc
+        raise
 
 
 def read_block_file(path: Path, geometry: BlockGeometry) -> np.ndarray:
@@ -204,14 +228,16 @@ def verify_block_file(
 
 
 def write_layout_file(path: Path, slot_of_id: np.ndarray) -> int:
-    """Write a layout (int64 id -> slot) as .npy, fsync it, and return its checksum."""
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=slot_of_id.shape)
-    arr[:] = slot_of_id
-    arr.flush()
-    checksum = xxhash.xxh64_intdigest(np.ascontiguousarray(arr).view(np.uint8).data)
-    del arr
-    fsync_path(path)
-    return checksum
+    """Write a layout (int64 id -> slot) as .npy, fsync it, and return its checksum.
+
+    Written with plain writes (not through a map), so a full device is an OSError (ENOSPC),
+    not a SIGBUS."""
+    arr = np.ascontiguousarray(slot_of_id, dtype=np.int64)
+    with open(path, "xb") as f:
+        np.lib.format.write_array(f, arr, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    return xxhash.xxh64_intdigest(arr.view(np.uint8).data)
 
 
 def read_layout_file(path: Path, rows: int, checksum: int) -> np.ndarray:
@@ -290,8 +316,14 @@ def list_version_dirs(root: Path) -> dict[int, Path]:
 
 @contextlib.contextmanager
 def write_lock(root: Path) -> Iterator[None]:
-    """Serialize writers of one store (across processes)."""
-    fd = os.open(root / WRITE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    """Serialize writers of one store (across processes). A store that cannot be written
+    (a read-only mount, no permission) raises ReadOnlyError here, before any write."""
+    try:
+        fd = os.open(root / WRITE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ReadOnlyError(f"{root} cannot be written ({exc.strerror})") from exc
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -355,3 +387,85 @@ def validate_layout(slot_of_id: Any, rows: int, rows_per_block: int) -> None:
             argument="slot_of_id",
             value=slot,
         )
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def check_geometry(g: BlockGeometry, block_size: int, where: str) -> None:
+    """Raise CorruptFileError unless ``g`` (from the catalog, matched by the block file's
+    header) is a geometry this code can serve without reading or writing out of bounds: a
+    known codec, ``row_bytes`` of that codec and ``dim``, the store's block size,
+    ``rows_per_block = block_size // row_bytes >= 1``, and blocks enough for every row."""
+    from bandstore.storage.codecs import CODECS, row_bytes
+
+    fields = (g.rows, g.dim, g.row_bytes, g.rows_per_block, g.n_blocks, g.block_size)
+    if not all(_is_int(v) for v in fields) or min(fields) < 0 or g.rows < 1 or g.dim < 1:
+        raise CorruptFileError(where, f"bad table geometry {g}")
+    if g.codec not in CODECS:
+        raise CorruptFileError(where, f"unknown codec {g.codec!r} (known: {list(CODECS)})")
+    if g.block_size != block_size:
+        raise CorruptFileError(
+            where, f"block size {g.block_size} is not the store's block size {block_size}"
+        )
+    expected = row_bytes(g.codec, g.dim)
+    if g.row_bytes != expected:
+        raise CorruptFileError(
+            where, f"row_bytes {g.row_bytes} is not {expected} (a {g.codec} row of dim {g.dim})"
+        )
+    if g.rows_per_block != g.block_size // g.row_bytes or g.rows_per_block < 1:
+        raise CorruptFileError(
+            where,
+            f"rows_per_block {g.rows_per_block} is not {g.block_size // g.row_bytes} "
+            f"({g.row_bytes}-byte rows in {g.block_size}-byte blocks)",
+        )
+    if g.n_blocks * g.rows_per_block < g.rows:
+        raise CorruptFileError(
+            where, f"{g.n_blocks} blocks of {g.rows_per_block} rows cannot hold {g.rows} rows"
+        )
+
+
+def check_file_name(name: Any, where: str) -> str:
+    """``name`` if it is a plain file name (no directory part, not ``.``/``..``): files named
+    by the catalog are read from the version directory and nowhere else."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or os.sep in name
+        or "\x00" in name
+        or os.path.basename(name) != name
+    ):
+        raise CorruptFileError(
+            where, f"file name {name!r} is not a plain name inside the version directory"
+        )
+    return name
+
+
+def invert_layout(slot_of_id: np.ndarray, out: np.ndarray, where: str) -> np.ndarray:
+    """Fill ``out`` (``id_of_slot``, one entry per slot, caller-allocated) from a layout read
+    from disk, checking it once: every slot in range and given to one id only. Raise
+    CorruptFileError naming the first problem (a layout with -1, an out-of-range or a shared
+    slot would serve wrong rows silently)."""
+    n_slots = out.shape[0]
+    rows = slot_of_id.shape[0]
+    out[:] = -1
+    if rows == 0:
+        return out
+    lo, hi = int(slot_of_id.min()), int(slot_of_id.max())
+    if lo < 0 or hi >= n_slots:
+        bad = int(np.flatnonzero((slot_of_id < 0) | (slot_of_id >= n_slots))[0])
+        raise CorruptFileError(
+            where,
+            f"layout gives id {bad} slot {int(slot_of_id[bad])}, outside 0..{n_slots - 1}",
+        )
+    out[slot_of_id] = np.arange(rows, dtype=out.dtype)
+    if int(np.count_nonzero(out >= 0)) != rows:  # fewer filled slots than ids: a shared slot
+        owner = out[slot_of_id]
+        bad = int(np.flatnonzero(owner != np.arange(rows))[0])
+        raise CorruptFileError(
+            where, f"layout gives slot {int(slot_of_id[bad])} to more than one id (id {bad})"
+        )
+    return out

@@ -174,15 +174,41 @@ def _looks_numeric(fields: list[bytes]) -> bool:
 
 
 # ----------------------------------------------------------------------------- readers
+def _check_lightgcn_shape(path: str, lines: list[tuple[int, bytes]]) -> None:
+    hint = (
+        "LightGCN lists are 'user item item ...' per line (integers, space separated); for "
+        "Last.fm's user_artists.dat use the `lastfm` format, for other column files `csv`"
+    )
+    if not lines:
+        return  # an empty list is a trace of no queries (``convert`` refuses it)
+    first_no, first = lines[0]
+    if not _looks_numeric(first.split()):
+        raise TraceFormatError(
+            path, f"not a lightgcn interaction list: line {first_no} looks like a header "
+            f"({first[:60]!r}). {hint}", line=first_no,
+        )  # fmt: skip
+    head = lines[:1000]
+    if len(head) >= 2 and all(ln.count(b"\t") == 2 and len(ln.split()) == 3 for _, ln in head):
+        raise TraceFormatError(
+            path, "not a lightgcn interaction list: every line has exactly three tab-separated "
+            f"fields, the shape of a weighted 'user item weight' log. {hint}",
+        )  # fmt: skip
+
+
 def read_lightgcn(path: PathLike, *, table: str = "item") -> Trace:
     """LightGCN-style interaction lists (amazon-book ``train.txt`` / ``test.txt``).
 
     Each non-blank line is ``user item item ...`` (whitespace separated, non-negative integer
     ids); it becomes one query reading its items from one table, in file order. A line with a
     user and no item is a query that reads nothing. ``num_rows`` is ``max item + 1``.
+
+    The shape of the input is checked first: a header line, or a file whose
+    every line is ``a<TAB>b<TAB>c`` (a weighted ``user item weight`` log such as Last.fm's
+    ``user_artists.dat``, whose weights would be read as item ids) raise TraceFormatError.
     """
     spath = os.fspath(path)
     lines = _read_lines(spath)
+    _check_lightgcn_shape(spath, lines)
     parts = [line.split() for _, line in lines]
     sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
     flat = np.array(list(itertools.chain.from_iterable(parts)), dtype=np.bytes_)
@@ -494,7 +520,8 @@ def convert(format: str, input_path: PathLike, **options: Any) -> Trace:
     """Read ``input_path`` with the reader of ``format`` (a key of :data:`FORMATS`).
 
     Raises InvalidArgumentError for an unknown format or an option the reader does not take,
-    TraceFormatError (with path and line) for a malformed file, FileNotFoundError if missing.
+    TraceFormatError (with path and line) for a malformed file or one with no queries,
+    FileNotFoundError if missing.
     """
     reader = FORMATS.get(format)
     if reader is None:
@@ -512,4 +539,9 @@ def convert(format: str, input_path: PathLike, **options: Any) -> Trace:
             argument="options",
             value=unknown,
         )
-    return reader(Path(input_path), **options)
+    trace = reader(Path(input_path), **options)
+    if trace.n_queries == 0:
+        raise TraceFormatError(
+            os.fspath(input_path), f"the input is empty: no {format} queries in it"
+        )
+    return trace

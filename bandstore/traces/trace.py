@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ __all__ = ["Trace", "TRACE_FORMAT_VERSION"]
 #: Version of the ``.npz`` trace layout written by :meth:`Trace.save`.
 TRACE_FORMAT_VERSION = 1
 _MAGIC = "bandstore-trace"
+#: What reading a damaged .npz may raise: zipfile says "encrypted" (RuntimeError) or "method
+#: not supported" (NotImplementedError) for a damaged flag, zlib fails on damaged data.
+_ZIP_ERRORS = (
+    ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError,
+    zlib.error,
+)  # fmt: skip
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -550,7 +557,7 @@ class Trace:
             npz = np.load(spath, allow_pickle=False)
         except FileNotFoundError:
             raise
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise CorruptFileError(spath, f"not a readable .npz trace ({exc})") from exc
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise TraceFormatError(spath, "a single .npy array, not an .npz trace")
@@ -558,9 +565,9 @@ class Trace:
             with npz:
                 try:
                     arrays = {key: npz[key] for key in npz.files}
-                except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+                except (*_ZIP_ERRORS, KeyError) as exc:
                     raise CorruptFileError(spath, f"unreadable array in the .npz ({exc})") from exc
-        except (zipfile.BadZipFile, OSError) as exc:  # pragma: no cover - close errors
+        except _ZIP_ERRORS as exc:  # pragma: no cover - close errors
             raise CorruptFileError(spath, f"unreadable .npz ({exc})") from exc
         return cls._from_arrays(spath, arrays).with_source(spath)
 

@@ -194,6 +194,9 @@ class PlanComparison(_Report):
     plans: dict[str, dict[str, Any]]
     results: dict[str, dict[str, Any]]
     speedup: dict[str, float]
+    #: The Plan objects (not JSON): they carry the access counts that rank pinned tables' rows,
+    #: which ``apply_plan`` stores with the plan; the ``plans`` dicts do not have them.
+    plan_objects: dict[str, Any] = field(default_factory=dict, metadata=NOT_JSON)
 
 
 def ratio(num: float, den: float) -> float:

@@ -382,6 +382,7 @@ def compare_plans(
         plans={n: p.as_dict() for n, p in plans.items()},
         results=results,
         speedup=speedup,
+        plan_objects=dict(plans),
     )
 
 
