@@ -144,18 +144,33 @@ class BlockFileWriter:
 
 
 def read_block_file(path: Path, geometry: BlockGeometry) -> np.ndarray:
-    """Map a block file read-only and check its header against the catalog's geometry."""
+    """Map a block file read-only, advised random access (``bandstore.tier.map_random``: a
+    missed block costs one block of device reads, not a readahead window), and check its
+    header against the catalog's geometry."""
+    from bandstore.tier import map_random
+
     path = Path(path)
+    size = check_block_file_size(path, geometry)
+    buf = map_random(path, size)
+    check_block_header(path, geometry, bytes(buf[: geometry.block_size]))
+    return buf
+
+
+def check_block_file_size(path: Path, geometry: BlockGeometry) -> int:
+    """The block file's size, which must be the catalog's (CorruptFileError otherwise)."""
     try:
-        size = path.stat().st_size
+        size = Path(path).stat().st_size
     except FileNotFoundError as exc:
         raise CorruptFileError(str(path), "block file is missing") from exc
     if size != geometry.file_size:
         raise CorruptFileError(
             str(path), f"block file is {size} bytes, the catalog says {geometry.file_size}"
         )
-    buf = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
-    head = bytes(buf[: geometry.block_size])
+    return size
+
+
+def check_block_header(path: Path, geometry: BlockGeometry, head: bytes) -> None:
+    """Check a block file's header block ``head`` against the catalog's geometry."""
     if not head.startswith(BLOCK_MAGIC):
         raise CorruptFileError(str(path), "not a bandstore block file (bad magic)")
     try:
@@ -167,7 +182,6 @@ def read_block_file(path: Path, geometry: BlockGeometry) -> np.ndarray:
         raise FormatVersionError(str(path), found, FORMAT_VERSION)
     if header != geometry.header():
         raise CorruptFileError(str(path), f"block file header {header} does not match the catalog")
-    return buf
 
 
 def mismatched_blocks(
@@ -187,7 +201,10 @@ def verify_block_file(
     path: Path, geometry: BlockGeometry, checksums: np.ndarray, checksum_bytes: int
 ) -> None:
     """Re-read a finished block file and check every sector against ``checksums``."""
-    buf = read_block_file(path, geometry)
+    # A sequential scan: through a plain mapping, which reads ahead (read_block_file's does not).
+    check_block_file_size(path, geometry)
+    buf = np.memmap(path, dtype=np.uint8, mode="r", shape=(geometry.file_size,))
+    check_block_header(path, geometry, bytes(buf[: geometry.block_size]))
     bad = mismatched_blocks(
         np.asarray(buf[geometry.block_size :]), geometry.block_size, checksum_bytes, checksums
     )
