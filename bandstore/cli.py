@@ -52,8 +52,9 @@ def _stats_table(stats: dict[str, Any]) -> str:
         "blocks_read",
         "blocks_per_1000_lookups",
         "useful_per_byte_read",
+        "device_bytes",
     )
-    names = [k for k, v in stats.items() if isinstance(v, dict)]
+    names = [k for k, v in stats.items() if isinstance(v, dict) and k not in ("cache", "memory")]
     width = max([len(n) for n in names] + [5])
     lines = [f"{'table':<{width}}  " + "  ".join(f"{c:>24}" for c in cols)]
     for n in names:
@@ -208,11 +209,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         kwargs["threshold"] = bandstore.NEVER if args.threshold < 0 else args.threshold
     if args.pinned_share is not None:
         kwargs["pinned_share"] = args.pinned_share
-    with bandstore.open(args.store, **kwargs) as store:
+    with bandstore.open(args.store, io=args.io, **kwargs) as store:
         if args.cold:
             store.drop_page_cache()
         stats = replay(store, trace, batch_size=args.batch_size, progress=not args.json)
         stats["cache"] = store.cache_info()
+        stats["memory"] = store.memory()
     if args.json:
         _print_json(stats)
     else:
@@ -486,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay only the last fraction of the queries (held-out part)",
     )
     sp.add_argument("--cold", action="store_true", help="drop block files from the page cache")
+    sp.add_argument("--io", choices=["mmap", "direct"], default="mmap",
+                    help="read block files mapped (mmap) or with O_DIRECT (direct)")  # fmt: skip
 
     sp = add("calibrate", cmd_calibrate, "measure this machine's lookup costs, store them")
     sp.add_argument("store", type=Path)

@@ -175,7 +175,7 @@ def page_cache_bytes(path: str | os.PathLike) -> int:
         del arr
     finally:
         mm.close()
-    return min(n, size)
+    return n  # whole pages, as fincore counts them: a file's last page takes a whole one
 
 
 # ---- per-thread device reads ------------------------------------------------------------
