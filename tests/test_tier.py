@@ -343,3 +343,35 @@ def test_replay_cli_takes_io(store_path, tmp_path, capsys):
         assert main(["replay", str(store_path), str(tpath), "--io", io, "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["total"]["device_bytes"] >= 0 and out["total"]["lookups"] > 0
+
+
+def test_the_cost_model_prices_a_direct_block_read(store_path, weights):
+    from bandstore.plan import profile_trace
+    from bandstore.plan.calibrate import Calibration, _measure_direct, default_calibration
+    from bandstore.plan.model import cost
+    from bandstore.synth import synth
+
+    cal = default_calibration()
+    assert cal.block(io="direct") == cal.block_cold_ns  # not measured: the cold figure
+    cal.block_direct_ns = 3 * cal.block_cold_ns
+    assert cal.block(io="direct") == cal.block(cold=True, io="direct") == 3 * cal.block_cold_ns
+    assert cal.block() == cal.block_ns  # mmap, warm: unchanged
+    assert Calibration.from_dict({"block_ns": 5.0}).block_direct_ns == 0.0  # an older one
+    trace = synth(SIZES, n_queries=300, seed=3)
+    for io in ("mmap", "direct"):
+        with bandstore.open(store_path, plan=False, io=io) as s:
+            profiles = profile_trace(s, trace, batch_size=64)
+        assert all(p.io == io for p in profiles.values())
+        ns = cost(profiles["b"], "direct", cal)
+        if io == "mmap":
+            mmap_ns = ns
+    assert ns > mmap_ns  # the same table, read with O_DIRECT, costs more per block
+    # The measurement itself, on this machine (the calibration's own temporary file format).
+    with bandstore.open(store_path, plan=False) as s:
+        t = s._tables["b"]
+        g = t.geometry
+        ids = np.arange(0, SIZES["b"], g.rows_per_block, dtype=np.int64)
+        got = _measure_direct(t.block_path, g.file_size, ids, np.asarray(t.layout),
+                              g.rows_per_block, g.block_size, g.row_bytes, t.codec, g.dim,
+                              t.checksums, 0.0)  # fmt: skip
+    assert got > 0
