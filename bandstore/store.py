@@ -264,6 +264,8 @@ class _Table:
         """The encoded rows at ``slots`` (n, row_bytes), a copy read through the source."""
         g = self.geometry
         slots = np.asarray(slots)
+        if slots.size == 0:
+            return np.empty((0, g.row_bytes), dtype=np.uint8)
         blk = slots // g.rows_per_block
         with self.source.batch(lambda: np.unique(blk)) as buf:
             return blockfile.rows_view(buf, g)[blk, slots % g.rows_per_block]

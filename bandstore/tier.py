@@ -59,6 +59,8 @@ READ_THREADS = 8
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _PAGE = mmap.PAGESIZE
+_NO_BLOCKS = np.empty(0, dtype=np.int64)
+_NO_BYTES = np.empty(0, dtype=np.uint8)
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -183,16 +185,28 @@ def page_cache_bytes(path: str | os.PathLike) -> int:
 _tls = threading.local()
 
 
+class _ThreadIoFile:
+    """This thread's ``/proc/thread-self/io`` (resolved at open), closed with the thread's
+    locals."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open("/proc/thread-self/io", os.O_RDONLY)
+        except OSError:
+            self.fd = -1
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
 def thread_read_bytes() -> int:
     """Bytes the calling thread has made the block layer read (``/proc/thread-self/io``
     ``read_bytes``); -1 where the kernel does not account them."""
-    fd = getattr(_tls, "io_fd", None)
-    if fd is None:
-        try:
-            fd = os.open("/proc/thread-self/io", os.O_RDONLY)
-        except OSError:
-            fd = -1
-        _tls.io_fd = fd  # /proc/thread-self resolves at open: this thread's own file
+    f = getattr(_tls, "io_file", None)
+    if f is None:
+        f = _tls.io_file = _ThreadIoFile()
+    fd = f.fd
     if fd < 0:
         return -1
     text = os.pread(fd, 512, 0)
@@ -438,7 +452,9 @@ class DirectSource(BlockSource):
             self.fd = -1
 
     def _enter(self, b: _Batch) -> np.ndarray:
-        blocks = b.probe() if b.probe is not None else np.empty(0, dtype=np.int64)
+        blocks = b.probe() if b.probe is not None else _NO_BLOCKS
+        if blocks.shape[0] == 0:
+            return _NO_BYTES  # every row served from DRAM: the kernel reads no block
         b.staging = Staging(self.file_bytes)
         try:
             b.device_bytes = self.read_blocks(blocks, b.staging)
