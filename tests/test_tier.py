@@ -375,3 +375,27 @@ def test_the_cost_model_prices_a_direct_block_read(store_path, weights):
                               g.rows_per_block, g.block_size, g.row_bytes, t.codec, g.dim,
                               t.checksums, 0.0)  # fmt: skip
     assert got > 0
+
+
+def test_relayout_and_decoded_rows_read_through_direct(store_path, weights, tmp_path):
+    """Writers read the served version through the store's io too (rows copied by relayout,
+    ``decoded_rows``), and the page cache gets none of the old file from those reads."""
+    base = _direct_dir(tmp_path)
+    copy = base / "relayout"
+    shutil.copytree(store_path, copy)
+    try:
+        old = _block_files(copy)["b"]
+        os.sync()  # the copy's pages are dirty until written back, and eviction skips those
+        _evict(copy)
+        assert tier.page_cache_bytes(old) == 0
+        rng = np.random.default_rng(8)
+        with bandstore.open(copy, writable=True, io="direct", plan=False) as s:
+            assert np.array_equal(s.decoded_rows("b", 100, 400), weights["b"][100:400])
+            s.relayout_tables({"b": rng.permutation(SIZES["b"])})
+            assert tier.page_cache_bytes(old) == 0
+            ids = rng.integers(0, SIZES["b"], 200)
+            assert np.array_equal(s.lookup("b", ids), weights["b"][ids])
+            assert np.array_equal(s.decoded_rows("b", 0, SIZES["b"]), weights["b"])
+    finally:
+        if base != tmp_path:
+            shutil.rmtree(base, ignore_errors=True)
