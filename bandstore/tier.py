@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import mmap
 import os
 import threading
@@ -227,34 +228,47 @@ def _read_pool() -> ThreadPoolExecutor:
 
 
 def _read_some(fd: int, view: memoryview, base: int, starts: list, ends: list, path: str,
-               file_bytes: int) -> int:  # fmt: skip
-    n = 0
-    for a, b in zip(starts, ends, strict=True):
+               file_bytes: int, take: Callable[[], int]) -> int:  # fmt: skip
+    """Read ranges ``take()`` hands out until they run out; return the bytes read."""
+    n, r = 0, len(starts)
+    while True:
+        i = take()
+        if i >= r:
+            return n
+        a, b = starts[i], ends[i]
         want = min(b, file_bytes) - a
         got = os.preadv(fd, [view[a - base : b - base]], a)
         if got < want:
             raise CorruptFileError(path, f"short read at byte {a}: {got} of {want} bytes")
         n += got
-    return n
 
 
 def read_ranges(fd: int, view: memoryview, base: int, starts: np.ndarray, ends: np.ndarray,
                 path: str, file_bytes: int) -> int:  # fmt: skip
     """Read file ranges ``[starts[i], ends[i])`` into ``view`` (which holds file byte ``base``
-    at 0) with several requests in flight; return the bytes the device delivered."""
+    at 0) with several requests in flight; return the bytes the device delivered.
+
+    The threads take the next range from a shared counter as each read completes (not fixed
+    shares: a slow read would otherwise leave its thread's share behind the others')."""
     s, e = starts.tolist(), ends.tolist()
     r = len(s)
     if r == 0:
         return 0
+    take = itertools.count().__next__  # atomic under the GIL
     w = min(READ_THREADS, r)
     if w == 1:
-        return _read_some(fd, view, base, s, e, path, file_bytes)
+        return _read_some(fd, view, base, s, e, path, file_bytes, take)
     pool = _read_pool()
     futures = [
-        pool.submit(_read_some, fd, view, base, s[j::w], e[j::w], path, file_bytes)
-        for j in range(1, w)
+        pool.submit(_read_some, fd, view, base, s, e, path, file_bytes, take) for _ in range(1, w)
     ]
-    n = _read_some(fd, view, base, s[0::w], e[0::w], path, file_bytes)  # this thread too
+    try:
+        n = _read_some(fd, view, base, s, e, path, file_bytes, take)  # this thread too
+    finally:
+        done = [f.exception() for f in futures]  # every read is over before the buffer goes
+    for exc in done:
+        if exc is not None:
+            raise exc
     return n + sum(f.result() for f in futures)
 
 
