@@ -12,6 +12,7 @@ from bandstore.errors import (
     CorruptBlockError,
     CorruptDataError,
     CorruptFileError,
+    DirectIOUnsupportedError,
     FormatMismatchError,
     FormatVersionError,
     IdOutOfRangeError,
@@ -73,4 +74,5 @@ __all__ = [
     "PlanError",
     "StorePickleError",
     "WeightsFileError",
+    "DirectIOUnsupportedError",
 ]

@@ -239,4 +239,17 @@ class WeightsFileError(BandstoreError, ValueError):
     def __init__(self, path: str, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path = path
+
+
+class DirectIOUnsupportedError(BandstoreError, OSError):
+    """``io="direct"`` on a file whose filesystem refuses ``O_DIRECT`` (tmpfs, some FUSE or
+    network filesystems): open the store with ``io="mmap"``, or keep it on a block device."""
+
+    def __init__(self, path: str, filesystem: str, reason: str):
+        super().__init__(
+            f"{path}: the {filesystem} filesystem refuses O_DIRECT reads ({reason}); "
+            "open the store with io='mmap' or keep it on a filesystem over a block device"
+        )
+        self.path = path
+        self.filesystem = filesystem
         self.reason = reason

@@ -228,7 +228,7 @@ def _slower(monkeypatch):
 
     def fake(*a, **k):
         out = real(*a, **k)
-        out["speedup"]["plan_vs_uniform"] = 0.5
+        out.speedup["plan_vs_uniform"] = 0.5
         return out
 
     monkeypatch.setattr(planning, "compare_plans", fake)

@@ -360,6 +360,7 @@ class _Table:
         self.name = name
         self.lock = threading.Lock()  # (the executor adds a successful call's counters)
         self.stats = np.zeros(6, dtype=np.int64)
+        self.device_bytes = 0
 
 
 class _Recorder:

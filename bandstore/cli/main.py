@@ -142,6 +142,7 @@ def _stats_table(stats: dict[str, Any]) -> str:
         "blocks_read",
         "blocks_per_1000_lookups",
         "useful_per_byte_read",
+        "device_bytes",
     )
     names = [k for k, v in stats.items() if isinstance(v, dict) and "lookups" in v]
     width = max([len(n) for n in names] + [5])
@@ -357,13 +358,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.holdout is not None:
         trace = trace.split(1.0 - args.holdout)[1]
     options = ServeOptions(cache=CacheOptions(args.cache_bytes, args.threshold, args.pinned_share))
-    with bandstore.open(args.store, options=options) as store:
+    with bandstore.open(args.store, options=options, io=args.io) as store:
         if args.cold:
             store.drop_page_cache()
         report = replay(store, trace, batch_size=args.batch_size, progress=_progress(args))
         cache = store.cache_info()
+        memory = store.memory()
     if args.json:
-        _print_json({**report.as_dict(), "cache": jsonable(cache)})
+        _print_json({**report.as_dict(), "cache": jsonable(cache), "memory": memory})
     else:
         print(_stats_table({**report.tables, "total": report.total}))
         print(
@@ -683,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay only this last share of the queries (0 < H < 1; default: all of them)",
     )
     sp.add_argument("--cold", action="store_true", help="drop block files from the page cache")
+    sp.add_argument("--io", choices=["mmap", "direct"], default="mmap",
+                    help="read block files mapped (mmap) or with O_DIRECT (direct)")  # fmt: skip
 
     sp = add("calibrate", cmd_calibrate, "measure this machine's lookup costs, store them")
     sp.add_argument("store", type=Path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import re
 import shutil
@@ -62,7 +63,7 @@ from bandstore.serve.cache import (
 from bandstore.serve.executor import CallCounts, LatencyLog
 from bandstore.serve.plan import META_KEY as PLAN_KEY
 from bandstore.serve.plan import Plan
-from bandstore.storage import blockfile, dram
+from bandstore.storage import blockfile, dram, tier
 from bandstore.storage.blockfile import BlockGeometry
 from bandstore.storage.catalog import Catalog
 from bandstore.storage.codecs import CODECS, codec_id, decode_rows, encode_rows, row_bytes
@@ -83,6 +84,10 @@ MODES = {"sum": kc.MODE_SUM, "mean": kc.MODE_MEAN, "max": kc.MODE_MAX}
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _NO_WEIGHTS = np.empty(0, dtype=np.float32)
 _NO_POSITIONS = np.empty(0, dtype=np.int64)
+_NO_SLOTS = np.empty(0, dtype=np.int32)
+_NO_BYTES = np.empty(0, dtype=np.uint8)
+_NO_INDEX = np.zeros((0, 2), dtype=np.int64)
+_NO_DATA = np.zeros((0, 0), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,8 @@ class TableInfo:
 class _Table:
     """A table of the open version: mapped files, cache, counters, and the lock over them."""
 
-    def __init__(self, name: str, rec: dict, vdir: Path, catalog: Catalog, verify_reads: bool):
+    def __init__(self, name: str, rec: dict, vdir: Path, catalog: Catalog, verify_reads: bool,
+                 io: str = "mmap"):  # fmt: skip
         self.name = name
         self.checksum_bytes = int(catalog.format["checksum_bytes"])
         self.record = rec
@@ -148,7 +154,12 @@ class _Table:
         )
         self.codec = codec_id(g.codec)
         self.block_path = vdir / blockfile.check_file_name(rec["block_file"], where)
-        self.blocks_u8 = blockfile.read_block_file(self.block_path, g)
+        # How the block file is read (storage.tier): ``blocks_u8`` is its mapping with mmap,
+        # None with direct (each kernel call gets a staging area from ``source.batch``).
+        self.io = io
+        self.source = tier.open_source(self.block_path, g, io)
+        self.blocks_u8 = getattr(self.source, "buf", None)
+        self.device_bytes = 0  # what the device read for lookups (stats' device_bytes)
         layout_path = vdir / blockfile.check_file_name(rec["layout_file"], where)
         self.layout = blockfile.read_layout_file(layout_path, g.rows, rec["layout_checksum"])
         # Read at random by lookups (neighbour admission, misses): large ones on huge pages.
@@ -177,7 +188,12 @@ class _Table:
         capacity = capacity_rows(policy.cache_bytes, g.dim, g.rows)
         cache = CacheState(g.rows, g.dim, capacity)
         pinned = self.verified_rows(pinned_ids(self.counts, int(policy.pinned_share * capacity)))
-        if pinned.size:
+        if pinned.size and self.blocks_u8 is None:  # io="direct": read as a lookup reads
+            kc._load_pinned(pinned, False, cache.slot_of_id, cache.id_of_slot, cache.meta,
+                            cache.data, self.layout, g.rows_per_block, g.block_size,
+                            g.row_bytes, self.codec, g.dim, _NO_BYTES)  # fmt: skip
+            cache.data[: pinned.size] = self.decode_ids(pinned)
+        elif pinned.size:
             kc._load_pinned(
                 pinned,
                 True,
@@ -197,11 +213,15 @@ class _Table:
             self.policy = policy
             self.cache = cache
 
-    def mismatched_blocks(self, b0: int, b1: int) -> np.ndarray:
-        """The blocks in ``[b0, b1)`` with a sector that does not match its checksum."""
+    def mismatched_blocks(self, b0: int, b1: int, staged: np.ndarray | None = None) -> np.ndarray:
+        """The blocks in ``[b0, b1)`` with a sector that does not match its checksum (read from
+        ``staged``, a buffer laid out like the file holding them, else through the source)."""
         g = self.geometry
         spb = g.block_size // self.checksum_bytes
-        buf = np.asarray(self.blocks_u8[(b0 + 1) * g.block_size : (b1 + 1) * g.block_size])
+        if staged is None:
+            buf = self.source.data(b0, b1)
+        else:
+            buf = np.asarray(staged[(b0 + 1) * g.block_size : (b1 + 1) * g.block_size])
         sums = self.checksums[b0 * spb : b1 * spb]
         return b0 + blockfile.mismatched_blocks(buf, g.block_size, self.checksum_bytes, sums)
 
@@ -220,13 +240,13 @@ class _Table:
         from bandstore.kernels.checksum import block_checksums
 
         sectors = np.unique(np.concatenate([first, last]))
-        buf = np.asarray(self.blocks_u8)
         bad_parts = []
         step = max(1, (32 << 20) // cb)  # gather at most 32 MiB of sectors at a time
         for i in range(0, sectors.size, step):
             sec = sectors[i : i + step]
             starts = (sec // spb + 1) * g.block_size + (sec % spb) * cb
-            data = buf[starts[:, None] + np.arange(cb)].reshape(-1)
+            with self.source.batch(functools.partial(_unique_blocks, sec, spb)) as buf:
+                data = buf[starts[:, None] + np.arange(cb)].reshape(-1)
             bad_parts.append(sec[block_checksums(data, cb) != self.checksums[sec]])
         bad = np.concatenate(bad_parts)
         if bad.size == 0:
@@ -234,13 +254,56 @@ class _Table:
         ok = ~(np.isin(first, bad) | np.isin(last, bad))
         return np.ascontiguousarray(ids[ok])
 
-    def maps(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(blocks_u8, layout)``, or StoreClosedError once ``close()`` dropped them (a call
+    def maps(self) -> tuple[Any, np.ndarray]:
+        """``(source, layout)``, or StoreClosedError once ``close()`` dropped them (a call
         that passed the store's open check as another thread closed it)."""
-        blocks, layout = self.blocks_u8, self.layout
-        if blocks is None or layout is None:
+        source, layout = self.source, self.layout
+        if source is None or layout is None:
             raise StoreClosedError()
-        return blocks, layout
+        return source, layout
+
+    def blocks_of(self, ids: np.ndarray, padding_idx: int = -1,
+                  slot_of_id: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """The distinct blocks (ascending) a kernel reads for ``ids``: those of the ids without
+        a cache slot in ``slot_of_id`` (None: of every id), padding left out."""
+        from bandstore.kernels.tier import _missed_blocks
+
+        out = np.empty(ids.shape[0], dtype=np.int64)
+        index = _NO_SLOTS if slot_of_id is None else slot_of_id
+        g = self.geometry
+        k = _missed_blocks(ids, padding_idx, index, self.layout, g.rows_per_block, out)
+        return out[:k]
+
+    def decode_ids(self, ids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+        """Rows ``ids`` decoded to float32 (n, dim) through the source, ``chunk`` at a time and
+        unverified (callers verify first: ``verified_rows``); the kernels' own decode, so the
+        bytes are those a lookup produces."""
+        from bandstore.kernels import resident as kr
+
+        g = self.geometry
+        out = dram.zeros((ids.shape[0], g.dim), np.float32)
+        stats = np.zeros(kc.N_STATS, dtype=np.int64)
+        error = np.zeros(1, dtype=np.int64)
+        for a in range(0, ids.shape[0], chunk):
+            sub = np.ascontiguousarray(ids[a : a + chunk], dtype=np.int64)
+            off = np.arange(sub.shape[0] + 1, dtype=np.int64)
+            with self.source.batch(functools.partial(self.blocks_of, sub)) as buf:
+                kr._direct_batch(sub, off, _NO_WEIGHTS, kc.MODE_COPY, -1, out[a : a + chunk],
+                                 _NO_INDEX, _NO_DATA, self.layout, g.rows_per_block,
+                                 g.block_size, g.row_bytes, self.codec, g.dim, buf,
+                                 self.checksums, self.checksum_bytes, False, stats,
+                                 error)  # fmt: skip
+        return out
+
+    def raw_rows(self, slots: np.ndarray) -> np.ndarray:
+        """The encoded rows at ``slots`` (n, row_bytes), a copy read through the source."""
+        g = self.geometry
+        slots = np.asarray(slots)
+        if slots.size == 0:
+            return np.empty((0, g.row_bytes), dtype=np.uint8)
+        blk = slots // g.rows_per_block
+        with self.source.batch(lambda: np.unique(blk)) as buf:
+            return blockfile.rows_view(buf, g)[blk, slots % g.rows_per_block]
 
     def serve(self, ids, offsets, weights, mode, padding_idx, out, stats=None) -> None:
         """Run one batch through the cache kernel; raise on a corrupt block.
@@ -252,45 +315,49 @@ class _Table:
             runner.serve(ids, offsets, weights, mode, padding_idx, out, stats)
             return
         g = self.geometry
-        blocks, layout = self.maps()
+        source, layout = self.maps()
         batch = np.zeros(kc.N_STATS, dtype=np.int64)
         error = np.zeros(1, dtype=np.int64)
         with self.lock:
             c = self.cache
-            status = kc._cache_batch(
-                ids,
-                offsets,
-                weights,
-                mode,
-                padding_idx,
-                out,
-                True,
-                c.slot_of_id,
-                c.id_of_slot,
-                c.ref,
-                c.meta,
-                c.data,
-                self.counts,
-                self.policy.threshold,
-                layout,
-                self.inverse_layout,
-                g.rows_per_block,
-                g.block_size,
-                g.row_bytes,
-                self.codec,
-                g.dim,
-                blocks,
-                self.checksums,
-                self.checksum_bytes,
-                self.verify_reads,
-                batch,
-                error,
-            )
+            rb = source.batch(lambda: self.blocks_of(ids, padding_idx, c.slot_of_id))
+            with rb as blocks_u8:
+                status = kc._cache_batch(
+                    ids,
+                    offsets,
+                    weights,
+                    mode,
+                    padding_idx,
+                    out,
+                    True,
+                    c.slot_of_id,
+                    c.id_of_slot,
+                    c.ref,
+                    c.meta,
+                    c.data,
+                    self.counts,
+                    self.policy.threshold,
+                    layout,
+                    self.inverse_layout,
+                    g.rows_per_block,
+                    g.block_size,
+                    g.row_bytes,
+                    self.codec,
+                    g.dim,
+                    blocks_u8,
+                    self.checksums,
+                    self.checksum_bytes,
+                    self.verify_reads,
+                    batch,
+                    error,
+                )
             if status == kc.STATUS_OK:
                 if stats is None:
                     self.stats += batch
-                else:
-                    stats += batch
+                    self.device_bytes += rb.device_bytes
+                else:  # a job's: [counters..., device bytes], committed on success
+                    stats[: kc.N_STATS] += batch
+                    stats[kc.N_STATS] += rb.device_bytes
                 return
         raise self.corrupt_block_error(int(error[0]))
 
@@ -300,9 +367,9 @@ class _Table:
         g, cb = self.geometry, self.checksum_bytes
         spb = g.block_size // cb
         expected = actual = 0
+        raw = self.source.data(block, block + 1)
         for s in range(spb):
-            start = (block + 1) * g.block_size + s * cb
-            actual = xxhash.xxh64_intdigest(bytes(self.blocks_u8[start : start + cb]))
+            actual = xxhash.xxh64_intdigest(bytes(raw[s * cb : (s + 1) * cb]))
             expected = int(self.checksums[block * spb + s])
             if actual != expected:
                 break
@@ -311,8 +378,16 @@ class _Table:
     def close(self) -> None:
         # Drop the maps; in-flight calls hold their own references until they return. (No
         # call reaches a closed table: the store checks it is open first.)
-        self.blocks_u8 = None  # type: ignore[assignment]
+        self.blocks_u8 = None
+        if self.source is not None:
+            self.source.close()
+        self.source = None  # type: ignore[assignment]
         self.layout = None  # type: ignore[assignment]
+
+
+def _unique_blocks(sectors: np.ndarray, sectors_per_block: int) -> np.ndarray:
+    """The distinct blocks (ascending) of checksum ``sectors``."""
+    return np.unique(sectors // sectors_per_block)
 
 
 def _check_open_arguments(cache_bytes: Any, threshold: Any, pinned_share: Any) -> None:
@@ -520,10 +595,12 @@ class Store:
         recorder: Any = None,
         workers: int | None = None,
         plan: Any = None,
+        io: str = "mmap",
     ):
         cache = cache if cache is not None else CacheOptions()
         _check_open_arguments(cache.cache_bytes, cache.threshold, cache.pinned_share)
         self.root = root
+        self._io = tier.check_io(io)
         self._catalog = catalog
         self._writable = writable
         self._verify_reads = verify_reads
@@ -621,6 +698,11 @@ class Store:
         return self._writable
 
     @property
+    def io(self) -> str:
+        """How the block files are read: ``mmap`` or ``direct`` (:mod:`bandstore.storage.tier`)."""
+        return self._io
+
+    @property
     def block_size(self) -> int:
         return int(self._catalog.format["block_size"])
 
@@ -672,9 +754,10 @@ class Store:
                 if prev is not None and prev.file_id == trec["file_id"]:
                     tables[name] = prev  # the same immutable file: keep cache and counters
                     continue
-                t = _Table(name, trec, vdir, self._catalog, self._verify_reads)
+                t = _Table(name, trec, vdir, self._catalog, self._verify_reads, self._io)
                 if prev is not None and prev.info == t.info:
                     t.stats = prev.stats  # a relayout of the same rows: the counters go on
+                    t.device_bytes = prev.device_bytes
                 tables[name] = t
             for name, t in tables.items():
                 if old.get(name) is not t:
@@ -1146,12 +1229,15 @@ class Store:
         self._check_open()
         out: dict[str, dict[str, float]] = {}
         total = np.zeros(kc.N_STATS, dtype=np.int64)
+        total_device = 0
         for name, t in self._tables.items():
             with t.lock:
                 s = t.stats.copy()
+                dev = t.device_bytes
             total += s
-            out[name] = _stats_dict(s)
-        out["total"] = _stats_dict(total)
+            total_device += dev
+            out[name] = _stats_dict(s, dev)
+        out["total"] = _stats_dict(total, total_device)
         lat = self._latency.summary()  # lookup_many calls: count, p50/p99 in microseconds
         out["total"].update({f"lookup_many_{k}": v for k, v in lat.items()})
         calls = self._call_counts  # served on the workers / inline as too small for them
@@ -1159,11 +1245,42 @@ class Store:
         out["total"]["lookup_many_inline_calls"] = calls.inline
         return out
 
+    def memory(self) -> dict[str, dict[str, int]]:
+        """The DRAM this store holds, in bytes, per table and in ``total``.
+
+        Per table: ``cache`` (its cache's rows, slot index, CLOCK state), ``strategy`` (what a
+        planned strategy holds: a resident copy, a pinned set, a split's caches), ``index``
+        (the inverse layout), ``checksums``, ``counts`` (access counts), ``layout`` (the pages
+        of the mapped layout file in memory) and ``page_cache`` (the pages of the block file
+        the OS page cache holds: ``mincore``, like ``fincore``; with ``io="mmap"`` the lookups
+        put them there, with ``io="direct"`` nothing does). ``total`` of each is the sum;
+        ``bytes`` sums a table's entries.
+        """
+        self._check_open()
+        out: dict[str, dict[str, int]] = {}
+        for name, t in self._tables.items():
+            runner = t.runner
+            m = {
+                "cache": int(t.cache.nbytes),
+                "strategy": int(runner.dram_bytes) if runner is not None else 0,
+                "index": int(t.inverse_layout.nbytes),
+                "checksums": int(t.checksums.nbytes),
+                "counts": int(t.counts.nbytes),
+                "layout": tier.resident_bytes(np.asarray(t.layout)),
+                "page_cache": t.source.page_cache_bytes(),
+            }
+            m["bytes"] = sum(m.values())
+            out[name] = m
+        keys = ("cache", "strategy", "index", "checksums", "counts", "layout", "page_cache")
+        out["total"] = {k: sum(m[k] for m in out.values()) for k in (*keys, "bytes")}
+        return out
+
     def reset_stats(self) -> None:
         self._check_open()
         for t in self._tables.values():
             with t.lock:
                 t.stats[:] = 0
+                t.device_bytes = 0
         self._latency.reset()
         self._call_counts.reset()
 
@@ -1504,7 +1621,7 @@ class Store:
         """Evict this version's block files from the OS page cache (a cold slow tier)."""
         self._check_open()
         for t in self._tables.values():
-            blockfile.evict_from_page_cache(t.block_path)
+            t.source.drop_page_cache()
 
     def decoded_rows(self, table: str, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of ``table`` decoded straight from its block file, bypassing
@@ -1521,10 +1638,7 @@ class Store:
                 argument="start",
                 value=(start, stop),
             )
-        slots = np.asarray(t.layout[start:stop])
-        raw = blockfile.rows_view(t.blocks_u8, g)[
-            slots // g.rows_per_block, slots % g.rows_per_block
-        ]
+        raw = t.raw_rows(np.asarray(t.layout[start:stop]))
         return decode_rows(g.codec, raw, g.dim)
 
 
@@ -1557,7 +1671,6 @@ def _origin_records(
 
 def _copy_rows_filler(t: _Table, layout: np.ndarray, geometry: BlockGeometry):
     """A fill function copying every row of ``t`` to its new slot, then checking the copy."""
-    old_rows = blockfile.rows_view(t.blocks_u8, t.geometry)
     old_layout = t.layout
     rpb = geometry.rows_per_block
 
@@ -1565,26 +1678,29 @@ def _copy_rows_filler(t: _Table, layout: np.ndarray, geometry: BlockGeometry):
         n = geometry.rows
         for start in range(0, n, IMPORT_CHUNK_ROWS):
             stop = min(n, start + IMPORT_CHUNK_ROWS)
-            old = np.asarray(old_layout[start:stop])
-            writer.write_rows(layout[start:stop], old_rows[old // rpb, old % rpb])
+            writer.write_rows(layout[start:stop], t.raw_rows(np.asarray(old_layout[start:stop])))
             pbar.update(stop - start)
         # Read every row back from the new file and compare it with the served version.
         new_rows = blockfile.rows_view(writer.buffer, geometry)
         for start in range(0, n, IMPORT_CHUNK_ROWS):
             stop = min(n, start + IMPORT_CHUNK_ROWS)
             old, new = np.asarray(old_layout[start:stop]), layout[start:stop]
-            if not np.array_equal(old_rows[old // rpb, old % rpb], new_rows[new // rpb, new % rpb]):
+            if not np.array_equal(t.raw_rows(old), new_rows[new // rpb, new % rpb]):
                 raise CorruptFileError(str(writer.path), "rows differ from the old version")
 
     return fill
 
 
-def _stats_dict(s: np.ndarray) -> dict[str, float]:
+def _stats_dict(s: np.ndarray, device_bytes: int = 0) -> dict[str, float]:
     d: dict[str, float] = {k: int(v) for k, v in zip(STAT_NAMES, s, strict=True)}
     lookups = d["lookups"]
     d["hit_ratio"] = d["hits"] / lookups if lookups else 0.0
     d["blocks_per_1000_lookups"] = 1000.0 * d["blocks_read"] / lookups if lookups else 0.0
     d["useful_per_byte_read"] = d["useful_bytes"] / d["bytes_read"] if d["bytes_read"] else 0.0
+    # What the device read (bandstore.storage.tier: counted per read with io="direct"; the serving
+    # threads' own block-layer reads during kernel calls with io="mmap").
+    d["device_bytes"] = int(device_bytes)
+    d["effective_bandwidth"] = d["useful_bytes"] / device_bytes if device_bytes else 0.0
     return d
 
 
@@ -1708,6 +1824,7 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     workers: int | None = None,
     plan: Any = None,
     options: ServeOptions | None = None,
+    io: str = "mmap",
 ) -> Store:
     """Open a store for serving.
 
@@ -1721,7 +1838,12 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     Plan / plan dict.
     options: :class:`bandstore.options.ServeOptions`: overrides of the stored admission
     threshold and pinned share (``options.cache``), read verification, the expected format.
+    io: how block files are read (:mod:`bandstore.storage.tier`): ``mmap`` (default: mapped,
+    advised random access) or ``direct`` (``O_DIRECT`` reads of each call's blocks, several in
+    flight; the page cache holds none of them; DirectIOUnsupportedError where the filesystem
+    refuses).
     """
+    tier.check_io(io)
     options = options if options is not None else ServeOptions()
     if not isinstance(options, ServeOptions):
         raise InvalidArgumentError(
@@ -1759,6 +1881,7 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
             recorder=recorder,
             workers=workers,
             plan=plan,
+            io=io,
         )
         store._open_options = {
             "path": str(root.absolute()),
@@ -1766,6 +1889,7 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
                 "workers": workers,
                 "plan": plan,
                 "options": dataclasses.replace(options, cache=cache),
+                "io": io,
             },
         }
         return store

@@ -34,6 +34,7 @@ import numpy as np
 
 from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
+from bandstore.kernels import tier as kt
 from bandstore.kernels.bits import index_bytes, pinned_index
 from bandstore.serve.cache import CacheState, cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.storage import dram
@@ -62,8 +63,9 @@ class Job:
         self.partials = partials
         self.bag_n = bag_n
         #: The job's counters, added to the table's by ``commit_stats`` only once the whole
-        #: call succeeded: a call that raises changes no counter.
-        self.stats = np.zeros(kc.N_STATS, dtype=np.int64)
+        #: call succeeded: a call that raises changes no counter. The last entry: the bytes
+        #: the device read for it.
+        self.stats = np.zeros(kc.N_STATS + 1, dtype=np.int64)
 
 
 def raise_corrupt(t: Any, block: int) -> None:
@@ -71,16 +73,19 @@ def raise_corrupt(t: Any, block: int) -> None:
     raise t.corrupt_block_error(block)
 
 
-def _add_stats(t: Any, job: Job, batch: np.ndarray) -> None:
-    """Add a part's counters to its job's (parts of one job may run on several workers)."""
+def _add_stats(t: Any, job: Job, batch: np.ndarray, device_bytes: int = 0) -> None:
+    """Add a part's counters (and the device bytes its reads cost) to its job's (parts of one
+    job may run on several workers)."""
     with t.lock:
-        job.stats += batch
+        job.stats[: kc.N_STATS] += batch
+        job.stats[kc.N_STATS] += device_bytes
 
 
 def commit_stats(t: Any, job: Job) -> None:
     """Add a finished job's counters to its table's (once the call has succeeded)."""
     with t.lock:
-        t.stats += job.stats
+        t.stats += job.stats[: kc.N_STATS]
+        t.device_bytes += int(job.stats[kc.N_STATS])
 
 
 def _bag_range(n_bags: int, parts: int, j: int) -> tuple[int, int]:
@@ -178,13 +183,14 @@ def decode_table(t: Any) -> np.ndarray:
         stop = min(g.rows, start + _DECODE_CHUNK)
         slots = np.asarray(t.layout[start:stop])
         blocks = np.unique(slots // g.rows_per_block)
-        if t.verify_reads:
-            for b0, b1 in _runs(blocks):
-                bad = t.mismatched_blocks(b0, b1)
-                if bad.size:
-                    raise_corrupt(t, int(bad[0]))
-        raw = rows_view(t.blocks_u8, g)[slots // g.rows_per_block, slots % g.rows_per_block]
-        out[start:stop] = decode_rows(g.codec, raw, g.dim)
+        with t.source.batch(lambda blocks=blocks: blocks) as buf:  # (bandstore.storage.tier)
+            if t.verify_reads:
+                for b0, b1 in _runs(blocks):
+                    bad = t.mismatched_blocks(b0, b1, buf)
+                    if bad.size:
+                        raise_corrupt(t, int(bad[0]))
+            raw = rows_view(buf, g)[slots // g.rows_per_block, slots % g.rows_per_block]
+            out[start:stop] = decode_rows(g.codec, raw, g.dim)
     return out
 
 
@@ -233,6 +239,7 @@ class ResidentRunner(Runner):
 _NO_INDEX = np.zeros((0, 2), dtype=np.int64)
 _NO_DATA = np.zeros((0, 0), dtype=np.float32)
 _NO_WEIGHTS = np.zeros(0, dtype=np.float32)
+_NO_BYTES = np.zeros(0, dtype=np.uint8)
 
 
 class DirectRunner(Runner):
@@ -259,21 +266,32 @@ class DirectRunner(Runner):
             return
         ids, off, w, out = _bags(job, b0, b1)
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
-        self._read(ids, off, w, job.mode, job.pad, out, stats)
-        _add_stats(self.table, job, stats)
+        device = self._read(ids, off, w, job.mode, job.pad, out, stats)
+        _add_stats(self.table, job, stats, device)
 
-    def _read(self, ids, off, w, mode, pad, out, stats) -> None:
+    def _read(self, ids, off, w, mode, pad, out, stats) -> int:
+        """Run the direct kernel; return the device bytes its reads cost (storage.tier)."""
         t = self.table
         g = t.geometry
-        blocks, layout = t.maps()
+        source, layout = t.maps()
         error = np.zeros(1, dtype=np.int64)
-        status = kr._direct_batch(
-            ids, off, w, mode, pad, out, self.index, self.data, layout, g.rows_per_block,
-            g.block_size, g.row_bytes, t.codec, g.dim, blocks, t.checksums,
-            t.checksum_bytes, t.verify_reads, stats, error,
-        )  # fmt: skip
+        index = self.index
+
+        def probe() -> np.ndarray:  # with io="direct": the blocks of the unpinned ids
+            out_b = np.empty(ids.shape[0], dtype=np.int64)
+            k = kt._unpinned_blocks(ids, pad, index, layout, g.rows_per_block, out_b)
+            return out_b[:k]
+
+        rb = source.batch(probe)
+        with rb as blocks_u8:
+            status = kr._direct_batch(
+                ids, off, w, mode, pad, out, index, self.data, layout, g.rows_per_block,
+                g.block_size, g.row_bytes, t.codec, g.dim, blocks_u8, t.checksums,
+                t.checksum_bytes, t.verify_reads, stats, error,
+            )  # fmt: skip
         if status != kc.STATUS_OK:
             raise_corrupt(t, int(error[0]))
+        return rb.device_bytes
 
 
 class PinnedRunner(DirectRunner):
@@ -298,9 +316,13 @@ class PinnedRunner(DirectRunner):
         k = int(self.ids.size)
         # Read at random on every lookup: on huge pages when large (bandstore.storage.dram).
         data = dram.zeros((k, g.dim), np.float32)
-        if k:  # the rows, read through the direct path (verified, decoded) with no set yet
-            self._read(self.ids, np.arange(k + 1, dtype=np.int64), _NO_WEIGHTS, kc.MODE_COPY,
-                       -1, data, np.zeros(kc.N_STATS, dtype=np.int64))  # fmt: skip
+        # The rows, read through the direct path (verified, decoded) with no set yet, a chunk
+        # at a time (with io="direct" each chunk's blocks are staged, then released).
+        for a in range(0, k, _DECODE_CHUNK):
+            sub = self.ids[a : a + _DECODE_CHUNK]
+            self._read(sub, np.arange(sub.size + 1, dtype=np.int64), _NO_WEIGHTS, kc.MODE_COPY,
+                       -1, data[a : a + _DECODE_CHUNK],
+                       np.zeros(kc.N_STATS, dtype=np.int64))  # fmt: skip
         self.data = data
         self.index = dram.copy(pinned_index(self.ids, g.rows))
 
@@ -378,11 +400,15 @@ class SplitCachedRunner(Runner):
                 own = t.verified_rows(np.ascontiguousarray(hottest[owners == j][:n_pin]))
                 pinned = np.concatenate([self.replicate, own])[:cap]
             if pinned.size:
+                pinned = np.ascontiguousarray(pinned)
+                direct = t.blocks_u8 is None  # io="direct": decode through staged reads
                 kc._load_pinned(
-                    np.ascontiguousarray(pinned), True, cache.slot_of_id, cache.id_of_slot,
+                    pinned, not direct, cache.slot_of_id, cache.id_of_slot,
                     cache.meta, cache.data, t.layout, g.rows_per_block, g.block_size,
-                    g.row_bytes, t.codec, g.dim, t.blocks_u8,
+                    g.row_bytes, t.codec, g.dim, _NO_BYTES if direct else t.blocks_u8,
                 )  # fmt: skip
+                if direct:
+                    cache.data[: pinned.size] = t.decode_ids(pinned)
             self.caches.append(cache)
         self.locks = [threading.Lock() for _ in range(parts)]
 
@@ -442,18 +468,20 @@ class SplitCachedRunner(Runner):
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
         error = np.zeros(1, dtype=np.int64)
         c = self.caches[j]
-        blocks, layout = t.maps()
+        source, layout = t.maps()
         with self.locks[j]:
-            status = kc._cache_batch(
-                sub_ids[:m], sub_off, sub_w[:m], mode, -1, job.partials[j], True,
-                c.slot_of_id, c.id_of_slot, c.ref, c.meta, c.data, self.counts[j],
-                self.threshold, layout, t.inverse_layout, g.rows_per_block, g.block_size,
-                g.row_bytes, t.codec, g.dim, blocks, t.checksums, t.checksum_bytes,
-                t.verify_reads, stats, error,
-            )  # fmt: skip
+            rb = source.batch(lambda: t.blocks_of(sub_ids[:m], -1, c.slot_of_id))
+            with rb as blocks_u8:
+                status = kc._cache_batch(
+                    sub_ids[:m], sub_off, sub_w[:m], mode, -1, job.partials[j], True,
+                    c.slot_of_id, c.id_of_slot, c.ref, c.meta, c.data, self.counts[j],
+                    self.threshold, layout, t.inverse_layout, g.rows_per_block, g.block_size,
+                    g.row_bytes, t.codec, g.dim, blocks_u8, t.checksums, t.checksum_bytes,
+                    t.verify_reads, stats, error,
+                )  # fmt: skip
         if status != kc.STATUS_OK:
             raise_corrupt(t, int(error[0]))
-        _add_stats(t, job, stats)
+        _add_stats(t, job, stats, rb.device_bytes)
 
     def finish(self, job: Job) -> np.ndarray:
         kr._combine_parts(job.partials, job.bag_n, job.mode, job.out)

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import mmap
 import os
 import shutil
 from collections.abc import Iterator
@@ -175,18 +176,32 @@ def reserve_space(fd: int, size: int, path: Path) -> None:
 
 
 def read_block_file(path: Path, geometry: BlockGeometry) -> np.ndarray:
-    """Map a block file read-only and check its header against the catalog's geometry."""
+    """Map a block file read-only, advised random access (``map_random``: a
+    missed block costs one block of device reads, not a readahead window), and check its
+    header against the catalog's geometry."""
+
     path = Path(path)
+    size = check_block_file_size(path, geometry)
+    buf = map_random(path, size)
+    check_block_header(path, geometry, bytes(buf[: geometry.block_size]))
+    return buf
+
+
+def check_block_file_size(path: Path, geometry: BlockGeometry) -> int:
+    """The block file's size, which must be the catalog's (CorruptFileError otherwise)."""
     try:
-        size = path.stat().st_size
+        size = Path(path).stat().st_size
     except FileNotFoundError as exc:
         raise CorruptFileError(str(path), "block file is missing") from exc
     if size != geometry.file_size:
         raise CorruptFileError(
             str(path), f"block file is {size} bytes, the catalog says {geometry.file_size}"
         )
-    buf = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
-    head = bytes(buf[: geometry.block_size])
+    return size
+
+
+def check_block_header(path: Path, geometry: BlockGeometry, head: bytes) -> None:
+    """Check a block file's header block ``head`` against the catalog's geometry."""
     if not head.startswith(BLOCK_MAGIC):
         raise CorruptFileError(str(path), "not a bandstore block file (bad magic)")
     try:
@@ -198,7 +213,6 @@ def read_block_file(path: Path, geometry: BlockGeometry) -> np.ndarray:
         raise FormatVersionError(str(path), found, FORMAT_VERSION)
     if header != geometry.header():
         raise CorruptFileError(str(path), f"block file header {header} does not match the catalog")
-    return buf
 
 
 def mismatched_blocks(
@@ -218,7 +232,10 @@ def verify_block_file(
     path: Path, geometry: BlockGeometry, checksums: np.ndarray, checksum_bytes: int
 ) -> None:
     """Re-read a finished block file and check every sector against ``checksums``."""
-    buf = read_block_file(path, geometry)
+    # A sequential scan: through a plain mapping, which reads ahead (read_block_file's does not).
+    check_block_file_size(path, geometry)
+    buf = np.memmap(path, dtype=np.uint8, mode="r", shape=(geometry.file_size,))
+    check_block_header(path, geometry, bytes(buf[: geometry.block_size]))
     bad = mismatched_blocks(
         np.asarray(buf[geometry.block_size :]), geometry.block_size, checksum_bytes, checksums
     )
@@ -469,3 +486,13 @@ def invert_layout(slot_of_id: np.ndarray, out: np.ndarray, where: str) -> np.nda
             where, f"layout gives slot {int(slot_of_id[bad])} to more than one id (id {bad})"
         )
     return out
+
+
+def map_random(path: str | os.PathLike, size: int) -> np.ndarray:
+    """``path`` mapped read-only as uint8, advised ``MADV_RANDOM`` (no readahead)."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    advice = getattr(mmap, "MADV_RANDOM", None)
+    if advice is not None:
+        mm.madvise(advice)
+    return np.frombuffer(mm, dtype=np.uint8)  # the array keeps the mapping alive

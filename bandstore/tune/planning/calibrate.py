@@ -86,6 +86,10 @@ class Calibration:
     checksum_bytes: int = 4096  # the checksum sector the block reads were measured with
     block_file_bytes: list[int] = field(default_factory=lambda: list(_BLOCK_FILE_BYTES))
     block_large_ns: float = 0.0  # 0: not measured (an older calibration): block_ns throughout
+    #: One distinct block read with io="direct" (O_DIRECT into a staging area, then decoded
+    #: and verified); 0: not measured (an older calibration, or O_DIRECT refused where the
+    #: calibration ran): the cold figure stands in.
+    block_direct_ns: float = 0.0
     # Typical of a 2-vCPU VM; an older calibration lacks them (the executor uses only measured
     # ones: see bandstore.serve.runtime.attach).
     inline_base_ns: float = 100_000.0
@@ -137,9 +141,11 @@ class Calibration:
         """ns a cache adds to a block read (neighbour scan and admission)."""
         return self.cache_block_ns * rows_per_block / 32.0
 
-    def block(self, cold: bool = False, verify: bool = True, file_bytes: float = 0.0) -> float:
+    def block(self, cold: bool = False, verify: bool = True, file_bytes: float = 0.0,
+              io: str = "mmap") -> float:  # fmt: skip
         """ns per distinct block read (warm page cache unless ``cold``) from a block file of
-        ``file_bytes`` (0: the small calibration file)."""
+        ``file_bytes`` (0: the small calibration file); with ``io="direct"`` every read goes to
+        the device: the O_DIRECT figure, cold or not."""
         b = self.block_ns
         if self.block_large_ns > 0 and file_bytes > 0:
             xs = np.log(np.asarray(self.block_file_bytes[:2], dtype=np.float64))
@@ -148,6 +154,8 @@ class Calibration:
             )
         if cold:
             b = max(b, self.block_cold_ns)
+        if io == "direct":
+            b = max(b, self.block_direct_ns or self.block_cold_ns)
         return b if verify else max(0.0, b - self.verify_ns)
 
 
@@ -311,10 +319,11 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool,
     codec, via _direct_batch."""
     from bandstore.storage.blockfile import evict_from_page_cache
     from bandstore.storage.codecs import codec_id
+    from bandstore.storage.blockfile import map_random
 
     n_blocks, n_large = _calibration_blocks(quick, block_size)
     row_ns: dict[str, float] = {}
-    block_ns = verify_ns = cold_ns = large_ns = cache_block_ns = 0.0
+    block_ns = verify_ns = cold_ns = large_ns = cache_block_ns = direct_ns = 0.0
     dim = 32
 
     def per_lookup(mm, ids, layout, rpb, rb, cid, sums, verify):
@@ -344,10 +353,14 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool,
             t_nv = per_lookup(mm, one, layout, rpb, rb, cid, sums, False)
             verify_ns = max(0.0, t_one - t_nv) * 1e9
             evict_from_page_cache(path)
-            t_cold = _direct_cost(mm, one, layout, rpb, block_size, rb, cid, dim, sums, True)
+            cold_mm = map_random(path, mm.size)  # as the store maps it: no readahead
+            t_cold = _direct_cost(cold_mm, one, layout, rpb, block_size, rb, cid, dim, sums, True)
+            del cold_mm
             cold_ns = max(block_ns, (t_cold / one.size - row) * 1e9)
             cache_block_ns = _measure_insert(mm, one, layout, rpb, block_size, rb, cid, dim, sums,
                                              repeats)  # fmt: skip
+            direct_ns = _measure_direct(path, mm.size, one, layout, rpb, block_size, rb, cid,
+                                        dim, sums, row)  # fmt: skip
         del mm
         path.unlink()
     # The large file: float32 only (the row costs do not depend on the file's size).
@@ -361,7 +374,35 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool,
     large_ns = max(block_ns, (t_large - row_ns["float32"] * 1e-9) * 1e9)
     del mm
     path.unlink()
-    return row_ns, block_ns, cold_ns, verify_ns, cache_block_ns, large_ns
+    return row_ns, block_ns, cold_ns, verify_ns, cache_block_ns, large_ns, direct_ns
+
+
+def _measure_direct(path, file_bytes, ids, layout, rpb, block_size, rb, cid, dim, sums,
+                    row) -> float:  # fmt: skip
+    """ns of one distinct block read as ``io="direct"`` reads it (probe, O_DIRECT reads with
+    several in flight, then the kernel on the staging area), beyond the row's own cost; 0 where
+    the file's filesystem refuses O_DIRECT."""
+    from bandstore.kernels.tier import _missed_blocks
+    from bandstore.storage import tier
+
+    if not tier.direct_io_supported(Path(path).parent):
+        return 0.0
+    src = tier.DirectSource(Path(path), int(file_bytes), block_size)
+    no_slots = np.empty(0, dtype=np.int32)
+
+    def probe():
+        out = np.empty(ids.size, dtype=np.int64)
+        return out[: _missed_blocks(ids, -1, no_slots, layout, rpb, out)]
+
+    with src.batch(lambda: probe()[:8]) as buf:  # compiled for staging areas before timing
+        _direct_cost(buf[: int(file_bytes)], ids[:0], layout, rpb, block_size, rb, cid, dim,
+                     sums, True)  # fmt: skip
+    t0 = time.perf_counter()
+    with src.batch(probe) as buf:
+        _direct_cost(buf[: int(file_bytes)], ids, layout, rpb, block_size, rb, cid, dim, sums,
+                     True)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    return max(0.0, (seconds / max(1, ids.size) - row) * 1e9)
 
 
 def _measure_insert(mm, ids, layout, rpb, block_size, rb, cid, dim, sums, repeats):
@@ -536,7 +577,7 @@ def calibrate(*, quick: bool = False, block_size: int = 4096, checksum_bytes: in
     probe_ns = _measure_probe(rng, repeats, n)
     with tempfile.TemporaryDirectory(prefix="bandstore-calibrate-") as d:
         tmp = Path(d)
-        row_ns, block_ns, cold_ns, verify_ns, cache_block_ns, large_ns = _measure_blocks(
+        row_ns, block_ns, cold_ns, verify_ns, cache_block_ns, large_ns, direct_ns = _measure_blocks(
             rng, repeats, tmp, block_size, quick, checksum_bytes
         )
         call_ns, table_ns, dispatch_ns = _measure_python(tmp, repeats)
@@ -561,6 +602,7 @@ def calibrate(*, quick: bool = False, block_size: int = 4096, checksum_bytes: in
         checksum_bytes=checksum_bytes,
         block_file_bytes=[b * block_size for b in _calibration_blocks(quick, block_size)],
         block_large_ns=large_ns,
+        block_direct_ns=direct_ns,
         inline_base_ns=inline_base_ns,
         inline_task_ns=inline_task_ns,
         seconds=time.perf_counter() - t0,
@@ -607,7 +649,7 @@ def format_calibration(cal: Calibration) -> str:
     lines.append(
         f"  block read (ns): warm {cal.block_ns:.0f} ({cal.block_file_bytes[0] >> 20} MiB file), "
         f"{cal.block_large_ns:.0f} ({cal.block_file_bytes[1] >> 20} MiB), "
-        f"cold {cal.block_cold_ns:.0f}, "
+        f"cold {cal.block_cold_ns:.0f}, O_DIRECT {cal.block_direct_ns:.0f}, "
         f"of which checksum {cal.verify_ns:.0f}; cache admission per block {cal.cache_block_ns:.0f}"
     )
     lines.append(

@@ -67,6 +67,9 @@ class TableProfile:
     #: Block bytes of every table the batch reads: they share the CPU caches and the TLB, so a
     #: block read costs what it costs in a file of this size, not of the table's own size.
     working_set_bytes: float = 0.0
+    #: How the store reads its block files (``storage.tier``): a ``direct`` block read always
+    #: goes to the device, and is priced by the calibration's O_DIRECT figure.
+    io: str = "mmap"
 
     @property
     def file_bytes(self) -> int:
@@ -227,6 +230,7 @@ def profile_trace(
             blocks_per_lookup=np.asarray(block_rate, dtype=np.float64)[order],
             hot_ids=np.sort(hot).astype(np.int64),
             verify=bool(store.verify_reads),
+            io=store.io,
             counts=np.minimum(counts, 2**31 - 1).astype(np.int32),
             pinned_rows=caps,
             pinned_misses_per_lookup=pin_m,
@@ -320,7 +324,7 @@ def cost(p: TableProfile, kind: str, cal: Calibration, cache_bytes: int = 0, *,
     if L <= 0:
         return 0.0
     file_bytes = max(p.file_bytes, p.working_set_bytes)
-    block = cal.block(cold=cold, verify=p.verify, file_bytes=file_bytes)
+    block = cal.block(cold=cold, verify=p.verify, file_bytes=file_bytes, io=p.io)
     row = cal.row(p.codec, p.dim)
     if kind == "resident":
         ns = L * cal.gather(p.resident_bytes, p.dim)
