@@ -1,0 +1,76 @@
+"""Running the app under uvicorn: what ``bandstore serve`` calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import uvicorn
+
+import bandstore
+from bandstore.server.app import ServerOptions, create_app
+
+
+def serve(
+    path: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    options: ServerOptions | None = None,
+    cache_bytes: int | None = None,
+    record: str | os.PathLike | None = None,
+    sample_rate: float = 0.01,
+    workers: int | None = None,
+    log_level: str = "info",
+) -> int:
+    """Open the store at ``path`` and serve it until SIGINT / SIGTERM; returns the exit code.
+
+    On SIGTERM uvicorn stops accepting connections and answers the requests in flight, then
+    the app's shutdown closes the store (and flushes the recorder); exit code 0. 1 if the app
+    could not start.
+    """
+    store = bandstore.open(
+        path, cache_bytes=cache_bytes, record=record, sample_rate=sample_rate, workers=workers
+    )
+    try:
+        app = create_app(store, options or ServerOptions())
+    except BaseException:
+        store.close()
+        raise
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        store.close()  # idempotent; the lifespan closed it unless startup failed before it
+        logging.getLogger("bandstore").error("the server did not start")
+        return 1
+    return 0
+
+
+def server_kwargs(args: Any) -> dict[str, Any]:
+    """``serve`` keyword arguments from the CLI's parsed arguments."""
+    return {
+        "host": args.host,
+        "port": args.port,
+        "options": ServerOptions(
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+            max_body_bytes=args.max_body_bytes,
+            model=None if args.model is None else str(args.model),
+        ),
+        "cache_bytes": args.cache_bytes,
+        "record": args.record,
+        "sample_rate": 0.01 if args.sample_rate is None else args.sample_rate,
+        "workers": args.workers,
+        "log_level": args.log_level,
+    }
