@@ -176,7 +176,9 @@ def create_app(store: Any, options: ServerOptions | None = None) -> Starlette:
         kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
         return _error(exc.status_code, kind, f"{exc.detail}: {request.method} {request.url.path}")
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
     app.state.bandstore = state
     return app
 
@@ -360,9 +362,7 @@ def _parse_npz_lookup(state: _State, raw: bytes, default_mode: str) -> dict[str,
         if "mode" in part:
             m = part["mode"]
             if m.ndim != 0 or m.dtype.kind not in "US":
-                raise MalformedRequestError(
-                    f"{name}/mode must be a 0-d string array", field="mode"
-                )
+                raise MalformedRequestError(f"{name}/mode must be a 0-d string array", field="mode")
             mode = str(m[()].decode() if m.dtype.kind == "S" else m[()])
         out[name] = validate_table(
             name, spec, part["indices"], part["offsets"], part.get("per_sample_weights"), mode
@@ -400,7 +400,11 @@ async def _predict(state: _State, request: Request) -> Response:
     assert model is not None
     c = model.config
     body = _json_body(await _read_body(request, state.options.max_body_bytes))
-    if not isinstance(body, dict) or "dense" not in body or not isinstance(body.get("sparse"), dict):
+    if (
+        not isinstance(body, dict)
+        or "dense" not in body
+        or not isinstance(body.get("sparse"), dict)
+    ):
         raise MalformedRequestError(
             'the body must be {"dense": [[...], ...], "sparse": {FEATURE: {"indices": [...], '
             '"offsets": [...]}}}',
@@ -446,7 +450,9 @@ async def _predict(state: _State, request: Request) -> Response:
                 raise MalformedRequestError(
                     f"sparse[{f.name!r}][{key!r}] must be a list of integers", field=key
                 )
-        r = validate_table(f.table, state.specs[f.table], part["indices"], part["offsets"], None, f.mode)
+        r = validate_table(
+            f.table, state.specs[f.table], part["indices"], part["offsets"], None, f.mode
+        )
         if r.bags != n:
             raise InvalidShapeError(
                 f"sparse[{f.name!r}] has {r.bags} bags, dense has {n} rows",

@@ -23,9 +23,13 @@ class TorchDLRM(nn.Module):
         super().__init__()
         self.config = config
         sizes = [config.dense_features, *config.bottom_mlp]
-        self.bottom = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.bottom = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
         sizes = [config.interaction_dim, *config.top_mlp]
-        self.top = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.top = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
         self.emb = nn.ModuleDict(
             {
                 f.name: nn.EmbeddingBag(rows[f.name], config.embedding_dim, mode=f.mode)

@@ -46,7 +46,9 @@ class StoreCollector(Collector):
             return
         tables = [t for t in stats if t != "total"]
         for name, doc in STORE_COUNTERS.items():
-            fam = CounterMetricFamily(f"bandstore_{name}", f"Store counter: {doc}", labels=["table"])
+            fam = CounterMetricFamily(
+                f"bandstore_{name}", f"Store counter: {doc}", labels=["table"]
+            )
             for t in tables:
                 if name in stats[t]:
                     fam.add_metric([t], float(stats[t][name]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Any
 
 import uvicorn
@@ -48,12 +49,24 @@ def serve(
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
-    server.run()
+    # uvicorn handles SIGINT/SIGTERM (graceful shutdown), then restores the handlers it found
+    # and raises the signal again: with the default handlers the process would die by the
+    # signal after a clean shutdown. These make that re-raise a no-op, so the exit code is 0.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not server.started:
         store.close()  # idempotent; the lifespan closed it unless startup failed before it
         logging.getLogger("bandstore").error("the server did not start")
         return 1
     return 0
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """Stands in for the default handlers while uvicorn serves (see :func:`serve`)."""
 
 
 def server_kwargs(args: Any) -> dict[str, Any]:
