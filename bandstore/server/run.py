@@ -39,6 +39,19 @@ def serve(
     except BaseException:
         store.close()
         raise
+    return run_app(app, host=host, port=port, log_level=log_level, on_failure=store.close)
+
+
+def run_app(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    on_failure: Any = None,
+) -> int:
+    """Serve ``app`` under uvicorn until SIGINT / SIGTERM (graceful); 0, or 1 if it did not
+    start (then ``on_failure()`` runs: the lifespan that closes the store never ran)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -59,7 +72,8 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not server.started:
-        store.close()  # idempotent; the lifespan closed it unless startup failed before it
+        if on_failure is not None:
+            on_failure()
         logging.getLogger("bandstore").error("the server did not start")
         return 1
     return 0
