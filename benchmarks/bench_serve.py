@@ -44,8 +44,9 @@ for p in (str(ROOT), str(HERE), str(ROOT / "tools")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import bandstore  # noqa: E402
 from paths import DATA, RESULTS, run_facts  # noqa: E402
+
+import bandstore  # noqa: E402
 
 CONTENDERS = {
     "a": "bandstore, DRAM 10%, tuned",
@@ -158,7 +159,7 @@ def synthetic_setup(work: Path, megabytes: float, batch: int, n_requests: int, d
         "requests": requests,
         "facts": {"tables": 26, "rows": int(sum(rows.values())), "dim": dim,
                   "table_mb": round(sum(rows.values()) * dim * 4 / 2**20, 1),
-                  "ids_per_request": int(sum(len(p["indices"]) for p in requests[0]["sparse"].values()))},
+                  "ids_per_req": sum(len(q["indices"]) for q in requests[0]["sparse"].values())},
     }  # fmt: skip
 
 
@@ -180,7 +181,25 @@ def tune_store(store: Path, trace: bandstore.Trace, budget: int, work: Path, met
             "relayout",
             ["relayout", str(store), str(path), "--cache-bytes", str(budget), "--method", method],
         ),
-        ("size-cache", ["size-cache", str(store), str(path), "--budget", str(budget), "--apply"]),
+        # A bounded grid: the default (5 thresholds x 6 pinned shares) takes many minutes for
+        # 26 tables on 2 busy cores.
+        (
+            "size-cache",
+            [
+                "size-cache",
+                str(store),
+                str(path),
+                "--budget",
+                str(budget),
+                "--apply",
+                "--thresholds",
+                "0",
+                "never",
+                "--pinned-shares",
+                "0",
+                "0.5",
+            ],
+        ),
     ):
         t0 = time.perf_counter()
         with open(os.devnull, "w") as sink:
@@ -349,7 +368,7 @@ def run_variant(name: str, setup: dict, work: Path, args) -> dict:
                 base += len(p["indices"])
             big["tables"][n] = {"indices": idx, "offsets": off}
         wire = {}
-        for rnd in range(args.rounds):
+        for _ in range(args.rounds):
             for fmt in ("json", "npz"):
                 if fmt == "json":
                     body, hdr = json.dumps(big).encode(), {"content-type": "application/json"}

@@ -28,6 +28,7 @@ from bandstore.errors import (
     QueueFullError,
     StoreClosedError,
 )
+from bandstore.kernels.resident import _checked_bags
 from bandstore.server.backend import MODES, Backend, TableSpec
 
 
@@ -94,7 +95,10 @@ def validate_table(
     idx = _int_array(indices, "indices", table)
     off = _int_array(offsets, "offsets", table)
     n = idx.shape[0]
-    if off.size:
+    # Every rule in one kernel pass (the common, valid request); on failure the checks below
+    # say which rule failed.
+    valid = _checked_bags(idx, off, spec.rows, np.empty(off.shape[0] + 1, dtype=np.int64))
+    if not valid and off.size:
         if off[0] != 0:
             raise InvalidOffsetsError(
                 f"offsets for table {table!r} must start at 0, got {int(off[0])}",
@@ -117,7 +121,7 @@ def validate_table(
                 table=table,
                 position=int(off.size - 1),
             )
-    if n:
+    if not valid and n:
         bad = np.flatnonzero((idx < 0) | (idx >= spec.rows))
         if bad.size:
             pos = int(bad[0])
