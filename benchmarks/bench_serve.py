@@ -305,6 +305,22 @@ def load(url, bodies, headers, clients, warmup, seconds) -> dict:
     return res
 
 
+def check_agreement(servers: dict, bodies: list[bytes], headers: dict) -> dict:
+    """The same requests through every contender: the largest score difference from (a)'s
+    (all serve the same model and rows, so it must be float noise)."""
+    import httpx
+
+    scores = {}
+    for k, s in servers.items():
+        got = []
+        for b in bodies:
+            r = httpx.post(s.url + "/v1/predict", content=b, headers=headers, timeout=60)
+            r.raise_for_status()
+            got.extend(r.json()["scores"])
+        scores[k] = np.asarray(got, dtype=np.float64)
+    return {k: float(np.abs(v - scores["a"]).max()) for k, v in scores.items()}
+
+
 def npz_body(req: dict) -> bytes:
     buf = io.BytesIO()
     arrays = {}
@@ -347,6 +363,8 @@ def run_variant(name: str, setup: dict, work: Path, args) -> dict:
             s.wait_ready()
         bodies = [json.dumps(r).encode() for r in setup["requests"]]
         headers = {"content-type": "application/json"}
+        agreement = check_agreement(servers, bodies[:4], headers)
+        print(f"[{name}] max |score - (a)'s| per contender: {agreement}", flush=True)
         runs: dict[str, list[dict]] = {k: [] for k in servers}
         for rnd in range(args.rounds):
             for k, s in servers.items():
@@ -386,6 +404,7 @@ def run_variant(name: str, setup: dict, work: Path, args) -> dict:
         "facts": {**setup["facts"], "dram_budget_bytes": budget, "rocks_build_seconds":
                   round(rocks_s, 1), "tuning": tuning, "tuned": tuned,
                   "relayout_method": args.relayout_method},
+        "score_max_abs_diff_vs_a": agreement,
         "runs": runs,
         "lookup_wire": wire,
         "server_exit_codes": codes,
@@ -435,6 +454,8 @@ def write_results(out: dict, stem: str) -> None:
         p99a = s["a"]["p99_ms"]
         lines += [
             "",
+            f"- scores agree across contenders: max |score - (a)'s| = "
+            f"{max(v['score_max_abs_diff_vs_a'].values()):.2e}",
             f"- (a)/(b) = {a / b:.2f} (target >= 0.8 at p99 <= 10 ms; (a) p99 = {p99a} ms)",
             f"- (a)/(c) = {a / c:.2f} (target >= 2)",
             f"- (a)/(d) = {a / d:.2f} (batching vs unbatched at the same concurrency; target >= 3"
