@@ -266,6 +266,7 @@ async def _load(url: str, bodies: list[bytes], headers: dict, clients: int, warm
 
     latencies: list[float] = []
     errors = 0
+    kinds: dict[str, int] = {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         loop = asyncio.get_running_loop()
@@ -279,10 +280,17 @@ async def _load(url: str, bodies: list[bytes], headers: dict, clients: int, warm
                 t0 = loop.time()
                 if t0 >= stop_at:
                     return
-                r = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
+                try:
+                    r = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
+                except httpx.TransportError as e:  # counted, and the run goes on
+                    errors += 1
+                    kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
+                    i += clients
+                    continue
                 t1 = loop.time()
                 if r.status_code != 200:
                     errors += 1
+                    kinds[str(r.status_code)] = kinds.get(str(r.status_code), 0) + 1
                 elif t0 >= measure_from:
                     latencies.append(t1 - t0)
                 i += clients
@@ -292,6 +300,7 @@ async def _load(url: str, bodies: list[bytes], headers: dict, clients: int, warm
     return {
         "requests": int(lat.size),
         "errors": errors,
+        "error_kinds": kinds,
         "rps": round(lat.size / seconds, 1),
         "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 2) if lat.size else None,
         "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 2) if lat.size else None,

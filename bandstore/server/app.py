@@ -39,7 +39,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -218,6 +218,9 @@ def _endpoint(state: _State, name: str, handler: Handler) -> Callable[[Request],
         reason = None
         try:
             response = await handler(state, request)
+        except ClientDisconnect:  # nobody to answer; counted, not logged as a server error
+            response = Response(status_code=400)
+            reason = "ClientDisconnect"
         except BandstoreError as e:
             status = error_status(e)
             headers = None

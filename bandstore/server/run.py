@@ -66,6 +66,9 @@ def run_app(
         lifespan="on",
         log_level=log_level,
         access_log=False,
+        # A client may reuse a keep-alive connection just as the server closes it (a read
+        # error on the client); on a busy machine the default 5 s makes that race likely.
+        timeout_keep_alive=30,
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
