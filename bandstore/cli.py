@@ -421,14 +421,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bandstore.errors import MissingDependencyError
+    from bandstore.errors import InvalidArgumentError, MissingDependencyError
 
     try:
         from bandstore.server.run import serve, server_kwargs
     except ModuleNotFoundError as e:
         raise MissingDependencyError("serve", e.name or str(e)) from None
     if args.sample_rate is not None and args.record is None:
-        raise BandstoreError("--sample-rate needs --record DIR")
+        raise InvalidArgumentError("--sample-rate needs --record DIR", argument="sample_rate")
     return serve(args.store, **server_kwargs(args))
 
 
