@@ -423,7 +423,7 @@ def run_variant(name: str, setup: dict, work: Path, args) -> dict:
 def summarize(runs: list[dict]) -> dict:
     def med(key):
         vals = [r[key] for r in runs if r[key] is not None]
-        return float(np.median(vals)) if vals else None
+        return round(float(np.median(vals)), 1) if vals else None
 
     return {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
             "errors": sum(r["errors"] for r in runs)}  # fmt: skip
@@ -483,6 +483,8 @@ def write_results(out: dict, stem: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--render", type=Path, metavar="RESULTS.json",
+                   help="only rewrite the .md of a results .json")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a smoke run: small, short, one round")
     p.add_argument("--variants", nargs="+", default=["criteo", "synthetic"],
                    choices=["criteo", "synthetic"])  # fmt: skip
@@ -502,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
                         "set on 2 busy cores)")  # fmt: skip
     p.add_argument("--workdir", type=Path, help="keep the files here (default: temporary)")
     args = p.parse_args(argv)
+    if args.render is not None:
+        write_results(json.loads(args.render.read_text()), args.render.stem)
+        return 0
     if args.quick:
         args.seconds, args.warmup, args.rounds = 2.0, 1.0, 1
         args.synthetic_mb = min(args.synthetic_mb, 16.0)
