@@ -253,3 +253,41 @@ class DirectIOUnsupportedError(BandstoreError, OSError):
         self.path = path
         self.filesystem = filesystem
         self.reason = reason
+
+
+class MalformedRequestError(BandstoreError, ValueError):
+    """A request body (of ``bandstore serve``) that cannot be parsed or lacks a required field."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class RequestTooLargeError(BandstoreError, ValueError):
+    """A request body larger than the server's limit."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"request body of {size} bytes or more exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class QueueFullError(BandstoreError, RuntimeError):
+    """The server's request queue is full; retry later."""
+
+    def __init__(self, depth: int, limit: int):
+        super().__init__(f"the request queue is full ({depth} waiting, limit {limit}); retry later")
+        self.depth = depth
+        self.limit = limit
+
+
+class MissingDependencyError(BandstoreError, ImportError):
+    """An optional dependency (an extra such as ``[serve]``) is not installed."""
+
+    def __init__(self, extra: str, module: str):
+        super().__init__(
+            f"this needs the [{extra}] extra (module {module!r} is missing): "
+            f"pip install 'bandstore[{extra}]'"
+        )
+        self.extra = extra
+        self.module = module

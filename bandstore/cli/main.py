@@ -605,6 +605,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return run_plan_command(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bandstore.errors import MissingDependencyError
+
+    try:
+        from bandstore.server.run import serve, server_kwargs
+    except ModuleNotFoundError as e:
+        raise MissingDependencyError("serve", e.name or str(e)) from None
+    if args.sample_rate is not None and args.record is None:
+        raise InvalidArgumentError("--sample-rate needs --record DIR", argument="sample_rate")
+    return serve(args.store, **server_kwargs(args))
+
+
 # ---- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
@@ -755,6 +767,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("gc", cmd_gc, "remove versions no reader holds")
     sp.add_argument("store", type=Path)
+
+    sp = sub.add_parser(
+        "serve",
+        help="serve a store over HTTP (extra [serve])",
+        description="Serve lookups (and a DLRM's predictions with --model) over HTTP.",
+    )
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--model", type=Path, help="a DLRM directory (config.json + safetensors)")
+    sp.add_argument("--max-batch-size", type=int, default=1024,
+                    help="bags per merged lookup (0: no batching)")  # fmt: skip
+    sp.add_argument("--max-wait-ms", type=float, default=1.0,
+                    help="how long a batch waits for more requests")  # fmt: skip
+    sp.add_argument("--max-queue", type=int, default=256,
+                    help="waiting requests before 429 Too Many Requests")  # fmt: skip
+    sp.add_argument("--max-body-bytes", type=_size, default=64 << 20,
+                    help="larger request bodies are refused with 413")  # fmt: skip
+    sp.add_argument("--cache-bytes", type=_size, help="DRAM for row caches (default: tuned)")
+    sp.add_argument("--record", type=Path, help="append sampled queries to this directory")
+    sp.add_argument("--sample-rate", type=float, help="share of queries recorded (0.01)")
+    sp.add_argument("--workers", type=int, help="lookup worker threads (default: the plan's)")
+    sp.add_argument("--io", choices=["mmap", "direct"], default="mmap",
+                    help="read block files mapped (mmap) or with O_DIRECT (direct)")  # fmt: skip
+    sp.add_argument("--log-level", default="info",
+                    choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
+    sp.set_defaults(func=cmd_serve)
 
     tp = sub.add_parser("trace", help="convert or generate traces", epilog=EXIT_STATUS,
                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

@@ -317,9 +317,8 @@ def _measure_blocks(rng, repeats: int, tmp: Path, block_size: int, quick: bool,
                     checksum_bytes: int):  # fmt: skip
     """Block read costs (warm small and large file, cold, verify share) and row costs per
     codec, via _direct_batch."""
-    from bandstore.storage.blockfile import evict_from_page_cache
+    from bandstore.storage.blockfile import evict_from_page_cache, map_random
     from bandstore.storage.codecs import codec_id
-    from bandstore.storage.blockfile import map_random
 
     n_blocks, n_large = _calibration_blocks(quick, block_size)
     row_ns: dict[str, float] = {}
