@@ -28,7 +28,6 @@ empties it on the stores that switch to that version.
 from __future__ import annotations
 
 import threading
-import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -167,8 +166,11 @@ class Overlays:
         """``old`` with ``records`` (seq order) applied: a new TableOverlay."""
         g = t.geometry
         for r in records:
-            if r.dim != g.dim or r.codec != t.codec or r.rows.shape[1] != g.row_bytes or (
-                r.ids.size and (r.ids.min() < 0 or r.ids.max() >= g.rows)
+            if (
+                r.dim != g.dim
+                or r.codec != t.codec
+                or r.rows.shape[1] != g.row_bytes
+                or (r.ids.size and (r.ids.min() < 0 or r.ids.max() >= g.rows))
             ):
                 raise CorruptUpdateError(name, r.seq, "does not match the table's geometry")
         new_ids, enc = updates.collapse(records, g.row_bytes)
@@ -231,8 +233,10 @@ def _poll_loop(ref: Any, stop: threading.Event) -> None:
             return
         try:
             st = ov.state
-            if st is None or st.tables is not store._tables or (
-                updates.latest_seq(ov.catalog) > st.seq
+            if (
+                st is None
+                or st.tables is not store._tables
+                or (updates.latest_seq(ov.catalog) > st.seq)
             ):
                 ov.catch_up()
             ov.error = None
@@ -510,7 +514,8 @@ def folding_filler(t: Any, layout: np.ndarray, geometry: Any, ids: np.ndarray,
             stop = min(n, start + IMPORT_CHUNK_ROWS)
             keep = np.flatnonzero(~updated[start:stop]) + start
             old, new = np.asarray(old_layout)[keep], layout[keep]
-            if not np.array_equal(old_rows[old // orpb, old % orpb], new_rows[new // rpb, new % rpb]):
+            before = old_rows[old // orpb, old % orpb]
+            if not np.array_equal(before, new_rows[new // rpb, new % rpb]):
                 raise CorruptFileError(str(writer.path), "rows differ from the old version")
         if ids.size:
             s = layout[ids]
@@ -528,15 +533,20 @@ def compact(store: Any, *, progress: bool | None = None) -> dict[str, Any]:
     store._check_writable()
     upto, delta = pending(store, list(store._tables))
     changed = {n: d for n, d in delta.items() if d[0].size}
-    report: dict[str, Any] = {"folded_seq": upto, "tables": {n: int(d[0].size)
-                                                             for n, d in changed.items()}}
+    report: dict[str, Any] = {
+        "folded_seq": upto,
+        "tables": {n: int(d[0].size) for n, d in changed.items()},
+    }
     if changed:
         new_tables = {}
         for name, (ids, rows) in changed.items():
             t = store._tables[name]
             layout = np.array(t.layout, dtype=np.int64)
-            new_tables[name] = (t.geometry, layout, folding_filler(t, layout, t.geometry, ids,
-                                                                   rows))
+            new_tables[name] = (
+                t.geometry,
+                layout,
+                folding_filler(t, layout, t.geometry, ids, rows),
+            )
         report["version"] = store._commit_tables(
             new_tables, note=f"compact to update {upto}", progress=progress,
             extra={n: {"folded_seq": upto} for n in changed},
@@ -555,4 +565,3 @@ def summary(store: Any) -> dict[str, Any]:
     out["overlay_rows"] = {n: int(o.ids.size) for n, o in (st.overlays if st else {}).items()}
     out["folded_seq"] = {n: updates.folded_seq(t.record) for n, t in store._tables.items()}
     return out
-

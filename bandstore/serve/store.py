@@ -1069,8 +1069,8 @@ class Store:
             geometry = BlockGeometry(
                 g.rows, g.dim, g.codec, g.row_bytes, g.rows_per_block, n_blocks, g.block_size
             )
-            new_tables[name] = (geometry, layout, overlay.folding_filler(t, layout, geometry,
-                                                                         *delta[name]))
+            fill = overlay.folding_filler(t, layout, geometry, *delta[name])
+            new_tables[name] = (geometry, layout, fill)
         for name, c in (counts or {}).items():
             rows = self._table(name).info.rows
             if np.shape(c) != (rows,):
