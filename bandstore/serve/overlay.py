@@ -37,6 +37,7 @@ import numpy as np
 from bandstore.errors import (
     CorruptFileError,
     CorruptUpdateError,
+    IdOutOfRangeError,
     InvalidArgumentError,
     InvalidDtypeError,
     InvalidShapeError,
@@ -54,6 +55,8 @@ from bandstore.storage.codecs import codec_id, decode_rows, encode_rows
 
 #: How often a store's poller looks for updates written by other stores (seconds).
 POLL_SECONDS = 0.1
+#: Rows a fold copies at a time.
+CHUNK_ROWS = 1 << 16
 #: Smallest arena (rows) a table's overlay starts with.
 MIN_ARENA_ROWS = 1024
 _EMPTY_I64 = np.empty(0, dtype=np.int64)
@@ -357,14 +360,38 @@ def _same_table(st: OverlayState, t: Any) -> Any:
 
 
 # ---- writing -------------------------------------------------------------------------------
+def _checked_ids(ids: Any, table: str, rows: int) -> np.ndarray:
+    """``ids`` as a 1-D int64 array of ids in ``[0, rows)``, or the error saying why not."""
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+        raise InvalidDtypeError(
+            f"ids for table {table!r} must be an integer array, got dtype {arr.dtype}",
+            argument="ids",
+            dtype=arr.dtype,
+        )
+    if arr.ndim != 1:
+        raise InvalidShapeError(
+            f"ids for table {table!r} must be 1-D, got shape {arr.shape}",
+            argument="ids",
+            shape=arr.shape,
+        )
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        bad = int(np.argmax(arr > np.iinfo(np.int64).max))
+        raise IdOutOfRangeError(table, bad, int(arr[bad]), rows)
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    bad = np.flatnonzero((arr < 0) | (arr >= rows))
+    if bad.size:
+        pos = int(bad[0])
+        raise IdOutOfRangeError(table, pos, int(arr[pos]), rows)
+    return arr
+
+
 def _checked(store: Any, table: str, ids: Any, rows: Any, allow_nan: bool):
     """Validated ``(ids distinct ascending, encoded rows)`` of one table's update; the last
     value of a repeated id wins."""
-    from bandstore.serve.store import _as_int_array, _check_ids
-
     t = store._table(table)
     info = t.info
-    ids = _check_ids(_as_int_array(ids, "ids", table), info)
+    ids = _checked_ids(ids, table, info.rows)
     arr = np.asarray(rows)
     if arr.dtype.kind != "f":
         raise InvalidDtypeError(
@@ -462,6 +489,43 @@ def parse_request(store: Any, payload: Any) -> dict[str, tuple[np.ndarray, np.nd
     return batch
 
 
+def read_npz(path: Any, *, table: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """An update batch from a ``.npz``: arrays ``TABLE/ids`` and ``TABLE/rows`` per table, or
+    ``ids`` and ``rows`` for the one ``table`` given (never unpickled)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"{path}: not a readable .npz of update arrays ({exc})", argument="file"
+        ) from exc
+    if table is not None:
+        if set(arrays) != {"ids", "rows"}:
+            raise InvalidArgumentError(
+                f"{path}: with a table given, the file must hold exactly the arrays 'ids' and "
+                f"'rows', not {sorted(arrays)}",
+                argument="file",
+            )
+        return {table: (arrays["ids"], arrays["rows"])}
+    batch: dict[str, list] = {}
+    for key, arr in arrays.items():
+        name, _, what = key.rpartition("/")
+        if not name or what not in ("ids", "rows"):
+            raise InvalidArgumentError(
+                f"{path}: array {key!r} is not TABLE/ids or TABLE/rows (or give the table)",
+                argument="file",
+            )
+        batch.setdefault(name, [None, None])[what == "rows"] = arr
+    for name, pair in batch.items():
+        if pair[0] is None or pair[1] is None:
+            raise InvalidArgumentError(
+                f"{path}: table {name!r} needs both {name}/ids and {name}/rows", argument="file"
+            )
+    if not batch:
+        raise InvalidArgumentError(f"{path}: no update arrays", argument="file")
+    return {n: (p[0], p[1]) for n, p in batch.items()}
+
+
 def apply_request(store: Any, payload: Any, *, allow_nan: bool = False) -> dict[str, Any]:
     """Serve a ``POST /v1/update`` body: validate, write durably, return ``{"seq", "rows"}``
     (the server refuses it on a read-only store: ``ReadOnlyError``)."""
@@ -491,8 +555,6 @@ def folding_filler(t: Any, layout: np.ndarray, geometry: Any, ids: np.ndarray,
     """A fill function writing every row of ``t`` at its slot of ``layout``, the updated rows
     ``ids`` (encoded ``rows``) replacing theirs, then reading the new file back: every row
     must be the served version's, or the update's."""
-    from bandstore.serve.store import IMPORT_CHUNK_ROWS
-
     old_rows = blockfile.rows_view(t.blocks_u8, t.geometry)
     old_layout = t.layout
     rpb = geometry.rows_per_block
@@ -500,8 +562,8 @@ def folding_filler(t: Any, layout: np.ndarray, geometry: Any, ids: np.ndarray,
 
     def fill(writer: blockfile.BlockFileWriter, pbar: Any) -> None:
         n = geometry.rows
-        for start in range(0, n, IMPORT_CHUNK_ROWS):
-            stop = min(n, start + IMPORT_CHUNK_ROWS)
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(n, start + CHUNK_ROWS)
             old = np.asarray(old_layout[start:stop])
             writer.write_rows(layout[start:stop], old_rows[old // orpb, old % orpb])
             pbar.update(stop - start)
@@ -510,8 +572,8 @@ def folding_filler(t: Any, layout: np.ndarray, geometry: Any, ids: np.ndarray,
         new_rows = blockfile.rows_view(writer.buffer, geometry)
         updated = np.zeros(n, dtype=bool)
         updated[ids] = True
-        for start in range(0, n, IMPORT_CHUNK_ROWS):
-            stop = min(n, start + IMPORT_CHUNK_ROWS)
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(n, start + CHUNK_ROWS)
             keep = np.flatnonzero(~updated[start:stop]) + start
             old, new = np.asarray(old_layout)[keep], layout[keep]
             before = old_rows[old // orpb, old % orpb]
