@@ -622,8 +622,9 @@ def compact(store: Any, *, progress: bool | None = None) -> dict[str, Any]:
 def summary(store: Any) -> dict[str, Any]:
     """The update log's size (``info``) and what this store's overlay holds."""
     out = updates.summary(store.catalog)
-    st = overlays(store).state
-    out["served_seq"] = st.seq if st is not None else None
-    out["overlay_rows"] = {n: int(o.ids.size) for n, o in (st.overlays if st else {}).items()}
+    st = overlays(store).catch_up()
+    out["served_seq"] = st.seq
+    out["overlay_rows"] = {n: int(o.ids.size) for n, o in st.overlays.items()}
+    out["overlay_bytes"] = sum(o.nbytes for o in st.overlays.values())
     out["folded_seq"] = {n: updates.folded_seq(t.record) for n, t in store._tables.items()}
     return out
