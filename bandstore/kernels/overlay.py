@@ -119,3 +119,28 @@ def _overlay_index(old, new_ids, out):
     for w in range(words):
         out[w, 1] = before
         before += _popcount(out[w, 0])
+
+
+@njit(nogil=True, cache=True)
+def _merge_ids(old_ids, old_pos, new_ids, start, out_ids, out_pos):
+    """Merge ascending distinct ``new_ids`` (arena rows ``start``, ``start + 1``, ...) into
+    ascending distinct ``old_ids`` (rows ``old_pos``): ``out_ids`` / ``out_pos`` (room for
+    both) get the union in order, a new id's row replacing an old one's; returns its size."""
+    i = 0
+    j = 0
+    k = 0
+    n_old = old_ids.shape[0]
+    n_new = new_ids.shape[0]
+    while i < n_old or j < n_new:
+        if j >= n_new or (i < n_old and old_ids[i] < new_ids[j]):
+            out_ids[k] = old_ids[i]
+            out_pos[k] = old_pos[i]
+            i += 1
+        else:
+            if i < n_old and old_ids[i] == new_ids[j]:
+                i += 1
+            out_ids[k] = new_ids[j]
+            out_pos[k] = start + j
+            j += 1
+        k += 1
+    return k

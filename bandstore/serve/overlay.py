@@ -45,6 +45,7 @@ from bandstore.errors import (
 )
 from bandstore.kernels import cache as kc
 from bandstore.kernels.overlay import (
+    _merge_ids,
     _overlay_index,
     _overlay_merge,
     _overlay_probe,
@@ -196,12 +197,10 @@ class Overlays:
         start = arena.used
         arena.data[start : start + m] = rows
         arena.used = start + m
-        new_pos = np.arange(start, start + m, dtype=np.int64)
-        ids = np.union1d(old_ids, new_ids)
-        pos = np.empty(ids.size, dtype=np.int64)
-        if old_ids.size:
-            pos[np.searchsorted(ids, old_ids)] = old_pos
-        pos[np.searchsorted(ids, new_ids)] = new_pos
+        ids = np.empty(old_ids.size + m, dtype=np.int64)
+        pos = np.empty(old_ids.size + m, dtype=np.int64)
+        k = _merge_ids(old_ids, old_pos, new_ids, start, ids, pos)
+        ids, pos = ids[:k], pos[:k]
         words = -(-g.rows // 64)
         index = np.empty((words, 2), dtype=np.int64)
         old_index = old.index if old is not None else np.zeros((words, 2), dtype=np.int64)
