@@ -66,8 +66,11 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def reader(path: Path, rows: int, until: float, w_fd: int) -> None:
+def reader(path: Path, rows: int, until: float, w_fd: int, in_poller: bool) -> None:
     """Closed-loop pooled calls until ``until`` (wall clock); writes JSON to ``w_fd``."""
+    from bandstore.serve import overlay
+
+    overlay.APPLY_IN_POLLER = in_poller
     rng = np.random.default_rng(1)
     reqs = []
     for _ in range(64):
@@ -161,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--phase-seconds", type=float, default=None)
     ap.add_argument("--rows", type=int, default=None)
+    ap.add_argument(
+        "--apply-in-poller",
+        action="store_true",
+        help="the reader's poller thread applies updates (default: its next call)",
+    )
     args = ap.parse_args(argv)
     rows = args.rows or (100_000 if args.quick else 500_000)
     phase = args.phase_seconds or (2.0 if args.quick else 5.0)
@@ -180,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         fsync_ms = _fsync_baseline(Path(tmp))
         t_start = time.time() + 3.0  # the reader warms up first
         r_rd, r_wr = os.pipe()
-        rpid = _fork(lambda: reader(path, rows, t_start + phase * len(phases), r_wr))
+        until = t_start + phase * len(phases)
+        rpid = _fork(lambda: reader(path, rows, until, r_wr, args.apply_in_poller))
         os.close(r_wr)
         writes = []
         first = 1
@@ -257,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd, commit, _ = run_facts("bench_updates.py", argv)
     result.update(command=cmd, commit=commit)
     stem = "updates_quick" if args.quick else "updates"
+    if args.apply_in_poller:
+        stem += "_in_poller"
+    result["apply_in_poller"] = args.apply_in_poller
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [

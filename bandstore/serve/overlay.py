@@ -56,6 +56,11 @@ from bandstore.storage.codecs import codec_id, decode_rows, encode_rows
 
 #: How often a store's poller looks for updates written by other stores (seconds).
 POLL_SECONDS = 0.1
+#: Whether the poller applies what it finds itself (False: it flags it, and the store's next
+#: call applies it, on its own thread: a thread applying beside the readers contends with
+#: them for the GIL at every step, up to the interpreter's switch interval each, which
+#: delayed both the readers and the updates' visibility; see benchmarks/bench_updates.py).
+APPLY_IN_POLLER = False
 #: Rows a fold copies at a time.
 CHUNK_ROWS = 1 << 16
 #: Smallest arena (rows) a table's overlay starts with.
@@ -119,6 +124,7 @@ class Overlays:
         self.state: OverlayState | None = None
         self.own_seq = 0  # the last update this store wrote: applied before its next call
         self.error: BaseException | None = None  # the poller's, raised to the next call
+        self.pending = False  # the poller saw records beyond the state: the next call applies
         self.applied = 0  # states built (for tests and the benchmark)
         self._arenas: dict[str, _Arena] = {}
         self._lock = threading.Lock()
@@ -126,44 +132,54 @@ class Overlays:
         self._thread: threading.Thread | None = None
 
     # ---- applying the log ------------------------------------------------------------------
-    def catch_up(self) -> OverlayState:
+    def catch_up(self, *, wait: bool = True) -> OverlayState:
         """Apply the log up to its latest record (for the store's current tables); publish and
-        return the new state."""
+        return the new state. ``wait=False``: if another thread is applying, return the
+        current state at once (it will publish the new one)."""
         store = self._store()
         if store is None:
             raise RuntimeError("the store is gone")
-        with self._lock:
-            tables = store._tables
-            old = self.state
-            latest = updates.latest_seq(self.catalog)
-            if old is not None and old.tables is tables and old.seq >= latest:
-                return old
-            after = {}
-            for name, t in tables.items():
-                folded = updates.folded_seq(t.record)
-                prev = old.tables.get(name) if old is not None else None
-                after[name] = max(folded, old.seq) if prev is t else folded
-            upto, records = updates.read(self.catalog, after, latest)
-            by_table: dict[str, list[updates.UpdateRecord]] = {}
-            for r in records:
-                by_table.setdefault(r.table, []).append(r)
-            overlays = {}
-            for name, t in tables.items():
-                prev_ov = None
-                if old is not None and old.tables.get(name) is t:
-                    prev_ov = old.overlays.get(name)
-                recs = by_table.get(name)
-                if recs:
-                    overlays[name] = self._apply(name, t, prev_ov, recs)
-                elif prev_ov is not None:
-                    overlays[name] = prev_ov
-            for name in list(self._arenas):
-                if tables.get(name) is not self._arenas[name].table:
-                    del self._arenas[name]  # a new version's table: its arena starts afresh
-            state = OverlayState(upto, tables, overlays)
-            self.state = state
-            self.applied += 1
-            return state
+        if not self._lock.acquire(blocking=wait):
+            return self.state  # type: ignore[return-value]
+        try:
+            self.pending = False  # (before reading the log: a later record sets it again)
+            return self._catch_up(store)
+        finally:
+            self._lock.release()
+
+    def _catch_up(self, store: Any) -> OverlayState:
+        """``catch_up`` under the lock."""
+        tables = store._tables
+        old = self.state
+        latest = updates.latest_seq(self.catalog)
+        if old is not None and old.tables is tables and old.seq >= latest:
+            return old
+        after = {}
+        for name, t in tables.items():
+            folded = updates.folded_seq(t.record)
+            prev = old.tables.get(name) if old is not None else None
+            after[name] = max(folded, old.seq) if prev is t else folded
+        upto, records = updates.read(self.catalog, after, latest)
+        by_table: dict[str, list[updates.UpdateRecord]] = {}
+        for r in records:
+            by_table.setdefault(r.table, []).append(r)
+        overlays = {}
+        for name, t in tables.items():
+            prev_ov = None
+            if old is not None and old.tables.get(name) is t:
+                prev_ov = old.overlays.get(name)
+            recs = by_table.get(name)
+            if recs:
+                overlays[name] = self._apply(name, t, prev_ov, recs)
+            elif prev_ov is not None:
+                overlays[name] = prev_ov
+        for name in list(self._arenas):
+            if tables.get(name) is not self._arenas[name].table:
+                del self._arenas[name]  # a new version's table: its arena starts afresh
+        state = OverlayState(upto, tables, overlays)
+        self.state = state
+        self.applied += 1
+        return state
 
     def _apply(self, name: str, t: Any, old: TableOverlay | None,
                records: list[updates.UpdateRecord]) -> TableOverlay:  # fmt: skip
@@ -240,7 +256,10 @@ def _poll_loop(ref: Any, stop: threading.Event) -> None:
                 or st.tables is not store._tables
                 or (updates.latest_seq(ov.catalog) > st.seq)
             ):
-                ov.catch_up()
+                if APPLY_IN_POLLER:
+                    ov.catch_up()
+                else:
+                    ov.pending = True
             ov.error = None
         except BaseException as exc:  # noqa: BLE001 - raised to the next call instead
             if store._closed:
@@ -271,6 +290,8 @@ def current(store: Any) -> OverlayState:
     st = ov.state
     if st is None or st.tables is not store._tables or st.seq < ov.own_seq:
         st = ov.catch_up()
+    elif ov.pending:
+        st = ov.catch_up(wait=False)
     if ov._thread is None:
         ov.start()
     return st
