@@ -123,6 +123,7 @@ class Overlays:
         self.catalog = store.catalog
         self.state: OverlayState | None = None
         self.own_seq = 0  # the last update this store wrote: applied before its next call
+        self.seq_lock = threading.Lock()
         self.error: BaseException | None = None  # the poller's, raised to the next call
         self.pending = False  # the poller saw records beyond the state: the next call applies
         self.applied = 0  # states built (for tests and the benchmark)
@@ -472,7 +473,8 @@ def write(store: Any, batch: Mapping[str, tuple[Any, Any]], *, allow_nan: bool =
     if not records:
         return updates.latest_seq(store.catalog)
     seq = updates.append(store.catalog, records)
-    ov.own_seq = max(ov.own_seq, seq)
+    with ov.seq_lock:  # (writer threads of one store: own_seq never goes back)
+        ov.own_seq = max(ov.own_seq, seq)
     return seq
 
 
