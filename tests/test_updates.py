@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -216,8 +217,10 @@ def test_bad_updates_change_nothing(store_path, args, error):
         s.update("a", [1], np.zeros((1, DIM), np.float32))
 
 
-def test_other_handles_see_updates_without_refresh(store_path):
+@pytest.mark.parametrize("in_poller", [False, True])
+def test_other_handles_see_updates_without_refresh(store_path, monkeypatch, in_poller):
     path, model = store_path
+    monkeypatch.setattr(overlay, "APPLY_IN_POLLER", in_poller)
     with bandstore.open(path, writable=True) as w, bandstore.open(path) as r:
         r.lookup("a", [0])  # starts its poller
         t0 = time.perf_counter()
@@ -228,6 +231,28 @@ def test_other_handles_see_updates_without_refresh(store_path):
         # A handle opened after the update serves it on its first call.
         with bandstore.open(path) as r2:
             assert r2.lookup("a", [0])[0, 0] == 5.0
+
+
+def test_concurrent_writers_share_commits_and_lose_nothing(store_path):
+    path, model = store_path
+    with bandstore.open(path, writable=True) as w:
+        seqs: list[int] = []
+
+        def write(k):
+            for j in range(5):
+                i = 10 * k + j
+                seqs.append(w.update("a", [i], np.full((1, DIM), i, np.float32)))
+                got = w.lookup("a", [i])[0, 0]
+                assert got == i  # its own update, on the next call
+
+        threads = [threading.Thread(target=write, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(seqs) == list(range(1, 31))  # one seq per call, none lost or repeated
+        ids = np.array([10 * k + j for k in range(6) for j in range(5)])
+        assert np.array_equal(w.lookup("a", ids)[:, 0], ids.astype(np.float32))
 
 
 def test_compaction_folds_and_readers_keep_their_version(store_path, rng):
