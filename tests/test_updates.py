@@ -136,6 +136,8 @@ def test_updates_are_served_by_every_strategy(store_path, rng, plan):
             ids = np.concatenate([hot[name], rng.integers(0, ROWS[name], 20)])
             _update(s, model, name, ids, rows)
         _check_all(s, model, rng)  # the writer sees its own updates at once
+        for name, w in model.items():
+            assert np.array_equal(s.decoded_rows(name, 10, 300), w[10:300])
         assert reader.refresh() is False  # same version; the updates are applied
         _check_all(reader, model, rng)
         # More rounds on top (overlay ids updated again, new ids added).

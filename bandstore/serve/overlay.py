@@ -380,6 +380,16 @@ def _same_table(st: OverlayState, t: Any) -> Any:
     return mine
 
 
+def patch_rows(store: Any, table: str, start: int, rows: np.ndarray) -> np.ndarray:
+    """``rows`` (decoded rows ``start``, ``start + 1``, ... of ``table`` from its block file)
+    with the updated ones replaced by the rows the store serves (``Store.decoded_rows``)."""
+    tov = current(store).overlays.get(table)
+    if tov is not None and rows.shape[0]:
+        lo, hi = np.searchsorted(tov.ids, [start, start + rows.shape[0]])
+        rows[tov.ids[lo:hi] - start] = tov.data[tov.pos[lo:hi]]
+    return rows
+
+
 # ---- writing -------------------------------------------------------------------------------
 def _checked_ids(ids: Any, table: str, rows: int) -> np.ndarray:
     """``ids`` as a 1-D int64 array of ids in ``[0, rows)``, or the error saying why not."""

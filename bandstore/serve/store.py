@@ -1204,7 +1204,8 @@ class Store:
             blockfile.evict_from_page_cache(t.block_path)
 
     def decoded_rows(self, table: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` decoded straight from the block file, bypassing the cache."""
+        """Rows ``[start, stop)`` decoded straight from the block file, bypassing the cache,
+        with the row updates this store serves on top."""
         from bandstore.storage.codecs import decode_rows
 
         t = self._table(table)
@@ -1213,7 +1214,7 @@ class Store:
         raw = blockfile.rows_view(t.blocks_u8, g)[
             slots // g.rows_per_block, slots % g.rows_per_block
         ]
-        return decode_rows(g.codec, raw, g.dim)
+        return overlay.patch_rows(self, table, start, decode_rows(g.codec, raw, g.dim))
 
 
 def _stats_dict(s: np.ndarray) -> dict[str, float]:
