@@ -113,6 +113,25 @@ class CorruptFileError(CorruptDataError):
         self.reason = reason
 
 
+class CorruptUpdateError(CorruptDataError):
+    """A record of the update log whose structure or checksum is wrong."""
+
+    def __init__(
+        self,
+        table: str,
+        seq: int,
+        reason: str,
+        expected: int | None = None,
+        actual: int | None = None,
+    ):
+        super().__init__(f"update record {seq} of table {table!r}: {reason}")
+        self.table = table
+        self.seq = seq
+        self.reason = reason
+        self.expected = expected
+        self.actual = actual
+
+
 class NotAStoreError(BandstoreError, FileNotFoundError):
     """The path does not hold a bandstore store."""
 

@@ -327,9 +327,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print_json({"ok": not problems, "blocks_checked": n_blocks, "problems": problems})
     else:
         for p in problems:
-            print(f"CORRUPT: table {p['table']!r} block {p['block']} ({p['path']})")
+            if "seq" in p:
+                print(f"CORRUPT: table {p['table']!r} update record {p['seq']}: {p['reason']}")
+            else:
+                print(f"CORRUPT: table {p['table']!r} block {p['block']} ({p['path']})")
         print(
-            f"{'FAILED' if problems else 'OK'}: {n_blocks} blocks checked, {len(problems)} corrupt"
+            f"{'FAILED' if problems else 'OK'}: {n_blocks} blocks and the update log checked, "
+            f"{len(problems)} corrupt"
         )
     return EXIT_FAILURE if problems else EXIT_OK
 
@@ -522,6 +526,39 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    import bandstore
+    from bandstore.serve.overlay import read_npz
+
+    batch = read_npz(args.file, table=args.table)
+    with bandstore.open(args.store, writable=True, cache_bytes=0) as store:
+        seq = store.update_many(batch, allow_nan=args.allow_nan)
+    rows = {n: int(len(b[0])) for n, b in batch.items()}
+    if args.json:
+        _print_json({"seq": seq, "rows": rows})
+    else:
+        print(f"update {seq}: " + ", ".join(f"{n} {k} rows" for n, k in rows.items()))
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    import bandstore
+
+    with bandstore.open(args.store, writable=True, cache_bytes=0) as store:
+        report = store.compact(progress=not args.json)
+    if args.json:
+        _print_json(report)
+    elif report["tables"]:
+        rows = ", ".join(f"{n} {k} rows" for n, k in report["tables"].items())
+        print(
+            f"folded updates up to {report['folded_seq']} into version {report['version']} "
+            f"({rows}); {report['pruned_records']} log records deleted"
+        )
+    else:
+        print(f"nothing to fold (updates up to {report['folded_seq']} are in the version)")
+    return 0
+
+
 def cmd_trace_convert(args: argparse.Namespace) -> int:
     from bandstore.traces.formats import convert
 
@@ -675,6 +712,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store", type=Path)
 
     sp = add("verify", cmd_verify, "check every block checksum (exit 1 on corruption)")
+    sp.add_argument("store", type=Path)
+
+    sp = add("update", cmd_update, "write row updates from a .npz (durable on return)")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("file", type=Path, help="arrays TABLE/ids and TABLE/rows (or ids, rows)")
+    sp.add_argument("--table", help="the table of arrays named ids and rows")
+    sp.add_argument("--allow-nan", action="store_true", help="store NaN / inf values as given")
+
+    sp = add("compact", cmd_compact, "fold the row updates into a new version")
     sp.add_argument("store", type=Path)
 
     sp = add("lookup", cmd_lookup, "print rows of a table")

@@ -78,6 +78,7 @@ def describe_store(path: str | os.PathLike) -> dict[str, Any]:
             if cal is None
             else {k: cal.get(k) for k in ("measured_at", "cpus", "seconds", "format")},
             "disk_bytes": disk_bytes(path),
+            "updates": store.updates_info(),
         }
 
 
@@ -144,4 +145,10 @@ def format_description(d: dict[str, Any]) -> str:
         )
     else:
         lines.append("calibration: none (the planner uses typical costs: `bandstore calibrate`)")
+    u = d.get("updates")
+    if u:
+        lines.append(
+            f"update log: {u['records']} records, {u['rows']} rows, {_mib(u['bytes'])} "
+            f"(last update {u['update_seq']})"
+        )
     return "\n".join(lines)

@@ -52,7 +52,7 @@ from bandstore.options import (
     threshold_from_json,
     threshold_to_json,
 )
-from bandstore.serve import runtime
+from bandstore.serve import overlay, runtime
 from bandstore.serve.cache import (
     CachePolicy,
     CacheState,
@@ -63,7 +63,7 @@ from bandstore.serve.cache import (
 from bandstore.serve.executor import CallCounts, LatencyLog
 from bandstore.serve.plan import META_KEY as PLAN_KEY
 from bandstore.serve.plan import Plan
-from bandstore.storage import blockfile, dram, tier
+from bandstore.storage import blockfile, dram, tier, updates
 from bandstore.storage.blockfile import BlockGeometry
 from bandstore.storage.catalog import Catalog
 from bandstore.storage.codecs import CODECS, codec_id, decode_rows, encode_rows, row_bytes
@@ -662,6 +662,7 @@ class Store:
                 return
             self._closed = True
             self._res.stop_serving()  # the recorder, then the workers (after calls in flight)
+            overlay.close(self)
             for t in self._tables.values():
                 t.close()
             self._tables = {}
@@ -781,17 +782,19 @@ class Store:
             raise
 
     def refresh(self) -> bool:
-        """Serve the catalog's current version if it changed; return whether it did.
+        """Serve the catalog's current version if it changed; return whether it did. Either
+        way, every row update committed so far is served from the next call on.
 
         In-flight calls finish on the version they started with. Caches of tables whose rows
         did not change (a relayout) are rebuilt empty; use ``stats()`` counters to see it warm.
         """
         self._check_open()
         current = self._catalog.current_version()
-        if current["id"] == self.version:
-            return False
-        self._load_current()
-        return True
+        changed = current["id"] != self.version
+        if changed:
+            self._load_current()
+        overlay.catch_up(self)
+        return changed
 
     def add_listener(self, listener: Any) -> None:
         """Tell ``listener`` of recorded traffic: ``listener.note(n)`` after each call that
@@ -1048,7 +1051,7 @@ class Store:
         n = ids.shape[0]
         out = np.zeros((n, t.info.dim), dtype=np.float32)
         offsets = np.arange(n + 1, dtype=np.int64)
-        t.serve(ids, offsets, _NO_WEIGHTS, kc.MODE_COPY, -1, out)
+        overlay.serve_one(self, t, ids, offsets, _NO_WEIGHTS, kc.MODE_COPY, -1, out)
         self._record({table: (ids, offsets)})
         return out
 
@@ -1171,7 +1174,7 @@ class Store:
             table, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx
         )
         out = np.zeros((off.shape[0] - 1, t.info.dim), dtype=np.float32)
-        t.serve(ids, off, weights, mode_id, pad, out)
+        overlay.serve_one(self, t, ids, off, weights, mode_id, pad, out)
         self._record({table: (ids, off)})
         return out
 
@@ -1212,7 +1215,8 @@ class Store:
                 shape=tuple(p[2].shape[0] - 1 for p in prepared.values()),
             )
         t0 = time.perf_counter()
-        results = self._executor.run(prepared)  # the plan's workers (bandstore.serve.executor)
+        # The plan's workers (bandstore.serve.executor), updated rows in front (serve.overlay).
+        results = overlay.serve_many(self, prepared)
         self._latency.add(time.perf_counter() - t0)
         self._record({table: (p[1], p[2]) for table, p in prepared.items()})
         return results
@@ -1500,6 +1504,8 @@ class Store:
         :meth:`counts_origin`). Returns the new version id.
         """
         self._check_writable()
+        # Rows updated since the served version (up to the log's latest) are folded in.
+        upto, delta = overlay.pending(self, list(layouts))
         new_tables = {}
         for name, layout in layouts.items():
             t = self._table(name)
@@ -1519,7 +1525,16 @@ class Store:
             geometry = BlockGeometry(
                 g.rows, g.dim, g.codec, g.row_bytes, g.rows_per_block, n_blocks, g.block_size
             )
-            new_tables[name] = (geometry, layout, _copy_rows_filler(t, layout, geometry))
+            fill = overlay.folding_filler(t, layout, geometry, *delta[name])
+            new_tables[name] = (geometry, layout, fill)
+        for name, c in (counts or {}).items():
+            rows = self._table(name).info.rows
+            if np.shape(c) != (rows,):
+                raise InvalidShapeError(
+                    f"access counts for table {name!r} must have {rows} entries",
+                    argument="counts",
+                    shape=np.shape(c),
+                )
         vid = self._commit_tables(
             new_tables,
             note=note,
@@ -1527,6 +1542,7 @@ class Store:
             counts=self._checked_counts(counts or {}),
             tuning=tuning,
             origins=_per_table(counts_origin, counts),
+            extra={n: {"folded_seq": upto} for n in layouts},
         )
         return vid
 
@@ -1595,6 +1611,34 @@ class Store:
             t = self._tables[name]
             t.counts, t.has_counts = dram.copy(c), True
 
+    # ---- row updates (bandstore.serve.overlay) ----------------------------------------------
+    def update(self, table: str, ids: Any, rows: Any, *, allow_nan: bool = False) -> int:
+        """Replace rows ``ids`` of ``table`` with ``rows`` (float, ``(len(ids), dim)``, encoded
+        with the table's codec); return the update's sequence number once it is durable.
+
+        A repeated id takes its last row. This store serves the update from its next call,
+        other stores (in any process) within about ``serve.overlay.POLL_SECONDS``. Bad input
+        (unknown table, ids out of range, wrong shape or dtype, NaN or inf unless
+        ``allow_nan``) raises and writes nothing.
+        """
+        return overlay.write(self, {table: (ids, rows)}, allow_nan=allow_nan)
+
+    def update_many(self, batch: Mapping[str, tuple[Any, Any]], *, allow_nan: bool = False
+                    ) -> int:  # fmt: skip
+        """``update`` of several tables ``{table: (ids, rows)}`` as one: one sequence number,
+        one durable write, served together or not at all."""
+        return overlay.write(self, batch, allow_nan=allow_nan)
+
+    def compact(self, *, progress: bool | None = None) -> dict[str, Any]:
+        """Fold the row updates into a new version (``bandstore compact``); see
+        ``serve.overlay.compact``. Returns ``{version, folded_seq, tables, pruned_records}``."""
+        return overlay.compact(self, progress=progress)
+
+    def updates_info(self) -> dict[str, Any]:
+        """The update log's size (records, rows, bytes, per table) and this store's overlay."""
+        self._check_open()
+        return overlay.summary(self)
+
     # ---- maintenance -----------------------------------------------------------------------
     def verify(self, *, progress: bool | None = None) -> list[dict[str, Any]]:
         """Check every block of every table against its checksums; return the mismatches."""
@@ -1615,6 +1659,8 @@ class Store:
                     pbar.update(b1 - b0)
             for b in bad_blocks:
                 problems.append({"table": name, "block": int(b), "path": str(t.block_path)})
+        # The update log's records too: {table, seq, reason} for each one that is corrupt.
+        problems.extend(updates.verify(self._catalog))
         return problems
 
     def drop_page_cache(self) -> None:
@@ -1625,7 +1671,8 @@ class Store:
 
     def decoded_rows(self, table: str, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of ``table`` decoded straight from its block file, bypassing
-        the cache (float32, shape ``(stop - start, dim)``)."""
+        the cache (float32, shape ``(stop - start, dim)``), with the row updates this store
+        serves on top."""
         t = self._table(table)
         g = t.geometry
         if (
@@ -1639,7 +1686,7 @@ class Store:
                 value=(start, stop),
             )
         raw = t.raw_rows(np.asarray(t.layout[start:stop]))
-        return decode_rows(g.codec, raw, g.dim)
+        return overlay.patch_rows(self, table, start, decode_rows(g.codec, raw, g.dim))
 
 
 def _per_table(
@@ -1667,28 +1714,6 @@ def _origin_records(
         o = (origins or {}).get(name) or CountsOrigin(writer)
         out[name] = o.stamped(now, version).as_dict()
     return out
-
-
-def _copy_rows_filler(t: _Table, layout: np.ndarray, geometry: BlockGeometry):
-    """A fill function copying every row of ``t`` to its new slot, then checking the copy."""
-    old_layout = t.layout
-    rpb = geometry.rows_per_block
-
-    def fill(writer: blockfile.BlockFileWriter, pbar: Any) -> None:
-        n = geometry.rows
-        for start in range(0, n, IMPORT_CHUNK_ROWS):
-            stop = min(n, start + IMPORT_CHUNK_ROWS)
-            writer.write_rows(layout[start:stop], t.raw_rows(np.asarray(old_layout[start:stop])))
-            pbar.update(stop - start)
-        # Read every row back from the new file and compare it with the served version.
-        new_rows = blockfile.rows_view(writer.buffer, geometry)
-        for start in range(0, n, IMPORT_CHUNK_ROWS):
-            stop = min(n, start + IMPORT_CHUNK_ROWS)
-            old, new = np.asarray(old_layout[start:stop]), layout[start:stop]
-            if not np.array_equal(t.raw_rows(old), new_rows[new // rpb, new % rpb]):
-                raise CorruptFileError(str(writer.path), "rows differ from the old version")
-
-    return fill
 
 
 def _stats_dict(s: np.ndarray, device_bytes: int = 0) -> dict[str, float]:

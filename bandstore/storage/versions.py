@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from bandstore.storage import blockfile
+from bandstore.storage import blockfile, updates
 from bandstore.storage.catalog import Catalog
 
 
-def collect_garbage(path: str | os.PathLike) -> dict[str, list[int]]:
+def collect_garbage(path: str | os.PathLike) -> dict[str, Any]:
     """Remove versions that are neither current nor held by a reader (and orphan directories).
 
-    Returns ``{"removed": [...], "kept": [...]}`` version ids. Safe while readers and writers
+    Returns ``{"removed": [...], "kept": [...]}`` version ids and ``pruned_update_records``
+    (update log records every kept version has folded in, deleted). Safe while readers and writers
     run: a version is removed only under an exclusive lock on it, which no reader holds, and
     its catalog record goes first so no new reader can pick it.
     """
@@ -47,6 +49,8 @@ def collect_garbage(path: str | os.PathLike) -> dict[str, list[int]]:
             for vid, fd in removable.items():
                 if vid in dirs:
                     blockfile.remove_version_dir(dirs[vid], fd)
+            # Row updates every remaining version has folded in are nobody's any more.
+            pruned = updates.prune_folded(catalog)
     finally:
         catalog.close()
-    return {"removed": sorted(removable), "kept": sorted(kept)}
+    return {"removed": sorted(removable), "kept": sorted(kept), "pruned_update_records": pruned}
