@@ -477,8 +477,12 @@ class Store:
             for name, trec in rec["tables"].items():
                 prev = old.get(name)
                 if prev is not None and prev.file_id == trec["file_id"]:
-                    tables[name] = prev  # the same immutable file: keep cache and counters
-                    continue
+                    counts = self._catalog.counts(name)
+                    if counts is None or np.array_equal(counts, prev.counts):
+                        tables[name] = prev  # the same immutable file: keep cache and counters
+                        continue
+                    # The same file with new access counts (committed with the version): a
+                    # fresh table, so that admission and pinning use them.
                 t = _Table(name, trec, vdir, self._catalog, self._verify_reads)
                 if prev is not None and prev.info == t.info:
                     t.stats = prev.stats  # a relayout of the same rows: the counters go on
@@ -970,11 +974,13 @@ class Store:
         counts: Mapping[str, np.ndarray] | None = None,
         tuning: Mapping[str, dict] | None = None,
         extra: Mapping[str, dict] | None = None,
+        plan: Plan | None = None,
     ) -> int:
         """Write ``new_tables`` into a new version beside the current one and commit it.
 
         ``new_tables`` maps a name to (geometry, layout, fill) where ``fill(writer, pbar)``
         writes every row. Other tables are shared with the base version by hard links.
+        ``counts``, ``tuning`` and ``plan`` (served from now on) go into the same transaction.
         """
         from tqdm.auto import tqdm
 
@@ -1028,10 +1034,13 @@ class Store:
                     checksums=checksums,
                     counts=dict(counts or {}),
                     tuning=dict(tuning or {}),
+                    meta={PLAN_KEY: plan.as_dict()} if plan is not None else None,
                 )
             except BaseException:
                 blockfile.remove_version_dir(vdir, None)
                 raise
+            if plan is not None:
+                self._plan_arg = plan
             lock = blockfile.ReaderLock(vdir)
             self._install_version(self._catalog.version(vid), vdir, lock)
         return vid
@@ -1042,6 +1051,7 @@ class Store:
         *,
         counts: Mapping[str, np.ndarray] | None = None,
         tuning: Mapping[str, dict] | None = None,
+        plan: Plan | Mapping[str, Any] | None = None,
         note: str = "relayout",
         progress: bool | None = None,
     ) -> int:
@@ -1049,10 +1059,18 @@ class Store:
 
         Rows are copied byte for byte from the served version, then every row of the new file
         is compared with the old one before anything is committed; ``counts`` (access counts by
-        id) and ``tuning`` (cache policy per table) are committed in the same transaction.
-        Returns the new version id.
+        id, of any table), ``tuning`` (cache policy per table) and ``plan`` (stored and served
+        from now on, as :meth:`set_plan` does; its ``Plan.counts`` override ``counts``) are
+        committed in the same transaction. ``layouts`` may be empty: a version with the same
+        files and new counts, tuning or plan. Returns the new version id.
         """
         self._check_writable()
+        if plan is not None:
+            if not isinstance(plan, Plan):
+                plan = Plan.from_dict(plan, self.tables)
+            else:  # validated against these tables before anything is written
+                Plan.from_dict(plan.as_dict(), self.tables)
+            counts = {**(counts or {}), **self._checked_counts(plan.counts)}
         new_tables = {}
         for name, layout in layouts.items():
             t = self._table(name)
@@ -1081,6 +1099,7 @@ class Store:
                 for n, c in (counts or {}).items()
             },
             tuning=tuning,
+            plan=plan,
         )
         return vid
 

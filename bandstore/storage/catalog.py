@@ -202,8 +202,11 @@ class Catalog:
         checksums: dict[str, np.ndarray] | None = None,
         counts: dict[str, np.ndarray] | None = None,
         tuning: dict[str, dict] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
-        """Make ``record`` the current version in one transaction, if ``base`` still is."""
+        """Make ``record`` the current version in one transaction, if ``base`` still is, with
+        ``checksums``, ``counts``, ``tuning`` and ``meta`` records (e.g. the plan) in the same
+        transaction."""
         self._env.sync(True)
         with self._env.begin(write=True) as txn:
             current = self._get_json(b"current", txn)
@@ -218,6 +221,8 @@ class Catalog:
                 txn.put(b"counts/" + table.encode(), np.ascontiguousarray(arr, "<i4").tobytes())
             for table, rec in (tuning or {}).items():
                 txn.put(b"tuning/" + table.encode(), _dumps(rec))
+            for name, value in (meta or {}).items():
+                txn.put(b"meta/" + name.encode(), _dumps(value))
             txn.put(b"version/%08d" % record["id"], _dumps(record))
             txn.put(b"current", _dumps(record["id"]))
         self._env.sync(True)

@@ -5,10 +5,13 @@ calibration) and commits them through the store.
 - :func:`size_cache`: DRAM per table from miniature cache simulations.
 - :func:`plan`: a strategy per table and tables mapped to worker cores; :func:`apply_plan`,
   :func:`replan`, :class:`AutoReplanner`; :func:`calibrate` measures this machine's costs.
+- :func:`rebuild`: layout, cache sizes and plan from one trace, committed as one version
+  (``tools/rebuild.py``), reported as a :class:`RebuildReport`.
 - :func:`replay`: serve a trace through a store and report what it cost.
 """
 
 from bandstore.tune.measure import replay
+from bandstore.tune.pipeline import RebuildReport, rebuild
 from bandstore.tune.planning import apply_plan, compare_plans, replan
 from bandstore.tune.planning import calibrate_store as calibrate
 from bandstore.tune.planning import plan_store as plan
@@ -18,10 +21,12 @@ from bandstore.tune.sim import size_cache
 
 __all__ = [
     "AutoReplanner",
+    "RebuildReport",
     "apply_plan",
     "calibrate",
     "compare_plans",
     "plan",
+    "rebuild",
     "relayout",
     "replan",
     "replay",
