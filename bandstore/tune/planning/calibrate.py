@@ -27,7 +27,8 @@ for the cost model. Each figure is the minimum over a few repetitions (the least
   on the calling thread alone: handing tasks to a helper costs a wake-up and GIL transfers per
   task, and the executor serves such calls inline (docs/decisions/plan.md). Measured as the
   median per-call times of 2 and 26 resident tables, on one and on two workers, over growing
-  lookups per table; the work is the executor's own estimate (its tables' sampled CPU time per lookup x the call's lookups).
+  lookups per table; the work is the executor's own estimate (its tables' sampled CPU time per
+  lookup x the call's lookups).
 """
 
 from __future__ import annotations
