@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from bandstore.traces.trace import Trace
 from bandstore.tune.planning import plan_store
 from bandstore.tune.relayout_job import METHODS, relayout, split_point
 from bandstore.tune.sim.sizing import size_cache
+
+if TYPE_CHECKING:
+    from bandstore.serve.store import Store
 
 #: The engines :func:`rebuild` runs on (``ray`` is planned).
 ENGINES = ("local",)
@@ -311,15 +314,16 @@ def rebuild(
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
+    view = cast("Store", staged)  # a Store in every respect the single steps use
     relayout_report = relayout(
-        staged, trace, method=method, holdout=holdout, cache_bytes=budget,
+        view, trace, method=method, holdout=holdout, cache_bytes=budget,
         batch_size=batch_size, seed=seed, progress=progress,
     )  # fmt: skip
     seconds["relayout"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     sizing = size_cache(
-        staged, tune, budget, batch_size=batch_size, apply=True, seed=seed, progress=progress
+        view, tune, budget, batch_size=batch_size, apply=True, seed=seed, progress=progress
     )
     seconds["sizing"] = time.perf_counter() - t0
 
