@@ -97,8 +97,17 @@ def test_rebuild_equals_the_three_steps_in_one_version(small, tmp_path):
     assert "committed version" in report.format()
 
 
-def test_a_failing_step_changes_nothing(small, monkeypatch):
-    path, trace = small
+@pytest.fixture
+def tiny(tmp_path):
+    """Two small tables and a short trace: a rebuild in seconds."""
+    trace = synth({"item": 1500, "user": 400}, 800, pooling=5, community_size=16, co_access=0.9)
+    path = tmp_path / "tiny"
+    create_store_for_trace(path, trace, dim=8, progress=False).close()
+    return path, trace
+
+
+def test_a_failing_step_changes_nothing(tiny, monkeypatch):
+    path, trace = tiny
     before = _state(path)
 
     def broken(*args, **kwargs):
