@@ -152,6 +152,10 @@ def test_relayout_tables_commits_a_plan_in_the_same_version(small):
         with pytest.raises(bandstore.PlanError):
             s.relayout_tables({"user": np.arange(rows)[::-1].copy()}, plan=bad)
         assert s.version == v and s.catalog.current_version()["id"] == v
+        pinned = {"workers": 1, "tables": {"user": {"strategy": "pinned", "cache_bytes": 640}}}
+        with pytest.raises(bandstore.PlanError, match="access counts"):  # none to rank rows by
+            s.relayout_tables({}, plan=pinned)
+        assert s.version == v and s.catalog.meta("plan") is None
         plan = {
             "workers": 2,
             "tables": {

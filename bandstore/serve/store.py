@@ -29,6 +29,7 @@ from bandstore.errors import (
     InvalidDtypeError,
     InvalidOffsetsError,
     InvalidShapeError,
+    PlanError,
     ReadOnlyError,
     StoreClosedError,
     StoreExistsError,
@@ -1071,6 +1072,13 @@ class Store:
             else:  # validated against these tables before anything is written
                 Plan.from_dict(plan.as_dict(), self.tables)
             counts = {**(counts or {}), **self._checked_counts(plan.counts)}
+            for name, tp in plan.tables.items():
+                if tp.kind == "pinned" and name not in counts and not self.has_counts(name):
+                    raise PlanError(
+                        f"table {name!r}: a pinned table holds its most counted rows, and "
+                        "neither the plan nor the store has access counts for it",
+                        table=name,
+                    )
         new_tables = {}
         for name, layout in layouts.items():
             t = self._table(name)
