@@ -245,7 +245,8 @@ def _open_in_child(path: Path) -> subprocess.CompletedProcess:
         "import sys, numpy as np, bandstore\n"
         "from bandstore.errors import BandstoreError\n"
         "try:\n"
-        f"    s = bandstore.open({str(path)!r}, verify_reads=False)\n"
+        "    opts = bandstore.ServeOptions(verify_reads=False)\n"
+        f"    s = bandstore.open({str(path)!r}, options=opts)\n"
         "    for n, t in s.tables.items():\n"
         "        s.lookup(n, np.arange(t.rows))\n"
         "except BandstoreError as e:\n"
@@ -424,8 +425,8 @@ def _bad_calls(path: Path, tmp_path: Path):
     yield "cache_bytes str", lambda: bandstore.open(path, cache_bytes="1M")
     yield "cache_bytes nan", lambda: bandstore.open(path, cache_bytes=float("nan"))
     yield "cache_bytes map nan", lambda: bandstore.open(path, cache_bytes={"a": float("nan")})
-    yield "threshold str", lambda: bandstore.open(path, threshold="x")
-    yield "pinned_share 2", lambda: bandstore.open(path, pinned_share=2.0)
+    yield "threshold str", lambda: bandstore.CacheOptions(threshold="x")
+    yield "pinned_share 2", lambda: bandstore.CacheOptions(pinned_share=2.0)
     yield "set_tuning no cache_bytes", lambda: s.set_tuning({"a": {"threshold": 1}})
     yield (
         "set_tuning bad threshold",

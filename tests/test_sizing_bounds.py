@@ -1,4 +1,4 @@
-"""The offline bound of benchmarks/exp_sizing_bounds.py: MIN with bypass on rows."""
+"""The offline bound of benchmarks/experiments/exp_sizing_bounds.py: MIN with bypass on rows."""
 
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "experiments"))
 exp = pytest.importorskip("exp_sizing_bounds")
 
 

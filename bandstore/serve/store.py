@@ -35,6 +35,7 @@ from bandstore.errors import (
     InvalidDtypeError,
     InvalidOffsetsError,
     InvalidShapeError,
+    PlanError,
     ReadOnlyError,
     StorageFullError,
     StoreClosedError,
@@ -753,8 +754,12 @@ class Store:
             for name, trec in rec["tables"].items():
                 prev = old.get(name)
                 if prev is not None and prev.file_id == trec["file_id"]:
-                    tables[name] = prev  # the same immutable file: keep cache and counters
-                    continue
+                    counts = self._catalog.counts(name)
+                    if counts is None or np.array_equal(counts, prev.counts):
+                        tables[name] = prev  # the same immutable file: keep cache and counters
+                        continue
+                    # The same file with new access counts (committed with the version): a
+                    # fresh table, so that admission and pinning use them.
                 t = _Table(name, trec, vdir, self._catalog, self._verify_reads, self._io)
                 if prev is not None and prev.info == t.info:
                     t.stats = prev.stats  # a relayout of the same rows: the counters go on
@@ -1405,6 +1410,7 @@ class Store:
         extra: Mapping[str, dict] | None = None,
         origins: Mapping[str, CountsOrigin] | None = None,
         adding: bool = False,
+        plan: Plan | None = None,
     ) -> int:
         """Write ``new_tables`` into a new version beside the current one and commit it.
 
@@ -1412,6 +1418,7 @@ class Store:
         writes every row. Other tables are shared with the base version by hard links.
         ``adding``: the tables are new; one the base version already has (another writer
         added it since this store's check) raises TableExistsError, under the write lock.
+        ``counts``, ``tuning`` and ``plan`` (served from now on) go into the same transaction.
         """
         from tqdm.auto import tqdm
 
@@ -1471,6 +1478,7 @@ class Store:
                     counts=dict(counts or {}),
                     tuning=dict(tuning or {}),
                     origins=_origin_records(counts, origins, "relayout_tables", vid),
+                    meta={PLAN_KEY: plan.as_dict()} if plan is not None else None,
                 )
             except BaseException as exc:
                 blockfile.remove_version_dir(vdir, None)
@@ -1481,6 +1489,8 @@ class Store:
             committed = self._catalog.version(vid)
             if committed is None:  # only a concurrent gc of a version it did not see could
                 raise CorruptFileError(str(self.root), f"version {vid} vanished after its commit")
+            if plan is not None:
+                self._plan_arg = plan
             lock = blockfile.ReaderLock(vdir)
             self._install_version(committed, vdir, lock)
         return vid
@@ -1491,6 +1501,7 @@ class Store:
         *,
         counts: Mapping[str, np.ndarray] | None = None,
         tuning: Mapping[str, dict] | None = None,
+        plan: Plan | Mapping[str, Any] | None = None,
         note: str = "relayout",
         progress: bool | None = None,
         counts_origin: CountsOrigin | Mapping[str, CountsOrigin] | None = None,
@@ -1499,11 +1510,26 @@ class Store:
 
         Rows are copied byte for byte from the served version, then every row of the new file
         is compared with the old one before anything is committed; ``counts`` (access counts by
-        id) and ``tuning`` (cache policy per table) are committed in the same transaction, with
-        ``counts_origin`` (where the counts came from: one for all tables or per table; see
-        :meth:`counts_origin`). Returns the new version id.
+        id, of any table), ``tuning`` (cache policy per table) and ``plan`` (stored and served
+        from now on, as :meth:`set_plan` does; its ``Plan.counts`` override ``counts``) are
+        committed in the same transaction, with ``counts_origin`` (where the counts came from:
+        one for all tables or per table; see :meth:`counts_origin`). ``layouts`` may be empty: a
+        version with the same files and new counts, tuning or plan. Returns the new version id.
         """
         self._check_writable()
+        if plan is not None:
+            if not isinstance(plan, Plan):
+                plan = Plan.from_dict(plan, self.tables)
+            else:  # validated against these tables before anything is written
+                Plan.from_dict(plan.as_dict(), self.tables)
+            counts = {**(counts or {}), **self._checked_counts(plan.counts)}
+            for name, tp in plan.tables.items():
+                if tp.kind == "pinned" and name not in counts and not self.has_counts(name):
+                    raise PlanError(
+                        f"table {name!r}: a pinned table holds its most counted rows, and "
+                        "neither the plan nor the store has access counts for it",
+                        table=name,
+                    )
         # Rows updated since the served version (up to the log's latest) are folded in.
         upto, delta = overlay.pending(self, list(layouts))
         new_tables = {}
@@ -1543,6 +1569,7 @@ class Store:
             tuning=tuning,
             origins=_per_table(counts_origin, counts),
             extra={n: {"folded_seq": upto} for n in layouts},
+            plan=plan,
         )
         return vid
 

@@ -354,9 +354,11 @@ class Catalog:
         counts: dict[str, np.ndarray] | None = None,
         tuning: dict[str, dict] | None = None,
         origins: dict[str, dict] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         """Make ``record`` the current version in one transaction, if ``base`` still is
-        (with access counts by table, their ``origins`` and tuning records)."""
+        (with checksums, access counts by table and their ``origins``, tuning records and
+        ``meta`` records, e.g. the plan, in the same transaction)."""
         self._sync()
         with self._txn(write=True) as txn:
             current = self._get_json(b"current", txn)
@@ -370,6 +372,8 @@ class Catalog:
             _put_counts(txn, counts, origins)
             for table, rec in (tuning or {}).items():
                 txn.put(b"tuning/" + table.encode(), _dumps(rec))
+            for name, value in (meta or {}).items():
+                txn.put(b"meta/" + name.encode(), _dumps(value))
             txn.put(b"version/%08d" % record["id"], _dumps(record))
             txn.put(b"current", _dumps(record["id"]))
         self._sync()

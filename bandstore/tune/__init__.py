@@ -5,6 +5,8 @@ calibration) and commits them through the store.
 - :func:`size_cache`: DRAM per table from miniature cache simulations.
 - :func:`plan`: a strategy per table and tables mapped to worker cores; :func:`apply_plan`,
   :func:`replan`, :class:`AutoReplanner`; :func:`calibrate` measures this machine's costs.
+- :func:`rebuild`: layout, cache sizes and plan from one trace, committed as one version
+  (``tools/rebuild.py``), reported as a :class:`RebuildReport`.
 - :func:`replay`: serve a trace through a store and report what it cost.
 
 Their options are frozen dataclasses with their defaults in :mod:`bandstore.options`
@@ -14,6 +16,7 @@ reports (:mod:`bandstore.tune.reports`) with ``.as_dict()`` for JSON.
 
 from bandstore.options import RelayoutOptions, SimOptions, SizingOptions
 from bandstore.tune.measure import replay
+from bandstore.tune.pipeline import RebuildReport, rebuild
 from bandstore.tune.planning import apply_plan, compare_plans, replan
 from bandstore.tune.planning import calibrate_store as calibrate
 from bandstore.tune.planning import plan_store as plan
@@ -40,10 +43,12 @@ __all__ = [
     "SizingReport",
     "TableRelayout",
     "TableSizing",
+    "RebuildReport",
     "apply_plan",
     "calibrate",
     "compare_plans",
     "plan",
+    "rebuild",
     "relayout",
     "replan",
     "replay",

@@ -32,32 +32,14 @@ For each table of the trace:
    checked, committed in one catalog transaction together with the access counts (recency
    weighted as chosen) and the policy it used.
 
-Cost: ``auto`` builds each co-access layout once per grid point on the inner part (2 cold
-placements x 4 half-lives for ``metis`` and ``hypergraph``) plus the per-method candidates and
-the chosen one on the whole tuning part: about 19 co-access builds instead of 2; and it runs 24
-policy searches (on 75% of the tuning part) besides the 4-5 on the whole tuning part. On the
-demo's trace (3 tables, 300k rows, 1.5M lookups) that is 7-9x the time of one method (81 s vs
-9-13 s for hypergraph at load ~1.5; 246 s vs 28 s at load ~6, 94 s of it the inner builds).
-Smaller ``half_lives`` / ``colds`` / ``auto_methods`` grids, or a coarser policy grid for the
-inner split (``inner_thresholds`` / ``inner_pinned_shares``), trade choice for time: a 4 x 3
-policy grid cut the demo's relayout from 246 s to 176 s (load ~6) with the same choices there,
-but on ml-latest-small at 50% DRAM it chose a recency weighting that read more held-out blocks
-than the naive store, which the full grid did not.
-
-Long traces (``max_tuning_lookups``, default :data:`DEFAULT_MAX_TUNING_LOOKUPS`): the costs above
-grow with the tuning lookups times the policies simulated (an exact replay of 80M lookups over
-the 40-policy grid takes minutes) and with the number of co-access builds. Above the bound, a
-table's policies and ``auto``'s configuration are chosen on the most recent tuning queries
-holding at most that many lookups (:func:`tuning_window`); the chosen configuration is built
-once from the whole tuning part, and the held-out part is replayed in full, in one pass warmed
-by the whole tuning part, so the reported figures and the guard of step 6 are exact as before.
-``auto`` then compares the methods' default configurations only (a build takes a time
-proportional to the rows however short the window: 24 builds on a 4M-lookup window of a 10M-row
-table took 475 s) and builds at full size only ``identity`` and the chosen one. The window must
-hold enough lookups per row for co-access to show: on a 10M-row table a 4M-lookup window chose
-``identity`` (101.8 held-out blocks per 1000 lookups) where ``metis`` reads 73.3. Below the
-bound nothing changes. See ``benchmarks/results/relayout_e2e.md`` for the figures at 10M rows /
-100M lookups.
+Long traces (``max_tuning_lookups``, default :data:`DEFAULT_MAX_TUNING_LOOKUPS`): above the
+bound, a table's policies and ``auto``'s configuration are chosen on the most recent tuning
+queries holding at most that many lookups (:func:`tuning_window`), ``auto`` compares the
+methods' default configurations only, and the chosen configuration is built once from the whole
+tuning part; the held-out part is still replayed in full, warmed by the whole tuning part, so
+the reported figures and the guard of step 6 stay exact. Below the bound nothing changes.
+The costs of ``auto`` and of long traces, and why the grid is what it is:
+``docs/decisions/relayout.md``.
 """
 
 from __future__ import annotations

@@ -15,93 +15,31 @@ rows read together share blocks. Methods:
   (hot rows are left out of the objective), started from ``init``; with ``validate`` the last
   share of the queries decides how far to refine (and, for ``init="auto"``, from which start).
 
-Parameters (``DEFAULTS``), with the measurements behind the defaults (held-out queries of
-amazon-book, lastfm-2k, ml-latest-small and synthetic community traces, rows_per_block 16):
+Parameters (``DEFAULTS``; the measurements behind each default, and the ideas tried and dropped,
+are in ``docs/decisions/layout.md``):
 
-- ``hot_fraction`` (0.1): the share of the table the DRAM cache holds; ``bandstore.tune.relayout``
-  sets it to that share of the cache it decides for (``relayout.cache_share``), unless
-  ``layout_params`` give one. Excluding them from graph and objective was as good as or better
-  than down-weighting their edges. Following the cache instead of a fixed 0.1
-  (``bench_layout.py --quick``, auto's held-out blocks per 1000 lookups, fixed 0.1 -> cache
-  share): at DRAM 50% amazon-book 168.7 -> 166.8, lastfm-2k 39.3 -> 37.4, ml-latest-small
-  59.8 -> 59.3, strong synthetic 48.2 -> 49.7; at 1% amazon-book 749.6 -> 733.8, strong
-  synthetic 180.3 -> 141.8 (its long log 147.1 -> 88.2), but lastfm-2k 144.8 -> 149.4 and
-  ml-latest-small 216.5 -> 219.8: with a small cache, rows between 1% and 10% are hubs that
-  blur sparse co-access (metis alone at 1%: lastfm-2k 174.9 -> 230.7). At 10% nothing moves.
+- ``hot_fraction`` (0.1): the share of the table the DRAM cache holds, left out of the
+  partition (``bandstore.tune.relayout`` sets it to the share of the cache it decides for);
 - ``half_life`` (None): recency weight of the queries as a share of the trace (a query that
-  far from the end weighs 1/2) for counts, graph and objective. On time-ordered logs whose
-  popularity drifts (ml-latest-small) 0.1-0.25 read 7-8% fewer blocks; on logs without time
-  order it only loses data. ``bandstore.tune.relayout``'s ``auto`` chooses it (None, 0.1, 0.25, 0.5)
-  on an inner split of the tuning queries, with the method and ``cold``, and builds on the
-  whole tuning part with the same half-life in queries (a share 3/4 as large: on
-  ml-latest-small at DRAM 10%, 0.5 chosen, 0.374 built, 167.0 held-out blocks per 1000 lookups
-  instead of 168.7 with 0.5).
-- ``alpha`` (0.5): edge weights divided by ``(count_u * count_v) ** alpha``; 0, 0.5 and 1 were
-  within 2% of each other once hot rows are excluded.
+  far from the end weighs 1/2) for counts, graph and objective;
+- ``alpha`` (0.5): edge weights divided by ``(count_u * count_v) ** alpha``;
 - ``degree`` (8): nets of more than ``2 * degree + 1`` rows get ``degree`` sampled partners per
-  row instead of the full clique (edge count bounded by ``degree`` x pins).
-- ``max_neighbors`` (8): heaviest edges kept per row before union symmetrisation. 8 was as good
-  as 16 and 32 (slightly better: co-access seen once is mostly noise) at a quarter the memory.
-- ``group_blocks`` (32): METIS first splits the graph into groups of ~32 blocks, then each group
-  into its blocks. Lower held-out fanout than one k-way METIS into n/16 parts on every trace
-  (1-3%), and 1.7x faster at 10M rows.
+  row instead of the full clique;
+- ``max_neighbors`` (8): heaviest edges kept per row before union symmetrisation;
+- ``group_blocks`` (32): METIS first splits the graph into groups of this many blocks, then
+  each group into its blocks;
 - ``cold`` ("after"): rows never read go after the others in id order; ``"inline"`` keeps them
-  among the others in id order (with ``init="identity"``: the id order is a prior).
+  among the others in id order;
 - ``init`` ("auto"): start of the refinement; "auto" tries identity, frequency and metis on the
-  earlier queries and keeps the one with the lowest fanout on the validation queries. Which
-  wins depends on the log (identity where ids were assigned in co-access order, frequency for
-  popularity-driven sessions, metis where co-access is strong).
-- ``validate`` (0.2): share of the last queries used to stop the refinement where it stops
-  helping other queries (it memorises the tuning queries; on sparse logs, quickly).
+  earlier queries and keeps the one with the lowest fanout on the validation queries;
+- ``validate`` (0.2): share of the last queries that decides where the refinement stops;
 - ``prior_weight`` (1.0): each initial block is also a net of this weight (relative to the mean
-  query weight), so a swap must beat the evidence for the start layout: 1-2% fewer blocks.
+  query weight), so a swap must beat the evidence for the start layout;
 - ``iterations`` (10), ``tol``, ``min_gain`` (1), ``n_cand`` (2), ``scan_cap`` (64), ``row_cap``
   (512): refinement effort and cost bounds (see ``refine.refine_blocks``).
 
 ``fanout`` is the objective (distinct blocks per query, summed) and ``validate_layout`` checks
 the layout contract of docs/ARCHITECTURE.md.
-
-Tried on the real traces at DRAM 10% and not kept (held-out blocks per 1000 lookups, the
-policy auto chooses there: threshold 0, pinned share 1.0, i.e. distinct blocks per batch of the
-rows not pinned; chosen on an inner split of the tuning part, checked on the held-out part):
-
-- an objective over batches (nets of 4, 16 or 64 adjacent queries instead of queries):
-  amazon-book 506.0 / 514.7 / 514.7 vs 503.2; on ml-latest-small (time-ordered) 164.4-164.8 vs
-  164.4: adjacent queries share few rows (batches of 64 adjacent sessions hold 0.861 distinct
-  rows per lookup of a row not pinned, 0.872 when the sessions are shuffled);
-- rows read fewer than 2 or 3 times in the tuning part treated as never read (their
-  co-access is mostly noise): amazon-book 502.4 / 503.0, ml-latest-small 165.5 / 163.5, against
-  503.2 / 164.4: within noise, and the inner split disagreed with the held-out part on its sign;
-- ordering the rows that are not hot by tiers of count (log2 tiers, or 0 / 1-2 / 3-5 / 6-10 /
-  more), id order within a tier, instead of id order: amazon-book 516.2-519.1 vs 514.6,
-  lastfm-2k 112.3-115.3 vs 111.4, ml-latest-small 162.2-166.1 vs 164.0;
-- refinement parameters (prior_weight 0.5 / 2, min_gain 2, n_cand 4, validate 0.1 / 0.3,
-  iterations 20, scan_cap 256): amazon-book 502.3-510.3 vs 503.2; ml-latest-small unchanged
-  (its refinement stops at 0 steps: the compacted id order wins);
-- pinned rows chosen by other estimates of future reads than (recency-weighted) counts: counts
-  smoothed by the counts of co-accessed rows (amazon-book 513.9-514.8 vs 514.6 with the rows
-  not pinned in id order), a recency trend or a bonus for rows first read recently
-  (ml-latest-small 162.8-166.8 vs 164.3, worse on the inner split);
-- the same, auto's layout fixed, each contender's parameters chosen on the inner split
-  (``benchmarks/exp_pin_predict.py``, held-out amazon-book / lastfm-2k / ml-latest-small vs
-  503.2 / 111.0 / 167.0): a learned predictor of the reads of the inner split's last 25% from
-  counts under half-lives none, 0.5, 0.25, 0.1, 0.05 (non-negative least squares 503.9 / 111.6
-  / 175.8; log-linear Poisson 507.3 / 118.8 / 187.1); the best single half-life of eight or
-  mixture of two (503.2-504.6 / 111.0-112.3 / 166.8-167.0); batches that read the row instead
-  of lookups (503.3 / 113.9 / 178.2); block-aware pins, a row worth the batches in which it is
-  the only row not pinned read in its block (503.2 / 111.5 / 168.4), or its Poisson expectation
-  exp(-rate of its block-mates) (1 - exp(-its rate)) (503.3 / 111.0 / 167.2), or the same with
-  the rows not pinned in id order after the pins (514.3 / 111.1 / 166.8 vs 514.6 / 111.4 /
-  165.9 with count pins); counts plus a share of the mean count of nearby ids (504.6 / 112.1 /
-  168.3). The hindsight gap is count noise, not a bias a score of the counts fixes: pinning in
-  hindsight among the 2 x n_pin rows with the highest counts already reads 467.0 / 103.9 /
-  166.1 (all rows: 456.2 / 102.6 / 162.5); on amazon-book 91% of held-out block reads serve a
-  single lookup, so block-aware choices have little to work with.
-
-``benchmarks/exp_layout_bounds.py`` measures the headroom: pinning the rows the held-out
-queries read most (in hindsight) with the other rows compacted in id order reads 1.37-1.48x
-fewer blocks than the naive store; a longer log (12.5% more queries) lowers the hypergraph
-layout's blocks by 0.4-2.6%.
 """
 
 from __future__ import annotations

@@ -13,9 +13,7 @@ for the cost model. Each figure is the minimum over a few repetitions (the least
   (page-cached) and a cold block file of ``block_file_bytes[0]``, and the checksum share of it;
   ``block_large_ns``: the same warm read from a file of ``block_file_bytes[1]``, far beyond the
   CPU caches and the TLB's reach. A table's block cost is interpolated (log scale) at its block
-  file's size: on the benchmarks' 50-900k-row tables the small-file figure alone made direct
-  block reads look 2-3x cheaper than they were, and the planner chose ``direct`` for tables a
-  cache served far better.
+  file's size (why: docs/decisions/plan.md).
 - ``cache_block_ns``: what a block read costs a cache beyond ``direct`` (scanning the block's
   other rows for neighbour admission, admitting the requested rows, CLOCK eviction), at 32
   rows per block.
@@ -27,10 +25,10 @@ for the cost model. Each figure is the minimum over a few repetitions (the least
 - ``inline_base_ns`` / ``inline_task_ns``: the break-even of two workers against one, as work
   per call (ns of CPU) = base + per task x the call's tasks. Below it a call is faster
   on the calling thread alone: handing tasks to a helper costs a wake-up and GIL transfers per
-  task (tens of microseconds each on a VM, whose idle virtual CPU must be woken by the host),
-  and the executor serves such calls inline. Measured as the median per-call times of 2 and 26
-  resident tables, on one and on two workers, over growing lookups per table; the work is the
-  executor's own estimate (its tables' sampled CPU time per lookup x the call's lookups).
+  task, and the executor serves such calls inline (docs/decisions/plan.md). Measured as the
+  median per-call times of 2 and 26 resident tables, on one and on two workers, over growing
+  lookups per table; the work is the executor's own estimate (its tables' sampled CPU time per
+  lookup x the call's lookups).
 """
 
 from __future__ import annotations

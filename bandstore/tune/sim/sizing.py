@@ -52,8 +52,7 @@ DEFAULT_EXACT_WINDOW = SizingOptions.exact_window
 #: Share of the tuning trace that gives size_cache the access counts and warms the caches; the
 #: choice is made on the rest. A serving store admits and pins by the counts of the whole
 #: tuning trace and serves what follows it: the larger the warm-up share, the closer the
-#: simulated counts are to those (dlrm-26 at a 5% budget, held-out blocks: 0.5 reads 8.7% more
-#: than 0.7, see benchmarks/results/sizing_choice.md), and the fewer queries to choose on.
+#: simulated counts are to those, and the fewer queries to choose on (docs/decisions/sizing.md).
 DEFAULT_WARMUP = SizingOptions.warmup
 #: size_cache's default SHARDS rate (tables with few blocks run at a higher rate, or exact).
 DEFAULT_SAMPLE_RATE = SizingOptions().sim.sample_rate
@@ -249,8 +248,8 @@ def size_cache(
     counts have seen it), and each admission threshold above 0 is stored scaled by the ratio of
     the whole trace's lookups to the warm-up part's, rounded up (the chosen one is then under
     ``simulated_threshold``): a count reaches a threshold sooner in the larger counts, and
-    unscaled it admitted more neighbours than the simulation had (synthetic-5 at a 5% budget:
-    74.4 -> 73.5 held-out blocks per 1000 lookups); ``"warmup"`` the counts of the warm-up part,
+    unscaled it admitted more neighbours than the simulation had (docs/decisions/sizing.md);
+    ``"warmup"`` the counts of the warm-up part,
     those the predictions were made with, so replaying the warm-up part then the rest through
     ``bandstore.open(path)`` reads what was predicted. Tables of the store that the trace does
     not read get 0 bytes, since the budget is a total. ``plot`` draws the curves with the chosen

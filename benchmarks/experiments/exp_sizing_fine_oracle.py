@@ -8,9 +8,9 @@ are simulated again exactly on the held-out part (tuning counts, warmed on the t
 sizes around the oracle's choice, thresholds 0/1/2/4/8/16/never and shares
 0/0.25/0.5/0.6/0.75/0.8/0.9/1, and the knapsack is run on these points with the oracle's.
 
-    python benchmarks/exp_sizing_choice.py --workloads synthetic-5 --variants oracle \
+    python benchmarks/experiments/exp_sizing_choice.py --workloads synthetic-5 --variants oracle \
         --save-curves /tmp/sz           # the oracle's curves: /tmp/sz/synthetic-5.npz
-    python benchmarks/exp_sizing_fine_oracle.py /tmp/sz/synthetic-5.npz
+    python benchmarks/experiments/exp_sizing_fine_oracle.py /tmp/sz/synthetic-5.npz
 
 Prints the finer oracle's blocks per 1000 held-out lookups and its choice at 5% and 20%.
 """
@@ -18,6 +18,7 @@ Prints the finer oracle's blocks per 1000 held-out lookups and its choice at 5% 
 import sys
 import time
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import bench_sizing as bs
 import numpy as np
 

@@ -55,6 +55,7 @@ import itertools
 import json
 import time
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import numpy as np
 from bench_layout import BATCH, DIM, RESULTS, RPB, real_traces, target
 

@@ -22,7 +22,7 @@ last 20% are measured, as bench_sizing.py's allocation check does; ratio = best 
 split of the same budget (held-out blocks, as bench_sizing.py) / tuned. Held-out figures for
 tolerances other than 0 and the chosen one are reported but decide nothing.
 
-    python benchmarks/exp_sizing_tiebreak.py criteo-8k avazu-9k synthetic-5 dlrm-26
+    python benchmarks/experiments/exp_sizing_tiebreak.py criteo-8k avazu-9k synthetic-5 dlrm-26
 
 Simulations are shared between tolerances (the sampled curves do not depend on it; a refined
 or exact point is simulated once per table and size) and so are replays of identical
@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import bench_sizing as B
 import numpy as np
 
@@ -301,7 +302,8 @@ def main() -> None:
         report(
             a.partial,
             list(WORKLOADS),
-            "python benchmarks/exp_sizing_tiebreak.py criteo-8k avazu-9k synthetic-5 dlrm-26",
+            "python benchmarks/experiments/exp_sizing_tiebreak.py "
+            "criteo-8k avazu-9k synthetic-5 dlrm-26",
             a.note,
         )
 

@@ -28,7 +28,7 @@ from ``benchmarks/results/sizing.json``) divided by the bound's blocks: the larg
 policy could show. A ratio below 1.3x at a budget means the bar is out of reach there for
 that policy class.
 
-    python benchmarks/exp_sizing_bounds.py [--workloads criteo-8k avazu-9k synthetic-5q]
+    python benchmarks/experiments/exp_sizing_bounds.py [--workloads criteo-8k avazu-9k synthetic-5q]
 
 Writes benchmarks/results/sizing_bounds.{md,json}.
 """
@@ -41,6 +41,7 @@ import sys
 import time
 from typing import Any
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import bench_sizing as bs
 import numpy as np
 from numba import njit
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="sizing_bounds")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cmd = " ".join(["python benchmarks/exp_sizing_bounds.py",
+    cmd = " ".join(["python benchmarks/experiments/exp_sizing_bounds.py",
                     *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
     out: dict[str, Any] = {"command": cmd, "code_commit": bs.git("rev-parse", "--short", "HEAD"),
                            "sample_rate": args.sample_rate, "workloads": {}}  # fmt: skip

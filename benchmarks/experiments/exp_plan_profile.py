@@ -6,8 +6,8 @@ batches once each (contenders interleaved) with every runner's ``run_part`` time
 contender: measured vs predicted batch time, the workers' busy time, and per table (and part)
 the measured vs predicted ns per batch.
 
-    python benchmarks/exp_plan_profile.py criteo --quick
-    python benchmarks/exp_plan_profile.py extreme --contenders plan "plan, 1 thread"
+    python benchmarks/experiments/exp_plan_profile.py criteo --quick
+    python benchmarks/experiments/exp_plan_profile.py extreme --contenders plan "plan, 1 thread"
 
 "plan, 1 thread": the 2-worker plan served on one thread (its parts one after the other).
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
 
 import bench_plan  # noqa: E402
 

@@ -5,7 +5,7 @@ with the other thread doing the same at once; sizes from L2-resident to far beyo
 (two threads' aggregate rate / one thread's rate) is the most a 1 -> 2 worker plan can gain on a
 memory-bound batch on this machine. Alone and together alternate, repeated; medians reported.
 
-    python benchmarks/exp_core_contention.py
+    python benchmarks/experiments/exp_core_contention.py
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import threading
 import time
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import numpy as np
 from paths import RESULTS, run_facts
 
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
                          "scaling": 2 * one / two})  # fmt: skip
         print(rows_out[-1], flush=True)
         del a, b
-    cmd, commit, load = run_facts("exp_core_contention.py", argv)
+    cmd, commit, load = run_facts("experiments/exp_core_contention.py", argv)
     lines = [
         "# Two cores on the gather kernel: aggregate rate of 2 threads / 1 thread",
         "",

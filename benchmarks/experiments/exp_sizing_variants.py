@@ -18,7 +18,8 @@ The ratio is against the best of the equal / by-size / by-lookups splits with pl
 (independent of the variant). Every variant tried is reported: picking the best one after
 seeing these held-out figures would be a choice made on the held-out queries.
 
-    python benchmarks/exp_sizing_variants.py [--workloads criteo-8k avazu-9k synthetic-5q]
+    python benchmarks/experiments/exp_sizing_variants.py \
+        [--workloads criteo-8k avazu-9k synthetic-5q]
 
 Writes benchmarks/results/sizing_variants.{md,json} (``--name`` for another name).
 """
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import bench_sizing as bs
 
 import bandstore
@@ -103,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="sizing_variants", help="results file name (no suffix)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cmd = " ".join(["python benchmarks/exp_sizing_variants.py", *(sys.argv[1:] if argv is None
-                                                                  else argv)])  # fmt: skip
+    cmd = " ".join(["python benchmarks/experiments/exp_sizing_variants.py",
+                    *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
     res: dict[str, Any] = {"command": cmd, "code_commit": bs.git("rev-parse", "--short", "HEAD"),
                            "workloads": {}}  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="exp-sizing-"))

@@ -8,7 +8,8 @@ counts of the whole tuning part, caches warmed on it. Variants of size_cache's s
 compared with the oracle split (sizes, threshold and pinned share chosen by the knapsack on
 exact held-out curves with the tuning counts: exp_sizing_bounds.py's ``oracle split``).
 
-    python benchmarks/exp_sizing_choice.py --workloads dlrm-26 synthetic-5 --variants default exact
+    python benchmarks/experiments/exp_sizing_choice.py --workloads dlrm-26 synthetic-5 \
+        --variants default exact
 
 Writes benchmarks/results/sizing_choice.{md,json} (workloads and variants of earlier runs kept).
 """
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import bench_sizing as bs
 import numpy as np
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-curves", metavar="DIR",
                     help="write the oracle's held-out curves to DIR/<workload>.npz")  # fmt: skip
     args = ap.parse_args(argv)
-    cmd = " ".join(["python benchmarks/exp_sizing_choice.py",
+    cmd = " ".join(["python benchmarks/experiments/exp_sizing_choice.py",
                     *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
     commit = bs.git("rev-parse", "--short", "HEAD")
     if bs.git("status", "--porcelain", "--", ":/bandstore") not in ("?", ""):

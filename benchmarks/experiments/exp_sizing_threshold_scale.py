@@ -7,7 +7,8 @@ did. ``bandstore.tune.sim.sizing.SCALE_THRESHOLDS`` scales it by that ratio (rou
 bench_sizing.py's allocation check (first 80% tune, last 20% held out, the tuned allocation
 against the best plain-CLOCK split of the same budget) with and without the scaling, same store.
 
-    python benchmarks/exp_sizing_threshold_scale.py criteo-8k avazu-9k synthetic-5 dlrm-26
+    python benchmarks/experiments/exp_sizing_threshold_scale.py \
+        criteo-8k avazu-9k synthetic-5 dlrm-26
 
 Writes benchmarks/results/sizing_threshold_scale.{md,json} (synthetic-5 and dlrm-26 take about
 10 minutes each on 2 cores).
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import bench_sizing as B
 
 import bandstore.tune.sim.sizing as sizing
@@ -65,7 +67,8 @@ def main(names: list[str]) -> None:
     lines = [
         "# Stored thresholds scaled to the applied counts, or not (held-out blocks)",
         "",
-        f"`python benchmarks/exp_sizing_threshold_scale.py {' '.join(names)}` at {commit}: "
+        "`python benchmarks/experiments/exp_sizing_threshold_scale.py "
+        f"{' '.join(names)}` at {commit}: "
         "bench_sizing.py's allocation check with `tune.sim.sizing.SCALE_THRESHOLDS` off and "
         "on. Blocks read per 1000 held-out lookups by the tuned allocation; ratio = best "
         "plain-CLOCK split / tuned.",

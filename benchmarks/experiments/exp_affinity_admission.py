@@ -49,8 +49,8 @@ and is served in one batch: the co-access affinity measures is within a query, w
 block-mates the same block read already serves; a later read of a neighbour comes from another
 query, which its popularity (the pins) predicts better than its affinity with the row missed.
 
-    python benchmarks/exp_affinity_admission.py            # auto's choice from layout_quick.json
-    python benchmarks/exp_affinity_admission.py --choose   # choose auto's configuration again
+    python benchmarks/experiments/exp_affinity_admission.py           # auto's choice, layout_quick
+    python benchmarks/experiments/exp_affinity_admission.py --choose  # choose auto's config again
 
 Writes benchmarks/results/affinity_admission.{md,json}.
 """
@@ -61,6 +61,7 @@ import argparse
 import json
 import time
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import numpy as np
 from bench_layout import BATCH, DIM, RESULTS, real_traces, target
 from numba import njit
@@ -642,7 +643,9 @@ def main() -> None:
             continue
         trace, table = traces[name]
         results.append(run_trace(name, trace, table, args.choose))
-    cmd = "python benchmarks/exp_affinity_admission.py" + (" --choose" if args.choose else "")
+    cmd = "python benchmarks/experiments/exp_affinity_admission.py" + (
+        " --choose" if args.choose else ""
+    )
     text = report(results, cmd)
     if not args.only:
         (RESULTS / "affinity_admission.json").write_text(json.dumps(results))

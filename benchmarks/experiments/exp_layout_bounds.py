@@ -24,7 +24,7 @@ built from) is recency weighted with half-life 0.25 (close to auto's choice ther
 
 Ratios are naive (identity layout, plain CLOCK, nothing pinned) / contender.
 
-    python benchmarks/exp_layout_bounds.py
+    python benchmarks/experiments/exp_layout_bounds.py
 
 Writes benchmarks/results/layout_bounds.{md,json}.
 """
@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import time
 
+import _bench  # noqa: F401 - benchmarks/ on the import path
 import numpy as np
 from bench_layout import BATCH, DIM, RESULTS, RPB, real_traces, target
 
