@@ -21,7 +21,8 @@ from numba import njit
 
 from bandstore.kernels.checksum import _xxh64
 from bandstore.kernels.codec import _decode_row_into
-from bandstore.kernels.prefetch import _prefetch_at, _prefetch_row
+from bandstore.kernels.pool import _kind_of, _pool_bag_f32
+from bandstore.kernels.prefetch import _prefetch_at
 
 # Pooling modes.
 MODE_SUM = 0
@@ -314,40 +315,35 @@ def _cache_batch(
     bag_n = np.zeros(n_bags, dtype=np.int64)
     miss_keys = np.empty(n, dtype=np.int64)
     n_miss = 0
-    lookups = 0
 
-    # Phase 1: probe. Tight loops first resolve every slot, then set the reference bits of the
-    # hits: each is a random access into a large array, and a short loop keeps many of them in
-    # flight at once, where the long pooling loop below would serialize them.
+    # Phase 1: probe. Tight loops first resolve every slot (-1: a miss, -2: padding), then set
+    # the reference bits of the hits and list the misses: each is a random access into a large
+    # array, and a short loop keeps many of them in flight at once, where the long pooling
+    # loop below would serialize them.
     slots = np.empty(n, dtype=np.int32)
     for i in range(n):
         slots[i] = slot_of_id[ids[i]]
+    n_pad = 0
+    if padding_idx >= 0:  # (validated ids are >= 0: a negative padding_idx never matches)
+        for i in range(n):
+            if ids[i] == padding_idx:
+                slots[i] = -2
+                n_pad += 1
     for i in range(n):
         s = slots[i]
-        if s >= 0 and ids[i] != padding_idx:
+        if s >= 0:
             ref[s] = 1
-    for b in range(n_bags):
-        hits = 0
-        for i in range(offsets[b], offsets[b + 1]):
-            row_id = ids[i]
-            if row_id == padding_idx:
-                continue
-            lookups += 1
-            if with_data and i + PREFETCH_DISTANCE < n:
-                ahead = slots[i + PREFETCH_DISTANCE]
-                if ahead >= 0:
-                    _prefetch_row(cache_data, ahead)
-            s = slots[i]
-            if s < 0:
-                miss_keys[n_miss] = (layout[row_id] // rows_per_block) * n + i
-                n_miss += 1
-                continue
-            if not with_data:
-                continue
-            w = weights[i] if has_weights else np.float32(1.0)
-            _pool_slot(out, b, cache_data, s, w, mode, bag_n[b] + hits == 0)
-            hits += 1
-        bag_n[b] += hits
+    for i in range(n):
+        if slots[i] == -1:
+            miss_keys[n_miss] = (layout[ids[i]] // rows_per_block) * n + i
+            n_miss += 1
+    lookups = n - n_pad
+    if with_data:
+        # The hits, bag by bag, in position order (``kernels.pool``: skips the negative slots).
+        kind = _kind_of(mode, weights)
+        for b in range(n_bags):
+            bag_n[b] = _pool_bag_f32(cache_data, slots, weights, offsets[b], offsets[b + 1], n,
+                                     -1, kind, out, b)  # fmt: skip
 
     stats[STAT_LOOKUPS] += lookups
     stats[STAT_HITS] += lookups - n_miss
