@@ -21,7 +21,7 @@ from numba import njit
 
 from bandstore.kernels.checksum import _xxh64
 from bandstore.kernels.codec import _decode_row_into
-from bandstore.kernels.pool import _kind_of, _pool_bag_f32
+from bandstore.kernels.pool import _pool_bags_f32
 from bandstore.kernels.prefetch import _prefetch_at
 
 # Pooling modes.
@@ -320,7 +320,7 @@ def _cache_batch(
     # the reference bits of the hits and list the misses: each is a random access into a large
     # array, and a short loop keeps many of them in flight at once, where the long pooling
     # loop below would serialize them.
-    slots = np.empty(n, dtype=np.int32)
+    slots = np.empty(n, dtype=np.int64)  # int64 as every caller of _pool_bags_f32 passes
     for i in range(n):
         slots[i] = slot_of_id[ids[i]]
     n_pad = 0
@@ -340,10 +340,7 @@ def _cache_batch(
     lookups = n - n_pad
     if with_data:
         # The hits, bag by bag, in position order (``kernels.pool``: skips the negative slots).
-        kind = _kind_of(mode, weights)
-        for b in range(n_bags):
-            bag_n[b] = _pool_bag_f32(cache_data, slots, weights, offsets[b], offsets[b + 1], n,
-                                     -1, kind, out, b)  # fmt: skip
+        _pool_bags_f32(cache_data, slots, weights, offsets, -1, mode, out, bag_n, False)
 
     stats[STAT_LOOKUPS] += lookups
     stats[STAT_HITS] += lookups - n_miss

@@ -7,9 +7,10 @@ An entry is skipped when ``idx[i] < 0`` (a cache miss, reduced later from its bl
 (``0 + w0 * r0 + ...``, ``weights[i]``) or ``KIND_MAX`` (the first row, then the elementwise
 maximum: also a bit-exact copy for bags of one row). ``out[b]`` is *stored*, never read: a bag
 with no row gets zeros. ``data`` holds the rows encoded, one row per line of a C-contiguous
-2-D array: ``FLOAT32``: float32 (rows, dim); ``FLOAT16``: uint16 or float16 (rows, dim), or
-uint8 (rows, 2 * dim + padding); ``INT8``: uint8 (rows, row_bytes) as written by
-``bandstore.codecs.encode_rows`` (scale f32, bias f32, dim codes). ``out``: float32 (bags, dim).
+2-D array: ``FLOAT32``: float32 (rows, dim); ``FLOAT16``: the half bit patterns as uint16
+(rows, dim) (numba has no float16 arrays), or uint8 (rows, 2 * dim + padding); ``INT8``:
+uint8 (rows, row_bytes) as written by ``bandstore.codecs.encode_rows`` (scale f32, bias f32,
+dim codes). ``out``: float32 (bags, dim).
 
 Why not a plain numba loop: the dimension is only known at run time, so numba's loop over it
 kept ``out[b]`` in memory (loaded, added, stored, behind a run-time alias check, per row) and
@@ -48,7 +49,7 @@ def _py_decode(data, codec, r, col, width):
     if codec == FLOAT32:
         return row.view(np.float32)[col : col + width].copy()
     if codec == FLOAT16:
-        return row.view(np.float16)[col : col + width].astype(np.float32)
+        return row.view(np.uint16)[col : col + width].view(np.float16).astype(np.float32)
     sb = row[:8].view(np.float32)
     codes = row[8 + col : 8 + col + width].astype(np.float32)
     return codes * sb[0] + sb[1]
@@ -76,8 +77,8 @@ def _py_chunk(data, codec, width, kind, idx, weights, start, end, n, pad, out, b
 
 if config.DISABLE_JIT:
 
-    def _make_chunk(codec, width, kind):
-        def chunk(data, idx, weights, start, end, n, pad, out, b, col):
+    def _make_chunk(codec, width):
+        def chunk(data, idx, weights, start, end, n, pad, out, b, col, kind):
             return _py_chunk(data, codec, width, kind, idx, weights, start, end, n, pad, out,
                              b, col)  # fmt: skip
 
@@ -91,28 +92,48 @@ else:
 
     from bandstore.kernels.prefetch import _emit_prefetch
 
-    def _make_chunk(codec, width, kind):
-        """An intrinsic pooling column chunk ``[col, col + width)`` of one bag (see module)."""
+    def _make_chunk(codec, width):
+        """An intrinsic pooling column chunk ``[col, col + width)`` of one bag (see module):
+        one loop per kind behind a switch on ``kind`` (three call sites to type instead of
+        nine keeps numba's compile time down)."""
 
         @intrinsic
-        def chunk(typingctx, data, idx, weights, start, end, n, pad, out, b, col):
+        def chunk(typingctx, data, idx, weights, start, end, n, pad, out, b, col, kind):
             if not (isinstance(data, types.Array) and data.ndim == 2 and data.layout == "C"):
                 return None
             if not (isinstance(idx, types.Array) and isinstance(idx.dtype, types.Integer)):
                 return None
             if not (isinstance(out, types.Array) and out.ndim == 2 and out.layout == "C"):
                 return None
-            sig = types.int64(data, idx, weights, start, end, n, pad, out, b, col)
+            sig = types.int64(data, idx, weights, start, end, n, pad, out, b, col, kind)
 
             def codegen(context, builder, signature, args):
-                return _emit_chunk(context, builder, signature, args, codec, width, kind)
+                i64 = ir.IntType(64)
+                k = context.cast(builder, args[10], signature.args[10], types.int64)
+                res = cgutils.alloca_once(builder, i64)
+                is_max = builder.icmp_signed("==", k, ir.Constant(i64, KIND_MAX))
+                is_w = builder.icmp_signed("==", k, ir.Constant(i64, KIND_WSUM))
+                emit = _emit_chunk
+                with builder.if_else(is_max) as (then, other):
+                    with then:
+                        builder.store(emit(context, builder, signature, args, codec, width,
+                                           KIND_MAX), res)  # fmt: skip
+                    with other:
+                        with builder.if_else(is_w) as (then_w, other_w):
+                            with then_w:
+                                builder.store(emit(context, builder, signature, args, codec,
+                                                   width, KIND_WSUM), res)  # fmt: skip
+                            with other_w:
+                                builder.store(emit(context, builder, signature, args, codec,
+                                                   width, KIND_SUM), res)  # fmt: skip
+                return builder.load(res)
 
             return sig, codegen
 
         return chunk
 
     def _emit_chunk(context, builder, signature, args, codec, width, kind):
-        a_data, a_idx, a_w, a_start, a_end, a_n, a_pad, a_out, a_b, a_col = args
+        a_data, a_idx, a_w, a_start, a_end, a_n, a_pad, a_out, a_b, a_col = args[:10]
         t_data, t_idx, t_w = signature.args[:3]
         i64 = ir.IntType(64)
         f32 = ir.FloatType()
@@ -248,138 +269,10 @@ else:
         return cnt
 
 
-def _chunks(codec, kind):
-    return tuple(_make_chunk(codec, w, kind) for w in WIDTHS)
-
-
-# Module-level names (numba resolves globals at compile time): codec x kind x width.
-_F32_SUM_64, _F32_SUM_16, _F32_SUM_1 = _chunks(FLOAT32, KIND_SUM)
-_F32_WSUM_64, _F32_WSUM_16, _F32_WSUM_1 = _chunks(FLOAT32, KIND_WSUM)
-_F32_MAX_64, _F32_MAX_16, _F32_MAX_1 = _chunks(FLOAT32, KIND_MAX)
-_F16_SUM_64, _F16_SUM_16, _F16_SUM_1 = _chunks(FLOAT16, KIND_SUM)
-_F16_WSUM_64, _F16_WSUM_16, _F16_WSUM_1 = _chunks(FLOAT16, KIND_WSUM)
-_F16_MAX_64, _F16_MAX_16, _F16_MAX_1 = _chunks(FLOAT16, KIND_MAX)
-_I8_SUM_64, _I8_SUM_16, _I8_SUM_1 = _chunks(INT8, KIND_SUM)
-_I8_WSUM_64, _I8_WSUM_16, _I8_WSUM_1 = _chunks(INT8, KIND_WSUM)
-_I8_MAX_64, _I8_MAX_16, _I8_MAX_1 = _chunks(INT8, KIND_MAX)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _pool_bag_f32(data, idx, weights, start, end, n, pad, kind, out, b):
-    """``_pool_bag`` for float32 rows (see the module docstring); returns the rows reduced."""
-    dim = out.shape[1]
-    c = 0
-    cnt = 0
-    if kind == KIND_SUM:
-        while c + 64 <= dim:
-            cnt = _F32_SUM_64(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 64
-        while c + 16 <= dim:
-            cnt = _F32_SUM_16(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 16
-        while c < dim:
-            cnt = _F32_SUM_1(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 1
-    elif kind == KIND_WSUM:
-        while c + 64 <= dim:
-            cnt = _F32_WSUM_64(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 64
-        while c + 16 <= dim:
-            cnt = _F32_WSUM_16(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 16
-        while c < dim:
-            cnt = _F32_WSUM_1(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 1
-    else:
-        while c + 64 <= dim:
-            cnt = _F32_MAX_64(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 64
-        while c + 16 <= dim:
-            cnt = _F32_MAX_16(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 16
-        while c < dim:
-            cnt = _F32_MAX_1(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 1
-    return cnt
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _pool_bag_f16(data, idx, weights, start, end, n, pad, kind, out, b):
-    """``_pool_bag`` for float16 rows (see the module docstring); returns the rows reduced."""
-    dim = out.shape[1]
-    c = 0
-    cnt = 0
-    if kind == KIND_SUM:
-        while c + 64 <= dim:
-            cnt = _F16_SUM_64(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 64
-        while c + 16 <= dim:
-            cnt = _F16_SUM_16(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 16
-        while c < dim:
-            cnt = _F16_SUM_1(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 1
-    elif kind == KIND_WSUM:
-        while c + 64 <= dim:
-            cnt = _F16_WSUM_64(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 64
-        while c + 16 <= dim:
-            cnt = _F16_WSUM_16(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 16
-        while c < dim:
-            cnt = _F16_WSUM_1(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 1
-    else:
-        while c + 64 <= dim:
-            cnt = _F16_MAX_64(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 64
-        while c + 16 <= dim:
-            cnt = _F16_MAX_16(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 16
-        while c < dim:
-            cnt = _F16_MAX_1(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 1
-    return cnt
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _pool_bag_i8(data, idx, weights, start, end, n, pad, kind, out, b):
-    """``_pool_bag`` for int8 rowwise rows (see the module docstring); returns the rows
-    reduced."""
-    dim = out.shape[1]
-    c = 0
-    cnt = 0
-    if kind == KIND_SUM:
-        while c + 64 <= dim:
-            cnt = _I8_SUM_64(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 64
-        while c + 16 <= dim:
-            cnt = _I8_SUM_16(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 16
-        while c < dim:
-            cnt = _I8_SUM_1(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 1
-    elif kind == KIND_WSUM:
-        while c + 64 <= dim:
-            cnt = _I8_WSUM_64(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 64
-        while c + 16 <= dim:
-            cnt = _I8_WSUM_16(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 16
-        while c < dim:
-            cnt = _I8_WSUM_1(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 1
-    else:
-        while c + 64 <= dim:
-            cnt = _I8_MAX_64(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 64
-        while c + 16 <= dim:
-            cnt = _I8_MAX_16(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 16
-        while c < dim:
-            cnt = _I8_MAX_1(data, idx, weights, start, end, n, pad, out, b, c)
-            c += 1
-    return cnt
+# Module-level names (numba resolves globals at compile time): codec x width.
+_F32_64, _F32_16, _F32_1 = (_make_chunk(FLOAT32, w) for w in WIDTHS)
+_F16_64, _F16_16, _F16_1 = (_make_chunk(FLOAT16, w) for w in WIDTHS)
+_I8_64, _I8_16, _I8_1 = (_make_chunk(INT8, w) for w in WIDTHS)
 
 
 @njit(nogil=True, cache=True)
@@ -392,19 +285,102 @@ def _kind_of(mode, weights):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _pool_bag(data, codec, idx, weights, start, end, n, pad, kind, out, b):
-    """``_pool_bag_f32`` / ``_f16`` / ``_i8`` by ``codec`` (see the module docstring)."""
-    if codec == FLOAT32:
-        return _pool_bag_f32(data, idx, weights, start, end, n, pad, kind, out, b)
-    if codec == FLOAT16:
-        return _pool_bag_f16(data, idx, weights, start, end, n, pad, kind, out, b)
-    return _pool_bag_i8(data, idx, weights, start, end, n, pad, kind, out, b)
-
-
-@njit(nogil=True, cache=True, inline="always")
 def _scale_row(out, b, cnt):
     """Mean: divide bag ``b`` by its ``cnt`` rows (as ``kernels.cache._divide_means``)."""
     if cnt > 1:
         inv = np.float32(1.0) / np.float32(cnt)
         for d in range(out.shape[1]):
             out[b, d] *= inv
+
+
+@njit(nogil=True, cache=True)
+def _pool_bags_f32(data, idx, weights, offsets, pad, mode, out, bag_n, divide):
+    """Pool every bag ``offsets[b]:offsets[b + 1]`` of float32 rows ``data[idx]`` into
+    ``out[b]`` (see the module docstring; ``mode``: ``kernels.cache.MODE_*``); ``bag_n[b]``
+    gets the rows reduced into bag ``b``; mean bags are divided when ``divide``. Returns the
+    rows reduced. Every caller passes int64 ``idx``, so this compiles once per process."""
+    kind = _kind_of(mode, weights)
+    n = idx.shape[0]
+    dim = out.shape[1]
+    total = 0
+    for b in range(offsets.shape[0] - 1):
+        s = offsets[b]
+        e = offsets[b + 1]
+        c = 0
+        cnt = 0
+        while c + 64 <= dim:
+            cnt = _F32_64(data, idx, weights, s, e, n, pad, out, b, c, kind)
+            c += 64
+        while c + 16 <= dim:
+            cnt = _F32_16(data, idx, weights, s, e, n, pad, out, b, c, kind)
+            c += 16
+        while c < dim:
+            cnt = _F32_1(data, idx, weights, s, e, n, pad, out, b, c, kind)
+            c += 1
+        bag_n[b] = cnt
+        if divide and mode == 1:
+            _scale_row(out, b, cnt)
+        total += cnt
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _pool_bags_f16(data, idx, weights, offsets, pad, mode, out, bag_n, divide):
+    """Pool every bag ``offsets[b]:offsets[b + 1]`` of float16 rows ``data[idx]`` into
+    ``out[b]`` (see the module docstring; ``mode``: ``kernels.cache.MODE_*``); ``bag_n[b]``
+    gets the rows reduced into bag ``b``; mean bags are divided when ``divide``. Returns the
+    rows reduced. Every caller passes int64 ``idx``, so this compiles once per process."""
+    kind = _kind_of(mode, weights)
+    n = idx.shape[0]
+    dim = out.shape[1]
+    total = 0
+    for b in range(offsets.shape[0] - 1):
+        s = offsets[b]
+        e = offsets[b + 1]
+        c = 0
+        cnt = 0
+        while c + 64 <= dim:
+            cnt = _F16_64(data, idx, weights, s, e, n, pad, out, b, c, kind)
+            c += 64
+        while c + 16 <= dim:
+            cnt = _F16_16(data, idx, weights, s, e, n, pad, out, b, c, kind)
+            c += 16
+        while c < dim:
+            cnt = _F16_1(data, idx, weights, s, e, n, pad, out, b, c, kind)
+            c += 1
+        bag_n[b] = cnt
+        if divide and mode == 1:
+            _scale_row(out, b, cnt)
+        total += cnt
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _pool_bags_i8(data, idx, weights, offsets, pad, mode, out, bag_n, divide):
+    """Pool every bag ``offsets[b]:offsets[b + 1]`` of int8 rowwise rows ``data[idx]`` into
+    ``out[b]`` (see the module docstring; ``mode``: ``kernels.cache.MODE_*``); ``bag_n[b]``
+    gets the rows reduced into bag ``b``; mean bags are divided when ``divide``. Returns the
+    rows reduced. Every caller passes int64 ``idx``, so this compiles once per process."""
+    kind = _kind_of(mode, weights)
+    n = idx.shape[0]
+    dim = out.shape[1]
+    total = 0
+    for b in range(offsets.shape[0] - 1):
+        s = offsets[b]
+        e = offsets[b + 1]
+        c = 0
+        cnt = 0
+        while c + 64 <= dim:
+            cnt = _I8_64(data, idx, weights, s, e, n, pad, out, b, c, kind)
+            c += 64
+        while c + 16 <= dim:
+            cnt = _I8_16(data, idx, weights, s, e, n, pad, out, b, c, kind)
+            c += 16
+        while c < dim:
+            cnt = _I8_1(data, idx, weights, s, e, n, pad, out, b, c, kind)
+            c += 1
+        bag_n[b] = cnt
+        if divide and mode == 1:
+            _scale_row(out, b, cnt)
+        total += cnt
+    return total

@@ -40,8 +40,8 @@ from bandstore.kernels.cache import (
     _sort_keys,
     _verify_sorted_blocks,
 )
-from bandstore.kernels.codec import _decode_row_into
-from bandstore.kernels.pool import _kind_of, _pool_bag, _pool_bag_f32, _scale_row
+from bandstore.kernels.codec import FLOAT16, FLOAT32, _decode_row_into
+from bandstore.kernels.pool import _pool_bags_f16, _pool_bags_f32, _pool_bags_i8
 from bandstore.kernels.prefetch import _prefetch_at
 
 #: Multiplier of the id hash that splits a table into parts (Knuth's multiplicative hash).
@@ -59,15 +59,8 @@ def _gather_pool(ids, offsets, weights, mode, padding_idx, out, data, stats):
     counts as a lookup and a hit. Rows are added in the order the cache kernel adds them, by
     ``kernels.pool`` (vectorised per column chunk, rows prefetched ahead).
     """
-    n = ids.shape[0]
-    kind = _kind_of(mode, weights)
-    lookups = 0
-    for b in range(offsets.shape[0] - 1):
-        cnt = _pool_bag_f32(data, ids, weights, offsets[b], offsets[b + 1], n, padding_idx,
-                            kind, out, b)  # fmt: skip
-        if mode == MODE_MEAN:
-            _scale_row(out, b, cnt)
-        lookups += cnt
+    bag_n = np.empty(offsets.shape[0] - 1, dtype=np.int64)
+    lookups = _pool_bags_f32(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
     stats[STAT_LOOKUPS] += lookups
     stats[STAT_HITS] += lookups
 
@@ -75,18 +68,16 @@ def _gather_pool(ids, offsets, weights, mode, padding_idx, out, data, stats):
 @njit(nogil=True, cache=True)
 def _gather_pool_encoded(ids, offsets, weights, mode, padding_idx, out, data, codec, stats):
     """``_gather_pool`` over rows kept in their codec: ``data`` as ``kernels.pool`` reads it
-    (float32 (rows, dim); float16 or uint16 (rows, dim); int8 rowwise: the uint8 rows of
-    ``codecs.encode_rows``), decoded inside the pooling loop. Bit-identical to decoding the
+    (float32 (rows, dim); float16 as uint16 (rows, dim) or its bytes; int8 rowwise: the uint8
+    rows of ``codecs.encode_rows``), decoded inside the pooling loop. Bit-identical to decoding the
     rows to float32 first and pooling those."""
-    n = ids.shape[0]
-    kind = _kind_of(mode, weights)
-    lookups = 0
-    for b in range(offsets.shape[0] - 1):
-        cnt = _pool_bag(data, codec, ids, weights, offsets[b], offsets[b + 1], n, padding_idx,
-                        kind, out, b)  # fmt: skip
-        if mode == MODE_MEAN:
-            _scale_row(out, b, cnt)
-        lookups += cnt
+    bag_n = np.empty(offsets.shape[0] - 1, dtype=np.int64)
+    if codec == FLOAT32:
+        lookups = _pool_bags_f32(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
+    elif codec == FLOAT16:
+        lookups = _pool_bags_f16(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
+    else:
+        lookups = _pool_bags_i8(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
     stats[STAT_LOOKUPS] += lookups
     stats[STAT_HITS] += lookups
 
@@ -147,10 +138,7 @@ def _direct_batch(
             if slots[i] == -1:
                 keys[m] = (layout[ids[i]] // rows_per_block) * n + i
                 m += 1
-        kind = _kind_of(mode, weights)
-        for b in range(n_bags):
-            bag_n[b] = _pool_bag_f32(pinned_data, slots, weights, offsets[b], offsets[b + 1], n,
-                                     -1, kind, out, b)  # fmt: skip
+        _pool_bags_f32(pinned_data, slots, weights, offsets, -1, mode, out, bag_n, False)
     else:
         for i in range(n):
             row_id = ids[i]
