@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -90,15 +91,19 @@ def pin_one_core() -> int:
 
 
 def interleaved(contenders: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each contender, run A B C A B C ... after one warm-up."""
+    """Median CPU seconds per call of each contender, run A B C A B C ... after one warm-up.
+
+    CPU time of this process (every contender runs on this thread or, for ``lookup_many``,
+    on its one worker), not wall time: on the shared 2-core machine the other helpers' jobs
+    took most of the pinned core's time slices, and wall time counted their slices too."""
     for fn in contenders.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(time.process_time() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -126,7 +131,6 @@ def measure(torch, tables, ids: np.ndarray, bag: int, repeats: int) -> dict[str,
     dim = decoded.shape[1]
     n = ids.size
     off = np.arange(0, n + 1, bag, dtype=np.int64)
-    out = np.zeros((n // bag, dim), dtype=np.float32)
     st = np.zeros(kc.N_STATS, dtype=np.int64)
     err = np.zeros(1, dtype=np.int64)
     ids_t, off_t = torch.from_numpy(ids), torch.from_numpy(off[:-1])
@@ -136,19 +140,23 @@ def measure(torch, tables, ids: np.ndarray, bag: int, repeats: int) -> dict[str,
         np.zeros(0, np.uint64),
     )
 
+    # Every call allocates its zeroed output, as the store's runners (and torch) do.
     def resident():
-        out.fill(0)  # the caller's zeroed output, as the runners allocate it
+        out = np.zeros((n // bag, dim), dtype=np.float32)
         kr._gather_pool(ids, off, NO_W, kc.MODE_SUM, -1, out, decoded, st)
+        return out
 
     def resident_enc():
-        out.fill(0)
+        out = np.zeros((n // bag, dim), dtype=np.float32)
         kr._gather_pool_encoded(ids, off, NO_W, kc.MODE_SUM, -1, out, enc, cid, st)
+        return out
 
     def pinned():
-        out.fill(0)
+        out = np.zeros((n // bag, dim), dtype=np.float32)
         kr._direct_batch(ids, off, NO_W, kc.MODE_SUM, -1, out, index, decoded, no_layout, 1,
                          4096, 4 * dim, cid, dim, no_blocks, no_sums, 4096, False, st,
                          err)  # fmt: skip
+        return out
 
     contenders = {
         "resident": resident,
@@ -164,7 +172,7 @@ def measure(torch, tables, ids: np.ndarray, bag: int, repeats: int) -> dict[str,
     tol = 2e-2 if cid == FLOAT16 else 1e-3  # torch's float16 kernel rounds its output to fp16
     for name in ("resident", "resident encoded", "pinned"):
         if name in contenders:
-            contenders[name]()
+            out = contenders[name]()
             np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.sqrt(bag))
     np.testing.assert_allclose(contenders["warm cache"](), want, rtol=tol, atol=tol * np.sqrt(bag))
     return interleaved(contenders, repeats)
@@ -211,6 +219,7 @@ def kernel_table(args, rng, torch, tmp: Path) -> list[dict]:
             hits = store.stats()["t"]
             assert hits["lookups"] == hits["hits"] + hits["misses"]
             store.close()
+            shutil.rmtree(path)  # (the temporary directory may be in RAM)
     return rows_out
 
 
@@ -302,9 +311,10 @@ def render(result: dict, quick: bool) -> str:
         "",
         f"CPU: {result['cpu']}; core {result['core']}; load average before / after: "
         f"{result['load_before']} / {result['load_after']} (2 cores, shared).",
-        "M rows/s, median of interleaved repeats; ratio to the torch kernel of the same codec in "
-        "brackets. `resident`: the kernel over decoded float32 rows (what the store holds "
-        "today); `resident encoded`: over the rows in their codec; `warm cache`: "
+        "M rows/s of CPU time (process_time: the machine is shared, wall time counted other "
+        "jobs' time slices), median of interleaved repeats; ratio to the torch kernel of the "
+        "same codec in brackets. `resident`: the kernel over decoded float32 rows (what the "
+        "store holds today); `resident encoded`: over the rows in their codec; `warm cache`: "
         "`Store.embedding_bag`, every row cached; `pinned`: the pinned hit path. FBGEMM's CPU "
         "TBE needs torch 2.14.1 (the venv has 2.13): not measured.",
         "",
