@@ -52,8 +52,6 @@ N_STATS = 6
 # A threshold no access count reaches: neighbour admission off.
 NEVER = 2**62
 
-# How many positions ahead the pooling loop prefetches cached rows.
-PREFETCH_DISTANCE = 12
 # How many missed keys ahead the block pass prefetches a sector (the layout entry it needs
 # twice as far ahead). Measured on a 900k-row table at 4096 lookups per batch: the checksum
 # pass took 2-3x less time with 8 or 16 than with none, 16 slightly ahead.
@@ -236,24 +234,6 @@ def _prefetch_block_row(keys, j, nk, n, ids, layout, rows_per_block, block_size,
         ba = ka // n
         local = layout[ids[ka % n]] - ba * rows_per_block
         _prefetch_at(blocks_u8, (ba + 1) * block_size + local * row_bytes)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _pool_slot(out, bag, data, s, weight, mode, first):
-    """Reduce row ``data[s]`` into ``out[bag]`` (``first``: no row was reduced into it yet):
-    the hit path of the cache and pinned kernels. 2-D indexing, not row views: a view per row
-    costs reference counting. Multiplying by a weight of 1 changes no bit of the sum."""
-    dim = data.shape[1]
-    if mode == MODE_SUM or mode == MODE_MEAN:
-        for d in range(dim):
-            out[bag, d] += weight * data[s, d]
-    elif mode == MODE_COPY or first:
-        for d in range(dim):
-            out[bag, d] = data[s, d]
-    else:
-        for d in range(dim):
-            if data[s, d] > out[bag, d]:
-                out[bag, d] = data[s, d]
 
 
 @njit(nogil=True, cache=True)
