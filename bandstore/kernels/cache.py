@@ -21,7 +21,8 @@ from numba import njit
 
 from bandstore.kernels.checksum import _xxh64
 from bandstore.kernels.codec import _decode_row_into
-from bandstore.kernels.prefetch import _prefetch_at, _prefetch_row
+from bandstore.kernels.pool import _pool_bags_f32
+from bandstore.kernels.prefetch import _prefetch_at
 
 # Pooling modes.
 MODE_SUM = 0
@@ -51,8 +52,6 @@ N_STATS = 6
 # A threshold no access count reaches: neighbour admission off.
 NEVER = 2**62
 
-# How many positions ahead the pooling loop prefetches cached rows.
-PREFETCH_DISTANCE = 12
 # How many missed keys ahead the block pass prefetches a sector (the layout entry it needs
 # twice as far ahead). Measured on a 900k-row table at 4096 lookups per batch: the checksum
 # pass took 2-3x less time with 8 or 16 than with none, 16 slightly ahead.
@@ -177,12 +176,22 @@ _RADIX_BITS = 11
 
 @njit(nogil=True, cache=True)
 def _sort_keys(keys):
-    """``keys`` (distinct non-negative int64) sorted ascending: an LSD radix sort over the
-    key's significant bits, a few linear passes where a comparison sort of a batch's few
-    thousand ``block * n + position`` keys took ~30 ns per key."""
+    """``keys`` (distinct non-negative int64) sorted ascending (a new array): an LSD radix
+    sort over the key's significant bits, a few linear passes where a comparison sort of a
+    batch's few thousand ``block * n + position`` keys took ~30 ns per key."""
     n = keys.shape[0]
-    if n < 256:
-        return np.sort(keys)
+    if n < 32:
+        # Insertion sort: as fast as np.sort at this size, and numba's np.sort took ~2.5 s of
+        # the kernels' first compile.
+        out = keys.copy()
+        for i in range(1, n):
+            v = out[i]
+            j = i - 1
+            while j >= 0 and out[j] > v:
+                out[j + 1] = out[j]
+                j -= 1
+            out[j + 1] = v
+        return out
     hi = 0
     for i in range(n):
         hi = max(hi, keys[i])
@@ -225,24 +234,6 @@ def _prefetch_block_row(keys, j, nk, n, ids, layout, rows_per_block, block_size,
         ba = ka // n
         local = layout[ids[ka % n]] - ba * rows_per_block
         _prefetch_at(blocks_u8, (ba + 1) * block_size + local * row_bytes)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _pool_slot(out, bag, data, s, weight, mode, first):
-    """Reduce row ``data[s]`` into ``out[bag]`` (``first``: no row was reduced into it yet):
-    the hit path of the cache and pinned kernels. 2-D indexing, not row views: a view per row
-    costs reference counting. Multiplying by a weight of 1 changes no bit of the sum."""
-    dim = data.shape[1]
-    if mode == MODE_SUM or mode == MODE_MEAN:
-        for d in range(dim):
-            out[bag, d] += weight * data[s, d]
-    elif mode == MODE_COPY or first:
-        for d in range(dim):
-            out[bag, d] = data[s, d]
-    else:
-        for d in range(dim):
-            if data[s, d] > out[bag, d]:
-                out[bag, d] = data[s, d]
 
 
 @njit(nogil=True, cache=True)
@@ -314,40 +305,32 @@ def _cache_batch(
     bag_n = np.zeros(n_bags, dtype=np.int64)
     miss_keys = np.empty(n, dtype=np.int64)
     n_miss = 0
-    lookups = 0
 
-    # Phase 1: probe. Tight loops first resolve every slot, then set the reference bits of the
-    # hits: each is a random access into a large array, and a short loop keeps many of them in
-    # flight at once, where the long pooling loop below would serialize them.
-    slots = np.empty(n, dtype=np.int32)
+    # Phase 1: probe. Tight loops first resolve every slot (-1: a miss, -2: padding), then set
+    # the reference bits of the hits and list the misses: each is a random access into a large
+    # array, and a short loop keeps many of them in flight at once, where the long pooling
+    # loop below would serialize them.
+    slots = np.empty(n, dtype=np.int64)  # int64 as every caller of _pool_bags_f32 passes
     for i in range(n):
         slots[i] = slot_of_id[ids[i]]
+    n_pad = 0
+    if padding_idx >= 0:  # (validated ids are >= 0: a negative padding_idx never matches)
+        for i in range(n):
+            if ids[i] == padding_idx:
+                slots[i] = -2
+                n_pad += 1
     for i in range(n):
         s = slots[i]
-        if s >= 0 and ids[i] != padding_idx:
+        if s >= 0:
             ref[s] = 1
-    for b in range(n_bags):
-        hits = 0
-        for i in range(offsets[b], offsets[b + 1]):
-            row_id = ids[i]
-            if row_id == padding_idx:
-                continue
-            lookups += 1
-            if with_data and i + PREFETCH_DISTANCE < n:
-                ahead = slots[i + PREFETCH_DISTANCE]
-                if ahead >= 0:
-                    _prefetch_row(cache_data, ahead)
-            s = slots[i]
-            if s < 0:
-                miss_keys[n_miss] = (layout[row_id] // rows_per_block) * n + i
-                n_miss += 1
-                continue
-            if not with_data:
-                continue
-            w = weights[i] if has_weights else np.float32(1.0)
-            _pool_slot(out, b, cache_data, s, w, mode, bag_n[b] + hits == 0)
-            hits += 1
-        bag_n[b] += hits
+    for i in range(n):
+        if slots[i] == -1:
+            miss_keys[n_miss] = (layout[ids[i]] // rows_per_block) * n + i
+            n_miss += 1
+    lookups = n - n_pad
+    if with_data:
+        # The hits, bag by bag, in position order (``kernels.pool``: skips the negative slots).
+        _pool_bags_f32(cache_data, slots, weights, offsets, -1, mode, out, bag_n, False)
 
     stats[STAT_LOOKUPS] += lookups
     stats[STAT_HITS] += lookups - n_miss
@@ -372,9 +355,18 @@ def _cache_batch(
     miss_pos = np.empty(n_miss, dtype=np.int64)
     for k in range(n_miss):
         miss_pos[k] = keys[k] % n
-    # offsets are non-decreasing, so a binary search gives each position's bag.
+    # offsets are non-decreasing, so a binary search gives each position's bag: the last b
+    # with offsets[b] <= position (by hand: numba's np.searchsorted costs ~1 s to compile).
     for k in range(n_miss):
-        pos_bag[k] = np.searchsorted(offsets, miss_pos[k], side="right") - 1
+        lo = 0
+        hi = offsets.shape[0]
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if offsets[mid] <= miss_pos[k]:
+                lo = mid
+            else:
+                hi = mid
+        pos_bag[k] = lo
 
     decoded = np.empty((rows_per_block, dim if with_data else 0), dtype=np.float32)
     is_decoded = np.zeros(rows_per_block, dtype=np.bool_)

@@ -23,12 +23,9 @@ from numba import njit
 
 from bandstore.kernels.bits import _pinned_slot
 from bandstore.kernels.cache import (
-    MODE_COPY,
     MODE_MAX,
     MODE_MEAN,
-    MODE_SUM,
     NEVER,
-    PREFETCH_DISTANCE,
     STAT_BLOCKS_READ,
     STAT_BYTES_READ,
     STAT_HITS,
@@ -39,13 +36,13 @@ from bandstore.kernels.cache import (
     STATUS_OK,
     _divide_means,
     _pool_into,
-    _pool_slot,
     _prefetch_block_row,
     _sort_keys,
     _verify_sorted_blocks,
 )
-from bandstore.kernels.codec import _decode_row_into
-from bandstore.kernels.prefetch import _prefetch_at, _prefetch_row
+from bandstore.kernels.codec import FLOAT16, FLOAT32, _decode_row_into
+from bandstore.kernels.pool import _pool_bags_f16, _pool_bags_f32, _pool_bags_i8
+from bandstore.kernels.prefetch import _prefetch_at
 
 #: Multiplier of the id hash that splits a table into parts (Knuth's multiplicative hash).
 HASH_MULTIPLIER = 2654435761
@@ -58,61 +55,29 @@ def _gather_pool(ids, offsets, weights, mode, padding_idx, out, data, stats):
     """Pool ``data[ids]`` into ``out`` bag by bag (bags ``offsets[b]:offsets[b + 1]``).
 
     ``data``: float32 (rows, dim), C-contiguous; ``out``: float32 (len(offsets) - 1, dim),
-    zeroed by the caller. Every non-padding id counts as a lookup and a hit. Rows are read by
-    2-D indexing, never as row views (a view per row costs reference counting, which made
-    this loop 2x slower), and added in the order the cache kernel adds them.
+    C-contiguous (every bag is written: a bag of no row gets zeros). Every non-padding id
+    counts as a lookup and a hit. Rows are added in the order the cache kernel adds them, by
+    ``kernels.pool`` (vectorised per column chunk, rows prefetched ahead).
     """
-    n_bags = offsets.shape[0] - 1
-    n = ids.shape[0]
-    has_weights = weights.shape[0] > 0
-    dim = data.shape[1]
-    summing = mode == MODE_SUM or mode == MODE_MEAN
-    lookups = 0
-    for b in range(n_bags):
-        cnt = 0
-        # One loop per case, so that the innermost loop has no branch left (it vectorizes).
-        if summing and not has_weights:
-            for i in range(offsets[b], offsets[b + 1]):
-                k = ids[i]
-                if k == padding_idx:
-                    continue
-                if i + PREFETCH_DISTANCE < n:
-                    _prefetch_row(data, ids[i + PREFETCH_DISTANCE])
-                for d in range(dim):
-                    out[b, d] += data[k, d]
-                cnt += 1
-        elif summing:
-            for i in range(offsets[b], offsets[b + 1]):
-                k = ids[i]
-                if k == padding_idx:
-                    continue
-                if i + PREFETCH_DISTANCE < n:
-                    _prefetch_row(data, ids[i + PREFETCH_DISTANCE])
-                w = weights[i]
-                for d in range(dim):
-                    out[b, d] += w * data[k, d]
-                cnt += 1
-        else:
-            for i in range(offsets[b], offsets[b + 1]):
-                k = ids[i]
-                if k == padding_idx:
-                    continue
-                if i + PREFETCH_DISTANCE < n:
-                    _prefetch_row(data, ids[i + PREFETCH_DISTANCE])
-                if mode == MODE_COPY or cnt == 0:
-                    for d in range(dim):
-                        out[b, d] = data[k, d]
-                else:
-                    for d in range(dim):
-                        v = data[k, d]
-                        if v > out[b, d]:
-                            out[b, d] = v
-                cnt += 1
-        if mode == MODE_MEAN and cnt > 1:
-            inv = np.float32(1.0) / np.float32(cnt)
-            for d in range(dim):
-                out[b, d] *= inv
-        lookups += cnt
+    bag_n = np.empty(offsets.shape[0] - 1, dtype=np.int64)
+    lookups = _pool_bags_f32(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
+    stats[STAT_LOOKUPS] += lookups
+    stats[STAT_HITS] += lookups
+
+
+@njit(nogil=True, cache=True)
+def _gather_pool_encoded(ids, offsets, weights, mode, padding_idx, out, data, codec, stats):
+    """``_gather_pool`` over rows kept in their codec: ``data`` as ``kernels.pool`` reads it
+    (float32 (rows, dim); float16 as uint16 (rows, dim) or its bytes; int8 rowwise: the uint8
+    rows of ``codecs.encode_rows``), decoded inside the pooling loop. Bit-identical to decoding the
+    rows to float32 first and pooling those."""
+    bag_n = np.empty(offsets.shape[0] - 1, dtype=np.int64)
+    if codec == FLOAT32:
+        lookups = _pool_bags_f32(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
+    elif codec == FLOAT16:
+        lookups = _pool_bags_f16(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
+    else:
+        lookups = _pool_bags_i8(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
     stats[STAT_LOOKUPS] += lookups
     stats[STAT_HITS] += lookups
 
@@ -159,37 +124,30 @@ def _direct_batch(
             bag_of[i] = b
     keys = np.empty(n, dtype=np.int64)
     m = 0
-    lookups = 0
+    n_pad = 0
     if pinned_index.shape[0] > 0:
-        # Probe every id first (a tight loop keeps many index lines in flight), then pool the
-        # hits with the rows a few positions ahead prefetched.
+        # Probe every id first (a tight loop keeps many index lines in flight: -1 a miss, -2
+        # padding), then pool the hits bag by bag (``kernels.pool``, rows prefetched ahead).
         slots = np.empty(n, dtype=np.int64)
         for i in range(n):
             slots[i] = _pinned_slot(pinned_index, ids[i])
+            if ids[i] == padding_idx:
+                slots[i] = -2
+                n_pad += 1
         for i in range(n):
-            row_id = ids[i]
-            if row_id == padding_idx:
-                continue
-            lookups += 1
-            if i + PREFETCH_DISTANCE < n and slots[i + PREFETCH_DISTANCE] >= 0:
-                _prefetch_row(pinned_data, slots[i + PREFETCH_DISTANCE])
-            s = slots[i]
-            if s < 0:
-                keys[m] = (layout[row_id] // rows_per_block) * n + i
+            if slots[i] == -1:
+                keys[m] = (layout[ids[i]] // rows_per_block) * n + i
                 m += 1
-                continue
-            b = bag_of[i]
-            w = weights[i] if has_weights else np.float32(1.0)
-            _pool_slot(out, b, pinned_data, s, w, mode, bag_n[b] == 0)
-            bag_n[b] += 1
+        _pool_bags_f32(pinned_data, slots, weights, offsets, -1, mode, out, bag_n, False)
     else:
         for i in range(n):
             row_id = ids[i]
             if row_id == padding_idx:
+                n_pad += 1
                 continue
             keys[m] = (layout[row_id] // rows_per_block) * n + i
             m += 1
-        lookups = m
+    lookups = n - n_pad
     if m == 0:
         stats[STAT_LOOKUPS] += lookups
         stats[STAT_HITS] += lookups
