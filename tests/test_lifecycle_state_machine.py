@@ -122,7 +122,7 @@ class Lifecycle(RuleBasedStateMachine):
         assert self.r.version == self.r_version  # readers keep their version until refresh
 
     @rule(table=st.sampled_from(sorted(ROWS)), rows=st.integers(0, 60),
-          threshold=st.sampled_from([0, 1, 3, None]),
+          threshold=st.sampled_from([0, 1, 3, bandstore.NEVER]),
           share=st.sampled_from([0.0, 0.5]))  # fmt: skip
     def writer_sets_tuning(self, table, rows, threshold, share):
         counts = {table: np.arange(ROWS[table], dtype=np.int64)[::-1] % 5}
@@ -130,7 +130,8 @@ class Lifecycle(RuleBasedStateMachine):
         self.w.set_tuning({table: rec}, counts=counts)
         self.tuning[table] = rows * CRB
         got = self.w.catalog.tuning(table)
-        assert got["cache_bytes"] == rows * CRB and got["threshold"] == threshold
+        stored = "never" if threshold == bandstore.NEVER else threshold  # JSON's spelling
+        assert got["cache_bytes"] == rows * CRB and got["threshold"] == stored
         policy = self.w.cache_policy(table)
         assert policy.cache_bytes == rows * CRB and policy.pinned_share == share
         np.testing.assert_array_equal(self.w.table_counts(table), counts[table])
