@@ -555,3 +555,28 @@ def test_serve_process_ready_lookup_sigterm(store_path, tables):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_updates_over_http_are_off_unless_allowed(tmp_path, tables):
+    path = make_store(tmp_path / "s", tables)
+    a = tables["a"]
+    body = {"tables": {"a": {"ids": [3, 5], "rows": [[7.0] * a.shape[1], [8.0] * a.shape[1]]}}}
+    with client(path) as c:  # read-only store, updates off
+        r = c.post("/v1/update", json=body)
+        assert r.status_code == 403 and "--allow-updates" in r.json()["error"]["message"]
+    store = bandstore.open(path, writable=True, cache_bytes=4096)
+    with TestClient(create_app(store, ServerOptions(allow_updates=True))) as c:
+        r = c.post("/v1/update", json=body)
+        assert r.status_code == 200 and r.json()["rows"] == {"a": 2}
+        got = c.post("/v1/lookup", json={"tables": {"a": {"indices": [3, 5, 4], "offsets": [0]}}})
+        want = 7.0 + 8.0 + a[4]
+        np.testing.assert_allclose(got.json()["tables"]["a"][0], want, rtol=1e-5)
+        # Mistakes are 4xx and change nothing.
+        bad = {"tables": {"a": {"ids": [10**9], "rows": [[1.0] * a.shape[1]]}}}
+        assert c.post("/v1/update", json=bad).status_code == 422
+        unknown = {"tables": {"zz": {"ids": [1], "rows": [[1]]}}}
+        assert c.post("/v1/update", json=unknown).status_code == 404
+        assert c.post("/v1/update", content=b"{not json").status_code == 400
+        assert c.get("/healthz").status_code == 200
+    with bandstore.open(path) as s:  # durable: another handle sees it
+        np.testing.assert_array_equal(s.lookup("a", [3])[0], np.full(a.shape[1], 7.0, np.float32))

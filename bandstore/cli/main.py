@@ -837,6 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, help="lookup worker threads (default: the plan's)")
     sp.add_argument("--io", choices=["mmap", "direct"], default="mmap",
                     help="read block files mapped (mmap) or with O_DIRECT (direct)")  # fmt: skip
+    sp.add_argument("--allow-updates", action="store_true",
+                    help="serve POST /v1/update (opens the store writable)")  # fmt: skip
     sp.add_argument("--log-level", default="info",
                     choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     sp.set_defaults(func=cmd_serve)

@@ -53,10 +53,12 @@ from bandstore.errors import (
     InvalidShapeError,
     MalformedRequestError,
     QueueFullError,
+    ReadOnlyError,
     RequestTooLargeError,
     StoreClosedError,
     UnknownTableError,
 )
+from bandstore.serve.overlay import apply_request
 from bandstore.server.backend import Backend, StoreBackend, TableSpec
 from bandstore.server.batching import Batcher, TableRequest, check_aligned, validate_table
 from bandstore.server.metrics import ServerMetrics
@@ -73,7 +75,8 @@ class ServerOptions:
     ``max_queue``: requests waiting (unbatched: in flight) before 429; ``max_body_bytes``:
     request bodies beyond it are 413; ``model``: a DLRM directory for ``/v1/predict``;
     ``warm_up``: look up every table once at startup (compiles the kernels) before ready;
-    ``retry_after_s``: the Retry-After of a 429."""
+    ``retry_after_s``: the Retry-After of a 429; ``allow_updates``: serve ``POST /v1/update``
+    (row updates, durable when answered; the store must be writable), else it is 403."""
 
     max_batch_size: int = 1024
     max_wait_ms: float = 1.0
@@ -82,6 +85,7 @@ class ServerOptions:
     model: str | None = None
     warm_up: bool = True
     retry_after_s: int = 1
+    allow_updates: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 0 or self.max_wait_ms < 0 or self.max_queue < 1:
@@ -101,6 +105,8 @@ def error_status(e: BaseException) -> int:
         return 400
     if isinstance(e, UnknownTableError):
         return 404
+    if isinstance(e, ReadOnlyError):
+        return 403
     if isinstance(e, RequestTooLargeError):
         return 413
     if isinstance(e, QueueFullError):
@@ -167,6 +173,7 @@ def create_app(store: Any, options: ServerOptions | None = None) -> Starlette:
         Route("/v1/tables", _endpoint(state, "tables", _tables), methods=["GET"]),
         Route("/metrics", _metrics_endpoint(state), methods=["GET"]),
         Route("/v1/lookup", _endpoint(state, "lookup", _lookup), methods=["POST"]),
+        Route("/v1/update", _endpoint(state, "update", _update), methods=["POST"]),
     ]
     if model is not None:
         routes.append(Route("/v1/predict", _endpoint(state, "predict", _predict), methods=["POST"]))
@@ -396,6 +403,19 @@ async def _lookup(state: _State, request: Request) -> Response:
         np.savez(buf, **{name: np.ascontiguousarray(result[name]) for name in req})  # type: ignore[arg-type]
         return Response(buf.getvalue(), media_type=NPZ)
     return JSONResponse({"tables": {name: result[name].tolist() for name in req}})
+
+
+async def _update(state: _State, request: Request) -> Response:
+    """``{"tables": {NAME: {"ids": [...], "rows": [[...]]}}}`` -> ``{"seq", "rows"}`` once
+    durable; the next lookups serve the new rows."""
+    store = getattr(state.backend, "store", None)
+    if not state.options.allow_updates or store is None:
+        raise ReadOnlyError("row updates are off: start the server with --allow-updates")
+    if not store.writable:
+        raise ReadOnlyError("row updates need a writable store")
+    body = _json_body(await _read_body(request, state.options.max_body_bytes))
+    result = await anyio.to_thread.run_sync(apply_request, store, body)
+    return JSONResponse(result)
 
 
 async def _predict(state: _State, request: Request) -> Response:

@@ -39,6 +39,7 @@ def serve(
         sample_rate=sample_rate,
         workers=workers,
         io=io,
+        writable=bool(options is not None and options.allow_updates),
     )
     try:
         app = create_app(store, options or ServerOptions())
@@ -121,6 +122,7 @@ def server_kwargs(args: Any) -> dict[str, Any]:
             max_queue=args.max_queue,
             max_body_bytes=args.max_body_bytes,
             model=None if args.model is None else str(args.model),
+            allow_updates=args.allow_updates,
         ),
         "cache_bytes": args.cache_bytes,
         "record": args.record,
