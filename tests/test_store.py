@@ -527,3 +527,18 @@ def test_store_in_a_spawned_worker(store_path, weights):
             pool.close()
             pool.join()
     np.testing.assert_array_equal(got, weights[ids])
+
+
+@pytest.mark.parametrize("cache_rows", [0, 40])
+def test_ids_outside_every_bag_are_never_read(store_path, weights, cache_rows):
+    """No bag (empty offsets) or a last offset short of the end (include_last_offset): the ids
+    past it belong to no bag. They were once handed to the kernels, which wrote out of bounds."""
+    with bandstore.open(store_path, cache_bytes=cache_bytes_for(cache_rows)) as s:
+        out = s.embedding_bag("t", np.array([7, 8]), np.array([], dtype=np.int64))
+        assert out.shape == (0, weights.shape[1]) and s.stats()["t"]["lookups"] == 0
+        got = s.embedding_bag(
+            "t", np.array([1, 2, 3, 4]), np.array([0, 2]), include_last_offset=True
+        )
+        np.testing.assert_allclose(got, weights[[1, 2]].sum(0, keepdims=True), rtol=1e-6)
+        many = s.lookup_many({"t": (np.array([5, 6]), np.array([], dtype=np.int64))})
+        assert many["t"].shape == (0, weights.shape[1])

@@ -512,6 +512,19 @@ def _bag_request(table: str, req: Any, mode: Any) -> tuple:
     return req[0], req[1], mode, req[2] if len(req) == 3 else None, False, None
 
 
+def _in_bags(
+    ids: np.ndarray, off: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Only the ids inside a bag reach the kernels, with offsets from 0: with no bag at all
+    (empty offsets) or a last offset short of the end (``include_last_offset``) the others
+    are never read, and the kernels assume every id belongs to a bag."""
+    lo, hi = int(off[0]), int(off[-1])
+    if lo == 0 and hi == ids.shape[0]:
+        return ids, off, weights
+    w = weights[lo:hi] if weights.shape[0] else weights
+    return ids[lo:hi], off - lo, w
+
+
 def _check_offsets(offsets: Any, n: int, include_last_offset: bool, table: str) -> np.ndarray:
     offsets = _as_int_array(offsets, "offsets", table)
     if offsets.ndim != 1:
@@ -1092,7 +1105,8 @@ class Store:
             # rule fails, the general path below says which.
             off = np.empty(offsets.shape[0] + 1, dtype=np.int64)
             if _checked_bags(indices, offsets, t.info.rows, off):
-                return t, indices, off, _NO_WEIGHTS, MODES[mode], -1
+                ids, off, w = _in_bags(indices, off, _NO_WEIGHTS)
+                return t, ids, off, w, MODES[mode], -1
         idx = _as_int_array(indices, "indices", table)
         bags: np.ndarray | None = None  # the offsets of the 2-D form
         if idx.ndim == 2:
@@ -1157,6 +1171,7 @@ class Store:
                     value=p,
                 )
             pad = p % t.info.rows
+        ids, off, weights = _in_bags(ids, off, weights)
         return t, ids, off, weights, MODES[mode], pad
 
     def embedding_bag(
