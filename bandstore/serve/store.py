@@ -525,7 +525,11 @@ def _in_bags(
     return ids[lo:hi], off - lo, w
 
 
-def _check_offsets(offsets: Any, n: int, include_last_offset: bool, table: str) -> np.ndarray:
+def check_offsets(offsets: Any, n: int, include_last_offset: bool, table: str) -> np.ndarray:
+    """``offsets`` of a bag request over ``n`` indices, checked (integers, 1-D, starting at 0,
+    never decreasing, within the indices; an InvalidOffsetsError names the rule and position)
+    and with ``n`` appended unless ``include_last_offset``. The one offsets check: the server
+    validates with it too."""
     offsets = _as_int_array(offsets, "offsets", table)
     if offsets.ndim != 1:
         raise InvalidShapeError(
@@ -1129,7 +1133,7 @@ class Store:
                 )
         ids = _check_ids(idx, t.info, "indices")
         if bags is None:
-            off = _check_offsets(offsets, ids.shape[0], include_last_offset, table)
+            off = check_offsets(offsets, ids.shape[0], include_last_offset, table)
         else:
             off = bags
         weights = _NO_WEIGHTS

@@ -22,13 +22,13 @@ from bandstore.errors import (
     IdOutOfRangeError,
     InvalidArgumentError,
     InvalidDtypeError,
-    InvalidOffsetsError,
     InvalidShapeError,
     MalformedRequestError,
     QueueFullError,
     StoreClosedError,
 )
 from bandstore.kernels.resident import _checked_bags
+from bandstore.serve.store import check_offsets
 from bandstore.server.backend import MODES, Backend, TableSpec
 
 
@@ -98,29 +98,8 @@ def validate_table(
     # Every rule in one kernel pass (the common, valid request); on failure the checks below
     # say which rule failed.
     valid = _checked_bags(idx, off, spec.rows, np.empty(off.shape[0] + 1, dtype=np.int64))
-    if not valid and off.size:
-        if off[0] != 0:
-            raise InvalidOffsetsError(
-                f"offsets for table {table!r} must start at 0, got {int(off[0])}",
-                table=table,
-                position=0,
-            )
-        dec = np.flatnonzero(np.diff(off) < 0)
-        if dec.size:
-            p = int(dec[0]) + 1
-            raise InvalidOffsetsError(
-                f"offsets for table {table!r} decrease at position {p} "
-                f"({int(off[p - 1])} -> {int(off[p])})",
-                table=table,
-                position=p,
-            )
-        if off[-1] > n:
-            raise InvalidOffsetsError(
-                f"offsets for table {table!r} point past the end of indices "
-                f"(offset {int(off[-1])} > {n} indices)",
-                table=table,
-                position=int(off.size - 1),
-            )
+    if not valid:
+        check_offsets(off, n, False, table)  # the Store's own check: raises naming the rule
     if not valid and n:
         bad = np.flatnonzero((idx < 0) | (idx >= spec.rows))
         if bad.size:
