@@ -78,6 +78,12 @@ HOLDOUT = 0.2
 BATCH = 256
 
 
+def demo_batch(n_queries: int) -> int:
+    """The replay batch: 256 queries, fewer on small traces so that the relayout's validation
+    slice (the last quarter of the tuning part) still holds several whole batches."""
+    return max(8, min(BATCH, n_queries // 40))
+
+
 def run_demo(
     workdir: str | os.PathLike | None = None,
     *,
@@ -106,7 +112,8 @@ def run_demo(
         t0 = time.perf_counter()
         trace = demo_trace(scale, seed)
         trace.save(workdir / "trace.npz")
-        split = split_point(trace, HOLDOUT, BATCH)
+        batch = demo_batch(trace.n_queries)
+        split = split_point(trace, HOLDOUT, batch)
         tune, heldout = trace.query_slice(0, split), trace.query_slice(split, trace.n_queries)
         store_path = workdir / "store"
         with create_store_for_trace(store_path, trace, dim=dim, seed=seed, progress=progress) as s:
@@ -115,21 +122,21 @@ def run_demo(
         result: dict[str, Any] = {
             "workdir": str(workdir) if tmp is None else None,
             "trace": trace.summary(),
-            "queries": {"tuning": tune.n_queries, "heldout": heldout.n_queries},
+            "queries": {"tuning": tune.n_queries, "heldout": heldout.n_queries, "batch": batch},
             "tables": info,
             "dram_budget_bytes": budget,
         }
 
         def measure() -> dict[str, Any]:
             with bandstore.open(store_path, cache_bytes=budget) as s:
-                replay(s, tune, batch_size=BATCH, progress=progress)  # warm, as a server is
-                return replay(s, heldout, batch_size=BATCH, progress=progress).as_dict()
+                replay(s, tune, batch_size=batch, progress=progress)  # warm, as a server is
+                return replay(s, heldout, batch_size=batch, progress=progress).as_dict()
 
         result["before"] = measure()
         # Relayout: layouts and admission policy chosen on the tuning queries only.
         with bandstore.open(store_path, writable=True, cache_bytes=budget) as s:
             report = relayout(s, trace, holdout=HOLDOUT, progress=progress,
-                              options=RelayoutOptions(batch_size=BATCH))  # fmt: skip
+                              options=RelayoutOptions(batch_size=batch))  # fmt: skip
         result["relayout"] = jsonable(
             {
                 name: {
@@ -148,7 +155,7 @@ def run_demo(
         # of the tuning queries, within the same total budget.
         with bandstore.open(store_path, writable=True, cache_bytes=budget) as s:
             sizing = size_cache(s, tune, budget, apply=True, progress=False,
-                                options=SizingOptions().with_sim(batch_size=BATCH))  # fmt: skip
+                                options=SizingOptions().with_sim(batch_size=batch))  # fmt: skip
         result["sizing"] = jsonable(
             {
                 name: {
@@ -163,7 +170,7 @@ def run_demo(
         # The asymmetric plan: a strategy per table and tables mapped to workers.
         if workers > 0:
             result["plan"] = compare_plans(
-                store_path, trace, workers=workers, budget=budget, batch_size=BATCH, repeats=1
+                store_path, trace, workers=workers, budget=budget, batch_size=batch, repeats=1
             ).as_dict()
         result["seconds"] = time.perf_counter() - t0
         result["load_average"] = list(os.getloadavg())

@@ -9,9 +9,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-#: The real traces: the directory named by ``BANDSTORE_DATA``, else ``shared/data`` beside the
-#: checkout (the project's workspace layout). Never committed; benchmarks skip what is absent.
-DATA = Path(os.environ.get("BANDSTORE_DATA") or HERE.parents[1] / "shared" / "data")
+
+
+def _find_data() -> Path:
+    """``BANDSTORE_DATA`` if set, else the nearest ``shared/data`` beside the checkout or one of
+    its parents (so a git worktree nested deeper finds the same data)."""
+    if os.environ.get("BANDSTORE_DATA"):
+        return Path(os.environ["BANDSTORE_DATA"])
+    for parent in HERE.parents[1:]:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return HERE.parents[1] / "shared" / "data"
+
+
+#: The real traces. Never committed; benchmarks skip what is absent.
+DATA = _find_data()
 
 
 def run_facts(script: str, argv: list[str] | None) -> tuple[str, str, str]:

@@ -314,7 +314,7 @@ def test_create_from_a_many_table_trace_commits_one_version(capsys, tmp_path):
 # ---- 18: the demo --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_demo_reports_load_and_no_advice_on_a_deleted_store(capsys):
-    code, out, _ = cli(capsys, "demo", "--scale", "0.05")  # (smaller: too few queries)
+    code, out, _ = cli(capsys, "demo", "--scale", "0.05")
     assert code == 0
     assert "load average" in out
     assert "bandstore calibrate STORE" not in out

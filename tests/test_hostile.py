@@ -583,3 +583,13 @@ def test_crafted_format_record_is_refused(store_path, change):
         env.close()
     with pytest.raises(CorruptFileError, match="format record"):
         bandstore.open(path)
+
+
+def test_format_properties_after_close_raise_store_closed(store_path):
+    path, _ = store_path
+    s = bandstore.open(path)
+    assert s.block_size > 0 and s.checksum_bytes > 0
+    s.close()
+    for attr in ("block_size", "checksum_bytes", "tables"):
+        with pytest.raises(StoreClosedError):
+            getattr(s, attr)

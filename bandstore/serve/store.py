@@ -723,11 +723,13 @@ class Store:
 
     @property
     def block_size(self) -> int:
+        self._check_open()
         return int(self._catalog.format["block_size"])
 
     @property
     def checksum_bytes(self) -> int:
         """The sector each stored checksum covers (``block_size`` for a format 1 store)."""
+        self._check_open()
         return int(self._catalog.format["checksum_bytes"])
 
     @property
