@@ -206,3 +206,39 @@ def test_store_with_lmdb_records_stays_readable(path):
     with bandstore.open(path) as r:
         assert r.lookup("t", [1, 2])[:, 0].tolist() == [8.0, 6.0]
         assert r.updates_info()["records"] == 0
+
+
+def test_overlay_memory_is_counted_and_its_rows_counted_once(path):
+    with bandstore.open(path, writable=True, cache_bytes=0) as w:
+        assert w.memory()["t"]["overlay"] == 0
+        w.update("t", np.arange(100), _rows(3, 100))
+        w.lookup("t", [0])
+        mem = w.memory()
+        ov = w.__dict__["_overlays"].state.overlays["t"]
+        assert mem["t"]["overlay"] == ov.nbytes >= 100 * D * 4 + ROWS * 8
+        assert mem["total"]["overlay"] == mem["t"]["overlay"]
+        assert w.cache_info()["t"]["overlay_bytes"] == ov.nbytes
+        w.reset_stats()
+        ids, off = np.array([1, 2, 300, 301, 5]), np.array([0, 3])
+        out = w.lookup_many({"t": (ids, off)})["t"]
+        assert out[:, 0].tolist() == [6.0, 3.0]
+        one = w.embedding_bag("t", ids, off, mode="sum")
+        assert one[:, 0].tolist() == [6.0, 3.0]
+        st = w.stats()["t"]
+        # 3 updated rows per call (hits, from DRAM), 2 from the version (cache_bytes=0: misses)
+        assert (st["lookups"], st["hits"], st["misses"]) == (10, 6, 4)
+
+
+def test_a_dropped_store_stops_its_poller(path):
+    import gc
+    import threading
+
+    s = bandstore.open(path)
+    s.lookup("t", [0])
+    th = s.__dict__["_overlays"]._thread
+    assert th is not None and th.is_alive()
+    del s
+    gc.collect()
+    th.join(timeout=2)
+    assert not th.is_alive()
+    assert all(t.name != "bandstore-updates" or t is not th for t in threading.enumerate())
