@@ -163,6 +163,7 @@ class Log:
 
     def __init__(self, root: Path, legacy_seq: int):
         self.dir = Path(root) / LOG_DIR
+        self.key = ""  # its key in _logs
         self.legacy_seq = legacy_seq  # the last seq of the LMDB records (stores before this log)
         self.segments: list[Segment] = []
         self.listed = False
@@ -585,6 +586,7 @@ def log_of(root: Path, legacy_seq: Any) -> Log:
         log = _logs.get(key)
         if log is None:
             log = _logs[key] = Log(Path(root), int(legacy_seq()))
+            log.key = key
         return log
 
 

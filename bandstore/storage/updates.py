@@ -111,8 +111,13 @@ def _legacy_seq(catalog: Catalog, txn: Any = None) -> int:
 
 
 def log(catalog: Catalog) -> updatelog.Log:
-    """The store's log files (one object per store in this process)."""
-    return updatelog.log_of(catalog.root, lambda: _legacy_seq(catalog))
+    """The store's log files (one object per store in this process, remembered by the
+    catalog: finding it by path resolves the path, a tenth of a batch's CPU)."""
+    lg: updatelog.Log | None = catalog.__dict__.get("_update_log")
+    if lg is None or updatelog._logs.get(lg.key) is not lg:  # (none yet, or forked since)
+        lg = updatelog.log_of(catalog.root, lambda: _legacy_seq(catalog))
+        catalog.__dict__["_update_log"] = lg
+    return lg
 
 
 def latest_seq(catalog: Catalog) -> int:
