@@ -68,9 +68,10 @@ POLL_SECONDS = 0.1
 APPLY_IN_POLLER = True
 #: Rows a fold copies at a time.
 CHUNK_ROWS = 1 << 16
-#: A table's arena, when full, is rebuilt with its live rows at this multiple of their number:
-#: the rebuild copies them (amortized: at most one row copied per row applied).
-ARENA_GROWTH = 2
+#: A table's arena, when full, is rebuilt with its live rows (and the ones applied) at this
+#: multiple of their number: the rebuild copies them (amortized: at most two rows copied per
+#: row applied), and the arena stays within this multiple of the updated rows' size.
+ARENA_GROWTH = 1.5
 #: Smallest arena (rows) a table's overlay starts with.
 MIN_ARENA_ROWS = 1024
 
@@ -212,12 +213,19 @@ class Overlays:
         if arena is None or arena.table is not t or old is None:
             arena = self._arenas[name] = _Arena(t)
         m = sum(int(r.ids.size) for r in records)
+        if arena.used + m > arena.data.shape[0] and len(records) > 1:
+            # Rebuilding anyway: apply each id's last value only (a store catching up on a
+            # long log would otherwise size its arena by every row ever written).
+            ids, enc = updates.collapse(records, g.row_bytes)
+            last = records[-1]
+            records = [updates.UpdateRecord(name, last.seq, ids, enc, last.dim, last.codec)]
+            m = int(ids.size)
         if arena.used + m > arena.data.shape[0]:
             # Full: new arrays holding each id's newest row, ARENA_GROWTH x room (older states
             # keep the old ones alive until no call uses them). On huge pages, zero-filled
             # lazily (4 KB page faults cost ~20 us each on this VM).
             live = arena.n_ids
-            rows = max(MIN_ARENA_ROWS, ARENA_GROWTH * (live + m))
+            rows = max(MIN_ARENA_ROWS, int(ARENA_GROWTH * (live + m)))
             head = dram.zeros(g.rows, np.int64)
             data = dram.zeros((rows, g.dim), np.float32)
             if arena.used:

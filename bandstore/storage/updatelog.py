@@ -305,6 +305,10 @@ class Log:
                         seen = (seg.n, seg.end, os.fstat(seg.fd).st_size)
                         if writer or seen != self._bad_seen:
                             if self._valid_after(seg, seg.end):
+                                # (It may have been a frame being written, complete now that
+                                # a later one is: frames are written one after another.)
+                                if self._read_frame(seg, seg.end)[0] == "ok":
+                                    continue
                                 raise CorruptLogError(str(seg.path), seg.end, got)
                             self._bad_seen = seen  # (not scanned again until it changes)
                         if writer:
@@ -529,6 +533,8 @@ class Log:
                         seg.end += got[0].size
                         continue
                     if kind == "bad" and check._valid_after(seg, seg.end):
+                        if check._read_frame(seg, seg.end)[0] == "ok":
+                            continue  # (it was being written)
                         problems.append({"file": str(seg.path), "offset": seg.end,
                                          "reason": got})  # fmt: skip
                     break
