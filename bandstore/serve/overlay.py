@@ -229,9 +229,11 @@ class Overlays:
         if arena is None or arena.table is not t or old is None:
             arena = self._arenas[name] = _Arena(t)
         m = sum(int(r.ids.size) for r in records)
-        if arena.used + m > arena.data.shape[0] and len(records) > 1:
-            # Rebuilding anyway: apply each id's last value only (a store catching up on a
-            # long log would otherwise size its arena by every row ever written).
+        if len(records) > 1:
+            # One apply of each id's last value: a few steps whatever the records (an applier
+            # thread waits for the GIL at each step, up to the switch interval, while readers
+            # run), and a store catching up on a long log does not size its arena by every
+            # row ever written.
             ids, enc = updates.collapse(records, g.row_bytes)
             last = records[-1]
             records = [updates.UpdateRecord(name, last.seq, ids, enc, last.dim, last.codec)]

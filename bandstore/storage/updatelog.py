@@ -62,6 +62,8 @@ assert SEG_HEADER == 64 and FRAME_HEADER == 48 and _ENTRY.size == 16 and _REC.si
 SEGMENT_MIN = 1 << 20
 SEGMENT_MAX = 64 << 20
 _ZERO = bytes(FRAME_HEADER)
+#: Bytes of frames parsed by an index refresh kept for the read that usually follows it.
+RECENT_BYTES = 16 << 20
 
 
 def _pad8(n: int) -> int:
@@ -173,6 +175,9 @@ class Log:
         self.queue: list[list[Any]] = []
         self.broken: BaseException | None = None
         self._bad_seen: tuple[int, int, int] | None = None
+        # Frames refresh() parsed, until records() takes them (bounded: oldest dropped).
+        self._recent: dict[tuple[int, int], tuple[int, list]] = {}
+        self._recent_bytes = 0
         self.writing: tuple[int, int] | None = None  # (segment, offset) of a frame being synced
         self._lock_fd: int | None = None
 
@@ -235,6 +240,9 @@ class Log:
         parsed = parse_payload(payload, first, last)
         if isinstance(parsed, str):
             return "bad", parsed
+        if (seg.n, off) not in self._recent:  # (for records(): no second read)
+            self._recent[(seg.n, off)] = (seg.ino, parsed)
+            self._recent_bytes += FRAME_HEADER + plen
         recs = [(t, s, int(ids.size), int(ids.nbytes + rows.nbytes)) for t, s, ids, rows, _, _
                 in parsed]  # fmt: skip
         return "ok", (Frame(off, FRAME_HEADER + plen, first, last, recs), parsed)
@@ -314,6 +322,9 @@ class Log:
                         if writer:
                             self._zero_tail(seg, seg.end)
                     break
+                if self._recent_bytes > RECENT_BYTES:  # (nobody read them: read again)
+                    self._recent.clear()
+                    self._recent_bytes = 0
                 if i == len(self.segments) - 1:
                     nxt = self._open_segment(seg.n + 1)
                     if nxt is not None:
@@ -352,7 +363,12 @@ class Log:
         return out
 
     def _frame_records(self, seg: Segment, f: Frame) -> list[tuple]:
-        """The parsed records of an indexed frame, read again and checked."""
+        """The parsed records of an indexed frame: as ``refresh`` just read and checked them,
+        else read again and checked."""
+        kept = self._recent.pop((seg.n, f.offset), None)
+        if kept is not None and kept[0] == seg.ino:
+            self._recent_bytes -= f.size
+            return kept[1]
         head = os.pread(seg.fd, FRAME_HEADER, f.offset)
         payload = os.pread(seg.fd, f.size - FRAME_HEADER, f.offset + FRAME_HEADER)
         want = int.from_bytes(head[32:40], "little") if len(head) == FRAME_HEADER else -1
