@@ -255,11 +255,11 @@ def test_a_frame_read_while_being_written_is_not_damage(path, monkeypatch):
     real = updatelog.Log._read_frame
     torn_once = []
 
-    def read_frame(self, seg, off):
+    def read_frame(self, seg, off, keep=False):
         if off == second.offset and not torn_once:
             torn_once.append(off)
             return "bad", "payload checksum mismatch"  # as if caught mid-write
-        return real(self, seg, off)
+        return real(self, seg, off, keep)
 
     monkeypatch.setattr(updatelog.Log, "_read_frame", read_frame)
     with bandstore.open(path) as r:

@@ -215,9 +215,10 @@ class Log:
                     self.segments.append(seg)
         self.listed = True
 
-    def _read_frame(self, seg: Segment, off: int) -> tuple[str, Any]:
+    def _read_frame(self, seg: Segment, off: int, keep: bool = False) -> tuple[str, Any]:
         """``("ok", (Frame, parsed))``, ``("end", None)`` (zeros or the file's end) or
-        ``("bad", reason)`` for the frame at ``off``."""
+        ``("bad", reason)`` for the frame at ``off``; ``keep``: a valid frame's records are
+        kept for the ``records`` call that usually follows (a reader's index refresh)."""
         head = os.pread(seg.fd, FRAME_HEADER, off)
         if len(head) < FRAME_HEADER:
             return ("end", None) if not head.strip(b"\0") else ("bad", "header past the end")
@@ -240,7 +241,7 @@ class Log:
         parsed = parse_payload(payload, first, last)
         if isinstance(parsed, str):
             return "bad", parsed
-        if (seg.n, off) not in self._recent:  # (for records(): no second read)
+        if keep and (seg.n, off) not in self._recent:  # (for records(): no second read)
             self._recent[(seg.n, off)] = (seg.ino, parsed)
             self._recent_bytes += FRAME_HEADER + plen
         recs = [(t, s, int(ids.size), int(ids.nbytes + rows.nbytes)) for t, s, ids, rows, _, _
@@ -301,7 +302,7 @@ class Log:
             while i < len(self.segments):
                 seg = self.segments[i]
                 while self.writing != (seg.n, seg.end):
-                    kind, got = self._read_frame(seg, seg.end)
+                    kind, got = self._read_frame(seg, seg.end, keep=not writer)
                     if kind == "ok":
                         frame = got[0]
                         seg.frames.append(frame)
