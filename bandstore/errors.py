@@ -132,6 +132,27 @@ class CorruptUpdateError(CorruptDataError):
         self.actual = actual
 
 
+class CorruptLogError(CorruptDataError):
+    """The update log's file is damaged before its end (not a torn last write, which is dropped):
+    ``path`` and ``offset`` name the frame (or segment header) whose structure or checksum is
+    wrong."""
+
+    def __init__(
+        self,
+        path: str,
+        offset: int,
+        reason: str,
+        expected: int | None = None,
+        actual: int | None = None,
+    ):
+        super().__init__(f"{path}: update log frame at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        self.expected = expected
+        self.actual = actual
+
+
 class NotAStoreError(BandstoreError, FileNotFoundError):
     """The path does not hold a bandstore store."""
 

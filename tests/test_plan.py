@@ -977,3 +977,25 @@ def test_executor_cuts_a_dominant_table_into_ranges_of_bags(store_path, weights)
         assert ex._cuts == {} and ranges["c"] == [(0, 40)]
         for n, (i, o) in req.items():
             np.testing.assert_allclose(out[n], embedding_bag_ref(weights[n], i, o), atol=1e-5)
+
+
+def test_plan_leaves_the_update_overlay_its_dram(skewed, tmp_path):
+    """Rows updated since the served version live in DRAM beside every strategy: a plan
+    for a store with an update overlay fits its strategies in the budget less its bytes."""
+    import shutil
+
+    from bandstore.tune.planning import plan_store
+
+    src, trace = skewed
+    path = tmp_path / "s"
+    shutil.copytree(src, path)
+    with bandstore.open(path, writable=True) as s:
+        roomy = plan_store(s, trace, 1, 1 << 22, batch_size=600, curves=CURVES)
+        budget = roomy.dram_bytes  # what the strategies take with room to spare
+        s.update("big", np.arange(1000), np.ones((1000, 8), np.float32))
+        s.lookup("big", [0])
+        overlay = s.cache_info()["big"]["overlay_bytes"]
+        assert overlay == s.memory()["total"]["overlay"] > 0
+        tight = plan_store(s, trace, 1, budget, batch_size=600, curves=CURVES)
+        assert tight.budget_bytes == budget  # the caller's budget, recorded as given
+        assert tight.dram_bytes <= budget - overlay

@@ -14,7 +14,7 @@ import bandstore
 from bandstore.cli.main import main as cli
 from bandstore.serve import overlay
 from bandstore.serve.cache import cache_row_bytes
-from bandstore.storage import updates
+from bandstore.storage import updatelog
 from bandstore.storage.codecs import decode_rows, encode_rows
 from bandstore.storage.versions import collect_garbage
 
@@ -318,17 +318,21 @@ def test_verify_checks_the_log(store_path):
         w.update("a", [1, 2], np.ones((2, DIM), np.float32))
         w.update("c", [1], np.ones((1, DIM), np.float32))
         assert w.verify() == []
-        env = w.catalog._env
-        key = updates.record_key("a", 1)
-        with env.begin(write=True) as txn:
-            value = bytearray(txn.get(key))
-            value[40] ^= 1
-            txn.put(key, bytes(value))
+        seg = path / "updates" / "00000001.log"
+        first = updatelog.SEG_HEADER  # the first frame (a's rows), a valid frame after it
+        with open(seg, "r+b") as f:
+            f.seek(first + updatelog.FRAME_HEADER + 40)
+            b = f.read(1)
+            f.seek(first + updatelog.FRAME_HEADER + 40)
+            f.write(bytes([b[0] ^ 1]))
         problems = w.verify()
-        assert problems == [{"table": "a", "seq": 1, "reason": "checksum mismatch"}]
+        assert problems == [
+            {"file": str(seg), "offset": first, "reason": "payload checksum mismatch"}
+        ]
         # A reader refuses to serve a corrupt update rather than serve an old row.
-        with bandstore.open(path) as r, pytest.raises(bandstore.CorruptUpdateError):
+        with bandstore.open(path) as r, pytest.raises(bandstore.CorruptLogError) as e:
             r.lookup("a", [1])
+        assert (e.value.path, e.value.offset) == (str(seg), first)
     assert cli(["verify", str(path), "--json"]) == 1
 
 

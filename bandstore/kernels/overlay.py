@@ -1,15 +1,18 @@
 """Kernels of the update overlay: rows updated since the served version, in front of it.
 
-The overlay of a table is a set of ids with their current rows, decoded (float32) in an
-append-only arena; ``index`` is a bitmap over the table's rows with running counts
-(``kernels.bits``: the rank of a held id is its slot) and ``pos[slot]`` the arena row.
+A table's overlay keeps its updated rows decoded (float32) in an append-only arena. ``head``
+(one int64 per table row, 0 = never updated) holds ``1 +`` the arena row of an id's newest
+value and ``prev[row]`` the arena row of the value before it (-1: none). A state of the
+overlay is the first ``used`` arena rows: it serves, for an id, the newest of its rows below
+``used`` (walking ``prev`` from ``head``). The applier appends rows beyond every published
+state's ``used`` and only then moves ``head`` (a later call, so its stores follow the rows'),
+so one ``head`` serves every state at once and applying ``m`` rows costs ``O(m)``.
 
 A request is served in two parts, as a split table's are: ``_overlay_probe`` finds each id's
-slot (one bitmap line per id); if any is held, ``_overlay_select`` writes the other ids as a
-sub-request that the table's own strategy serves (pooled with ``MODE_SUM`` for mean), and
-``_overlay_merge`` pools the held rows into that part's output bag by bag, as
-``kernels.resident._combine_parts`` combines parts (skipping an empty part for max and copy,
-dividing a mean by the bag's total rows).
+arena row; if any is held, ``_overlay_select`` writes the other ids as a sub-request that the
+table's own strategy serves (pooled with ``MODE_SUM`` for mean), and ``_overlay_merge`` pools
+the held rows into that part's output bag by bag, as ``kernels.resident._combine_parts``
+combines parts (skipping an empty part for max and copy, dividing a mean by the bag's total).
 
 Same rules as every kernel: contiguous arrays, caller-allocated outputs, never raise.
 """
@@ -19,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from bandstore.kernels.bits import _pinned_slot, _popcount
 from bandstore.kernels.cache import (
     MODE_COPY,
     MODE_MAX,
@@ -30,18 +32,35 @@ from bandstore.kernels.cache import (
 
 
 @njit(nogil=True, cache=True)
-def _overlay_probe(ids, padding_idx, index, slots):
-    """``slots[i]``: the overlay slot of ``ids[i]`` (-1: not held, or padding); returns how
-    many ids are held."""
+def _newest_below(head, prev, used, r):
+    """The arena row of id ``r``'s newest value among the first ``used`` rows (-1: none)."""
+    s = head[r] - 1
+    while s >= used:
+        s = prev[s]
+    return s
+
+
+@njit(nogil=True, cache=True)
+def _overlay_probe(ids, padding_idx, head, prev, used, slots):
+    """``slots[i]``: the arena row serving ``ids[i]`` in the state of ``used`` rows (-1: not
+    updated, padding or out of range); returns how many ids are held."""
     hits = 0
+    n_rows = head.shape[0]
     for i in range(ids.shape[0]):
         r = ids[i]
-        s = _pinned_slot(index, r)
-        if r == padding_idx:
-            s = -1
+        s = -1
+        if r != padding_idx and r >= 0 and r < n_rows:
+            s = _newest_below(head, prev, used, r)
         slots[i] = s
         hits += np.int64(s >= 0)
     return hits
+
+
+@njit(nogil=True, cache=True)
+def _overlay_rows(start, head, prev, used, out):
+    """``out[k]``: the arena row of id ``start + k`` in the state of ``used`` rows (-1: none)."""
+    for k in range(out.shape[0]):
+        out[k] = _newest_below(head, prev, used, start + k)
 
 
 @njit(nogil=True, cache=True)
@@ -68,8 +87,8 @@ def _overlay_select(ids, offsets, weights, padding_idx, slots, sub_ids, sub_off,
 
 
 @njit(nogil=True, cache=True)
-def _overlay_merge(offsets, weights, mode, slots, pos, data, base_n, out, stats):
-    """Pool the held rows (``data[pos[slots[i]]]``) into ``out``, which holds the other part's
+def _overlay_merge(offsets, weights, mode, slots, data, base_n, out, stats):
+    """Pool the held rows (``data[slots[i]]``) into ``out``, which holds the other part's
     bags (summed for mean; a bag with ``base_n[b] == 0`` rows there is ignored for max and
     copy); then divide mean bags by their total rows. Every held row is a lookup and a hit."""
     n_bags = offsets.shape[0] - 1
@@ -82,7 +101,7 @@ def _overlay_merge(offsets, weights, mode, slots, pos, data, base_n, out, stats)
             s = slots[i]
             if s < 0:
                 continue
-            r = pos[s]
+            r = s
             if mode == MODE_COPY or mode == MODE_MAX:
                 if cnt == 0 or mode == MODE_COPY:
                     for d in range(dim):
@@ -107,40 +126,36 @@ def _overlay_merge(offsets, weights, mode, slots, pos, data, base_n, out, stats)
 
 
 @njit(nogil=True, cache=True)
-def _overlay_index(old, new_ids, out):
-    """``out``: the index ``old`` (``kernels.bits`` form) with ``new_ids`` added."""
-    words = out.shape[0]
-    for w in range(words):
-        out[w, 0] = old[w, 0]
-    for k in range(new_ids.shape[0]):
-        r = new_ids[k]
-        out[r >> 6, 0] |= np.int64(1) << (r & 63)
-    before = 0
-    for w in range(words):
-        out[w, 1] = before
-        before += _popcount(out[w, 0])
+def _overlay_link(ids, head, prev, start):
+    """Arena rows ``start + k`` hold new values of ``ids[k]`` (distinct): set their ``prev``
+    (before ``_overlay_publish`` moves ``head``); returns how many ids had no value yet."""
+    fresh = 0
+    for k in range(ids.shape[0]):
+        p = head[ids[k]] - 1
+        prev[start + k] = p
+        fresh += np.int64(p < 0)
+    return fresh
 
 
 @njit(nogil=True, cache=True)
-def _merge_ids(old_ids, old_pos, new_ids, start, out_ids, out_pos):
-    """Merge ascending distinct ``new_ids`` (arena rows ``start``, ``start + 1``, ...) into
-    ascending distinct ``old_ids`` (rows ``old_pos``): ``out_ids`` / ``out_pos`` (room for
-    both) get the union in order, a new id's row replacing an old one's; returns its size."""
-    i = 0
-    j = 0
+def _overlay_publish(ids, head, start):
+    """Point ``head`` of ``ids[k]`` at arena row ``start + k`` (after ``_overlay_link``)."""
+    for k in range(ids.shape[0]):
+        head[ids[k]] = start + k + 1
+
+
+@njit(nogil=True, cache=True)
+def _overlay_compact(head, prev, used, data, new_head, new_data):
+    """Copy each id's newest row of the first ``used`` into ``new_data`` (zeroed ``new_head``
+    pointing at them, no ``prev``); returns how many."""
     k = 0
-    n_old = old_ids.shape[0]
-    n_new = new_ids.shape[0]
-    while i < n_old or j < n_new:
-        if j >= n_new or (i < n_old and old_ids[i] < new_ids[j]):
-            out_ids[k] = old_ids[i]
-            out_pos[k] = old_pos[i]
-            i += 1
-        else:
-            if i < n_old and old_ids[i] == new_ids[j]:
-                i += 1
-            out_ids[k] = new_ids[j]
-            out_pos[k] = start + j
-            j += 1
+    dim = data.shape[1]
+    for r in range(head.shape[0]):
+        s = _newest_below(head, prev, used, r)
+        if s < 0:
+            continue
+        for d in range(dim):
+            new_data[k, d] = data[s, d]
+        new_head[r] = k + 1
         k += 1
     return k

@@ -149,6 +149,7 @@ def format_description(d: dict[str, Any]) -> str:
     if u:
         lines.append(
             f"update log: {u['records']} records, {u['rows']} rows, {_mib(u['bytes'])} "
-            f"(last update {u['update_seq']})"
+            f"(last update {u['update_seq']}) in {u.get('segments', 0)} files of "
+            f"{_mib(u.get('file_bytes', 0))}; overlay {_mib(u.get('overlay_bytes', 0))}"
         )
     return "\n".join(lines)

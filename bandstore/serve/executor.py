@@ -368,8 +368,12 @@ class Executor:
             got = self._parts_memo[where] = (parts, any(w for w, _ in parts))
         return got
 
-    def run(self, prepared: Mapping[str, tuple]) -> dict[str, np.ndarray]:
-        """Serve validated requests ``{table: (t, ids, offsets, weights, mode, pad)}``."""
+    def run(
+        self, prepared: Mapping[str, tuple], extra_stats: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Serve validated requests ``{table: (t, ids, offsets, weights, mode, pad)}``;
+        ``extra_stats[table]`` (counters + device bytes) are committed with the table's job's
+        counters (the update overlay's rows: one commit per call, none if it raises)."""
         jobs = {}
         per_worker: list[list[Task]] = [[] for _ in range(self.workers)]
         for_helpers: list[tuple] = []
@@ -446,8 +450,8 @@ class Executor:
                         self._state.notify_all()
         if error is not None:
             raise error  # before any counter: a call that raises changes none
-        for runner, job in jobs.values():
-            commit_stats(runner.table, job)
+        for name, (runner, job) in jobs.items():
+            commit_stats(runner.table, job, extra_stats.get(name) if extra_stats else None)
         if counted:
             self.calls.add(inline=small)
         self.busy.called()

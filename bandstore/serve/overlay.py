@@ -18,15 +18,20 @@ the updated ones pooled from the overlay's decoded rows, combined per bag. Updat
 reach the strategy, so a cached, pinned or resident copy of their old value is never served
 (it is dropped with the version). Overlay rows count as lookups and hits (served from DRAM).
 
-The overlay holds decoded float32 rows in an append-only arena per table (rows of an id
-updated again are left behind and dropped when the arena is rebuilt, at most when it is full),
-so applying ``m`` new rows costs ``O(m)`` rows plus ``O(k)`` integers for ``k`` updated ids,
-never a copy of the rows already applied. Folding into a version (``compact``, a relayout)
-empties it on the stores that switch to that version.
+The overlay holds decoded float32 rows in an append-only arena per table, found through one
+``head`` array per table shared by every state (``kernels.overlay``: a state is the arena's
+first ``used`` rows), so applying ``m`` new rows costs ``O(m)``: never a copy of the rows or
+the ids already applied. When the arena is full it is rebuilt with only each id's newest row
+at ``ARENA_GROWTH`` times their number (a new ``head`` too; older states keep the old arrays).
+Applying runs in the poller thread by default (``APPLY_IN_POLLER``), in nogil kernels, so a
+reader's call does not pay for it; the writing store still applies its own update before its
+next call. Folding into a version (``compact``, a relayout) empties it on the stores that
+switch to that version. The overlay's bytes are part of ``Store.memory()`` (``overlay``).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Mapping
@@ -45,10 +50,12 @@ from bandstore.errors import (
 )
 from bandstore.kernels import cache as kc
 from bandstore.kernels.overlay import (
-    _merge_ids,
-    _overlay_index,
+    _overlay_compact,
+    _overlay_link,
     _overlay_merge,
     _overlay_probe,
+    _overlay_publish,
+    _overlay_rows,
     _overlay_select,
 )
 from bandstore.storage import blockfile, dram, updates
@@ -56,43 +63,45 @@ from bandstore.storage.codecs import codec_id, decode_rows, encode_rows
 
 #: How often a store's poller looks for updates written by other stores (seconds).
 POLL_SECONDS = 0.1
-#: Whether the poller applies what it finds itself (False: it flags it, and the store's next
-#: call applies it, on its own thread: a thread applying beside the readers contends with
-#: them for the GIL at every step, up to the interpreter's switch interval each, which
-#: delayed both the readers and the updates' visibility; see benchmarks/bench_updates.py).
-APPLY_IN_POLLER = False
+#: Whether the poller applies what it finds itself (the default: the work is in nogil kernels
+#: and reads, O(new rows), off the readers' calls), or only flags it for the store's next call
+#: to apply on its own thread (see benchmarks/bench_updates.py --apply-in-call).
+APPLY_IN_POLLER = True
 #: Rows a fold copies at a time.
 CHUNK_ROWS = 1 << 16
-#: A table's arena, when full, is rebuilt with its live rows at this multiple of their number:
-#: the rebuild copies them (a stall of the call that applies it), so it should be rare.
-ARENA_GROWTH = 4
+#: A table's arena, when full, is rebuilt with its live rows (and the ones applied) at this
+#: multiple of their number: the rebuild copies them (amortized: one row copied per row
+#: applied, at 2); with the spare kept for reuse, the overlay holds up to twice that.
+ARENA_GROWTH = 2
 #: Smallest arena (rows) a table's overlay starts with.
 MIN_ARENA_ROWS = 1024
-_EMPTY_I64 = np.empty(0, dtype=np.int64)
 
 
 class TableOverlay:
-    """One table's updated rows in one state (immutable): ``ids`` ascending, ``index`` the
-    bitmap over the table's rows (slot = rank in ``ids``), ``pos[slot]`` the row of ``data``
-    (an arena shared with later states, which only append beyond ``pos``'s rows)."""
+    """One table's updated rows in one state (immutable as far as the state goes): the
+    arena's first ``used`` rows, found through ``head`` / ``prev`` (``kernels.overlay``);
+    ``n_ids`` distinct ids are updated."""
 
-    __slots__ = ("ids", "index", "pos", "data")
+    __slots__ = ("head", "prev", "data", "used", "n_ids")
 
-    def __init__(self, ids: np.ndarray, index: np.ndarray, pos: np.ndarray, data: np.ndarray):
-        self.ids = ids
-        self.index = index
-        self.pos = pos
+    def __init__(self, head: np.ndarray, prev: np.ndarray, data: np.ndarray, used: int,
+                 n_ids: int):  # fmt: skip
+        self.head = head
+        self.prev = prev
         self.data = data
+        self.used = used
+        self.n_ids = n_ids
 
     @property
     def nbytes(self) -> int:
-        """DRAM of this state's rows and indexes (the arena's live rows)."""
-        return int(self.index.nbytes + self.pos.nbytes + self.ids.nbytes
-                   + self.ids.size * self.data.shape[1] * 4)  # fmt: skip
+        """DRAM of this state's arrays: the id index and the arena (as allocated)."""
+        return int(self.head.nbytes + self.prev.nbytes + self.data.nbytes)
 
-    def rows(self) -> np.ndarray:
-        """The updated rows (float32, in ``ids`` order)."""
-        return self.data[self.pos]
+    def rows_of(self, start: int, n: int) -> np.ndarray:
+        """The arena rows of ids ``start .. start + n - 1`` (-1: not updated)."""
+        out = np.empty(n, dtype=np.int64)
+        _overlay_rows(start, self.head, self.prev, self.used, out)
+        return out
 
 
 class OverlayState:
@@ -108,14 +117,33 @@ class OverlayState:
 
 
 class _Arena:
-    """A table's append-only block of decoded rows (mutated only under the apply lock)."""
+    """A table's append-only rows and id index (mutated only under the apply lock, beyond
+    what any published state uses)."""
 
-    __slots__ = ("table", "data", "used")
+    __slots__ = ("table", "head", "prev", "data", "used", "n_ids", "spare")
 
     def __init__(self, table: Any):
         self.table = table
+        self.head = np.zeros(0, dtype=np.int64)
+        self.prev = np.zeros(0, dtype=np.int64)
         self.data = np.zeros((0, table.info.dim), dtype=np.float32)
         self.used = 0
+        self.n_ids = 0
+        # The arrays before the last rebuild, reused by the next one once no state holds
+        # them: fresh memory is zero-filled page by page as the rebuild first writes it, and
+        # those faults (~20 us per 4 KB page here) were most of a rebuild's time (0.15-1 s
+        # for 500k rows of 64 floats at load 16).
+        self.spare: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def take_spare(self, rows: int, n_rows: int) -> tuple[np.ndarray, ...] | None:
+        """The spare arrays if no state holds them and they have room for ``rows``."""
+        spare, self.spare = self.spare, None
+        if spare is None or spare[2].shape[0] < rows or spare[0].shape[0] != n_rows:
+            return None
+        for a in spare:
+            if sys.getrefcount(a) > 3:  # (the tuple's, ``a``'s, the argument's: no state's)
+                return None
+        return spare
 
 
 class Overlays:
@@ -197,37 +225,46 @@ class Overlays:
                 or (r.ids.size and (r.ids.min() < 0 or r.ids.max() >= g.rows))
             ):
                 raise CorruptUpdateError(name, r.seq, "does not match the table's geometry")
-        new_ids, enc = updates.collapse(records, g.row_bytes)
-        rows = decode_rows(g.codec, enc, g.dim)
         arena = self._arenas.get(name)
-        if arena is None or arena.table is not t:
+        if arena is None or arena.table is not t or old is None:
             arena = self._arenas[name] = _Arena(t)
-        old_ids = old.ids if old is not None else _EMPTY_I64
-        old_pos = old.pos if old is not None else _EMPTY_I64
-        m = new_ids.size
+        m = sum(int(r.ids.size) for r in records)
+        if len(records) > 1:
+            # One apply of each id's last value: a few steps whatever the records (an applier
+            # thread waits for the GIL at each step, up to the switch interval, while readers
+            # run), and a store catching up on a long log does not size its arena by every
+            # row ever written.
+            ids, enc = updates.collapse(records, g.row_bytes)
+            last = records[-1]
+            records = [updates.UpdateRecord(name, last.seq, ids, enc, last.dim, last.codec)]
+            m = int(ids.size)
         if arena.used + m > arena.data.shape[0]:
-            # Full: a new arena holding only the live rows, ARENA_GROWTH x their size (older states
-            # keep the old one alive until no call uses them).
-            live = old_ids.size
-            # On huge pages (anonymous mmap, zero-filled lazily): a fresh arena is written as
-            # rows arrive, and 4 KB page faults cost ~20 us each on this VM (nested paging).
-            data = dram.zeros((max(MIN_ARENA_ROWS, ARENA_GROWTH * (live + m)), g.dim), np.float32)
-            if live:  # gathered straight into place (no temporary: one pass, half the faults)
-                np.take(arena.data, old_pos, axis=0, out=data[:live], mode="clip")
-            arena.data, arena.used = data, live
-            old_pos = np.arange(live, dtype=np.int64)
-        start = arena.used
-        arena.data[start : start + m] = rows
-        arena.used = start + m
-        ids = np.empty(old_ids.size + m, dtype=np.int64)
-        pos = np.empty(old_ids.size + m, dtype=np.int64)
-        k = _merge_ids(old_ids, old_pos, new_ids, start, ids, pos)
-        ids, pos = ids[:k], pos[:k]
-        words = -(-g.rows // 64)
-        index = np.empty((words, 2), dtype=np.int64)
-        old_index = old.index if old is not None else np.zeros((words, 2), dtype=np.int64)
-        _overlay_index(old_index, new_ids, index)
-        return TableOverlay(ids, index, pos, arena.data)
+            # Full: new arrays holding each id's newest row, ARENA_GROWTH x room (older states
+            # keep the old ones alive until no call uses them). On huge pages, zero-filled
+            # lazily (4 KB page faults cost ~20 us each on this VM).
+            live = arena.n_ids
+            rows = max(MIN_ARENA_ROWS, int(ARENA_GROWTH * (live + m)))
+            spare = arena.take_spare(live + m, g.rows)
+            if spare is not None:
+                head, prev, data = spare
+                head.fill(0)
+            else:
+                head = dram.zeros(g.rows, np.int64)
+                prev = dram.zeros(rows, np.int64)
+                data = dram.zeros((rows, g.dim), np.float32)
+            if arena.used:
+                live = int(_overlay_compact(arena.head, arena.prev, arena.used, arena.data,
+                                            head, data))  # fmt: skip
+                arena.spare = (arena.head, arena.prev, arena.data)
+            prev[:live] = -1
+            arena.head, arena.prev, arena.data, arena.used = head, prev, data, live
+        for r in records:
+            start, n = arena.used, int(r.ids.size)
+            arena.data[start : start + n] = decode_rows(g.codec, r.rows, g.dim)
+            arena.n_ids += int(_overlay_link(r.ids, arena.head, arena.prev, start))
+            _overlay_publish(r.ids, arena.head, start)
+            arena.used = start + n
+        return TableOverlay(arena.head, arena.prev, arena.data, arena.used, arena.n_ids)
 
     # ---- the poller --------------------------------------------------------------------------
     def start(self) -> None:
@@ -239,6 +276,10 @@ class Overlays:
                 name="bandstore-updates", daemon=True,
             )  # fmt: skip
             self._thread.start()
+            # A store dropped without close() stops its poller too.
+            store = self._store()
+            if store is not None:
+                weakref.finalize(store, self._stop.set)
 
     def close(self) -> None:
         self._stop.set()
@@ -308,6 +349,20 @@ def catch_up(store: Any) -> None:
     overlays(store).catch_up()
 
 
+def memory(store: Any) -> dict[str, int]:
+    """Per table, the DRAM of the overlay the store serves (its current state's arrays)."""
+    ov = store.__dict__.get("_overlays")
+    st = ov.state if ov is not None else None
+    if st is None:
+        return {}
+    out = {n: o.nbytes for n, o in st.overlays.items()}
+    for n, arena in list(ov._arenas.items()):
+        spare = arena.spare
+        if spare is not None and n in out:  # (kept for the next rebuild: held DRAM too)
+            out[n] += sum(int(a.nbytes) for a in spare)
+    return out
+
+
 def close(store: Any) -> None:
     """Stop the store's poller (``Store.close``)."""
     ov = store.__dict__.get("_overlays")
@@ -317,10 +372,11 @@ def close(store: Any) -> None:
 
 # ---- serving -------------------------------------------------------------------------------
 def _split(t: Any, tov: TableOverlay, ids, offsets, weights, mode, pad):
-    """``None`` if no id of the request is updated, else ``(base request, merge args)``."""
+    """``None`` if no id of the request is updated, else ``(base request, merge args,
+    counters)``: the counters of the updated rows (lookups and hits, served from DRAM)."""
     n = ids.shape[0]
     slots = np.empty(n, dtype=np.int64)
-    hits = _overlay_probe(ids, pad, tov.index, slots)
+    hits = _overlay_probe(ids, pad, tov.head, tov.prev, tov.used, slots)
     if hits == 0:
         return None
     n_bags = offsets.shape[0] - 1
@@ -331,14 +387,14 @@ def _split(t: Any, tov: TableOverlay, ids, offsets, weights, mode, pad):
     m = _overlay_select(ids, offsets, weights, pad, slots, sub_ids, sub_off, sub_w, base_n)
     base_mode = kc.MODE_SUM if mode == kc.MODE_MEAN else mode
     base = (sub_ids[:m], sub_off, sub_w[: m if weights.shape[0] else 0], base_mode, -1)
-    return base, (offsets, weights, mode, slots, tov.pos, tov.data, base_n)
+    counters = np.zeros(kc.N_STATS + 1, dtype=np.int64)  # (+ device bytes: none)
+    counters[kc.STAT_LOOKUPS] = counters[kc.STAT_HITS] = hits
+    return base, (offsets, weights, mode, slots, tov.data, base_n), counters
 
 
-def _merge(t: Any, merge: tuple, out: np.ndarray) -> None:
-    stats = np.zeros(kc.N_STATS, dtype=np.int64)
-    _overlay_merge(*merge, out, stats)  # type: ignore[call-arg]
-    with t.lock:
-        t.stats += stats
+def _merge(merge: tuple, out: np.ndarray) -> None:
+    """Pool the updated rows into ``out`` (their counters were committed with the call's)."""
+    _overlay_merge(*merge, out, np.zeros(kc.N_STATS, dtype=np.int64))  # type: ignore[call-arg]
 
 
 def serve_one(store: Any, t: Any, ids, offsets, weights, mode, pad, out) -> None:
@@ -350,9 +406,12 @@ def serve_one(store: Any, t: Any, ids, offsets, weights, mode, pad, out) -> None
     if split is None:
         t.serve(ids, offsets, weights, mode, pad, out)
         return
-    (sub_ids, sub_off, sub_w, base_mode, base_pad), merge = split
-    t.serve(sub_ids, sub_off, sub_w, base_mode, base_pad, out)
-    _merge(t, merge, out)
+    (sub_ids, sub_off, sub_w, base_mode, base_pad), merge, counters = split
+    t.serve(sub_ids, sub_off, sub_w, base_mode, base_pad, out, counters)
+    _merge(merge, out)
+    with t.lock:  # one commit of the call's counters, both parts (none if it raised)
+        t.stats += counters[: kc.N_STATS]
+        t.device_bytes += int(counters[kc.N_STATS])
 
 
 def serve_many(store: Any, prepared: Mapping[str, tuple]) -> dict[str, np.ndarray]:
@@ -362,6 +421,7 @@ def serve_many(store: Any, prepared: Mapping[str, tuple]) -> dict[str, np.ndarra
         return store._executor.run(prepared)
     run = dict(prepared)
     merges = []
+    extra = {}
     for name, (t, ids, off, weights, mode, pad) in prepared.items():
         t = _same_table(st, t)
         tov = st.overlays.get(name)
@@ -369,10 +429,12 @@ def serve_many(store: Any, prepared: Mapping[str, tuple]) -> dict[str, np.ndarra
         if split is None:
             continue
         run[name] = (t, *split[0])
-        merges.append((name, t, split[1]))
-    results = store._executor.run(run)
-    for name, t, merge in merges:
-        _merge(t, merge, results[name])
+        merges.append((name, split[1]))
+        extra[name] = split[2]
+    # The updated rows' counters are committed with the call's (by the executor, on success).
+    results = store._executor.run(run, extra_stats=extra)
+    for name, merge in merges:
+        _merge(merge, results[name])
     return results
 
 
@@ -390,8 +452,9 @@ def patch_rows(store: Any, table: str, start: int, rows: np.ndarray) -> np.ndarr
     with the updated ones replaced by the rows the store serves (``Store.decoded_rows``)."""
     tov = current(store).overlays.get(table)
     if tov is not None and rows.shape[0]:
-        lo, hi = np.searchsorted(tov.ids, [start, start + rows.shape[0]])
-        rows[tov.ids[lo:hi] - start] = tov.data[tov.pos[lo:hi]]
+        where = tov.rows_of(start, rows.shape[0])
+        held = np.flatnonzero(where >= 0)
+        rows[held] = tov.data[where[held]]
     return rows
 
 
@@ -659,7 +722,7 @@ def summary(store: Any) -> dict[str, Any]:
     out = updates.summary(store.catalog)
     st = overlays(store).catch_up()
     out["served_seq"] = st.seq
-    out["overlay_rows"] = {n: int(o.ids.size) for n, o in st.overlays.items()}
+    out["overlay_rows"] = {n: int(o.n_ids) for n, o in st.overlays.items()}
     out["overlay_bytes"] = sum(o.nbytes for o in st.overlays.values())
     out["folded_seq"] = {n: updates.folded_seq(t.record) for n, t in store._tables.items()}
     return out

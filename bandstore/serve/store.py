@@ -1014,9 +1014,11 @@ class Store:
         This is the one source of truth for the cache a table is served with; ``source`` says
         where its size came from: ``plan`` (the served plan sizes every table it names),
         ``open`` (``open(cache_bytes=...)``), ``tuning`` (stored by ``size_cache(apply=True)``
-        or ``set_tuning``) or ``default`` (a share of the table's rows)."""
+        or ``set_tuning``) or ``default`` (a share of the table's rows). ``overlay_bytes``: the
+        DRAM of the table's rows updated since the served version (beside the cache's)."""
         self._check_open()
         out = {}
+        ov_bytes = overlay.memory(self)
         plan = self._plan
         for name, t in self._tables.items():
             if plan is not None and name in plan.tables:
@@ -1030,7 +1032,8 @@ class Store:
             else:
                 source = "default"
             if hasattr(t.runner, "cache_info"):  # a planned strategy with rows of its own
-                out[name] = {**t.runner.cache_info(), "source": source}
+                out[name] = {**t.runner.cache_info(), "source": source,
+                             "overlay_bytes": ov_bytes.get(name, 0)}  # fmt: skip
                 continue
             c = t.cache
             out[name] = {
@@ -1042,6 +1045,7 @@ class Store:
                 "threshold": t.policy.threshold,
                 "pinned_share": t.policy.pinned_share,
                 "dram_bytes": c.nbytes,
+                "overlay_bytes": ov_bytes.get(name, 0),
             }
         return out
 
@@ -1283,11 +1287,13 @@ class Store:
         (the inverse layout), ``checksums``, ``counts`` (access counts), ``layout`` (the pages
         of the mapped layout file in memory) and ``page_cache`` (the pages of the block file
         the OS page cache holds: ``mincore``, like ``fincore``; with ``io="mmap"`` the lookups
-        put them there, with ``io="direct"`` nothing does). ``total`` of each is the sum;
+        put them there, with ``io="direct"`` nothing does), ``overlay`` (the rows updated since
+        the served version and their index: ``serve.overlay``). ``total`` of each is the sum;
         ``bytes`` sums a table's entries.
         """
         self._check_open()
         out: dict[str, dict[str, int]] = {}
+        ov_bytes = overlay.memory(self)
         for name, t in self._tables.items():
             runner = t.runner
             m = {
@@ -1298,10 +1304,12 @@ class Store:
                 "counts": int(t.counts.nbytes),
                 "layout": tier.resident_bytes(np.asarray(t.layout)),
                 "page_cache": t.source.page_cache_bytes(),
+                "overlay": ov_bytes.get(name, 0),
             }
             m["bytes"] = sum(m.values())
             out[name] = m
-        keys = ("cache", "strategy", "index", "checksums", "counts", "layout", "page_cache")
+        keys = ("cache", "strategy", "index", "checksums", "counts", "layout", "page_cache",
+                "overlay")  # fmt: skip
         out["total"] = {k: sum(m[k] for m in out.values()) for k in (*keys, "bytes")}
         return out
 

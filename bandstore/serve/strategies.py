@@ -81,11 +81,13 @@ def _add_stats(t: Any, job: Job, batch: np.ndarray, device_bytes: int = 0) -> No
         job.stats[kc.N_STATS] += device_bytes
 
 
-def commit_stats(t: Any, job: Job) -> None:
-    """Add a finished job's counters to its table's (once the call has succeeded)."""
+def commit_stats(t: Any, job: Job, extra: np.ndarray | None = None) -> None:
+    """Add a finished job's counters (and ``extra``, same form) to its table's (once the call
+    has succeeded)."""
+    s = job.stats if extra is None else job.stats + extra
     with t.lock:
-        t.stats += job.stats[: kc.N_STATS]
-        t.device_bytes += int(job.stats[kc.N_STATS])
+        t.stats += s[: kc.N_STATS]
+        t.device_bytes += int(s[kc.N_STATS])
 
 
 def _bag_range(n_bags: int, parts: int, j: int) -> tuple[int, int]:

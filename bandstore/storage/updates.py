@@ -1,30 +1,28 @@
-"""The update log: row updates kept as checksummed records in the catalog's LMDB environment.
+"""The update log: row updates kept as checksummed records beside the immutable version.
 
 A version is immutable; rows written after it was committed live here until a later version
-folds them in (``bandstore compact``, a relayout). Keys, in the catalog's main database:
+folds them in (``bandstore compact``, a relayout). Since log format 1 the records are frames
+appended to files under ``<store>/updates/`` (``storage.updatelog``: its docstring is the
+format), one ``fdatasync`` per group of concurrent calls: an ``append`` returns once its records
+are durable. Each call gets one sequence number, whatever tables it writes: a store's updates
+are totally ordered.
 
-- ``update_seq``: the last sequence number handed out (JSON int; absent = 0). One number per
-  ``append`` call, whatever tables it writes: a store's updates are totally ordered.
-- ``updates/<table>\\x00<seq>`` (seq 8 bytes big-endian, so a table's records sort by seq and
-  no table's range overlaps another's: names never hold ``\\x00``): one record per table and
-  call. Value: a 24-byte header (magic ``BSU1``, rows ``n``, dim, row_bytes, codec id, flags),
-  ``n`` little-endian int64 ids (distinct, ascending), ``n`` encoded rows, then the XXH64
-  (seed 0) of everything before it.
+Stores written before it kept the records in the catalog's LMDB main database (still read,
+never written; pruned as they are folded): ``update_seq`` (the last seq handed out, JSON int)
+and ``updates/<table>\\x00<seq>`` (seq 8 bytes big-endian), value a 24-byte header (magic
+``BSU1``, rows ``n``, dim, row_bytes, codec id, flags), ``n`` little-endian int64 ids, ``n``
+encoded rows, then the XXH64 of everything before it. The file log's first segment starts
+after ``update_seq``.
 
 A version's table record holds ``folded_seq``: the records of that table up to it are in the
 version's block file (0, or absent, for none). Records every committed version has folded are
-deleted by ``prune_folded`` (after gc dropped the versions that still needed them).
-
-An ``append`` is one write transaction, committed with the environment's sync on: when it
-returns, the records and the new ``update_seq`` are on disk together (or, after a crash before
-the commit, neither is).
+dropped by ``prune_folded`` (after gc dropped the versions that still needed them).
 """
 
 from __future__ import annotations
 
 import json
 import struct
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +30,7 @@ import numpy as np
 import xxhash
 
 from bandstore.errors import CorruptUpdateError
+from bandstore.storage import updatelog
 from bandstore.storage.catalog import Catalog
 
 SEQ_KEY = b"update_seq"
@@ -102,78 +101,42 @@ def _env(catalog: Catalog):
     return catalog._env  # the storage layer's own environment (catalog.py opens it)
 
 
-def latest_seq(catalog: Catalog, txn: Any = None) -> int:
-    """The last sequence number handed out (0: no update ever)."""
+def _legacy_seq(catalog: Catalog, txn: Any = None) -> int:
+    """The last seq of the LMDB records (stores written before the file log; 0: none)."""
     if txn is None:
         with _env(catalog).begin(buffers=True) as t:
-            return latest_seq(catalog, t)
+            return _legacy_seq(catalog, t)
     raw = txn.get(SEQ_KEY)
     return 0 if raw is None else int(json.loads(bytes(raw)))
 
 
-class _Group:
-    """Group commit of one environment in this process: callers queue their records, and the
-    one that takes the commit lock writes every queued record in one transaction (one sync for
-    all); the others find theirs written when they get the lock."""
-
-    def __init__(self) -> None:
-        self.commit = threading.Lock()
-        self.queue_lock = threading.Lock()
-        self.queue: list[list[Any]] = []
-
-
-_groups: dict[int, _Group] = {}
-_groups_lock = threading.Lock()
+def log(catalog: Catalog) -> updatelog.Log:
+    """The store's log files (one object per store in this process, remembered by the
+    catalog: finding it by path resolves the path, a tenth of a batch's CPU)."""
+    lg: updatelog.Log | None = catalog.__dict__.get("_update_log")
+    if lg is None or updatelog._logs.get(lg.key) is not lg:  # (none yet, or forked since)
+        lg = updatelog.log_of(catalog.root, lambda: _legacy_seq(catalog))
+        catalog.__dict__["_update_log"] = lg
+    return lg
 
 
-def _group(env: Any) -> _Group:
-    with _groups_lock:
-        g = _groups.get(id(env))
-        if g is None:
-            g = _groups[id(env)] = _Group()
-        return g
+def latest_seq(catalog: Catalog) -> int:
+    """The last sequence number handed out (0: no update ever), frames other processes
+    appended since the last look included."""
+    lg = log(catalog)
+    lg.refresh()
+    return lg.latest_seq()
 
 
 def append(catalog: Catalog, records: dict[str, tuple[np.ndarray, np.ndarray, int, int]]) -> int:
-    """Write ``{table: (ids, encoded rows, dim, codec id)}`` under one new sequence number in
-    one write transaction; return the number once it is durable.
+    """Write ``{table: (ids, encoded rows, dim, codec id)}`` under one new sequence number;
+    return the number once it is durable (its frame written and fdatasync-ed).
 
-    Concurrent callers in this process share transactions (group commit): each gets its own
-    sequence number, and every one returns only after the transaction holding its records
-    was committed and synced.
+    Concurrent callers in this process share frames (group commit), other processes take
+    turns on the log's file lock: each call gets its own sequence number, and returns only
+    after the frame holding its records was synced.
     """
-    values = {t: encode_record(ids, rows, dim, codec) for t, (ids, rows, dim, codec) in
-              records.items()}  # fmt: skip
-    env = _env(catalog)
-    g = _group(env)
-    item: list[Any] = [values, None, None]  # records, seq, error
-    with g.queue_lock:
-        g.queue.append(item)
-    with g.commit:
-        if item[1] is None and item[2] is None:
-            with g.queue_lock:
-                batch, g.queue = g.queue, []
-            try:
-                seqs = []
-                with env.begin(write=True) as txn:
-                    seq = latest_seq(catalog, txn)
-                    for it in batch:
-                        seq += 1
-                        for table, value in it[0].items():
-                            txn.put(record_key(table, seq), value)
-                        seqs.append(seq)
-                    txn.put(SEQ_KEY, json.dumps(seq).encode())
-                # The catalog's environment commits with sync on (lmdb's default): the data
-                # pages and then the meta page are fdatasync'ed before the commit returns.
-            except BaseException as exc:
-                for it in batch:
-                    it[2] = exc
-            else:
-                for it, sq in zip(batch, seqs, strict=True):
-                    it[1] = sq
-    if item[2] is not None:
-        raise item[2]
-    return int(item[1])
+    return log(catalog).append(records)
 
 
 def read(
@@ -184,12 +147,24 @@ def read(
     check: bool = True,
 ) -> tuple[int, list[UpdateRecord]]:
     """The records of each table in ``tables`` (name -> the seq after which to read) up to
-    ``upto`` (None: the latest), from one read transaction; returns ``(upto, records)``, the
-    records by table, each table's in seq order."""
+    ``upto`` (None: the latest); returns ``(upto, records)``, each table's in seq order (the
+    LMDB records of an older store first, then the log files')."""
+    lg = log(catalog)
+    lg.refresh()
+    last = lg.latest_seq()
+    upto = last if upto is None else min(int(upto), last)
+    out: list[UpdateRecord] = []
+    if lg.legacy_seq and min(tables.values(), default=upto) < lg.legacy_seq:
+        out.extend(_legacy_read(catalog, tables, min(upto, lg.legacy_seq), check))
+    for t, sq, ids, rows, dim, codec in lg.records(tables, upto):
+        out.append(UpdateRecord(t, sq, ids, rows, int(dim), int(codec)))
+    return upto, out
+
+
+def _legacy_read(catalog: Catalog, tables: dict[str, int], upto: int,
+                 check: bool) -> list[UpdateRecord]:  # fmt: skip
     out: list[UpdateRecord] = []
     with _env(catalog).begin(buffers=True) as txn:
-        last = latest_seq(catalog, txn)
-        upto = last if upto is None else min(int(upto), last)
         cur = txn.cursor()
         for table, after in tables.items():
             if after >= upto:
@@ -204,7 +179,7 @@ def read(
                     break
                 seq = int.from_bytes(key[len(prefix) :], "big")
                 out.append(decode_record(table, seq, value, check=check))
-    return upto, out
+    return out
 
 
 def collapse(records: list[UpdateRecord], row_bytes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,10 +195,13 @@ def collapse(records: list[UpdateRecord], row_bytes: int) -> tuple[np.ndarray, n
 
 
 def summary(catalog: Catalog) -> dict[str, Any]:
-    """The log's size: ``update_seq`` and per table ``records``, ``rows``, ``bytes``."""
-    tables: dict[str, dict[str, int]] = {}
+    """The log's size: ``update_seq``, per table ``records``, ``rows``, ``bytes`` (the
+    records'), and the files' ``segments``, ``log_bytes`` (written), ``file_bytes``
+    (allocated)."""
+    lg = log(catalog)
+    files = lg.summary()
+    tables: dict[str, dict[str, int]] = files.pop("tables")
     with _env(catalog).begin(buffers=True) as txn:
-        seq = latest_seq(catalog, txn)
         cur = txn.cursor()
         if cur.set_range(PREFIX):
             for key, value in cur:
@@ -237,12 +215,13 @@ def summary(catalog: Catalog) -> dict[str, Any]:
                 s["rows"] += int(n)
                 s["bytes"] += len(value)
     total = {k: sum(s[k] for s in tables.values()) for k in ("records", "rows", "bytes")}
-    return {"update_seq": seq, "tables": tables, **total}
+    return {"update_seq": lg.latest_seq(), "tables": tables, **total, **files}
 
 
 def verify(catalog: Catalog) -> list[dict[str, Any]]:
-    """Every record whose checksum or structure is wrong: ``{table, seq, reason}``."""
-    problems = []
+    """Damage in the log: ``{file, offset, reason}`` for the files (a torn last write is not
+    damage), ``{table, seq, reason}`` for an older store's LMDB records."""
+    problems = log(catalog).verify()
     with _env(catalog).begin(buffers=True) as txn:
         cur = txn.cursor()
         if cur.set_range(PREFIX):
@@ -265,7 +244,7 @@ def folded_seq(table_record: dict) -> int:
 
 
 def prune_folded(catalog: Catalog) -> int:
-    """Delete the records every committed version has folded in; return how many.
+    """Drop the records every committed version has folded in; return how many.
 
     A table's records up to the smallest ``folded_seq`` over the committed versions holding
     the table are in all of them; a version without the table never reads its records.
@@ -305,4 +284,4 @@ def prune_folded(catalog: Catalog) -> int:
             deleted += 1
     if deleted:
         env.sync(True)
-    return deleted
+    return deleted + log(catalog).prune(floor)

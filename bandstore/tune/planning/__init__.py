@@ -119,7 +119,15 @@ def plan_store(
     profiles = profile_trace(store, trace, batch_size=batch_size, curves=curves)
     if budget is None:
         budget = default_budget(profiles)
-    return with_counts_origin(make_plan(profiles, cal, workers, budget, cold=cold), trace)
+    planned = make_plan(profiles, cal, workers, strategy_budget(store, budget), cold=cold)
+    return with_counts_origin(replace(planned, budget_bytes=budget), trace)
+
+
+def strategy_budget(store: Any, budget: int) -> int:
+    """What of ``budget`` the strategies may hold: less the DRAM of the store's update
+    overlay (rows updated since the served version, held beside every strategy's)."""
+    overlay = sum(int(c.get("overlay_bytes", 0)) for c in store.cache_info().values())
+    return max(0, int(budget) - overlay)
 
 
 def with_counts_origin(plan: Plan, trace: Any) -> Plan:
@@ -190,7 +198,8 @@ def replan(
         old = predict(current, profiles, cal)["batch_ns"]
     else:
         old = predict(current, _as_served(store, profiles, trace, batch_size), cal)["batch_ns"]
-    new_plan = with_counts_origin(make_plan(profiles, cal, w, budget), trace)
+    new_plan = make_plan(profiles, cal, w, strategy_budget(store, budget))
+    new_plan = with_counts_origin(replace(new_plan, budget_bytes=budget), trace)
     new = new_plan.predicted["batch_ns"]
     switch = new < old * (1.0 - min_gain)
     if switch:
