@@ -28,6 +28,7 @@ from bandstore.errors import (
     QueueFullError,
     ReadOnlyError,
     RequestTooLargeError,
+    ShardUnavailableError,
     StorageFullError,
     StoreClosedError,
     StoreExistsError,
@@ -84,5 +85,6 @@ __all__ = [
     "MalformedRequestError",
     "RequestTooLargeError",
     "QueueFullError",
+    "ShardUnavailableError",
     "MissingDependencyError",
 ]
