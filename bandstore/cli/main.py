@@ -864,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--log-level", default="info",
                     choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     sp.add_argument("--engine", choices=["local", "ray"], default="local",
-                    help="local: one process; ray: tables sharded over Ray actors (extra [ray])")  # fmt: skip
+                    help="local: one process; ray: sharded over Ray actors ([ray])")  # fmt: skip
     sp.add_argument("--shards", type=int, help="shard actors (--engine ray; default 2)")
     sp.add_argument("--replicas", type=int, help="actors per shard, failed over (default 1)")
     sp.add_argument("--address", help="a Ray cluster to join (default: start a local one)")

@@ -108,7 +108,9 @@ class Part:
         return {"table": self.table, "lo": self.lo, "hi": self.hi, "shard": self.shard}
 
 
-def partition(specs: Mapping[str, TableSpec], shards: int, split_rows: int) -> dict[str, list[Part]]:
+def partition(
+    specs: Mapping[str, TableSpec], shards: int, split_rows: int
+) -> dict[str, list[Part]]:
     """Each table's parts (ascending row ranges covering it): tables of more than
     ``split_rows`` rows in ``shards`` equal ranges, one per shard; the others whole, largest
     first, to the shard holding the fewest bytes so far (ties: the lowest shard)."""
@@ -273,8 +275,14 @@ class ShardedBackend:
             self.replicas.append(
                 [
                     _Replica(
-                        remote.remote(self.path, mine, cache_bytes=cache_bytes, workers=workers,
-                                      io=io, writable=writable)  # fmt: skip
+                        remote.remote(
+                            self.path,
+                            mine,
+                            cache_bytes=cache_bytes,
+                            workers=workers,
+                            io=io,
+                            writable=writable,
+                        )  # fmt: skip
                     )
                     for _ in range(o.replicas)
                 ]
@@ -440,8 +448,8 @@ class ShardedBackend:
             ref = refs[job]
             while True:
                 try:
-                    res = ray.get(ref, timeout=max(0.0, min(o.call_timeout_s,
-                                                            deadline - time.monotonic())))  # fmt: skip
+                    wait = min(o.call_timeout_s, deadline - time.monotonic())
+                    res = ray.get(ref, timeout=max(0.0, wait))
                     break
                 except ray.exceptions.RayTaskError as e:  # raised by the shard's own code
                     raise _cause(e) from None
