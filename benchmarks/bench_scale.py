@@ -305,10 +305,14 @@ def serve_run(args: argparse.Namespace) -> dict:
             s.wait_ready()
         agreement = serve_agreement({k: s.url for k, s in servers.items()}, setup["bodies"][:20])
         runs: dict[str, list[dict]] = {k: [] for k in servers}
+        single: dict[str, list[dict]] = {k: [] for k in servers}
         for _ in range(args.rounds):
             for k, s in servers.items():
                 runs[k].append(serve_load(s.url, setup["bodies"], args.clients, args.warmup,
                                           args.seconds))  # fmt: skip
+            for k, s in servers.items():  # one client: latency without queueing
+                single[k].append(serve_load(s.url, setup["bodies"], 1, args.warmup,
+                                            args.seconds / 2))  # fmt: skip
         for s in servers.values():
             s.stop()
         servers.clear()
@@ -329,6 +333,7 @@ def serve_run(args: argparse.Namespace) -> dict:
             },  # fmt: skip
             "agreement_max_abs_diff_vs_L": agreement,
             "runs": runs,
+            "one_client": single,
             "shard_calls": calls["summary"],
             "fanout": fanout,
             "shard_memory": memory,
@@ -375,14 +380,27 @@ def serve_write(out: dict, stem: str = "scale_serve") -> None:
         rounds = ", ".join(str(x["rps"]) for x in r)
         lines.append(f"| ({k}) {SERVE_CONTENDERS[k]} | {s[k]['rps']} | {s[k]['p50_ms']} | "
                      f"{s[k]['p99_ms']} | {s[k]['errors']} | {rounds} |")  # fmt: skip
+    one = {k: serve_summary(v) for k, v in out["one_client"].items()}
+    lines += [
+        "",
+        "One client (no queueing), same rounds:",
+        "",
+        "| server | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [f"| ({k}) | {v['rps']} | {v['p50_ms']} | {v['p99_ms']} | {v['errors']} |"
+              for k, v in one.items()]  # fmt: skip
     c = out["shard_calls"]
     added = round(c["ray_call"]["p50_ms"] - c["in_process"]["p50_ms"], 3)
     lines += [
         "",
         "- answers agree: max |x - L's| = "
         + ", ".join(f"{k} {v:.1e}" for k, v in out["agreement_max_abs_diff_vs_L"].items()),
-        f"- router's added latency per request over HTTP (p50 R1 - p50 L): "
-        f"{round(s['R1']['p50_ms'] - s['L']['p50_ms'], 2)} ms; R1/L throughput "
+        f"- router's added latency per request over HTTP, one client (p50 R1 - p50 L): "
+        f"{round(one['R1']['p50_ms'] - one['L']['p50_ms'], 2)} ms (p99: "
+        f"{round(one['R1']['p99_ms'] - one['L']['p99_ms'], 2)} ms); with "
+        f"{out['clients']} clients: {round(s['R1']['p50_ms'] - s['L']['p50_ms'], 2)} ms; R1/L "
+        "throughput "
         f"{s['R1']['rps'] / s['L']['rps']:.2f}, R2/L {s['R2']['rps'] / s['L']['rps']:.2f}",
         f"- one shard call through Ray vs in process (same lookups, interleaved, "
         f"{c['ray_call']['n']} each): p50 {c['ray_call']['p50_ms']} vs "
@@ -429,11 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--calls", type=int, default=200, help="shard calls per round and side")
+    ap.add_argument("--calls", type=int, default=500, help="shard calls per round and side")
     args = ap.parse_args(argv)
     if args.quick:
         args.megabytes, args.requests, args.seconds, args.warmup = 32.0, 50, 4.0, 1.0
-        args.rounds, args.calls = 2, 100
+        args.rounds, args.calls = 2, 200
     if args.part in ("serve", "all"):
         serve_main(args, argv)
     return 0
