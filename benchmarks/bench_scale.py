@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -232,10 +233,15 @@ def serve_shard_calls(store: Path, bodies: list[bytes], cache_bytes: int, rounds
                     t0 = time.perf_counter()
                     be.lookup(r, modes)
                     samples[key].append(time.perf_counter() - t0)
+        hit_ratio = local.stats()["total"]["hit_ratio"]
     finally:
         sharded.close()
         local.close()
-    summary = {k: _pcts(v) for k, v in samples.items()}
+    summary: dict[str, Any] = {k: _pcts(v) for k, v in samples.items()}
+    summary["ids_per_request"] = round(
+        float(np.mean([sum(p[0].size for p in r.values()) for r in reqs])), 1
+    )
+    summary["in_process_hit_ratio"] = round(float(hit_ratio), 4)
     return {"samples": samples, "summary": summary}
 
 
@@ -405,7 +411,8 @@ def serve_write(out: dict, stem: str = "scale_serve") -> None:
         f"- one shard call through Ray vs in process (same lookups, interleaved, "
         f"{c['ray_call']['n']} each): p50 {c['ray_call']['p50_ms']} vs "
         f"{c['in_process']['p50_ms']} ms (added {added} ms), p99 {c['ray_call']['p99_ms']} vs "
-        f"{c['in_process']['p99_ms']} ms",
+        f"{c['in_process']['p99_ms']} ms; {c.get('ids_per_request')} ids per request, "
+        f"hit ratio {c.get('in_process_hit_ratio')}",
         "",
         "Fan-out (simulated from the measured Ray shard-call latencies: a request waits for the "
         "slowest of k shards, each drawn independently from the samples):",
