@@ -388,3 +388,19 @@ def test_sigterm_stops_the_router_the_shards_and_the_cluster(store_path, tables)
         for p in family:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_predict_through_the_router_equals_torch(cluster, tmp_path):
+    from test_server import _predict_body, _tiny_dlrm, _torch_scores
+
+    torch, model = _tiny_dlrm(tmp_path)  # tables of 50, 7 and 120 rows: 50 and 120 split
+    backend = ShardedBackend(tmp_path / "store", ShardOptions(shards=2, split_rows=40))
+    rng = np.random.default_rng(5)
+    with TestClient(create_app(backend, ServerOptions(model=str(tmp_path / "model")))) as c:
+        for n in (1, 7, 60):
+            body = _predict_body(rng, model, n)
+            r = c.post("/v1/predict", json=body)
+            assert r.status_code == 200, r.text
+            scores = np.asarray(r.json()["scores"], dtype=np.float32)
+            np.testing.assert_allclose(scores, _torch_scores(torch, model, body), atol=1e-5)
