@@ -219,6 +219,14 @@ def test_client_mistakes_are_4xx_through_the_router(sharded):
     assert r.status_code == 400
     bad_update = {"tables": {"u": {"ids": [300], "rows": [[1.0] * DIM]}}}
     assert c.post("/v1/update", json=bad_update).status_code == 422
+    # Checked by the writing shard (the row shape): its error comes back as the same 4xx.
+    short_rows = {"tables": {"u": {"ids": [3], "rows": [[1.0] * (DIM - 1)]}}}
+    r = c.post("/v1/update", json=short_rows)
+    assert (r.status_code, r.json()["error"]["type"]) == (422, "InvalidShapeError")
+    assert (
+        c.post("/v1/update", json={"tables": {"zz": {"ids": [1], "rows": [[1]]}}}).status_code
+        == 404
+    )
     assert c.post("/v1/lookup", json={"tables": {"b": {"indices": [1], "offsets": [0]}}}).is_success
 
 

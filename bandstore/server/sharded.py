@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 import bandstore
+from bandstore import errors
 from bandstore.errors import (
     InvalidArgumentError,
     MissingDependencyError,
@@ -183,20 +184,19 @@ class StoreShard:
             self.store.lookup_many({t: (i, o, w) for t, (i, o) in calls.items()}, mode="sum")
         self.store.reset_stats()
 
-    def lookup(
-        self, requests: Mapping[str, TablePart], modes: Mapping[str, str]
-    ) -> dict[str, np.ndarray]:
-        """Pooled lookups of (global) ids of this shard's parts; see ``Backend.lookup``."""
+    def lookup(self, requests: Mapping[str, TablePart], modes: Mapping[str, str]) -> Any:
+        """Pooled lookups of (global) ids of this shard's parts; see ``Backend.lookup``. A
+        bandstore error is returned as a :class:`ShardError` (see there)."""
         # Ray hands over arrays read-only (views of its object store); the kernels are
         # compiled for writable ones, and a read-only argument would compile them all again.
         own = {t: tuple(None if a is None else _writable(a) for a in part)
                for t, part in requests.items()}  # fmt: skip
-        return lookup_by_mode(self.store, own, modes)  # type: ignore[arg-type]
+        return _guard(lookup_by_mode, self.store, own, modes)
 
-    def update(self, batch: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> int:
+    def update(self, batch: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Any:
         """Write ``batch`` durably (one sequence number); return it."""
         own = {t: (_writable(i), _writable(r)) for t, (i, r) in batch.items()}
-        return int(self.store.update_many(own))
+        return _guard(self.store.update_many, own)
 
     def catch_up(self) -> None:
         """Apply every update committed so far (served from the next lookup on)."""
@@ -210,6 +210,33 @@ class StoreShard:
 
     def ping(self) -> bool:
         return True
+
+
+@dataclass(frozen=True)
+class ShardError:
+    """A bandstore error raised in a shard, carried back as data: the error classes take
+    keyword arguments, which pickling (Ray's transport) cannot rebuild."""
+
+    kind: str
+    message: str
+    fields: dict[str, Any]
+
+    def rebuild(self) -> BaseException:
+        """The error as the shard raised it (same class, message and fields)."""
+        cls = getattr(errors, self.kind, None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.BandstoreError)):
+            return RuntimeError(f"{self.kind}: {self.message}")
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, self.message)
+        exc.__dict__.update(self.fields)
+        return exc
+
+
+def _guard(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except errors.BandstoreError as e:
+        return ShardError(type(e).__name__, str(e), dict(vars(e)))
 
 
 def _writable(a: Any) -> Any:
@@ -450,6 +477,8 @@ class ShardedBackend:
                 try:
                     wait = min(o.call_timeout_s, deadline - time.monotonic())
                     res = ray.get(ref, timeout=max(0.0, wait))
+                    if isinstance(res, ShardError):
+                        raise res.rebuild()
                     break
                 except ray.exceptions.RayTaskError as e:  # raised by the shard's own code
                     raise _cause(e) from None
