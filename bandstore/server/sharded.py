@@ -473,6 +473,7 @@ class ShardedBackend:
         for job in jobs:
             k, i = job
             ref = refs[job]
+            attempt = 0
             while True:
                 try:
                     wait = min(o.call_timeout_s, deadline - time.monotonic())
@@ -493,7 +494,9 @@ class ShardedBackend:
                     if time.monotonic() >= deadline:
                         raise ShardUnavailableError(k, o.retry_s, type(e).__name__) from None
                     i = self._pick(k, after=i)
-                    time.sleep(0.05)
+                    # A restarting actor refuses calls at once: back off, up to 0.5 s.
+                    attempt += 1
+                    time.sleep(min(0.5, 0.02 * 2**attempt))
                     ref = self._submit((k, i), calls[k])
             if res is not None or k not in out:
                 out[k] = res
