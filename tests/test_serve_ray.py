@@ -21,8 +21,12 @@ from helpers import make_store, random_tables
 from reference import embedding_bag_ref
 
 import bandstore
-from bandstore.server.backend import StoreBackend, TableSpec
-from bandstore.server.sharded import Part, ShardOptions, _combine, partition
+
+pytest.importorskip("starlette", reason="the server tests need the [serve] extra")
+pytest.importorskip("uvicorn", reason="the server tests need the [serve] extra")
+
+from bandstore.server.backend import StoreBackend, TableSpec  # noqa: E402
+from bandstore.server.sharded import Part, ShardOptions, _combine, partition  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"a": 400, "b": 90, "c": 41, "u": 300}

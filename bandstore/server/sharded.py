@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,9 +53,10 @@ from bandstore.errors import (
     ShardUnavailableError,
 )
 from bandstore.serve import overlay
-from bandstore.server.app import ServerOptions, create_app
 from bandstore.server.backend import StoreBackend, TablePart, TableSpec, lookup_by_mode
-from bandstore.server.run import run_app
+
+if TYPE_CHECKING:
+    from bandstore.server.app import ServerOptions
 
 log = logging.getLogger("bandstore")
 
@@ -587,6 +588,10 @@ def serve_sharded(
     start a local one, stopped on exit), start the shards, serve the router until SIGINT /
     SIGTERM; then the shards are killed and the cluster it started stopped. Exit code as
     :func:`bandstore.server.run.serve`."""
+    # The HTTP stack ([serve]) only here: the shards and the backend need numpy and Ray only.
+    from bandstore.server.app import ServerOptions, create_app
+    from bandstore.server.run import run_app
+
     ray = _ray()
     options = options or ServerOptions()
     started = not ray.is_initialized()
