@@ -29,6 +29,7 @@ from bandstore.errors import (
     QueueFullError,
     ReadOnlyError,
     RequestTooLargeError,
+    ShardUnavailableError,
     StorageFullError,
     StoreClosedError,
     StoreExistsError,
@@ -86,5 +87,6 @@ __all__ = [
     "MalformedRequestError",
     "RequestTooLargeError",
     "QueueFullError",
+    "ShardUnavailableError",
     "MissingDependencyError",
 ]

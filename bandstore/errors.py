@@ -321,6 +321,20 @@ class QueueFullError(BandstoreError, RuntimeError):
         self.limit = limit
 
 
+class ShardUnavailableError(BandstoreError, RuntimeError):
+    """No replica of a shard answered within the router's retry window (a sharded server's
+    503: the shard is down or still restarting)."""
+
+    def __init__(self, shard: int, seconds: float, cause: str):
+        super().__init__(
+            f"shard {shard} did not answer within {seconds:g} s (every replica failed; last "
+            f"error: {cause}); retry later"
+        )
+        self.shard = shard
+        self.seconds = seconds
+        self.cause = cause
+
+
 class MissingDependencyError(BandstoreError, ImportError):
     """An optional dependency (an extra such as ``[serve]``) is not installed."""
 

@@ -651,7 +651,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise MissingDependencyError("serve", e.name or str(e)) from None
     if args.sample_rate is not None and args.record is None:
         raise InvalidArgumentError("--sample-rate needs --record DIR", argument="sample_rate")
-    return serve(args.store, **server_kwargs(args))
+    if args.engine == "local":
+        for flag in ("shards", "replicas", "address", "split_rows"):
+            if getattr(args, flag) is not None:
+                raise InvalidArgumentError(
+                    f"--{flag.replace('_', '-')} needs --engine ray", argument=flag
+                )
+        return serve(args.store, **server_kwargs(args))
+    from bandstore.server.sharded import ShardOptions, serve_sharded
+
+    if args.record is not None:
+        raise InvalidArgumentError(
+            "--record is per process: serve with --engine local to record traffic",
+            argument="record",
+        )
+    kwargs = server_kwargs(args)
+    for key in ("record", "sample_rate"):
+        kwargs.pop(key)
+    shard = ShardOptions(
+        shards=2 if args.shards is None else args.shards,
+        replicas=1 if args.replicas is None else args.replicas,
+        **({} if args.split_rows is None else {"split_rows": args.split_rows}),
+    )
+    return serve_sharded(args.store, shard_options=shard, address=args.address, **kwargs)
 
 
 # ---- parser ---------------------------------------------------------------------------------
@@ -841,6 +863,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve POST /v1/update (opens the store writable)")  # fmt: skip
     sp.add_argument("--log-level", default="info",
                     choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
+    sp.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local: one process; ray: sharded over Ray actors ([ray])")  # fmt: skip
+    sp.add_argument("--shards", type=int, help="shard actors (--engine ray; default 2)")
+    sp.add_argument("--replicas", type=int, help="actors per shard, failed over (default 1)")
+    sp.add_argument("--address", help="a Ray cluster to join (default: start a local one)")
+    sp.add_argument("--split-rows", type=int,
+                    help="tables of more rows are split by row range over every shard")  # fmt: skip
     sp.set_defaults(func=cmd_serve)
 
     tp = sub.add_parser("trace", help="convert or generate traces", epilog=EXIT_STATUS,

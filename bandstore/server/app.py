@@ -55,6 +55,7 @@ from bandstore.errors import (
     QueueFullError,
     ReadOnlyError,
     RequestTooLargeError,
+    ShardUnavailableError,
     StoreClosedError,
     UnknownTableError,
 )
@@ -115,7 +116,7 @@ def error_status(e: BaseException) -> int:
         e, IdOutOfRangeError | InvalidOffsetsError | InvalidShapeError | InvalidArgumentError
     ):
         return 422
-    if isinstance(e, StoreClosedError):
+    if isinstance(e, StoreClosedError | ShardUnavailableError):
         return 503
     return 500
 
@@ -408,6 +409,11 @@ async def _lookup(state: _State, request: Request) -> Response:
 async def _update(state: _State, request: Request) -> Response:
     """``{"tables": {NAME: {"ids": [...], "rows": [[...]]}}}`` -> ``{"seq", "rows"}`` once
     durable; the next lookups serve the new rows."""
+    routed = getattr(state.backend, "update", None)
+    if routed is not None and state.options.allow_updates:
+        # A backend that routes each update to its writer (server.sharded) checks it itself.
+        body = _json_body(await _read_body(request, state.options.max_body_bytes))
+        return JSONResponse(await anyio.to_thread.run_sync(routed, body))
     store = getattr(state.backend, "store", None)
     if not state.options.allow_updates or store is None:
         raise ReadOnlyError("row updates are off: start the server with --allow-updates")
