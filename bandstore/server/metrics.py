@@ -3,8 +3,9 @@
 Store counters (``bandstore_lookups_total{table}``, hits, misses, blocks read, bytes read,
 useful bytes) and the version switches (``bandstore_version_swaps_total``, the served
 ``bandstore_version``, the last switch's seconds) are read from the backend's ``stats()`` at
-scrape time by a custom collector, so they are exact and cost nothing on the serving path. The server's own: request latency and
-batch size histograms, queue depth, requests answered by status, rejected requests.
+scrape time by a custom collector, so they are exact and cost nothing on the serving path.
+The server's own: request latency and batch size histograms, queue depth, requests answered
+by status, rejected requests.
 """
 
 from __future__ import annotations
