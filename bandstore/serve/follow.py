@@ -19,11 +19,12 @@ a ``refresh()`` call. Here:
   a few pointer assignments and the overlay's catch-up for the new version (the updates the
   new version did not fold: usually the few written during the commit).
 - Counters go on: a table of the new version continues its predecessor's counters (same
-  name, rows, dim and codec); ``stats()["total"]`` has ``version_swaps``, ``version``,
-  ``last_swap_seconds`` (prepare + publish), ``last_swap_blocked_seconds`` (the gate closed),
-  ``warm_rows`` and ``warm_blocks_read``. A failed preparation (a version removed under it, a
-  corrupt file) is counted in ``version_swap_errors``, leaves the store serving the old
-  version, and is retried at the next poll.
+  name, rows, dim and codec); ``stats()["total"]`` has ``version_swaps`` (reset with the
+  other counters by ``reset_stats``), ``last_swap_seconds`` (prepare + publish),
+  ``last_swap_blocked_seconds`` (the gate closed), ``warm_rows`` and ``warm_blocks_read``.
+  A failed preparation (a version removed under it, a corrupt file) is counted in
+  ``version_swap_errors``, leaves the store serving the old version, and is retried at the
+  next poll.
 
 Why not by default on every read handle: a handle's version is the snapshot its user reasons
 about (tuning jobs read ``table_layout`` and counts across many calls; a relayout's guard
@@ -124,6 +125,9 @@ class SwapCounters:
         self.warm_rows = 0
         self.warm_blocks_read = 0
         self.last_error: str | None = None
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
 
     def as_dict(self) -> dict[str, float]:
         return {

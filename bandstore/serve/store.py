@@ -1375,7 +1375,6 @@ class Store:
         out["total"]["lookup_many_inline_calls"] = calls.inline
         # Version switches (bandstore.serve.follow): how many, what they cost, which version.
         out["total"].update(self._swap_counters.as_dict())
-        out["total"]["version"] = self.version
         return out
 
     def memory(self) -> dict[str, dict[str, int]]:
@@ -1416,6 +1415,7 @@ class Store:
                 t.device_bytes = 0
         self._latency.reset()
         self._call_counts.reset()
+        self._swap_counters.reset()
 
     # ---- writing ---------------------------------------------------------------------------
     def _check_writable(self) -> None:

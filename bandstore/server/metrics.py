@@ -41,7 +41,6 @@ SWAP_COUNTERS = {
     "warm_blocks_read": "blocks read to warm new caches at a switch (not in blocks_read)",
 }
 SWAP_GAUGES = {
-    "version": "the store version being served",
     "last_swap_seconds": "the last switch's time, preparing the version included",
     "last_swap_blocked_seconds": "how long the last switch held new calls back",
 }
@@ -50,8 +49,10 @@ SWAP_GAUGES = {
 class StoreCollector(Collector):
     """Counters per table from ``stats()`` (a store's: ``{table: {counter: value}}``)."""
 
-    def __init__(self, stats: Callable[[], dict[str, dict[str, float]]]):
+    def __init__(self, stats: Callable[[], dict[str, dict[str, float]]],
+                 version: Callable[[], int] | None = None):  # fmt: skip
         self._stats = stats
+        self._version = version
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         try:
@@ -74,14 +75,19 @@ class StoreCollector(Collector):
         for name, doc in SWAP_GAUGES.items():
             if name in total:
                 yield GaugeMetricFamily(f"bandstore_{name}", doc, value=float(total[name]))
+        if self._version is not None:
+            yield GaugeMetricFamily(
+                "bandstore_version", "the store version being served", value=float(self._version())
+            )
 
 
 class ServerMetrics:
     """The app's registry and the metrics the server updates."""
 
-    def __init__(self, stats: Callable[[], dict[str, dict[str, float]]], depth: Callable[[], int]):
+    def __init__(self, stats: Callable[[], dict[str, dict[str, float]]], depth: Callable[[], int],
+                 version: Callable[[], int] | None = None):  # fmt: skip
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(StoreCollector(stats))
+        self.registry.register(StoreCollector(stats, version))
         self.latency = Histogram(
             "bandstore_request_seconds",
             "Request latency, from the request's arrival to its answer",
