@@ -359,3 +359,24 @@ def test_a_server_swaps_to_the_rebuilt_version_while_serving(tiny, tmp_path):
             got = np.asarray(c.post("/v1/lookup", json=body).json()["tables"][n])
             np.testing.assert_allclose(got, expected[n][ids], rtol=1e-6)
     assert store._closed
+
+
+def test_a_recording_is_readable_while_the_recorder_runs(tmp_path):
+    """The rebuild reads the log of a store that is still serving: every frame emitted (at
+    ``frame_bytes``) is in the file, not in the recorder's file buffer."""
+    from bandstore.traces.recorder import TraceRecorder, read_recorded
+
+    rec = TraceRecorder(tmp_path / "rec", sample_rate=1.0, frame_bytes=4096)
+    try:
+        ids = np.arange(40, dtype=np.int64)
+        off = np.arange(0, 41, 4, dtype=np.int64)  # 10 queries of 4 ids
+        for _ in range(30):
+            rec.record({"t": (ids, off)})
+        assert rec.stats["queries_kept"] == 300
+        got = read_recorded(tmp_path / "rec")
+        # all but the pending (not yet framed) ones: < 4096 bytes of 376-byte calls
+        assert 300 - 120 <= got.n_queries < 300
+        np.testing.assert_array_equal(got.table("t")[0][:40], ids)
+    finally:
+        rec.close()
+    assert read_recorded(tmp_path / "rec").n_queries == 300

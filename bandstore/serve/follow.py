@@ -229,7 +229,7 @@ def _warm(old: dict, new: dict, built: Any) -> tuple[int, int]:
         ):
             continue
         c = prev.cache
-        ids = np.asarray(c.id_of_slot[c.pinned : c.filled])
+        ids = np.unique(c.id_of_slot[c.pinned : c.filled])  # (calls may be admitting)
         ids = ids[ids >= 0]
         room = int(WARM_SHARE * (t.cache.capacity - t.cache.pinned))
         if ids.size == 0 or room <= 0:

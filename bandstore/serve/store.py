@@ -852,6 +852,7 @@ class Store:
         built here) and, for a prepared switch, the update overlay. Returns the seconds the
         gate was closed."""
         old = self._tables
+        old_exec = None
         with self._gate.exclusive():
             t0 = time.perf_counter()
             for name, t in tables.items():
@@ -870,8 +871,6 @@ class Store:
                 else:
                     with runtime._attach_lock:
                         old_exec = runtime.install(self, built)
-                    if old_exec is not None:
-                        old_exec.close()  # (no call is in flight: the gate is closed)
                     overlay.catch_up(self)  # the updates this version did not fold
             except BaseException:
                 if self._executor is None:  # a store being opened with a bad plan: release it
@@ -880,7 +879,10 @@ class Store:
             finally:
                 if previous_lock is not None:
                     previous_lock.release()
-            return time.perf_counter() - t0
+            blocked = time.perf_counter() - t0
+        if old_exec is not None:
+            old_exec.close()  # (nothing can start on it any more)
+        return blocked
 
     def refresh(self) -> bool:
         """Serve the catalog's current version if it changed; return whether it did. Either
