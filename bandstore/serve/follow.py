@@ -61,35 +61,44 @@ class CallGate:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
         self._closing = False
         self._local = threading.local()
 
     def enter(self) -> bool:
         """Let a call in (waiting while a switch runs); returns what ``leave`` takes."""
+        # The fast path is two attribute reads and one uncontended lock (every call pays it).
         local = self._local
-        if getattr(local, "depth", 0):
-            local.depth += 1
+        depth = getattr(local, "depth", 0)
+        if depth:
+            local.depth = depth + 1
             return False
-        cond = self._cond
-        with cond:
-            while self._closing:
-                cond.wait()
+        lock = self._lock
+        lock.acquire()
+        if self._closing:
+            lock.release()
+            with self._cond:
+                while self._closing:
+                    self._cond.wait()
+                self._active += 1
+        else:
             self._active += 1
+            lock.release()
         local.depth = 1
         return True
 
     def leave(self, outer: bool) -> None:
         """The call ``enter`` let in is done."""
-        local = self._local
-        local.depth -= 1
+        self._local.depth -= 1
         if outer:
-            cond = self._cond
-            with cond:
-                self._active -= 1
-                if self._closing and self._active == 0:
-                    cond.notify_all()
+            lock = self._lock
+            lock.acquire()
+            self._active -= 1
+            if self._closing and self._active == 0:
+                self._cond.notify_all()
+            lock.release()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
