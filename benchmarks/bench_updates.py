@@ -166,6 +166,7 @@ CL_BAGS = 16  # trace queries (bags) per lookup request
 CL_CLIENTS = 4
 CL_UPDATE_ROWS = 100
 CL_UPDATE_SECONDS = 0.05  # one update request every this many seconds
+CL_USERS = 2048  # the first users of the trace, cycled: a stationary workload
 
 
 def _cl_port() -> int:
@@ -193,7 +194,7 @@ def _cl_bodies(trace) -> list[bytes]:
     name = trace.table_names[0]
     ids, off = trace.table(name)
     bodies = []
-    for q in range(0, trace.n_queries - CL_BAGS + 1, CL_BAGS):
+    for q in range(0, min(trace.n_queries, CL_USERS) - CL_BAGS + 1, CL_BAGS):
         a, b = int(off[q]), int(off[q + CL_BAGS])
         starts = (off[q : q + CL_BAGS] - a).tolist()
         body = {"tables": {name: {"indices": ids[a:b].tolist(), "offsets": starts}}}
@@ -256,14 +257,16 @@ def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
                     raise RuntimeError("the server did not become ready")
                 time.sleep(0.2)
 
+            # JSON in, an .npz of float32 out (the cheaper answer for the server to encode)
+            headers = {"content-type": "application/json", "accept": "application/x-npz"}
+
             def client() -> None:
                 with httpx.Client(base_url=base, timeout=60) as c:
                     while not stop.is_set():
                         body = bodies[next(counter) % len(bodies)]
                         t0 = time.time()
                         try:
-                            r = c.post("/v1/lookup", content=body,
-                                       headers={"content-type": "application/json"})  # fmt: skip
+                            r = c.post("/v1/lookup", content=body, headers=headers)
                             status = r.status_code
                         except httpx.HTTPError:
                             status = -1
@@ -382,9 +385,10 @@ def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
             "rows_each": CL_UPDATE_ROWS,
         },  # fmt: skip
         "rebuild": {k: report[k] for k in ("base_version", "version", "queries", "seconds")},
-        "rebuild_layouts": {n: t["layout"] for n, t in report["tables"].items()},
+        "rebuild_tables": report["tables"],
         "rebuild_wall_s": t_tool_end - t_rebuild,
-        "swap_seen_after_commit_s": t_seen - t_tool_end,
+        "swap_seen_after_rebuild_start_s": t_seen - t_rebuild,
+        "tool_exit_after_swap_seen_s": t_tool_end - t_seen,
         "server_swap": {
             k: last.get(f"bandstore_{k}", None)
             for k in (
@@ -405,6 +409,7 @@ def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     sw = result["server_swap"]
+    tt = report["tables"][table]
     lines = [
         "# The closed loop under load: record, rebuild, swap while serving and updating",
         "",
@@ -414,9 +419,10 @@ def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
         f"amazon-book (`{table}`: {rows:,} rows x {CL_DIM} float32, 4 KB blocks), served by "
         f"`bandstore serve --record --sample-rate {args.sample_rate} --allow-updates` (a "
         f"subprocess on 127.0.0.1, default caches: 10% of the rows); {CL_CLIENTS} closed-loop "
-        f"clients, {CL_BAGS} users' item lists (bags) per JSON request, the trace's users in "
-        f"order, cycling (a stationary workload: the traffic after the swap is of the users the "
-        f"recording holds; held-out figures are bench_rebuild's); an updater posts "
+        f"clients, {CL_BAGS} users' item lists (bags) per JSON request (answers as .npz), the "
+        f"trace's first {CL_USERS} users in order, cycling (a stationary workload: the traffic "
+        f"after the swap is of the users the recording holds, as when the same users return; "
+        f"held-out figures are bench_rebuild's); an updater posts "
         f"{CL_UPDATE_ROWS} rows every {CL_UPDATE_SECONDS * 1000:.0f} ms throughout. After "
         f"{warm + before:.0f} s, `tools/rebuild.py STORE REC --method {args.rebuild_method}` "
         f"rebuilds from the recording (in its own process, on the same 2 cores) and commits; "
@@ -441,9 +447,15 @@ def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
         f"{int(sw['warm_rows_total'] or 0):,} rows reading "
         f"{int(sw['warm_blocks_read_total'] or 0):,} blocks (not counted above)",
         f"- rebuild: {result['rebuild_wall_s']:.1f} s wall ({report['queries']['tuning']:,} "
-        f"tuning + {report['queries']['heldout']:,} held-out recorded queries; layouts "
-        f"{result['rebuild_layouts']}); version {report['base_version']} -> {v1}, seen served "
-        f"{result['swap_seen_after_commit_s']:.2f} s after the tool exited",
+        f"tuning + {report['queries']['heldout']:,} held-out recorded queries); `{table}`: "
+        f"layout {tt['layout']} ({tt['configuration']}), its held-out blocks per 1000 lookups "
+        f"{tt['heldout_current_blocks_per_1000_lookups']:.1f} -> "
+        f"{tt['heldout_chosen_blocks_per_1000_lookups']:.1f}, cache "
+        f"{tt['cache_bytes'] / 2**20:.2f} MiB, threshold {tt['threshold']}, pinned share "
+        f"{tt['pinned_share']}, strategy {tt['strategy']}; version {report['base_version']} -> "
+        f"{v1}, served {result['swap_seen_after_rebuild_start_s']:.1f} s after the rebuild "
+        f"started (its stages: {', '.join(f'{k} {v:.1f} s' for k, v in report['seconds'].items())};"
+        f" the tool exited {result['tool_exit_after_swap_seen_s']:.1f} s after the switch)",
     ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -460,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         help="updates: throughput, reader latency and lag; closed-loop: rebuild and swap "
         "under load against bandstore serve (needs BANDSTORE_DATA)",
     )
-    ap.add_argument("--sample-rate", type=float, default=0.5, help="closed-loop: recorded share")
-    ap.add_argument("--rebuild-method", default="auto", help="closed-loop: the layout method")
+    ap.add_argument("--sample-rate", type=float, default=1.0, help="closed-loop: recorded share")
+    ap.add_argument("--rebuild-method", default="metis", help="closed-loop: the layout method")
     ap.add_argument("--phase-seconds", type=float, default=None)
     ap.add_argument("--rows", type=int, default=None)
     ap.add_argument(
