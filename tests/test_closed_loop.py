@@ -380,3 +380,14 @@ def test_a_recording_is_readable_while_the_recorder_runs(tmp_path):
     finally:
         rec.close()
     assert read_recorded(tmp_path / "rec").n_queries == 300
+
+
+def test_bandstore_serve_follows_unless_told_not_to():
+    pytest.importorskip("uvicorn")
+    from bandstore.cli.main import build_parser
+    from bandstore.server.run import server_kwargs
+
+    parser = build_parser()
+    assert server_kwargs(parser.parse_args(["serve", "s"]))["follow_versions"] is True
+    args = parser.parse_args(["serve", "s", "--no-follow-versions"])
+    assert server_kwargs(args)["follow_versions"] is False
