@@ -19,6 +19,13 @@ its ``update`` returning in the writer to the reader first seeing marker value >
 
 Writes benchmarks/results/updates{,_quick}.{md,json}. Processes are forked from a parent that
 holds no open store.
+
+``--part closed-loop`` (needs amazon-book under BANDSTORE_DATA, skipped otherwise): the closed
+loop under load. ``bandstore serve --record --allow-updates`` (a subprocess on 127.0.0.1) serves
+4 closed-loop HTTP clients and an updater; ``tools/rebuild.py`` rebuilds from the recording and
+commits; the server switches to the new version by itself. Figures: failed requests, p99 before
+/ while the rebuild runs / around the switch / after, blocks per 1000 lookups before and after
+(the server's own counters, from /metrics). Writes results/updates_closed_loop{,_quick}.
 """
 
 from __future__ import annotations
