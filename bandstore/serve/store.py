@@ -814,11 +814,15 @@ class Store:
             if lock is not None:
                 lock.release()
             return None
-        return rec, vdir, lock, self._prepare_tables(rec, vdir, lock)
+        # (caches are left to runtime.build, which knows each table's strategy: a pinned or
+        # resident table's cache would be built only to be dropped)
+        return rec, vdir, lock, self._prepare_tables(rec, vdir, lock, caches=False)
 
-    def _prepare_tables(self, rec: dict, vdir: Path, lock: Any) -> dict[str, _Table]:
+    def _prepare_tables(self, rec: dict, vdir: Path, lock: Any, caches: bool = True
+                        ) -> dict[str, _Table]:  # fmt: skip
         """The tables of version ``rec``: the served ones whose file and counts are unchanged,
-        new ones (caches built) for the others. Releases ``lock`` if it raises."""
+        new ones (``caches``: with their caches built) for the others. Releases ``lock`` if it
+        raises."""
         old = self._tables
         tables: dict[str, _Table] = {}
         try:
@@ -834,7 +838,7 @@ class Store:
                 tables[name] = _Table(name, trec, vdir, self._catalog, self._verify_reads,
                                       self._io)  # fmt: skip
             for name, t in tables.items():
-                if old.get(name) is not t:
+                if caches and old.get(name) is not t:
                     t.configure_cache(self._policy_for(name, t, tables))
         except BaseException:
             if lock is not None:
@@ -850,11 +854,11 @@ class Store:
         """Serve ``tables`` of version ``rec`` from the next call on: under the call gate (no
         call in flight), switch tables, version, plan runners and executor (``built``, else
         built here) and, for a prepared switch, the update overlay. Returns the seconds the
-        gate was closed."""
+        gate was closed (waiting for the calls in flight included)."""
         old = self._tables
         old_exec = None
+        t0 = time.perf_counter()
         with self._gate.exclusive():
-            t0 = time.perf_counter()
             for name, t in tables.items():
                 prev = old.get(name)
                 if prev is not None and prev is not t and _same_rows(prev.info, t.info):
