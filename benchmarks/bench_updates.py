@@ -314,6 +314,7 @@ def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
                 [sys.executable, str(repo / "tools" / "rebuild.py"), str(path), str(rec),
                  "--method", args.rebuild_method, "--json"],
                 env=env, capture_output=True, text=True, timeout=1800,
+                preexec_fn=(lambda: os.nice(args.rebuild_nice)) if args.rebuild_nice else None,
             )  # fmt: skip
             t_tool_end = time.time()
             if tool.returncode != 0:
@@ -386,6 +387,7 @@ def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
         "clients": CL_CLIENTS,
         "sample_rate": args.sample_rate,
         "rebuild_method": args.rebuild_method,
+        "rebuild_nice": args.rebuild_nice,
         "requests": len(lat),
         "failed_requests": int((status != 200).sum()),
         "windows": windows,
@@ -420,6 +422,8 @@ def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
     cmd, commit, _ = run_facts("bench_updates.py", argv)
     result.update(command=cmd, commit=commit)
     stem = "updates_closed_loop_quick" if args.quick else "updates_closed_loop"
+    if args.rebuild_nice:
+        stem += "_nice"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     sw = result["server_swap"]
@@ -439,7 +443,8 @@ def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
         f"held-out figures are bench_rebuild's); an updater posts "
         f"{CL_UPDATE_ROWS} rows every {CL_UPDATE_SECONDS * 1000:.0f} ms throughout. After "
         f"{warm + before:.0f} s, `tools/rebuild.py STORE REC --method {args.rebuild_method}` "
-        f"rebuilds from the recording (in its own process, on the same 2 cores) and commits; "
+        f"rebuilds from the recording (in its own process, on the same 2 cores, nice "
+        f"{args.rebuild_nice}) and commits; "
         f"the server switches by itself.",
         "",
         "| window | requests | failed | p50 (ms) | p99 (ms) |",
@@ -490,6 +495,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--sample-rate", type=float, default=1.0, help="closed-loop: recorded share")
     ap.add_argument("--rebuild-method", default="metis", help="closed-loop: the layout method")
+    ap.add_argument(
+        "--rebuild-nice",
+        type=int,
+        default=0,
+        help="closed-loop: run the rebuild at this niceness (it shares the server's cores here; "
+        "in production it runs elsewhere)",
+    )
     ap.add_argument("--phase-seconds", type=float, default=None)
     ap.add_argument("--rows", type=int, default=None)
     ap.add_argument(
