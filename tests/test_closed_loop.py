@@ -391,3 +391,35 @@ def test_bandstore_serve_follows_unless_told_not_to():
     assert server_kwargs(parser.parse_args(["serve", "s"]))["follow_versions"] is True
     args = parser.parse_args(["serve", "s", "--no-follow-versions"])
     assert server_kwargs(args)["follow_versions"] is False
+
+
+def test_a_patient_switch_lets_calls_in_while_it_waits_for_a_gap():
+    gate = CallGate()
+    release = threading.Event()
+    inside = threading.Event()
+    events: list[str] = []
+
+    def long_call():
+        outer = gate.enter()
+        inside.set()
+        release.wait()
+        gate.leave(outer)
+
+    def switch():
+        with gate.exclusive(patience=5.0):
+            events.append("switch")
+
+    t = threading.Thread(target=long_call)
+    t.start()
+    inside.wait()
+    s = threading.Thread(target=switch)
+    s.start()
+    assert _wait(lambda: gate._waiting == 1, 5)
+    t0 = time.monotonic()
+    outer = gate.enter()  # a new call is not held back while the switch waits for a gap
+    gate.leave(outer)
+    assert time.monotonic() - t0 < 1.0 and events == []
+    release.set()  # the gap: the switch runs at once
+    s.join(5)
+    t.join(5)
+    assert events == ["switch"] and not gate._closing

@@ -46,6 +46,8 @@ import numpy as np
 
 #: How often a following store checks the catalog's current version (seconds).
 FOLLOW_SECONDS = 0.1
+#: How long a switch waits for a gap between calls before it holds new calls back (seconds).
+GAP_PATIENCE = 0.25
 #: The largest share of a new table's cache the warm-up fills (the rest is left to traffic).
 WARM_SHARE = 1.0
 
@@ -54,10 +56,11 @@ class CallGate:
     """Calls in, swaps out: many calls at once, or one version switch with no call inside.
 
     A call holds the gate from its validation to its last counter (``enter``/``leave``);
-    ``exclusive()`` closes the gate to new calls, waits for the calls
-    in flight, and runs the switch alone. Re-entrant per thread (a call inside a call, e.g.
-    through a listener, passes); a thread inside a call that asks for ``exclusive()`` gets it
-    without waiting for itself (and the others' calls are still excluded from starting).
+    ``exclusive()`` waits for a gap between calls (up to its patience), else closes the gate
+    to new calls and waits for the calls in flight; then it runs the switch alone.
+    Re-entrant per thread (a call inside a call, e.g. through a listener, passes); a thread
+    inside a call that asks for ``exclusive()`` gets it without waiting for itself (and the
+    others' calls are still excluded from starting).
     """
 
     def __init__(self) -> None:
@@ -65,6 +68,8 @@ class CallGate:
         self._cond = threading.Condition(self._lock)
         self._active = 0
         self._closing = False
+        self._waiting = 0  # switches waiting for a gap between calls
+        self.closed_at = 0.0  # when the last switch closed the gate (perf_counter)
         self._local = threading.local()
 
     def enter(self) -> bool:
@@ -96,18 +101,35 @@ class CallGate:
             lock = self._lock
             lock.acquire()
             self._active -= 1
-            if self._closing and self._active == 0:
+            if self._active == 0 and (self._closing or self._waiting):
                 self._cond.notify_all()
             lock.release()
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self, patience: float = 0.0) -> Iterator[None]:
+        """Run the body with no call inside. ``patience``: first wait up to this long for a
+        moment with no call in flight *without* holding new calls back (a server's batcher
+        leaves such gaps between batches), then close the gate and wait for the calls in
+        flight."""
         mine = 1 if getattr(self._local, "depth", 0) else 0
         cond = self._cond
+        deadline = time.monotonic() + patience
         with cond:
             while self._closing:
                 cond.wait()
+            self._waiting += 1
+            try:
+                while self._active > mine:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    cond.wait(left)
+            finally:
+                self._waiting -= 1
+            while self._closing:  # (another switch got in first)
+                cond.wait()
             self._closing = True
+            self.closed_at = time.perf_counter()  # new calls wait from now on
             while self._active > mine:
                 cond.wait()
         try:
@@ -204,7 +226,7 @@ def follow_once(store: Any) -> bool:
             with runtime._attach_lock:  # (a re-plan may switch the plan meanwhile)
                 built = runtime.build(store, tables)
             warm_rows, warm_blocks = _warm(store._tables, tables, built)
-            blocked = store._publish(rec, tables, lock, built)
+            blocked = store._publish(rec, tables, lock, built, GAP_PATIENCE)
         except BaseException:
             if built is not None and store._executor is not built.executor:
                 built.executor.close()

@@ -850,15 +850,18 @@ class Store:
         with self._follow_lock:
             self._publish(rec, self._prepare_tables(rec, vdir, lock), lock, None)
 
-    def _publish(self, rec: dict, tables: dict[str, _Table], lock: Any, built: Any) -> float:
+    def _publish(self, rec: dict, tables: dict[str, _Table], lock: Any, built: Any,
+                 patience: float = 0.0) -> float:  # fmt: skip
         """Serve ``tables`` of version ``rec`` from the next call on: under the call gate (no
         call in flight), switch tables, version, plan runners and executor (``built``, else
         built here) and, for a prepared switch, the update overlay. Returns the seconds the
-        gate was closed (waiting for the calls in flight included)."""
+        gate was closed (waiting for the calls in flight included; with ``patience``, the
+        switch first waits that long for a gap between calls, not holding new calls back)."""
         old = self._tables
         old_exec = None
         t0 = time.perf_counter()
-        with self._gate.exclusive():
+        with self._gate.exclusive(patience):
+            t0 = max(t0, self._gate.closed_at)
             for name, t in tables.items():
                 prev = old.get(name)
                 if prev is not None and prev is not t and _same_rows(prev.info, t.info):
