@@ -188,17 +188,26 @@ class ServeOptions:
     ``cache``: overrides of the stored cache policy (``open(cache_bytes=...)`` is the common
     one). ``verify_reads``: check the sectors a lookup decodes against their checksums.
     ``block_size`` / ``checksum_bytes``: the format expected (FormatMismatchError otherwise);
-    None accepts the stored one.
+    None accepts the stored one. ``follow_versions``: move to a newly committed version by
+    itself, between calls, within about 0.1 s (a rebuild, a compaction, another writer's
+    relayout), with its layouts, cache sizes and plan, caches warmed from the old ones
+    (``bandstore.serve.follow``). Off by default: a handle otherwise keeps the version it
+    opened until ``refresh()`` (the snapshot tuning jobs and comparisons rely on; following
+    also holds a second set of caches while a new version is prepared). ``bandstore serve``
+    turns it on.
     """
 
     cache: CacheOptions = field(default_factory=CacheOptions)
     verify_reads: bool = True
     block_size: int | None = None
     checksum_bytes: int | None = None
+    follow_versions: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.cache, CacheOptions):
             _fail("cache", "must be a bandstore.options.CacheOptions", self.cache)
+        if not isinstance(self.follow_versions, bool):
+            _fail("follow_versions", "must be True or False", self.follow_versions)
         _int(self.block_size, "block_size", 1, none=True)
         _int(self.checksum_bytes, "checksum_bytes", 1, none=True)
 

@@ -19,6 +19,13 @@ its ``update`` returning in the writer to the reader first seeing marker value >
 
 Writes benchmarks/results/updates{,_quick}.{md,json}. Processes are forked from a parent that
 holds no open store.
+
+``--part closed-loop`` (needs amazon-book under BANDSTORE_DATA, skipped otherwise): the closed
+loop under load. ``bandstore serve --record --allow-updates`` (a subprocess on 127.0.0.1) serves
+4 closed-loop HTTP clients and an updater; ``tools/rebuild.py`` rebuilds from the recording and
+commits; the server switches to the new version by itself. Figures: failed requests, p99 before
+/ while the rebuild runs / around the switch / after, blocks per 1000 lookups before and after
+(the server's own counters, from /metrics). Writes results/updates_closed_loop{,_quick}.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from paths import RESULTS, run_facts
@@ -163,9 +171,341 @@ def _fsync_baseline(tmp: Path, n: int = 20) -> dict[str, float]:
     return {"p50": float(p50), "p99": float(p99)}
 
 
+# ---- the closed loop (--part closed-loop) ---------------------------------------------------
+CL_DIM = 64
+CL_BAGS = 16  # trace queries (bags) per lookup request
+CL_CLIENTS = 4
+CL_UPDATE_ROWS = 100
+CL_UPDATE_SECONDS = 0.05  # one update request every this many seconds
+CL_USERS = 2048  # the first users of the trace, cycled: a stationary workload
+
+
+def _cl_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cl_metrics(text: str) -> dict[str, float]:
+    """Sums over tables of the store counters, and the swap gauges, from /metrics text."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("bandstore_") or " " not in line:
+            continue
+        key, _, value = line.rpartition(" ")
+        name = key.split("{", 1)[0]
+        out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def _cl_bodies(trace) -> list[bytes]:
+    """The trace's queries as JSON lookup bodies of CL_BAGS bags each, in trace order."""
+    name = trace.table_names[0]
+    ids, off = trace.table(name)
+    bodies = []
+    for q in range(0, min(trace.n_queries, CL_USERS) - CL_BAGS + 1, CL_BAGS):
+        a, b = int(off[q]), int(off[q + CL_BAGS])
+        starts = (off[q : q + CL_BAGS] - a).tolist()
+        body = {"tables": {name: {"indices": ids[a:b].tolist(), "offsets": starts}}}
+        bodies.append(json.dumps(body).encode())
+    return bodies
+
+
+def closed_loop(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """A bounded closed-loop client against ``bandstore serve`` (a subprocess on 127.0.0.1,
+    recording, updates allowed) while an updater posts row updates, ``tools/rebuild.py``
+    rebuilds from the recording and commits, and the server switches to the new version by
+    itself. Failed requests, p99 before / during the rebuild / around the swap / after, and
+    blocks per 1000 lookups before and after, from the server's own counters."""
+    import signal
+    import subprocess
+    import threading
+
+    import httpx
+    from paths import DATA
+
+    from bandstore.demo import create_store_for_trace
+    from bandstore.traces.formats import convert
+
+    src = DATA / "amazon-book" / "test.txt"
+    if not src.is_file():
+        print(f"skipping the closed loop: {src} not found (set BANDSTORE_DATA)")
+        return 0
+    trace = convert("lightgcn", src)
+    table = trace.table_names[0]
+    rows = int(trace.num_rows[table])
+    bodies = _cl_bodies(trace)
+    warm, before, after = (2.0, 6.0, 6.0) if args.quick else (3.0, 12.0, 12.0)
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        path, rec = Path(tmp) / "s", Path(tmp) / "rec"
+        create_store_for_trace(path, trace, dim=CL_DIM, progress=False).close()
+        port = _cl_port()
+        base = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bandstore.cli", "serve", str(path), "--port", str(port),
+             "--record", str(rec), "--sample-rate", str(args.sample_rate), "--allow-updates",
+             "--log-level", "warning"], env=env,
+        )  # fmt: skip
+        stop = threading.Event()
+        lat: list[tuple[float, float, int]] = []  # (start, seconds, status or -1)
+        upd: list[tuple[float, float, int]] = []
+        mon: list[tuple[float, dict[str, float]]] = []
+        counter = iter(range(1 << 62))
+        try:
+            t_ready = time.time() + 300
+            while True:
+                try:
+                    if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.time() > t_ready or server.poll() is not None:
+                    raise RuntimeError("the server did not become ready")
+                time.sleep(0.2)
+
+            # JSON in, an .npz of float32 out (the cheaper answer for the server to encode)
+            headers = {"content-type": "application/json", "accept": "application/x-npz"}
+
+            def client() -> None:
+                with httpx.Client(base_url=base, timeout=60) as c:
+                    while not stop.is_set():
+                        body = bodies[next(counter) % len(bodies)]
+                        t0 = time.time()
+                        try:
+                            r = c.post("/v1/lookup", content=body, headers=headers)
+                            status = r.status_code
+                        except httpx.HTTPError:
+                            status = -1
+                        lat.append((t0, time.time() - t0, status))
+
+            def updater() -> None:
+                rng = np.random.default_rng(2)
+                with httpx.Client(base_url=base, timeout=60) as c:
+                    while not stop.is_set():
+                        ids = rng.choice(rows, CL_UPDATE_ROWS, replace=False)
+                        vals = np.round(rng.standard_normal((CL_UPDATE_ROWS, CL_DIM)), 3)
+                        body = {"tables": {table: {"ids": ids.tolist(), "rows": vals.tolist()}}}
+                        t0 = time.time()
+                        try:
+                            status = c.post("/v1/update", json=body).status_code
+                        except httpx.HTTPError:
+                            status = -1
+                        upd.append((t0, time.time() - t0, status))
+                        stop.wait(CL_UPDATE_SECONDS)
+
+            def monitor() -> None:
+                with httpx.Client(base_url=base, timeout=60) as c:
+                    while not stop.is_set():
+                        try:
+                            mon.append((time.time(), _cl_metrics(c.get("/metrics").text)))
+                        except httpx.HTTPError:
+                            pass
+                        stop.wait(0.1)
+
+            threads = [threading.Thread(target=client) for _ in range(CL_CLIENTS)]
+            threads += [threading.Thread(target=updater), threading.Thread(target=monitor)]
+            t0 = time.time()
+            for th in threads:
+                th.start()
+            time.sleep(warm + before)
+            t_rebuild = time.time()
+            tool = subprocess.run(
+                [sys.executable, str(repo / "tools" / "rebuild.py"), str(path), str(rec),
+                 "--method", args.rebuild_method, "--json"],
+                env=env, capture_output=True, text=True, timeout=1800,
+                preexec_fn=(lambda: os.nice(args.rebuild_nice)) if args.rebuild_nice else None,
+            )  # fmt: skip
+            t_tool_end = time.time()
+            if tool.returncode != 0:
+                raise RuntimeError(f"rebuild failed: {tool.stderr[-2000:]}")
+            report = json.loads(tool.stdout)
+            deadline = time.time() + 60
+            while not any(m[1].get("bandstore_version") == report["version"] for m in mon[-3:]):
+                if time.time() > deadline:
+                    raise RuntimeError("the server did not switch within 60 s")
+                time.sleep(0.05)
+            time.sleep(1.0 + after)
+        finally:
+            stop.set()
+            for th in threads if "threads" in locals() else []:
+                th.join(timeout=120)
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    load_after = os.getloadavg()
+
+    v1 = report["version"]
+    t_seen = next(t for t, m in mon if m.get("bandstore_version") == v1)
+    last = mon[-1][1]
+    swap_s = float(last.get("bandstore_last_swap_seconds", 0.0))
+    lo_before, hi_before = t0 + warm, t_rebuild
+    swap_lo, swap_hi = t_seen - swap_s - 0.25, t_seen + 1.0
+    lo_after, hi_after = t_seen + 1.0, mon[-1][0]
+    starts = np.array([x[0] for x in lat])
+    secs = np.array([x[1] for x in lat]) * 1e3
+    status = np.array([x[2] for x in lat])
+
+    def window(lo: float, hi: float) -> dict[str, Any]:
+        m = (starts >= lo) & (starts < hi)
+        p50, p99 = np.percentile(secs[m], [50, 99]) if m.any() else (0.0, 0.0)
+        return {"from_s": lo - t0, "to_s": hi - t0, "requests": int(m.sum()),
+                "failed": int((status[m] != 200).sum()), "p50_ms": float(p50),
+                "p99_ms": float(p99)}  # fmt: skip
+
+    def blocks(lo: float, hi: float) -> dict[str, float]:
+        a = min(mon, key=lambda x: abs(x[0] - lo))[1]
+        b = min(mon, key=lambda x: abs(x[0] - hi))[1]
+        look = b["bandstore_lookups_total"] - a["bandstore_lookups_total"]
+        blk = b["bandstore_blocks_read_total"] - a["bandstore_blocks_read_total"]
+        hits = b["bandstore_hits_total"] - a["bandstore_hits_total"]
+        return {"lookups": look, "blocks_read": blk,
+                "blocks_per_1000_lookups": 1000 * blk / look if look else 0.0,
+                "hit_ratio": hits / look if look else 0.0}  # fmt: skip
+
+    # The control for the swap window: as long, just before it (the rebuild job still runs on
+    # the same cores, its commit and report too, but the server has not begun to switch).
+    pre_lo = max(t_rebuild, swap_lo - (swap_hi - swap_lo))
+    windows = {
+        "before": window(lo_before, hi_before),
+        "rebuild running": window(t_rebuild, pre_lo),
+        "just before the swap": window(pre_lo, swap_lo),
+        "swap": window(swap_lo, swap_hi),
+        "after": window(lo_after, hi_after),
+    }
+    ratio = windows["swap"]["p99_ms"] / windows["before"]["p99_ms"]
+    pre = windows["just before the swap"]["p99_ms"]
+    ratio_pre = windows["swap"]["p99_ms"] / pre if pre else None
+    bb, ba = blocks(lo_before, hi_before), blocks(lo_after, hi_after)
+    upd_status = np.array([x[2] for x in upd])
+    result = {
+        "trace": "amazon-book",
+        "table": {"name": table, "rows": rows, "dim": CL_DIM},
+        "bags_per_request": CL_BAGS,
+        "clients": CL_CLIENTS,
+        "sample_rate": args.sample_rate,
+        "rebuild_method": args.rebuild_method,
+        "rebuild_nice": args.rebuild_nice,
+        "requests": len(lat),
+        "failed_requests": int((status != 200).sum()),
+        "windows": windows,
+        "p99_swap_over_before": ratio,
+        "p99_swap_over_just_before": ratio_pre,
+        "blocks_before": bb,
+        "blocks_after": ba,
+        "updates": {
+            "requests": len(upd),
+            "failed": int((upd_status != 200).sum()),
+            "rows_each": CL_UPDATE_ROWS,
+        },  # fmt: skip
+        "rebuild": {k: report[k] for k in ("base_version", "version", "queries", "seconds")},
+        "rebuild_tables": report["tables"],
+        "rebuild_wall_s": t_tool_end - t_rebuild,
+        "swap_seen_after_rebuild_start_s": t_seen - t_rebuild,
+        "tool_exit_after_swap_seen_s": t_tool_end - t_seen,
+        "server_swap": {
+            k: last.get(f"bandstore_{k}", None)
+            for k in (
+                "version_swaps_total",
+                "version_swap_errors_total",
+                "last_swap_seconds",
+                "last_swap_blocked_seconds",
+                "warm_rows_total",
+                "warm_blocks_read_total",
+            )
+        },  # fmt: skip
+        "load_before": load_before,
+        "load_after": load_after,
+    }
+    cmd, commit, _ = run_facts("bench_updates.py", argv)
+    result.update(command=cmd, commit=commit)
+    stem = "updates_closed_loop_quick" if args.quick else "updates_closed_loop"
+    if args.rebuild_nice:
+        stem += "_nice"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    sw = result["server_swap"]
+    tt = report["tables"][table]
+    lines = [
+        "# The closed loop under load: record, rebuild, swap while serving and updating",
+        "",
+        f"`{cmd}` at {commit}; load average {', '.join(f'{x:.2f}' for x in load_before)} "
+        f"before, {', '.join(f'{x:.2f}' for x in load_after)} after (2 cores, shared).",
+        "",
+        f"amazon-book (`{table}`: {rows:,} rows x {CL_DIM} float32, 4 KB blocks), served by "
+        f"`bandstore serve --record --sample-rate {args.sample_rate} --allow-updates` (a "
+        f"subprocess on 127.0.0.1, default caches: 10% of the rows); {CL_CLIENTS} closed-loop "
+        f"clients, {CL_BAGS} users' item lists (bags) per JSON request (answers as .npz), the "
+        f"trace's first {CL_USERS} users in order, cycling (a stationary workload: the traffic "
+        f"after the swap is of the users the recording holds, as when the same users return; "
+        f"held-out figures are bench_rebuild's); an updater posts "
+        f"{CL_UPDATE_ROWS} rows every {CL_UPDATE_SECONDS * 1000:.0f} ms throughout. After "
+        f"{warm + before:.0f} s, `tools/rebuild.py STORE REC --method {args.rebuild_method}` "
+        f"rebuilds from the recording (in its own process, on the same 2 cores, nice "
+        f"{args.rebuild_nice}) and commits; "
+        f"the server switches by itself.",
+        "",
+        "| window | requests | failed | p50 (ms) | p99 (ms) |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            f"| {k} ({w['from_s']:.1f}-{w['to_s']:.1f} s) | {w['requests']} | {w['failed']} | "
+            f"{w['p50_ms']:.1f} | {w['p99_ms']:.1f} |"
+            for k, w in windows.items()
+        ],
+        "",
+        f"- failed requests: {result['failed_requests']} of {len(lat)} (target 0); updates: "
+        f"{result['updates']['failed']} failed of {len(upd)}",
+        f"- p99 around the swap / before: {ratio:.2f} (target <= 1.10); / the window as long "
+        f"just before it (the rebuild job running alike, no switch yet): "
+        f"{ratio_pre or float('nan'):.2f}; the swap window is "
+        f"[switch seen - its {swap_s * 1000:.0f} ms of preparing - 0.25 s, switch seen + 1 s]; "
+        f"new calls were held back {float(sw['last_swap_blocked_seconds'] or 0) * 1000:.2f} ms",
+        f"- blocks per 1000 lookups: before {bb['blocks_per_1000_lookups']:.1f} (hit ratio "
+        f"{bb['hit_ratio']:.3f}), after {ba['blocks_per_1000_lookups']:.1f} (hit ratio "
+        f"{ba['hit_ratio']:.3f}); the switch warmed the new cache with "
+        f"{int(sw['warm_rows_total'] or 0):,} rows reading "
+        f"{int(sw['warm_blocks_read_total'] or 0):,} blocks (not counted above)",
+        f"- rebuild: {result['rebuild_wall_s']:.1f} s wall ({report['queries']['tuning']:,} "
+        f"tuning + {report['queries']['heldout']:,} held-out recorded queries); `{table}`: "
+        f"layout {tt['layout']} ({tt['configuration']}), its held-out blocks per 1000 lookups "
+        f"{tt['heldout_current_blocks_per_1000_lookups']:.1f} -> "
+        f"{tt['heldout_chosen_blocks_per_1000_lookups']:.1f}, cache "
+        f"{tt['cache_bytes'] / 2**20:.2f} MiB, threshold {tt['threshold']}, pinned share "
+        f"{tt['pinned_share']}, strategy {tt['strategy']}; version {report['base_version']} -> "
+        f"{v1}, served {result['swap_seen_after_rebuild_start_s']:.1f} s after the rebuild "
+        f"started (its stages: {', '.join(f'{k} {v:.1f} s' for k, v in report['seconds'].items())};"
+        f" the tool exited {result['tool_exit_after_swap_seen_s']:.1f} s after the switch)",
+    ]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--part",
+        choices=["updates", "closed-loop"],
+        default="updates",
+        help="updates: throughput, reader latency and lag; closed-loop: rebuild and swap "
+        "under load against bandstore serve (needs BANDSTORE_DATA)",
+    )
+    ap.add_argument("--sample-rate", type=float, default=1.0, help="closed-loop: recorded share")
+    ap.add_argument("--rebuild-method", default="metis", help="closed-loop: the layout method")
+    ap.add_argument(
+        "--rebuild-nice",
+        type=int,
+        default=0,
+        help="closed-loop: run the rebuild at this niceness (it shares the server's cores here; "
+        "in production it runs elsewhere)",
+    )
     ap.add_argument("--phase-seconds", type=float, default=None)
     ap.add_argument("--rows", type=int, default=None)
     ap.add_argument(
@@ -174,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the reader's next call applies updates (default: its poller thread)",
     )
     args = ap.parse_args(argv)
+    if args.part == "closed-loop":
+        return closed_loop(args, argv)
     rows = args.rows or (100_000 if args.quick else 500_000)
     phase = args.phase_seconds or (2.0 if args.quick else 5.0)
     phases = ["quiet", "updates x1", "quiet", "updates x4", "quiet", "other store x4"] * 2

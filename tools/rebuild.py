@@ -6,8 +6,11 @@
 LOGS are directories written by the recorder (``bandstore.open(path, record=DIR)``) or trace
 files (``.npz``), concatenated in time order. The result is committed as one new version
 (layouts, access counts, cache policies and plan in one catalog transaction) by
-``bandstore.tune.rebuild``; serving stores move to it on ``refresh()``. Exit status 0 on
-success, 2 on a bandstore error (printed), nothing changed.
+``bandstore.tune.rebuild``; a running ``bandstore serve`` moves to it by itself between batches
+(``ServeOptions.follow_versions``), other stores on ``refresh()``. Updates written while it
+runs are folded up to the point its commit read the log; later ones stay in the log and are
+served on top of the new version. Exit status 0 on success, 2 on a bandstore error (printed),
+nothing changed.
 """
 
 from __future__ import annotations

@@ -861,6 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="read block files mapped (mmap) or with O_DIRECT (direct)")  # fmt: skip
     sp.add_argument("--allow-updates", action="store_true",
                     help="serve POST /v1/update (opens the store writable)")  # fmt: skip
+    sp.add_argument("--no-follow-versions", action="store_true",
+                    help="keep serving the version opened (default: move to a version "
+                    "committed meanwhile, e.g. by tools/rebuild.py, between batches)")  # fmt: skip
     sp.add_argument("--log-level", default="info",
                     choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     sp.add_argument("--engine", choices=["local", "ray"], default="local",

@@ -50,11 +50,12 @@ def stored_inline_below(catalog: Any) -> tuple[float, float] | None:
         return None
 
 
-def resolve_plan(store: Any) -> Plan | None:
+def resolve_plan(store: Any, tables: Any = None) -> Plan | None:
     """The plan a store serves: the one given to ``open(plan=...)``, else the stored one (unless
-    ``plan=False``, or an explicit ``cache_bytes`` was given to ``open`` without a plan)."""
+    ``plan=False``, or an explicit ``cache_bytes`` was given to ``open`` without a plan).
+    ``tables``: the table objects it is for (default: the served ones)."""
     arg = getattr(store, "_plan_arg", None)
-    tables = {n: t.info for n, t in store._tables.items()}
+    tables = {n: t.info for n, t in (store._tables if tables is None else tables).items()}
     if arg is False:
         return None
     if isinstance(arg, Plan):
@@ -159,36 +160,63 @@ def retune(store: Any, names: Any) -> None:
         attach(store)
 
 
+class Built:
+    """A plan's runners and executor for one tables dict, built but not yet serving."""
+
+    __slots__ = ("tables", "plan", "runners", "executor")
+
+    def __init__(self, tables: dict, plan: Plan | None, runners: dict, executor: Executor):
+        self.tables = tables
+        self.plan = plan
+        self.runners = runners
+        self.executor = executor
+
+
+def build(store: Any, tables: dict | None = None) -> Built:
+    """The runners and executor of the plan ``store`` serves, for ``tables`` (default: its
+    served tables; a version being prepared beside them). Heavy work (a resident table's
+    decode, a pinned set's load) happens here, before anyone is switched."""
+    tables = store._tables if tables is None else tables
+    plan = resolve_plan(store, tables)
+    workers = store._workers_arg
+    if workers is None:
+        workers = plan.workers if plan is not None else 1
+    workers = check_workers(workers)
+    built: dict[str, tuple[Runner, tuple[int, ...]]] = {}
+    for i, (name, t) in enumerate(tables.items()):
+        tp = plan.tables.get(name) if plan is not None else None
+        runner = _build_runner(store, name, t, tp, plan, tables)
+        where = (i % workers,) if tp is None else tuple(w % workers for w in tp.workers)
+        built[name] = (runner, where)
+    costs = {}
+    if plan is not None:
+        costs = {n: tp.predicted_ns for n, tp in plan.tables.items() if tp.predicted_ns}
+    inline_below = stored_inline_below(store.catalog)
+    executor = Executor(
+        workers, built, costs=costs, inline_below=inline_below, calls=store._call_counts
+    )
+    return Built(tables, plan, built, executor)
+
+
+def install(store: Any, built: Built) -> Any:
+    """Switch ``built``'s tables to their runners, then the store to its executor and plan;
+    return the executor replaced (the caller closes it once nothing can start on it)."""
+    # Switch: tables first (each call reads its table's runner once), then the executor.
+    for name, (runner, _) in built.runners.items():
+        t = built.tables[name]
+        t.runner = None if isinstance(runner, CachedRunner) else runner
+        if t.runner is not None and t.policy.cache_bytes:
+            t.configure_cache(CachePolicy(0, t.policy.threshold, t.policy.pinned_share))
+        # A replaced runner is not released: calls in flight may still use it.
+    old_exec = store._executor
+    store._executor = built.executor
+    store._plan = built.plan
+    return old_exec
+
+
 def attach(store: Any) -> None:
     """Build and install the runners and executor of the plan ``store`` serves."""
     with _attach_lock:
-        plan = resolve_plan(store)
-        workers = store._workers_arg
-        if workers is None:
-            workers = plan.workers if plan is not None else 1
-        workers = check_workers(workers)
-        tables = store._tables
-        built: dict[str, tuple[Runner, tuple[int, ...]]] = {}
-        for i, (name, t) in enumerate(tables.items()):
-            tp = plan.tables.get(name) if plan is not None else None
-            runner = _build_runner(store, name, t, tp, plan, tables)
-            where = (i % workers,) if tp is None else tuple(w % workers for w in tp.workers)
-            built[name] = (runner, where)
-        # Switch: tables first (each call reads its table's runner once), then the executor.
-        for name, (runner, _) in built.items():
-            t = tables[name]
-            t.runner = None if isinstance(runner, CachedRunner) else runner
-            if t.runner is not None and t.policy.cache_bytes:
-                t.configure_cache(CachePolicy(0, t.policy.threshold, t.policy.pinned_share))
-            # A replaced runner is not released: calls in flight may still use it.
-        old_exec = store._executor
-        costs = {}
-        if plan is not None:
-            costs = {n: tp.predicted_ns for n, tp in plan.tables.items() if tp.predicted_ns}
-        inline_below = stored_inline_below(store.catalog)
-        store._executor = Executor(
-            workers, built, costs=costs, inline_below=inline_below, calls=store._call_counts
-        )
-        store._plan = plan
+        old_exec = install(store, build(store))
     if old_exec is not None:
         old_exec.close()

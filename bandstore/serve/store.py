@@ -53,7 +53,7 @@ from bandstore.options import (
     threshold_from_json,
     threshold_to_json,
 )
-from bandstore.serve import overlay, runtime
+from bandstore.serve import follow, overlay, runtime
 from bandstore.serve.cache import (
     CachePolicy,
     CacheState,
@@ -305,6 +305,30 @@ class _Table:
         blk = slots // g.rows_per_block
         with self.source.batch(lambda: np.unique(blk)) as buf:
             return blockfile.rows_view(buf, g)[blk, slots % g.rows_per_block]
+
+    def warm(self, ids: np.ndarray) -> int:
+        """Admit rows ``ids`` (distinct) into the cache as a lookup of them would, without
+        neighbours and without counting them in the table's counters (a version switch warms
+        a new table this way); return the blocks read."""
+        g = self.geometry
+        source, layout = self.maps()
+        batch = np.zeros(kc.N_STATS, dtype=np.int64)
+        error = np.zeros(1, dtype=np.int64)
+        out = np.empty((ids.shape[0], g.dim), dtype=np.float32)
+        offsets = np.arange(ids.shape[0] + 1, dtype=np.int64)
+        with self.lock:
+            c = self.cache
+            rb = source.batch(lambda: self.blocks_of(ids, -1, c.slot_of_id))
+            with rb as blocks_u8:
+                status = kc._cache_batch(ids, offsets, _NO_WEIGHTS, kc.MODE_COPY, -1, out, True,
+                                         c.slot_of_id, c.id_of_slot, c.ref, c.meta, c.data,
+                                         self.counts, kc.NEVER, layout, self.inverse_layout,
+                                         g.rows_per_block, g.block_size, g.row_bytes, self.codec,
+                                         g.dim, blocks_u8, self.checksums, self.checksum_bytes,
+                                         self.verify_reads, batch, error)  # fmt: skip
+        if status != kc.STATUS_OK:
+            raise self.corrupt_block_error(int(error[0]))
+        return int(batch[kc.STAT_BLOCKS_READ])
 
     def serve(self, ids, offsets, weights, mode, padding_idx, out, stats=None) -> None:
         """Run one batch through the cache kernel; raise on a corrupt block.
@@ -643,6 +667,12 @@ class Store:
         self._latency = LatencyLog()
         self._call_counts = CallCounts()  # parallel / inline calls, whatever the executor
         self._listeners: list[Any] = []  # told of recorded queries (e.g. a background re-planner)
+        # Version switches (refresh, commits, the follower) happen between calls: each call
+        # holds the gate from validation to its counters (bandstore.serve.follow).
+        self._gate = follow.CallGate()
+        self._follow_lock = threading.RLock()
+        self._swap_counters = follow.SwapCounters()
+        self._follower: follow.Follower | None = None
         self._load_current()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -673,6 +703,8 @@ class Store:
 
     def close(self) -> None:
         """Release the version, the catalog and the caches. Idempotent."""
+        if self._follower is not None:
+            self._follower.close()  # (waits for a switch being prepared)
         for listener in list(self._listeners):
             listener.close()  # before the lock: a running re-plan may be switching plans
         with self._switch_lock:
@@ -743,8 +775,14 @@ class Store:
         return self._catalog
 
     # ---- versions --------------------------------------------------------------------------
-    def _load_current(self) -> None:
-        """Open the catalog's current version: lock it, map its files, build caches."""
+    @property
+    def follows_versions(self) -> bool:
+        """Whether this store moves to newly committed versions by itself
+        (``ServeOptions(follow_versions=True)``; see :mod:`bandstore.serve.follow`)."""
+        return self._follower is not None
+
+    def _locked_current(self) -> tuple[dict, Path, Any]:
+        """The catalog's current version, its directory and a reader lock on it."""
         while True:
             rec = self._catalog.current_version()
             vdir = blockfile.version_path(self.root, rec["id"])
@@ -761,12 +799,32 @@ class Store:
                 continue
             # A garbage collector may have removed the version between the two steps.
             if self._catalog.version(rec["id"]) is not None:
-                break
+                return rec, vdir, lock
             if lock is not None:
                 lock.release()
-        self._install_version(rec, vdir, lock)
 
-    def _install_version(self, rec: dict, vdir: Path, lock: Any) -> None:
+    def _load_current(self) -> None:
+        """Open the catalog's current version: lock it, map its files, build caches."""
+        with self._follow_lock:
+            self._install_version(*self._locked_current())
+
+    def _prepare_current(self) -> tuple[dict, Path, Any, dict[str, _Table]] | None:
+        """The catalog's current version opened beside the served one (tables, caches), or
+        None if it is the served one (``bandstore.serve.follow``)."""
+        rec, vdir, lock = self._locked_current()
+        if self._version and rec["id"] == self.version:
+            if lock is not None:
+                lock.release()
+            return None
+        # (caches are left to runtime.build, which knows each table's strategy: a pinned or
+        # resident table's cache would be built only to be dropped)
+        return rec, vdir, lock, self._prepare_tables(rec, vdir, lock, caches=False)
+
+    def _prepare_tables(self, rec: dict, vdir: Path, lock: Any, caches: bool = True
+                        ) -> dict[str, _Table]:  # fmt: skip
+        """The tables of version ``rec``: the served ones whose file and counts are unchanged,
+        new ones (``caches``: with their caches built) for the others. Releases ``lock`` if it
+        raises."""
         old = self._tables
         tables: dict[str, _Table] = {}
         try:
@@ -779,31 +837,61 @@ class Store:
                         continue
                     # The same file with new access counts (committed with the version): a
                     # fresh table, so that admission and pinning use them.
-                t = _Table(name, trec, vdir, self._catalog, self._verify_reads, self._io)
-                if prev is not None and prev.info == t.info:
-                    t.stats = prev.stats  # a relayout of the same rows: the counters go on
-                    t.device_bytes = prev.device_bytes
-                tables[name] = t
+                tables[name] = _Table(name, trec, vdir, self._catalog, self._verify_reads,
+                                      self._io)  # fmt: skip
             for name, t in tables.items():
-                if old.get(name) is not t:
+                if caches and old.get(name) is not t:
                     t.configure_cache(self._policy_for(name, t, tables))
         except BaseException:
             if lock is not None:
                 lock.release()
             raise
-        with self._switch_lock:
-            previous_lock = self._reader_lock
-            self._tables = tables
-            self._version = rec
-            self._reader_lock = lock
-        if previous_lock is not None:
-            previous_lock.release()
-        try:
-            runtime.attach(self)  # the served plan's strategies and workers for these tables
-        except BaseException:
-            if self._executor is None:  # a store being opened with a bad plan: release it all
-                self.close()
-            raise
+        return tables
+
+    def _install_version(self, rec: dict, vdir: Path, lock: Any) -> None:
+        with self._follow_lock:
+            self._publish(rec, self._prepare_tables(rec, vdir, lock), lock, None)
+
+    def _publish(self, rec: dict, tables: dict[str, _Table], lock: Any, built: Any,
+                 patience: float = 0.0) -> float:  # fmt: skip
+        """Serve ``tables`` of version ``rec`` from the next call on: under the call gate (no
+        call in flight), switch tables, version, plan runners and executor (``built``, else
+        built here) and, for a prepared switch, the update overlay. Returns the seconds the
+        gate was closed (waiting for the calls in flight included; with ``patience``, the
+        switch first waits that long for a gap between calls, not holding new calls back)."""
+        old = self._tables
+        old_exec = None
+        t0 = time.perf_counter()
+        with self._gate.exclusive(patience):
+            t0 = max(t0, self._gate.closed_at)
+            for name, t in tables.items():
+                prev = old.get(name)
+                if prev is not None and prev is not t and _same_rows(prev.info, t.info):
+                    t.stats = prev.stats  # the same table rewritten: its counters go on
+                    t.device_bytes = prev.device_bytes
+            with self._switch_lock:
+                previous_lock = self._reader_lock
+                self._tables = tables
+                self._version = rec
+                self._reader_lock = lock
+            try:
+                if built is None:
+                    runtime.attach(self)  # the served plan's strategies and workers
+                else:
+                    with runtime._attach_lock:
+                        old_exec = runtime.install(self, built)
+                    overlay.catch_up(self)  # the updates this version did not fold
+            except BaseException:
+                if self._executor is None:  # a store being opened with a bad plan: release it
+                    self.close()
+                raise
+            finally:
+                if previous_lock is not None:
+                    previous_lock.release()
+            blocked = time.perf_counter() - t0
+        if old_exec is not None:
+            old_exec.close()  # (nothing can start on it any more)
+        return blocked
 
     def refresh(self) -> bool:
         """Serve the catalog's current version if it changed; return whether it did. Either
@@ -813,10 +901,11 @@ class Store:
         did not change (a relayout) are rebuilt empty; use ``stats()`` counters to see it warm.
         """
         self._check_open()
-        current = self._catalog.current_version()
-        changed = current["id"] != self.version
-        if changed:
-            self._load_current()
+        with self._follow_lock:
+            current = self._catalog.current_version()
+            changed = current["id"] != self.version
+            if changed:
+                self._load_current()
         overlay.catch_up(self)
         return changed
 
@@ -1074,6 +1163,13 @@ class Store:
 
     def lookup(self, table: str, ids: Any) -> np.ndarray:
         """Rows ``ids`` of ``table`` as a float32 array of shape (len(ids), dim)."""
+        outer = self._gate.enter()  # (a version switch waits for the call; see serve.follow)
+        try:
+            return self._lookup(table, ids)
+        finally:
+            self._gate.leave(outer)
+
+    def _lookup(self, table: str, ids: Any) -> np.ndarray:
         t = self._table(table)
         ids = _check_ids(_as_int_array(ids, "ids", table), t.info)
         n = ids.shape[0]
@@ -1200,13 +1296,18 @@ class Store:
         Returns float32 (bags, dim). Empty bags give zeros; rows equal to ``padding_idx`` are
         left out of the reduction (and of the counters).
         """
-        t, ids, off, weights, mode_id, pad = self._prepare_bag(
-            table, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx
-        )
-        out = np.zeros((off.shape[0] - 1, t.info.dim), dtype=np.float32)
-        overlay.serve_one(self, t, ids, off, weights, mode_id, pad, out)
-        self._record({table: (ids, off)})
-        return out
+        outer = self._gate.enter()
+        try:
+            t, ids, off, weights, mode_id, pad = self._prepare_bag(
+                table, indices, offsets, mode, per_sample_weights, include_last_offset,
+                padding_idx,
+            )  # fmt: skip
+            out = np.zeros((off.shape[0] - 1, t.info.dim), dtype=np.float32)
+            overlay.serve_one(self, t, ids, off, weights, mode_id, pad, out)
+            self._record({table: (ids, off)})
+            return out
+        finally:
+            self._gate.leave(outer)
 
     def lookup_many(
         self, requests: Mapping[str, Any], *, mode: str | Mapping[str, str] = "sum"
@@ -1222,7 +1323,17 @@ class Store:
         counter: each table's counters are added only once the whole call succeeded. Cache
         contents are not results and are not rolled back: tables served before the failure
         may keep rows admitted on the way (all of them verified), so no later result differs.
+        A call is served by one version from validation to counters (a switch waits for it).
         """
+        outer = self._gate.enter()
+        try:
+            return self._lookup_many(requests, mode)
+        finally:
+            self._gate.leave(outer)
+
+    def _lookup_many(
+        self, requests: Mapping[str, Any], mode: str | Mapping[str, str]
+    ) -> dict[str, np.ndarray]:
         self._check_open()
         if not isinstance(requests, Mapping):
             raise InvalidArgumentError(
@@ -1277,6 +1388,8 @@ class Store:
         calls = self._call_counts  # served on the workers / inline as too small for them
         out["total"]["lookup_many_parallel_calls"] = calls.parallel
         out["total"]["lookup_many_inline_calls"] = calls.inline
+        # Version switches (bandstore.serve.follow): how many, what they cost, which version.
+        out["total"].update(self._swap_counters.as_dict())
         return out
 
     def memory(self) -> dict[str, dict[str, int]]:
@@ -1321,6 +1434,7 @@ class Store:
                 t.device_bytes = 0
         self._latency.reset()
         self._call_counts.reset()
+        self._swap_counters.reset()
 
     # ---- writing ---------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -1729,6 +1843,13 @@ class Store:
         """Rows ``[start, stop)`` of ``table`` decoded straight from its block file, bypassing
         the cache (float32, shape ``(stop - start, dim)``), with the row updates this store
         serves on top."""
+        outer = self._gate.enter()
+        try:
+            return self._decoded_rows(table, start, stop)
+        finally:
+            self._gate.leave(outer)
+
+    def _decoded_rows(self, table: str, start: int, stop: int) -> np.ndarray:
         t = self._table(table)
         g = t.geometry
         if (
@@ -1743,6 +1864,11 @@ class Store:
             )
         raw = t.raw_rows(np.asarray(t.layout[start:stop]))
         return overlay.patch_rows(self, table, start, decode_rows(g.codec, raw, g.dim))
+
+
+def _same_rows(a: TableInfo, b: TableInfo) -> bool:
+    """Whether two versions' tables are one table rewritten (a relayout, a compaction)."""
+    return a.rows == b.rows and a.dim == b.dim and a.codec == b.codec
 
 
 def _per_table(
@@ -1964,6 +2090,8 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
             plan=plan,
             io=io,
         )
+        if options.follow_versions:
+            store._follower = follow.Follower(store)
         store._open_options = {
             "path": str(root.absolute()),
             "options": {

@@ -140,7 +140,9 @@ class _State:
             max_wait_ms=options.max_wait_ms,
             max_queue=options.max_queue,
         )
-        self.metrics = ServerMetrics(backend.stats, lambda: self.batcher.depth)
+        store = getattr(backend, "store", None)  # (its served version: bandstore_version)
+        version = None if store is None else (lambda: store.version)
+        self.metrics = ServerMetrics(backend.stats, lambda: self.batcher.depth, version)
         self.batcher.on_batch = self.metrics.batch_bags.observe
 
 

@@ -25,8 +25,12 @@ def serve(
     workers: int | None = None,
     io: str = "mmap",
     log_level: str = "info",
+    follow_versions: bool = True,
 ) -> int:
     """Open the store at ``path`` and serve it until SIGINT / SIGTERM; returns the exit code.
+
+    ``follow_versions``: serve a version committed meanwhile (``tools/rebuild.py``, ``bandstore
+    compact``) by itself, between batches (``ServeOptions.follow_versions``).
 
     On SIGTERM uvicorn stops accepting connections and answers the requests in flight, then
     the app's shutdown closes the store (and flushes the recorder); exit code 0. 1 if the app
@@ -40,6 +44,7 @@ def serve(
         workers=workers,
         io=io,
         writable=bool(options is not None and options.allow_updates),
+        options=bandstore.ServeOptions(follow_versions=follow_versions),
     )
     try:
         app = create_app(store, options or ServerOptions())
@@ -130,4 +135,5 @@ def server_kwargs(args: Any) -> dict[str, Any]:
         "workers": args.workers,
         "io": args.io,
         "log_level": args.log_level,
+        "follow_versions": not getattr(args, "no_follow_versions", False),
     }

@@ -325,6 +325,10 @@ class Catalog:
             raise CorruptFileError(str(self.root / CATALOG_DIR), f"current version {vid} missing")
         return rec
 
+    def current_version_id(self) -> int:
+        """The current version's id alone (one small read: what a following store polls)."""
+        return int(self._get_json(b"current"))
+
     def version(self, vid: int) -> dict | None:
         return self._get_json(b"version/%08d" % vid)
 
