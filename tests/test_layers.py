@@ -1,7 +1,7 @@
 """The house: layers import only downwards, and no module imports itself in a cycle.
 
 Counts every import in the package, including those inside functions (a deferred import is
-still a dependency). Layers, bottom to top: errors and kernels; storage and traces; serve;
+still a dependency). Layers, bottom to top: errors, progress and kernels; storage and traces; serve;
 tune; and the faces that only parse and call (cli, server, torch, demo).
 """
 
@@ -17,12 +17,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bandstore"
 #: What each part of the package may import from bandstore (besides itself).
 ALLOWED = {
     "errors": set(),
+    "progress": set(),
     "options": {"errors", "kernels"},  # kernels.cache.NEVER only
     "kernels": {"errors"},
-    "storage": {"errors", "options", "kernels"},
-    "traces": {"errors", "options", "kernels"},
-    "serve": {"errors", "options", "kernels", "storage", "traces"},
-    "tune": {"errors", "options", "kernels", "storage", "traces", "serve"},
+    "storage": {"errors", "options", "kernels", "progress"},
+    "traces": {"errors", "options", "kernels", "progress"},
+    "serve": {"errors", "options", "kernels", "storage", "traces", "progress"},
+    "tune": {"errors", "options", "kernels", "storage", "traces", "serve", "progress"},
 }
 FACES = {"cli", "server", "torch", "demo", "importers", "__init__", "__main__"}
 

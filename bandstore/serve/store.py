@@ -53,6 +53,7 @@ from bandstore.options import (
     threshold_from_json,
     threshold_to_json,
 )
+from bandstore.progress import bar as progress_bar
 from bandstore.serve import follow, overlay, runtime
 from bandstore.serve.cache import (
     CachePolicy,
@@ -1563,8 +1564,6 @@ class Store:
         added it since this store's check) raises TableExistsError, under the write lock.
         ``counts``, ``tuning`` and ``plan`` (served from now on) go into the same transaction.
         """
-        from tqdm.auto import tqdm
-
         with blockfile.write_lock(self.root):
             base = self._catalog.current_version()
             if base["id"] != self.version:
@@ -1590,8 +1589,8 @@ class Store:
                 for name, (g, layout, fill) in new_tables.items():
                     file_id = f"{blockfile.version_dir_name(vid)}/{name}"
                     writer = blockfile.BlockFileWriter(vdir / f"{name}.blocks", g)
-                    with tqdm(
-                        total=g.rows, desc=f"write {name}", unit="row", disable=_no_bar(progress)
+                    with progress_bar(
+                        progress, total=g.rows, desc=f"write {name}", unit="row"
                     ) as pbar:
                         fill(writer, pbar)
                     checksums[file_id] = writer.finish(self.checksum_bytes)
@@ -1812,16 +1811,14 @@ class Store:
     # ---- maintenance -----------------------------------------------------------------------
     def verify(self, *, progress: bool | None = None) -> list[dict[str, Any]]:
         """Check every block of every table against its checksums; return the mismatches."""
-        from tqdm.auto import tqdm
-
         self._check_open()
         problems = []
         for name, t in self._tables.items():
             g = t.geometry
             bad_blocks: list[int] = []
             chunk = max(1, (64 << 20) // g.block_size)
-            with tqdm(
-                total=g.n_blocks, desc=f"verify {name}", unit="block", disable=_no_bar(progress)
+            with progress_bar(
+                progress, total=g.n_blocks, desc=f"verify {name}", unit="block"
             ) as pbar:
                 for b0 in range(0, g.n_blocks, chunk):
                     b1 = min(g.n_blocks, b0 + chunk)
@@ -1909,13 +1906,6 @@ def _stats_dict(s: np.ndarray, device_bytes: int = 0) -> dict[str, float]:
     d["device_bytes"] = int(device_bytes)
     d["effective_bandwidth"] = d["useful_bytes"] / device_bytes if device_bytes else 0.0
     return d
-
-
-def _no_bar(progress: bool | None) -> bool:
-    """tqdm's disable flag: bars by default only on a terminal."""
-    if progress is None:
-        return None  # type: ignore[return-value]  # tqdm: None disables on non-TTY
-    return not progress
 
 
 def _open_table_data(data: Any) -> np.ndarray:

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from bandstore.errors import InvalidArgumentError, UnknownTableError
+from bandstore.progress import bar as progress_bar
 from bandstore.serve.store import Store
 from bandstore.traces.trace import Trace
 from bandstore.tune.reports import ReplayReport
@@ -38,8 +39,6 @@ def replay(
     the counters since the last reset) with the queries, the seconds spent in ``lookup_many``
     and the lookups per second.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise InvalidArgumentError(
             f"batch_size must be >= 1, got {batch_size}", argument="batch_size"
@@ -59,9 +58,7 @@ def replay(
         store.reset_stats()
     elapsed = 0.0
     n = trace.n_queries
-    with tqdm(
-        total=n, desc="replay", unit="query", disable=None if progress is None else not progress
-    ) as bar:
+    with progress_bar(progress, total=n, desc="replay", unit="query") as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             req = trace_requests(trace, start, stop)

@@ -23,6 +23,7 @@ import numpy as np
 from bandstore.errors import BudgetError, InvalidArgumentError, UnknownTableError
 from bandstore.kernels.cache import NEVER
 from bandstore.options import APPLY_COUNTS, SimOptions, SizingOptions
+from bandstore.progress import bar as progress_bar
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.serve.store import Store
 from bandstore.traces.trace import Trace
@@ -165,15 +166,12 @@ def simulate_store(
     Per-batch semantics are those of ``bandstore.tune.measure.replay(store, part, batch_size=...)``
     on the warm-up part, then on the rest.
     """
-    from tqdm.auto import tqdm
-
     o = options if options is not None else SimOptions()
     names = check_trace(store, trace)
     cut = warmup_cut(trace, warmup)
     table_counts = _counts_for(store, trace, counts, cut)
     out: dict[str, Curves] = {}
-    for name in tqdm(names, desc="simulate", unit="table",
-                     disable=None if progress is None else not progress):  # fmt: skip
+    for name in progress_bar(progress, names, desc="simulate", unit="table"):
         info = store.tables[name]
         layout, inverse = store.table_layout(name)
         c = table_counts[name]
