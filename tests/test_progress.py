@@ -10,9 +10,9 @@ import tqdm.std
 
 import bandstore
 from bandstore.progress import NullBar, bar, shown
+from bandstore.traces.synth import synth
 from bandstore.tune.measure import replay
 from bandstore.tune.sim.sizing import simulate_store
-from bandstore.traces.synth import synth
 
 
 def test_hidden_bars_take_no_tqdm_lock(tmp_path, monkeypatch):
