@@ -1,11 +1,14 @@
 """The DRAM cache policy and the pooled-lookup kernel built on it.
 
-One implementation serves both the store (``with_data=True``: rows are decoded, pooled and
-copied into the cache) and the miniature cache simulations of ``bandstore.tune.sim``
+One implementation serves both the store (``with_data=True``: rows are pooled and their
+encoded bytes copied into the cache) and the miniature cache simulations of ``bandstore.tune.sim``
 (``with_data=False``: the same probes, admissions and evictions, no bytes moved). That is what
 makes the simulator exact: it cannot drift from the store because it is the store's code.
 
-Policy (see docs/ARCHITECTURE.md): a vector cache of ``capacity`` decoded rows; slots
+Policy (see docs/ARCHITECTURE.md): a vector cache of ``capacity`` rows, kept encoded as the
+block file stores them (``cache_data``: uint8 (capacity, row_bytes); float16 and int8 rows are
+decoded inside the pooling loop, ``kernels.pool``, so a byte of cache holds 2x / ~3.5x the
+float32 rows); slots
 ``[0, pinned)`` hold pinned rows and are never evicted; the rest is managed by CLOCK. A batch
 probes every id first; the distinct blocks of the misses are then read once each in ascending
 block order, serving the requested rows, admitting the block's other rows whose access count
@@ -21,7 +24,7 @@ from numba import njit
 
 from bandstore.kernels.checksum import _xxh64
 from bandstore.kernels.codec import _decode_row_into
-from bandstore.kernels.pool import _pool_bags_f32
+from bandstore.kernels.pool import _copy_encoded, _pool_bags_codec
 from bandstore.kernels.prefetch import _prefetch_at
 
 # Pooling modes.
@@ -291,7 +294,9 @@ def _cache_batch(
 
     ids: int64 ids (validated by the caller); offsets: int64 bag starts, ``len = n_bags + 1``;
     weights: float32 per id or empty; out: float32 (n_bags, dim), zeroed by the caller (ignored
-    when ``with_data`` is False); ``stats`` gets this batch's counters added; on a corrupt block
+    when ``with_data`` is False); cache_data: the slots' encoded rows (uint8 (capacity,
+    row_bytes); float32 (capacity, dim) for float32 works too; (capacity, 0) without data);
+    ``stats`` gets this batch's counters added; on a corrupt block
     ``error[0]`` is the block and no admission has happened.
     """
     n_bags = offsets.shape[0] - 1
@@ -310,7 +315,7 @@ def _cache_batch(
     # the reference bits of the hits and list the misses: each is a random access into a large
     # array, and a short loop keeps many of them in flight at once, where the long pooling
     # loop below would serialize them.
-    slots = np.empty(n, dtype=np.int64)  # int64 as every caller of _pool_bags_f32 passes
+    slots = np.empty(n, dtype=np.int64)  # int64 as every caller of kernels.pool passes
     for i in range(n):
         slots[i] = slot_of_id[ids[i]]
     n_pad = 0
@@ -330,7 +335,8 @@ def _cache_batch(
     lookups = n - n_pad
     if with_data:
         # The hits, bag by bag, in position order (``kernels.pool``: skips the negative slots).
-        _pool_bags_f32(cache_data, slots, weights, offsets, -1, mode, out, bag_n, False)
+        _pool_bags_codec(cache_data, codec, slots, weights, offsets, -1, mode, out, bag_n,
+                         False)  # fmt: skip
 
     stats[STAT_LOOKUPS] += lookups
     stats[STAT_HITS] += lookups - n_miss
@@ -411,7 +417,7 @@ def _cache_batch(
                 s = _admit(nb, slot_of_id, id_of_slot, ref, meta)
                 if s >= 0 and with_data:
                     offset = (blk + 1) * block_size + local * row_bytes
-                    _decode_row_into(blocks_u8, offset, codec, dim, cache_data[s])
+                    _copy_encoded(blocks_u8, offset, row_bytes, cache_data[s])
         # ...then the requested rows, so they are the most recent.
         for j in range(k, end):
             row_id = ids[miss_pos[j]]
@@ -419,8 +425,8 @@ def _cache_batch(
                 continue
             s = _admit(row_id, slot_of_id, id_of_slot, ref, meta)
             if s >= 0 and with_data:
-                local = layout[row_id] - base_slot
-                cache_data[s, :] = decoded[local]
+                offset = (blk + 1) * block_size + (layout[row_id] - base_slot) * row_bytes
+                _copy_encoded(blocks_u8, offset, row_bytes, cache_data[s])
         k = end
 
     stats[STAT_BLOCKS_READ] += blocks_read
@@ -456,7 +462,8 @@ def _load_pinned(
     dim,
     blocks_u8,
 ):
-    """Put ``pinned_ids`` in slots ``[0, len)`` of an empty cache and mark them pinned."""
+    """Put ``pinned_ids`` in slots ``[0, len)`` of an empty cache and mark them pinned (their
+    encoded rows copied from ``blocks_u8`` when ``with_data``)."""
     for s in range(pinned_ids.shape[0]):
         row_id = pinned_ids[s]
         slot_of_id[row_id] = s
@@ -465,7 +472,7 @@ def _load_pinned(
             slot = layout[row_id]
             blk = slot // rows_per_block
             offset = (blk + 1) * block_size + (slot - blk * rows_per_block) * row_bytes
-            _decode_row_into(blocks_u8, offset, codec, dim, cache_data[s])
+            _copy_encoded(blocks_u8, offset, row_bytes, cache_data[s])
     meta[META_PINNED] = pinned_ids.shape[0]
     meta[META_FILLED] = pinned_ids.shape[0]
     meta[META_HAND] = pinned_ids.shape[0]

@@ -88,7 +88,7 @@ _NO_POSITIONS = np.empty(0, dtype=np.int64)
 _NO_SLOTS = np.empty(0, dtype=np.int32)
 _NO_BYTES = np.empty(0, dtype=np.uint8)
 _NO_INDEX = np.zeros((0, 2), dtype=np.int64)
-_NO_DATA = np.zeros((0, 0), dtype=np.float32)
+_NO_DATA = np.zeros((0, 0), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -180,20 +180,20 @@ class _Table:
         self.lock = threading.Lock()
         self.stats = np.zeros(kc.N_STATS, dtype=np.int64)
         self.policy = CachePolicy(0)
-        self.cache = CacheState(g.rows, g.dim, 0)
+        self.cache = CacheState(g.rows, g.dim, 0, codec=g.codec)
         self.runner: Any = None  # a planned strategy other than cached (serve.strategies)
 
     def configure_cache(self, policy: CachePolicy) -> None:
         """(Re)build the cache empty under ``policy``, loading its pinned rows."""
         g = self.geometry
-        capacity = capacity_rows(policy.cache_bytes, g.dim, g.rows)
-        cache = CacheState(g.rows, g.dim, capacity)
+        capacity = capacity_rows(policy.cache_bytes, g.dim, g.rows, g.codec)
+        cache = CacheState(g.rows, g.dim, capacity, codec=g.codec)
         pinned = self.verified_rows(pinned_ids(self.counts, int(policy.pinned_share * capacity)))
         if pinned.size and self.blocks_u8 is None:  # io="direct": read as a lookup reads
             kc._load_pinned(pinned, False, cache.slot_of_id, cache.id_of_slot, cache.meta,
                             cache.data, self.layout, g.rows_per_block, g.block_size,
                             g.row_bytes, self.codec, g.dim, _NO_BYTES)  # fmt: skip
-            cache.data[: pinned.size] = self.decode_ids(pinned)
+            cache.data[: pinned.size] = self.encoded_ids(pinned)
         elif pinned.size:
             kc._load_pinned(
                 pinned,
@@ -294,6 +294,17 @@ class _Table:
                                  g.block_size, g.row_bytes, self.codec, g.dim, buf,
                                  self.checksums, self.checksum_bytes, False, stats,
                                  error)  # fmt: skip
+        return out
+
+    def encoded_ids(self, ids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+        """Rows ``ids`` as their codec stores them (uint8 (n, row_bytes), on huge pages when
+        large: what resident tables, cache slots and pinned sets hold), read through the source
+        ``chunk`` at a time and unverified (callers verify first: ``verified_rows``)."""
+        g = self.geometry
+        out = dram.zeros((ids.shape[0], g.row_bytes), np.uint8)
+        layout = np.asarray(self.layout)
+        for a in range(0, ids.shape[0], chunk):
+            out[a : a + chunk] = self.raw_rows(layout[ids[a : a + chunk]])
         return out
 
     def raw_rows(self, slots: np.ndarray) -> np.ndarray:
@@ -946,7 +957,8 @@ class Store:
         elif "cache_bytes" in tuned:
             cache_bytes = int(tuned["cache_bytes"])
         else:
-            cache_bytes = int(DEFAULT_CACHE_FRACTION * t.info.rows) * cache_row_bytes(t.info.dim)
+            crb = cache_row_bytes(t.info.dim, t.info.codec)
+            cache_bytes = int(DEFAULT_CACHE_FRACTION * t.info.rows) * crb
         threshold = self._per_table(self._threshold_arg, name, all_tables, None)
         if threshold is None:
             threshold = threshold_from_json(tuned.get("threshold")) if t.has_counts else kc.NEVER
@@ -976,7 +988,8 @@ class Store:
             weights = sized
         else:
             weights = {
-                n: float(t.info.rows * cache_row_bytes(t.info.dim)) for n, t in all_tables.items()
+                n: float(t.info.rows * cache_row_bytes(t.info.dim, t.info.codec))
+                for n, t in all_tables.items()
             }
         s = sum(weights.values())
         return int(total * weights[name] / s) if s > 0 else 0
