@@ -860,7 +860,9 @@ class Store:
         served plan as they were.
         """
         self._check_open()
-        if plan is not None and not isinstance(plan, Plan):
+        if runtime.is_strategy_mapping(plan):  # the short form {table: strategy_name}
+            plan = runtime.strategies_plan(self, plan)
+        elif plan is not None and not isinstance(plan, Plan):
             plan = Plan.from_dict(plan, self.tables)
         counts: dict[str, np.ndarray] = {}
         if persist:
@@ -1919,7 +1921,8 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     record: a directory to append sampled queries to (``sample_rate`` of them), for relayout.
     workers / plan: lookup_many runs on ``workers`` threads (default: the plan's, else 1);
     ``plan`` None serves the applied plan unless ``cache_bytes`` is given, False none, or a
-    Plan / plan dict.
+    Plan / plan dict, or ``{table: strategy_name}`` (tables dealt to the workers round-robin,
+    caches sized as without a plan, the other tables cached; ``serve.plan.plan_from_strategies``).
     options: :class:`bandstore.options.ServeOptions`: overrides of the stored admission
     threshold and pinned share (``options.cache``), read verification, the expected format.
     io: how block files are read (:mod:`bandstore.storage.tier`): ``mmap`` (default: mapped,
