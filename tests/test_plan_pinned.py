@@ -100,7 +100,7 @@ def test_pinned_matches_the_reference_and_never_admits(store_path, weights, coun
         assert st_["hits"] == int(in_pinned.sum()) and st_["misses"] == int((~in_pinned).sum())
         for n, r in runners.items():  # frozen: nothing admitted, nothing changed
             assert np.array_equal(r.ids, held[n])
-            np.testing.assert_array_equal(r.data, weights[n][held[n]])
+            np.testing.assert_array_equal(r.data.view(np.float32), weights[n][held[n]])
 
 
 def test_pinned_needs_counts_and_cache_bytes(store_path, counts):

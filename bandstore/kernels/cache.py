@@ -173,6 +173,10 @@ def _verify_sorted_blocks(
     return False
 
 
+#: How many ids ahead the probe prefetches the slot index (measured at 2M rows, bags of 20:
+#: 32 ahead ~20% less time per id than none, 16 in between).
+PROBE_PREFETCH = 32
+
 #: Digit width of the miss keys' radix sort (2048 buckets: the counts stay in L1).
 _RADIX_BITS = 11
 
@@ -311,27 +315,33 @@ def _cache_batch(
     miss_keys = np.empty(n, dtype=np.int64)
     n_miss = 0
 
-    # Phase 1: probe. Tight loops first resolve every slot (-1: a miss, -2: padding), then set
-    # the reference bits of the hits and list the misses: each is a random access into a large
-    # array, and a short loop keeps many of them in flight at once, where the long pooling
-    # loop below would serialize them.
+    # Phase 1: probe. One tight loop resolves every slot (-1: a miss, -2: padding) and sets the
+    # reference bits of the hits, prefetching the slot index PROBE_PREFETCH ids ahead: each
+    # is a random access into a large array, and a short loop keeps many of them in flight at
+    # once, where the long pooling loop below would serialize them. (Three passes, slots then
+    # reference bits then misses, took 11-18 ns per id at 2M rows; this one 9-15.) The misses
+    # are listed by a second pass only when there are some.
     slots = np.empty(n, dtype=np.int64)  # int64 as every caller of kernels.pool passes
-    for i in range(n):
-        slots[i] = slot_of_id[ids[i]]
     n_pad = 0
-    if padding_idx >= 0:  # (validated ids are >= 0: a negative padding_idx never matches)
-        for i in range(n):
-            if ids[i] == padding_idx:
-                slots[i] = -2
-                n_pad += 1
+    n_miss_seen = 0
     for i in range(n):
-        s = slots[i]
+        if i + PROBE_PREFETCH < n:
+            _prefetch_at(slot_of_id, ids[i + PROBE_PREFETCH])
+        r = ids[i]
+        s = np.int64(slot_of_id[r])
+        if r == padding_idx:  # (validated ids are >= 0: a negative padding_idx never matches)
+            s = -2
+            n_pad += 1
+        slots[i] = s
         if s >= 0:
             ref[s] = 1
-    for i in range(n):
-        if slots[i] == -1:
-            miss_keys[n_miss] = (layout[ids[i]] // rows_per_block) * n + i
-            n_miss += 1
+        elif s == -1:
+            n_miss_seen += 1
+    if n_miss_seen:
+        for i in range(n):
+            if slots[i] == -1:
+                miss_keys[n_miss] = (layout[ids[i]] // rows_per_block) * n + i
+                n_miss += 1
     lookups = n - n_pad
     if with_data:
         # The hits, bag by bag, in position order (``kernels.pool``: skips the negative slots).
