@@ -87,8 +87,6 @@ _NO_WEIGHTS = np.empty(0, dtype=np.float32)
 _NO_POSITIONS = np.empty(0, dtype=np.int64)
 _NO_SLOTS = np.empty(0, dtype=np.int32)
 _NO_BYTES = np.empty(0, dtype=np.uint8)
-_NO_INDEX = np.zeros((0, 2), dtype=np.int64)
-_NO_DATA = np.zeros((0, 0), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -274,27 +272,6 @@ class _Table:
         g = self.geometry
         k = _missed_blocks(ids, padding_idx, index, self.layout, g.rows_per_block, out)
         return out[:k]
-
-    def decode_ids(self, ids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-        """Rows ``ids`` decoded to float32 (n, dim) through the source, ``chunk`` at a time and
-        unverified (callers verify first: ``verified_rows``); the kernels' own decode, so the
-        bytes are those a lookup produces."""
-        from bandstore.kernels import resident as kr
-
-        g = self.geometry
-        out = dram.zeros((ids.shape[0], g.dim), np.float32)
-        stats = np.zeros(kc.N_STATS, dtype=np.int64)
-        error = np.zeros(1, dtype=np.int64)
-        for a in range(0, ids.shape[0], chunk):
-            sub = np.ascontiguousarray(ids[a : a + chunk], dtype=np.int64)
-            off = np.arange(sub.shape[0] + 1, dtype=np.int64)
-            with self.source.batch(functools.partial(self.blocks_of, sub)) as buf:
-                kr._direct_batch(sub, off, _NO_WEIGHTS, kc.MODE_COPY, -1, out[a : a + chunk],
-                                 _NO_INDEX, _NO_DATA, self.layout, g.rows_per_block,
-                                 g.block_size, g.row_bytes, self.codec, g.dim, buf,
-                                 self.checksums, self.checksum_bytes, False, stats,
-                                 error)  # fmt: skip
-        return out
 
     def encoded_ids(self, ids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
         """Rows ``ids`` as their codec stores them (uint8 (n, row_bytes), on huge pages when
