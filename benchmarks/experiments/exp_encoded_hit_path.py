@@ -15,8 +15,9 @@ interleaved (A B C D A B C D ...), median CPU time per call:
   ``torch.ops.quantized.embedding_bag_byte_rowwise_offsets`` over the same int8 codes, scales
   and biases for int8.
 
-Every contender is first checked against torch's result. Prints M rows/s and the ratio to torch,
-and the load average before and after.
+bandstore's arrays are allocated as the store allocates them (``storage.dram``: huge pages),
+torch's as torch does. Every contender is first checked against torch's result. Prints M rows/s
+and the ratio to torch, and the load average before and after.
 
     python benchmarks/experiments/exp_encoded_hit_path.py                 # 2M rows, D=64
     python benchmarks/experiments/exp_encoded_hit_path.py --rows 200000 --repeats 5
@@ -37,6 +38,7 @@ from bandstore.kernels import cache as kc
 from bandstore.kernels import resident as kr
 from bandstore.kernels.bits import pinned_index
 from bandstore.kernels.codec import FLOAT16, FLOAT32, INT8
+from bandstore.storage import dram
 from bandstore.storage.codecs import decode_rows, encode_rows
 
 CODECS = {"float32": FLOAT32, "float16": FLOAT16, "int8": INT8}
@@ -84,20 +86,22 @@ def run_codec(args, torch, rng, codec: str, base: np.ndarray, dists: dict, off) 
     err = np.zeros(1, dtype=np.int64)
     none_i, none_u8, none_u64 = np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.uint64)
     cid = CODECS[codec]
-    raw = encode_rows(cid, base)  # uint8 (rows, row_bytes): what DRAM holds
-    rb = raw.shape[1]
-    decoded = decode_rows(cid, raw, dim)
-    tfn = torch_fn(torch, codec, raw, decoded, dim)
+    enc = encode_rows(cid, base)  # uint8 (rows, row_bytes): what DRAM holds
+    rb = enc.shape[1]
+    decoded = decode_rows(cid, enc, dim)
+    tfn = torch_fn(torch, codec, enc, decoded, dim)  # torch's own tensors, as a user has them
+    # The store's arrays, allocated as it allocates them (huge pages: storage.dram).
+    raw = dram.copy(enc)
     # A cache holding every row, at a random slot each.
-    slot_of_id = rng.permutation(rows).astype(np.int32)
-    cache_data = np.empty_like(raw)
-    cache_data[slot_of_id] = raw
-    id_of_slot = np.empty(rows, np.int64)
+    slot_of_id = dram.copy(rng.permutation(rows).astype(np.int32))
+    cache_data = dram.zeros(enc.shape, np.uint8)
+    cache_data[slot_of_id] = enc
+    id_of_slot = dram.zeros(rows, np.int64)
     id_of_slot[slot_of_id] = np.arange(rows)
-    ref = np.zeros(rows, np.uint8)
+    ref = dram.zeros(rows, np.uint8)
     meta = np.array([0, rows, 0, rows], dtype=np.int64)
-    counts = np.zeros(rows, np.int32)
-    index = pinned_index(np.arange(rows), rows)
+    counts = dram.zeros(rows, np.int32)
+    index = dram.copy(pinned_index(np.arange(rows), rows))
     store = None
     if args.store:
         import bandstore
