@@ -47,7 +47,8 @@ def test_cache_row_bytes_is_the_encoded_row_plus_its_slot():
     assert caps["int8"] / caps["float32"] >= 3.2
     assert pinned_capacity(budget, DIM, 1 << 30, "int8") == budget // (8 + DIM)
     assert pinned_dram_bytes(1000, DIM, 72 * 100, "int8") == 72 * 100 + 16 * -(-1000 // 64)
-    assert cached_dram_bytes(1000, DIM, 81 * 10, codec="int8") == 10 * 81 + 4 * 1000
+    crb = cache_row_bytes(DIM, "int8")
+    assert cached_dram_bytes(1000, DIM, crb * 10, codec="int8") == 10 * crb + 4 * 1000
 
 
 def test_a_cache_budget_holds_more_encoded_rows(store):

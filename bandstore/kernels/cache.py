@@ -63,12 +63,22 @@ BLOCK_PREFETCH_DISTANCE = 16
 SECTOR_PREFETCH_BYTES = 512
 
 
+#: The CLOCK reference bit of a cached row lives in its ``slot_of_id`` entry (the slot is the
+#: entry's low 30 bits): a hit sets it in the cache line its probe has just read, where a
+#: separate bit per slot cost one more random cache line per hit (the hit path reads few lines:
+#: the slot entry and the row; at 2M rows a third, written, line cost ~1/6 of a hit). Caches
+#: hold fewer than 2**30 rows.
+REF_FLAG = np.int32(1 << 30)
+SLOT_MASK = np.int32((1 << 30) - 1)
+
+
 @njit(nogil=True, cache=True)
 def _admit(row_id, slot_of_id, id_of_slot, ref, meta):
     """Give ``row_id`` a cache slot (evicting by CLOCK when full) and return it, or -1.
 
     The new row gets a clear reference bit at the position just behind the hand, which makes it
-    the most recently used: it survives one full sweep, as it would in LRU.
+    the most recently used: it survives one full sweep, as it would in LRU. The bits are in
+    ``slot_of_id`` (``REF_FLAG``); ``ref`` is not used (kept in the kernels' signatures).
     """
     capacity = meta[META_CAPACITY]
     pinned = meta[META_PINNED]
@@ -80,8 +90,12 @@ def _admit(row_id, slot_of_id, id_of_slot, ref, meta):
         meta[META_FILLED] = filled + 1
     else:
         hand = meta[META_HAND]
-        while ref[hand] != 0:
-            ref[hand] = 0
+        while True:
+            held = id_of_slot[hand]
+            v = slot_of_id[held]
+            if (v & REF_FLAG) == 0:
+                break
+            slot_of_id[held] = v & SLOT_MASK
             hand += 1
             if hand >= capacity:
                 hand = pinned
@@ -92,8 +106,7 @@ def _admit(row_id, slot_of_id, id_of_slot, ref, meta):
             hand = pinned
         meta[META_HAND] = hand
     id_of_slot[slot] = row_id
-    slot_of_id[row_id] = slot
-    ref[slot] = 0
+    slot_of_id[row_id] = slot  # reference bit clear
     return slot
 
 
@@ -316,27 +329,30 @@ def _cache_batch(
     n_miss = 0
 
     # Phase 1: probe. One tight loop resolves every slot (-1: a miss, -2: padding) and sets the
-    # reference bits of the hits, prefetching the slot index PROBE_PREFETCH ids ahead: each
-    # is a random access into a large array, and a short loop keeps many of them in flight at
-    # once, where the long pooling loop below would serialize them. (Three passes, slots then
-    # reference bits then misses, took 11-18 ns per id at 2M rows; this one 9-15.) The misses
-    # are listed by a second pass only when there are some.
+    # reference bits of the hits (in their slot_of_id entries; pinned slots need none: they
+    # are never swept, and a split's parts share the entries of their replicated rows, which
+    # are pinned in every part, so no two cores write one entry), prefetching the slot index
+    # PROBE_PREFETCH ids ahead: each is a random access into a large array, and a short loop
+    # keeps many of them in flight at once, where the long pooling loop below would serialize
+    # them. (Three passes, slots then reference bits then misses, took 11-18 ns per id at 2M
+    # rows; one 9-15.) The misses are listed by a second pass only when there are some.
     slots = np.empty(n, dtype=np.int64)  # int64 as every caller of kernels.pool passes
     n_pad = 0
     n_miss_seen = 0
+    pinned = meta[META_PINNED]
     for i in range(n):
         if i + PROBE_PREFETCH < n:
             _prefetch_at(slot_of_id, ids[i + PROBE_PREFETCH])
         r = ids[i]
-        s = np.int64(slot_of_id[r])
+        v = slot_of_id[r]
+        s = np.int64(v & SLOT_MASK) if v >= 0 else np.int64(v)
         if r == padding_idx:  # (validated ids are >= 0: a negative padding_idx never matches)
             s = -2
             n_pad += 1
         slots[i] = s
-        if s >= 0:
-            ref[s] = 1
-        elif s == -1:
-            n_miss_seen += 1
+        if s >= pinned:
+            slot_of_id[r] = v | REF_FLAG
+        n_miss_seen += np.int64(s == -1)
     if n_miss_seen:
         for i in range(n):
             if slots[i] == -1:

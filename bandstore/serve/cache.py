@@ -21,9 +21,9 @@ from bandstore.options import check_threshold
 from bandstore.storage import dram
 from bandstore.storage.codecs import row_bytes
 
-#: DRAM bytes charged per cached row beyond its encoded row: the slot's id (8), its CLOCK bit
-#: (1) and the slot_of_id entry (4 per table row, charged separately).
-SLOT_OVERHEAD_BYTES = 9
+#: DRAM bytes charged per cached row beyond its encoded row: the slot's id (8); its CLOCK bit
+#: lives in the slot_of_id entry (4 per table row, charged separately).
+SLOT_OVERHEAD_BYTES = 8
 
 
 def cache_row_bytes(dim: int, codec: str | int = "float32") -> int:
@@ -84,7 +84,8 @@ class CacheState:
         # Read at random on every lookup: large ones on huge pages (bandstore.storage.dram).
         self.slot_of_id = dram.full(rows, -1, np.int32)
         self.id_of_slot = dram.full(capacity, -1, np.int64)
-        self.ref = dram.zeros(capacity, np.uint8)
+        # The CLOCK bits live in slot_of_id (kernels.cache.REF_FLAG): no array per slot.
+        self.ref = np.zeros(0, dtype=np.uint8)
         self.meta = np.zeros(4, dtype=np.int64)
         self.meta[META_CAPACITY] = capacity
         width = row_bytes(codec, dim) if with_data else 0
