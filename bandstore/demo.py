@@ -118,7 +118,8 @@ def run_demo(
         store_path = workdir / "store"
         with create_store_for_trace(store_path, trace, dim=dim, seed=seed, progress=progress) as s:
             info = {n: t.as_dict() for n, t in s.tables.items()}
-        budget = int(cache_fraction * sum(t["rows"] * cache_row_bytes(dim) for t in info.values()))
+        budget = int(cache_fraction * sum(t["rows"] * cache_row_bytes(dim, t["codec"])
+                                          for t in info.values()))  # fmt: skip
         result: dict[str, Any] = {
             "workdir": str(workdir) if tmp is None else None,
             "trace": trace.summary(),

@@ -49,7 +49,7 @@ def counts():
 
 
 def pinned_plan(counts, workers=2):
-    crb = 4 * DIM  # a pinned row costs its decoded values (the index is per table)
+    crb = 4 * DIM  # a pinned row costs its encoded row, float32 here (the index is per table)
     tables = {
         "a": {"strategy": "pinned", "worker": 1, "cache_bytes": PINNED_ROWS["a"] * crb},
         "b": {"strategy": "split", "inner": "pinned", "workers": [0, 1],
@@ -78,7 +78,8 @@ def test_pinned_matches_the_reference_and_never_admits(store_path, weights, coun
         for n, r in runners.items():
             assert type(r).__name__ == "PinnedRunner"
             assert set(held[n].tolist()) == top_rows(counts[n], PINNED_ROWS[n])
-            np.testing.assert_array_equal(r.data, weights[n][held[n]])  # in id order
+            # In id order, encoded as the block file stores them (float32 here: the raw bytes).
+            np.testing.assert_array_equal(r.data.view(np.float32), weights[n][held[n]])
             for i in range(SIZES[n]):  # the index finds exactly the held rows, at their slots
                 j = np.searchsorted(held[n], i)
                 want = j if j < held[n].size and held[n][j] == i else -1
@@ -99,7 +100,7 @@ def test_pinned_matches_the_reference_and_never_admits(store_path, weights, coun
         assert st_["hits"] == int(in_pinned.sum()) and st_["misses"] == int((~in_pinned).sum())
         for n, r in runners.items():  # frozen: nothing admitted, nothing changed
             assert np.array_equal(r.ids, held[n])
-            np.testing.assert_array_equal(r.data, weights[n][held[n]])
+            np.testing.assert_array_equal(r.data.view(np.float32), weights[n][held[n]])
 
 
 def test_pinned_needs_counts_and_cache_bytes(store_path, counts):

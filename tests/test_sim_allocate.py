@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import bandstore
 from bandstore.errors import BudgetError, InvalidArgumentError
+from bandstore.serve.cache import cache_row_bytes
 from bandstore.tune.sim import Curves, allocate, knapsack
 
 allocate_module = importlib.import_module("bandstore.tune.sim.allocate")
@@ -83,7 +84,7 @@ def test_knapsack_rounding_loses_at_most_a_cell_per_group(monkeypatch):
 def _curves(blocks, sizes_rows, dim=8, rows=1000, rpb=16, thresholds=(bandstore.NEVER,),
             shares=(0.0,)):  # fmt: skip
     blocks = np.asarray(blocks, dtype=float).reshape(len(thresholds), len(shares), -1)
-    crb = 4 * dim + 9
+    crb = cache_row_bytes(dim)
     return Curves(
         sizes_bytes=np.asarray(sizes_rows) * crb,
         capacity_rows=np.asarray(sizes_rows),
@@ -100,7 +101,7 @@ def _curves(blocks, sizes_rows, dim=8, rows=1000, rpb=16, thresholds=(bandstore.
 
 
 def test_allocate_picks_the_best_policy_and_the_best_split():
-    crb = 4 * 8 + 9
+    crb = cache_row_bytes(8)
     a = _curves([[100, 80, 10, 5], [100, 50, 40, 30]], [0, 16, 64, 256], thresholds=(0, 4))
     b = _curves([50, 45, 44, 43], [0, 16, 64, 256])
     out = allocate({"a": a, "b": b}, 64 * crb)
@@ -114,8 +115,8 @@ def test_allocate_picks_the_best_policy_and_the_best_split():
 def test_allocate_errors():
     a = _curves([10, 5], [0, 16])
     with pytest.raises(BudgetError) as exc:
-        allocate({"a": a}, 16 * 41 - 1)
-    assert exc.value.needed == 16 * 41
+        allocate({"a": a}, 16 * cache_row_bytes(8) - 1)
+    assert exc.value.needed == 16 * cache_row_bytes(8)
     with pytest.raises(BudgetError):
         allocate({"a": a}, -1)
     with pytest.raises(InvalidArgumentError):

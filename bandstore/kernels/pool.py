@@ -384,3 +384,25 @@ def _pool_bags_i8(data, idx, weights, offsets, pad, mode, out, bag_n, divide):
             _scale_row(out, b, cnt)
         total += cnt
     return total
+
+
+@njit(nogil=True, cache=True)
+def _pool_bags_codec(data, codec, idx, weights, offsets, pad, mode, out, bag_n, divide):
+    """``_pool_bags_f32`` / ``_f16`` / ``_i8`` by ``codec`` (``kernels.codec``): the loop of
+    every strategy that pools rows kept encoded in DRAM (``data``: uint8 (rows, row_bytes), the
+    rows as the block file stores them; float32 (rows, dim) also works for ``FLOAT32``)."""
+    if codec == FLOAT16:
+        return _pool_bags_f16(data, idx, weights, offsets, pad, mode, out, bag_n, divide)
+    if codec == INT8:
+        return _pool_bags_i8(data, idx, weights, offsets, pad, mode, out, bag_n, divide)
+    return _pool_bags_f32(data, idx, weights, offsets, pad, mode, out, bag_n, divide)
+
+
+@njit(nogil=True, cache=True)
+def _copy_encoded(src_u8, offset, row_bytes, dst):
+    """Copy the encoded row at byte ``offset`` of ``src_u8`` (``row_bytes`` long) into the
+    C-contiguous row ``dst`` (uint8 of ``row_bytes``, or float32 of ``row_bytes // 4``): how a
+    row enters a cache slot, a pinned set or a resident copy (no decoding)."""
+    d = dst.view(np.uint8)
+    for j in range(row_bytes):
+        d[j] = src_u8[offset + j]

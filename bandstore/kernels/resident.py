@@ -1,8 +1,8 @@
 """Kernels of the planner's strategies other than ``cached`` (which is ``kernels.cache``).
 
-- ``_gather_pool``: pool rows of a decoded, DRAM-resident table (no cache probe, no slot
-  indirection): the ``resident`` strategy, and the one that pools a bag range of a split
-  resident table.
+- ``_gather_pool_encoded``: pool rows of a DRAM-resident table kept in its codec (no cache
+  probe, no slot indirection): the ``resident`` strategy, and the one that pools a bag range of
+  a split resident table (``_gather_pool``: the same over float32 rows).
 - ``_direct_batch``: no cache at all: the distinct blocks of the requested rows are read once
   each, in ascending block order, verified, decoded and pooled. It computes exactly what
   ``_cache_batch`` computes with a zero-capacity cache (same order, same counters), without
@@ -40,8 +40,8 @@ from bandstore.kernels.cache import (
     _sort_keys,
     _verify_sorted_blocks,
 )
-from bandstore.kernels.codec import FLOAT16, FLOAT32, _decode_row_into
-from bandstore.kernels.pool import _pool_bags_f16, _pool_bags_f32, _pool_bags_i8
+from bandstore.kernels.codec import _decode_row_into
+from bandstore.kernels.pool import _pool_bags_codec, _pool_bags_f32
 from bandstore.kernels.prefetch import _prefetch_at
 
 #: Multiplier of the id hash that splits a table into parts (Knuth's multiplicative hash).
@@ -72,12 +72,8 @@ def _gather_pool_encoded(ids, offsets, weights, mode, padding_idx, out, data, co
     rows of ``codecs.encode_rows``), decoded inside the pooling loop. Bit-identical to decoding the
     rows to float32 first and pooling those."""
     bag_n = np.empty(offsets.shape[0] - 1, dtype=np.int64)
-    if codec == FLOAT32:
-        lookups = _pool_bags_f32(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
-    elif codec == FLOAT16:
-        lookups = _pool_bags_f16(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
-    else:
-        lookups = _pool_bags_i8(data, ids, weights, offsets, padding_idx, mode, out, bag_n, True)
+    lookups = _pool_bags_codec(data, codec, ids, weights, offsets, padding_idx, mode, out, bag_n,
+                               True)  # fmt: skip
     stats[STAT_LOOKUPS] += lookups
     stats[STAT_HITS] += lookups
 
@@ -109,7 +105,8 @@ def _direct_batch(
 
     Equivalent to ``_cache_batch`` with an empty, zero-capacity cache: the distinct blocks of the
     requested rows are read once each in ascending order, every row is pooled from its block.
-    ``pinned_index`` / ``pinned_data``: a frozen set of decoded rows (``kernels.bits``; an empty
+    ``pinned_index`` / ``pinned_data``: a frozen set of rows kept encoded (uint8 (k, row_bytes),
+    decoded in the pooling loop; float32 (k, dim) for float32 too) (``kernels.bits``; an empty
     index for none, the ``direct`` strategy): their lookups are hits pooled from the data first,
     as ``_cache_batch`` pools its hits, and only the others read blocks (``pinned``).
     On a corrupt block ``error[0]`` is the block and nothing is written to ``stats``.
@@ -138,7 +135,8 @@ def _direct_batch(
             if slots[i] == -1:
                 keys[m] = (layout[ids[i]] // rows_per_block) * n + i
                 m += 1
-        _pool_bags_f32(pinned_data, slots, weights, offsets, -1, mode, out, bag_n, False)
+        _pool_bags_codec(pinned_data, codec, slots, weights, offsets, -1, mode, out, bag_n,
+                         False)  # fmt: skip
     else:
         for i in range(n):
             row_id = ids[i]

@@ -19,20 +19,24 @@ from bandstore.errors import InvalidArgumentError
 from bandstore.kernels.cache import META_CAPACITY, NEVER
 from bandstore.options import check_threshold
 from bandstore.storage import dram
+from bandstore.storage.codecs import row_bytes
 
-#: DRAM bytes charged per cached row beyond its decoded float32 values: the slot's id (8), its
-#: CLOCK bit (1) and the slot_of_id entry (4 per table row, charged separately).
-SLOT_OVERHEAD_BYTES = 9
-
-
-def cache_row_bytes(dim: int) -> int:
-    """DRAM bytes one cached row costs: decoded float32 values plus slot bookkeeping."""
-    return 4 * dim + SLOT_OVERHEAD_BYTES
+#: DRAM bytes charged per cached row beyond its encoded row: the slot's id (8); its CLOCK bit
+#: lives in the slot_of_id entry (4 per table row, charged separately).
+SLOT_OVERHEAD_BYTES = 8
 
 
-def capacity_rows(cache_bytes: int, dim: int, rows: int) -> int:
-    """How many rows a cache of ``cache_bytes`` holds (never more than the table has)."""
-    return int(min(rows, max(0, cache_bytes) // cache_row_bytes(dim)))
+def cache_row_bytes(dim: int, codec: str | int = "float32") -> int:
+    """DRAM bytes one cached row costs: the row as its codec stores it (``row_bytes``: float32
+    ``4 * dim``, float16 ``2 * dim``, int8 ``8 + dim``, rounded up to 4) plus slot bookkeeping.
+    Cache slots hold rows encoded and decode them in the pooling loop."""
+    return row_bytes(codec, dim) + SLOT_OVERHEAD_BYTES
+
+
+def capacity_rows(cache_bytes: int, dim: int, rows: int, codec: str | int = "float32") -> int:
+    """How many rows of ``codec`` a cache of ``cache_bytes`` holds (never more than the table
+    has)."""
+    return int(min(rows, max(0, cache_bytes) // cache_row_bytes(dim, codec)))
 
 
 @dataclass(frozen=True)
@@ -70,18 +74,22 @@ def pinned_ids(counts: np.ndarray | None, n_pinned: int) -> np.ndarray:
 
 
 class CacheState:
-    """The arrays of one table's cache (see ``bandstore.kernels.cache``)."""
+    """The arrays of one table's cache (see ``bandstore.kernels.cache``); ``data`` holds the
+    slots' rows encoded in ``codec`` (uint8 (capacity, row_bytes)), as the block file does."""
 
-    def __init__(self, rows: int, dim: int, capacity: int, *, with_data: bool = True):
+    def __init__(self, rows: int, dim: int, capacity: int, *, with_data: bool = True,
+                 codec: str | int = "float32"):  # fmt: skip
         self.rows = rows
         self.capacity = capacity
         # Read at random on every lookup: large ones on huge pages (bandstore.storage.dram).
         self.slot_of_id = dram.full(rows, -1, np.int32)
         self.id_of_slot = dram.full(capacity, -1, np.int64)
-        self.ref = dram.zeros(capacity, np.uint8)
+        # The CLOCK bits live in slot_of_id (kernels.cache.REF_FLAG): no array per slot.
+        self.ref = np.zeros(0, dtype=np.uint8)
         self.meta = np.zeros(4, dtype=np.int64)
         self.meta[META_CAPACITY] = capacity
-        self.data = dram.zeros((capacity, dim if with_data else 0), np.float32)
+        width = row_bytes(codec, dim) if with_data else 0
+        self.data = dram.zeros((capacity, width), np.uint8)
 
     @property
     def filled(self) -> int:

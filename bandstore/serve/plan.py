@@ -3,6 +3,11 @@
 A plan is plain data with a JSON form (stored in the catalog by ``apply``), validated on the way
 in, so a hand-written plan with an unknown strategy or a bad worker fails with a ``PlanError``
 that names the table.
+
+The short form ``{table: strategy_name}`` (``open(path, plan={"a": "resident"})``) names only
+strategies: ``plan_from_strategies`` deals the tables to the workers round-robin and sizes
+caches as the store would without a plan (``split`` splits over every worker, ``split:INNER``
+names the parts' strategy).
 """
 
 from __future__ import annotations
@@ -138,6 +143,57 @@ class Plan:
                 needed=plan.dram_bytes,
             )
         return plan
+
+
+def is_strategy_mapping(arg: Any) -> bool:
+    """Whether ``arg`` is a plan's short form: a non-empty mapping of table names to strategy
+    names (every value a string; the full form's ``tables`` and ``workers`` are not)."""
+    return (
+        isinstance(arg, Mapping) and len(arg) > 0 and all(isinstance(v, str) for v in arg.values())
+    )
+
+
+def plan_from_strategies(
+    strategies: Mapping[str, str],
+    tables: Mapping[str, Any],
+    workers: int,
+    cache_bytes: Mapping[str, int],
+) -> Plan:
+    """The plan of the short form ``{table: strategy_name}`` for a store of ``tables`` (its
+    TableInfo by name, in the store's order) on ``workers`` threads: table ``i`` of the store
+    runs on worker ``i % workers``; a ``cached`` or ``pinned`` table gets ``cache_bytes[table]``
+    (the size it has without a plan); ``split`` (a cached split) and ``split:INNER`` (INNER one
+    of resident, cached, pinned, direct) run one part on every worker, a cached split's parts
+    sharing that size. PlanError for an unknown table or strategy name."""
+    workers = check_workers(workers)
+    order = {n: i for i, n in enumerate(tables)}
+    known = [*STRATEGIES, *(f"split:{s}" for s in SPLIT_INNER)]
+    out: dict[str, Any] = {}
+    for name, strategy in strategies.items():
+        if not isinstance(name, str) or name not in order:
+            raise PlanError(
+                f"the plan names table {name!r}, which the store does not have "
+                f"(tables: {sorted(tables)})",
+                table=str(name),
+            )
+        if strategy not in known:
+            raise PlanError(
+                f"table {name!r}: unknown strategy {strategy!r}; known: {known}", table=name
+            )
+        worker = order[name] % workers
+        size = int(cache_bytes.get(name, 0))
+        if strategy.startswith("split"):
+            inner = strategy.partition(":")[2] or "cached"
+            rec: dict[str, Any] = {"strategy": "split", "inner": inner,
+                                   "workers": list(range(workers))}  # fmt: skip
+            if inner in CACHING:
+                rec["cache_bytes"] = size // workers if inner == "cached" else size
+        else:
+            rec = {"strategy": strategy, "worker": worker}
+            if strategy in CACHING:
+                rec["cache_bytes"] = size
+        out[name] = rec
+    return Plan.from_dict({"workers": workers, "tables": out, "name": "strategies"}, tables)
 
 
 def check_workers(workers: Any) -> int:

@@ -21,7 +21,14 @@ import numpy as np
 from bandstore.errors import PlanError
 from bandstore.serve.cache import CachePolicy
 from bandstore.serve.executor import Executor
-from bandstore.serve.plan import META_KEY, Plan, TablePlan, check_workers
+from bandstore.serve.plan import (
+    META_KEY,
+    Plan,
+    TablePlan,
+    check_workers,
+    is_strategy_mapping,
+    plan_from_strategies,
+)
 from bandstore.serve.strategies import (
     CachedRunner,
     DirectRunner,
@@ -60,6 +67,8 @@ def resolve_plan(store: Any, tables: Any = None) -> Plan | None:
         return None
     if isinstance(arg, Plan):
         return replace(Plan.from_dict(arg.as_dict(), tables), counts=arg.counts)
+    if is_strategy_mapping(arg):
+        return strategies_plan(store, arg)
     if isinstance(arg, dict):
         return Plan.from_dict(arg, tables)
     if arg is None and store._cache_arg is not None:
@@ -71,6 +80,18 @@ def resolve_plan(store: Any, tables: Any = None) -> Plan | None:
     if isinstance(stored_tables, dict) and not set(stored_tables) <= set(tables):
         return None  # made for tables this version no longer has: serve without it
     return Plan.from_dict(stored, tables)
+
+
+def strategies_plan(store: Any, strategies: Any) -> Plan:
+    """The plan of the short form ``{table: strategy_name}`` on ``store``
+    (``plan.plan_from_strategies``): its workers (``open(workers=...)``, else 1), and the cache
+    sizes its tables have without a plan."""
+    tables = store._tables
+    workers = store._workers_arg if store._workers_arg is not None else 1
+    sizes = {
+        n: store._policy_for(n, tables[n], tables).cache_bytes for n in strategies if n in tables
+    }
+    return plan_from_strategies(strategies, {n: t.info for n, t in tables.items()}, workers, sizes)
 
 
 def _cached_policy(base: CachePolicy, tp: TablePlan | None) -> CachePolicy:

@@ -88,8 +88,6 @@ _NO_WEIGHTS = np.empty(0, dtype=np.float32)
 _NO_POSITIONS = np.empty(0, dtype=np.int64)
 _NO_SLOTS = np.empty(0, dtype=np.int32)
 _NO_BYTES = np.empty(0, dtype=np.uint8)
-_NO_INDEX = np.zeros((0, 2), dtype=np.int64)
-_NO_DATA = np.zeros((0, 0), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -181,20 +179,20 @@ class _Table:
         self.lock = threading.Lock()
         self.stats = np.zeros(kc.N_STATS, dtype=np.int64)
         self.policy = CachePolicy(0)
-        self.cache = CacheState(g.rows, g.dim, 0)
+        self.cache = CacheState(g.rows, g.dim, 0, codec=g.codec)
         self.runner: Any = None  # a planned strategy other than cached (serve.strategies)
 
     def configure_cache(self, policy: CachePolicy) -> None:
         """(Re)build the cache empty under ``policy``, loading its pinned rows."""
         g = self.geometry
-        capacity = capacity_rows(policy.cache_bytes, g.dim, g.rows)
-        cache = CacheState(g.rows, g.dim, capacity)
+        capacity = capacity_rows(policy.cache_bytes, g.dim, g.rows, g.codec)
+        cache = CacheState(g.rows, g.dim, capacity, codec=g.codec)
         pinned = self.verified_rows(pinned_ids(self.counts, int(policy.pinned_share * capacity)))
         if pinned.size and self.blocks_u8 is None:  # io="direct": read as a lookup reads
             kc._load_pinned(pinned, False, cache.slot_of_id, cache.id_of_slot, cache.meta,
                             cache.data, self.layout, g.rows_per_block, g.block_size,
                             g.row_bytes, self.codec, g.dim, _NO_BYTES)  # fmt: skip
-            cache.data[: pinned.size] = self.decode_ids(pinned)
+            cache.data[: pinned.size] = self.encoded_ids(pinned)
         elif pinned.size:
             kc._load_pinned(
                 pinned,
@@ -276,25 +274,15 @@ class _Table:
         k = _missed_blocks(ids, padding_idx, index, self.layout, g.rows_per_block, out)
         return out[:k]
 
-    def decode_ids(self, ids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-        """Rows ``ids`` decoded to float32 (n, dim) through the source, ``chunk`` at a time and
-        unverified (callers verify first: ``verified_rows``); the kernels' own decode, so the
-        bytes are those a lookup produces."""
-        from bandstore.kernels import resident as kr
-
+    def encoded_ids(self, ids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+        """Rows ``ids`` as their codec stores them (uint8 (n, row_bytes), on huge pages when
+        large: what resident tables, cache slots and pinned sets hold), read through the source
+        ``chunk`` at a time and unverified (callers verify first: ``verified_rows``)."""
         g = self.geometry
-        out = dram.zeros((ids.shape[0], g.dim), np.float32)
-        stats = np.zeros(kc.N_STATS, dtype=np.int64)
-        error = np.zeros(1, dtype=np.int64)
+        out = dram.zeros((ids.shape[0], g.row_bytes), np.uint8)
+        layout = np.asarray(self.layout)
         for a in range(0, ids.shape[0], chunk):
-            sub = np.ascontiguousarray(ids[a : a + chunk], dtype=np.int64)
-            off = np.arange(sub.shape[0] + 1, dtype=np.int64)
-            with self.source.batch(functools.partial(self.blocks_of, sub)) as buf:
-                kr._direct_batch(sub, off, _NO_WEIGHTS, kc.MODE_COPY, -1, out[a : a + chunk],
-                                 _NO_INDEX, _NO_DATA, self.layout, g.rows_per_block,
-                                 g.block_size, g.row_bytes, self.codec, g.dim, buf,
-                                 self.checksums, self.checksum_bytes, False, stats,
-                                 error)  # fmt: skip
+            out[a : a + chunk] = self.raw_rows(layout[ids[a : a + chunk]])
         return out
 
     def raw_rows(self, slots: np.ndarray) -> np.ndarray:
@@ -941,7 +929,9 @@ class Store:
         served plan as they were.
         """
         self._check_open()
-        if plan is not None and not isinstance(plan, Plan):
+        if runtime.is_strategy_mapping(plan):  # the short form {table: strategy_name}
+            plan = runtime.strategies_plan(self, plan)
+        elif plan is not None and not isinstance(plan, Plan):
             plan = Plan.from_dict(plan, self.tables)
         counts: dict[str, np.ndarray] = {}
         if persist:
@@ -1038,7 +1028,8 @@ class Store:
         elif "cache_bytes" in tuned:
             cache_bytes = int(tuned["cache_bytes"])
         else:
-            cache_bytes = int(DEFAULT_CACHE_FRACTION * t.info.rows) * cache_row_bytes(t.info.dim)
+            crb = cache_row_bytes(t.info.dim, t.info.codec)
+            cache_bytes = int(DEFAULT_CACHE_FRACTION * t.info.rows) * crb
         threshold = self._per_table(self._threshold_arg, name, all_tables, None)
         if threshold is None:
             threshold = threshold_from_json(tuned.get("threshold")) if t.has_counts else kc.NEVER
@@ -1068,7 +1059,8 @@ class Store:
             weights = sized
         else:
             weights = {
-                n: float(t.info.rows * cache_row_bytes(t.info.dim)) for n, t in all_tables.items()
+                n: float(t.info.rows * cache_row_bytes(t.info.dim, t.info.codec))
+                for n, t in all_tables.items()
             }
         s = sum(weights.values())
         return int(total * weights[name] / s) if s > 0 else 0
@@ -2032,7 +2024,8 @@ def open(  # noqa: A001 - the package's public verb, like zarr.open
     record: a directory to append sampled queries to (``sample_rate`` of them), for relayout.
     workers / plan: lookup_many runs on ``workers`` threads (default: the plan's, else 1);
     ``plan`` None serves the applied plan unless ``cache_bytes`` is given, False none, or a
-    Plan / plan dict.
+    Plan / plan dict, or ``{table: strategy_name}`` (tables dealt to the workers round-robin,
+    caches sized as without a plan, the other tables cached; ``serve.plan.plan_from_strategies``).
     options: :class:`bandstore.options.ServeOptions`: overrides of the stored admission
     threshold and pinned share (``options.cache``), read verification, the expected format.
     io: how block files are read (:mod:`bandstore.storage.tier`): ``mmap`` (default: mapped,

@@ -1,11 +1,12 @@
 """Lookup strategies: how one table of an open store is served.
 
 - ``cached``: the foundation's DRAM cache over the block file (``_Table.serve`` as it is).
-- ``resident``: the table decoded once into a float32 array in DRAM; lookups gather from it
-  with no cache probe.
+- ``resident``: the table copied once into DRAM, its rows encoded as the block file stores
+  them (float16, int8 with its per-row scale and bias: decoded in the pooling loop); lookups
+  gather from it with no cache probe.
 - ``direct``: no cache: the distinct blocks of a batch are read once each, in block order
   (for tables with little reuse: a cache would cost DRAM and buy nothing).
-- ``pinned``: the table's hottest rows (by its access counts) decoded once into a frozen cache;
+- ``pinned``: the table's hottest rows (by its access counts), encoded, in a frozen cache;
   other rows are read as ``direct`` ones, with no admission and no eviction. For independent
   draws from a skewed popularity (Zipf), a fixed set of the most frequent rows is the best a
   cache of its size can hold, and a miss costs no admission: a CLOCK cache of the same size
@@ -38,12 +39,13 @@ from bandstore.kernels import tier as kt
 from bandstore.kernels.bits import index_bytes, pinned_index
 from bandstore.serve.cache import CacheState, cache_row_bytes, capacity_rows, pinned_ids
 from bandstore.storage import dram
+from bandstore.storage.codecs import row_bytes
 
 #: The strategies a plan may name.
 STRATEGIES = ("resident", "cached", "pinned", "direct", "split")
 #: What a split table's parts may be.
 SPLIT_INNER = ("resident", "cached", "pinned", "direct")
-#: Decode a table for residency this many rows at a time.
+#: Copy a table for residency this many rows at a time.
 _DECODE_CHUNK = 1 << 16
 
 
@@ -174,13 +176,13 @@ class CachedRunner(Runner):
                          job.stats)  # fmt: skip
 
 
-def decode_table(t: Any) -> np.ndarray:
-    """Every row of table ``t`` decoded to float32, in id order (verified block by block)."""
+def encoded_table(t: Any) -> np.ndarray:
+    """Every row of table ``t`` as its codec stores it (uint8 (rows, row_bytes)), in id order
+    (verified block by block): a resident table's DRAM copy."""
     from bandstore.storage.blockfile import rows_view
-    from bandstore.storage.codecs import decode_rows
 
     g = t.geometry
-    out = dram.zeros((g.rows, g.dim), np.float32)  # gathered at random: on huge pages
+    out = dram.zeros((g.rows, g.row_bytes), np.uint8)  # gathered at random: on huge pages
     for start in range(0, g.rows, _DECODE_CHUNK):
         stop = min(g.rows, start + _DECODE_CHUNK)
         slots = np.asarray(t.layout[start:stop])
@@ -191,8 +193,8 @@ def decode_table(t: Any) -> np.ndarray:
                     bad = t.mismatched_blocks(b0, b1, buf)
                     if bad.size:
                         raise_corrupt(t, int(bad[0]))
-            raw = rows_view(buf, g)[slots // g.rows_per_block, slots % g.rows_per_block]
-            out[start:stop] = decode_rows(g.codec, raw, g.dim)
+            out[start:stop] = rows_view(buf, g)[slots // g.rows_per_block,
+                                                slots % g.rows_per_block]  # fmt: skip
     return out
 
 
@@ -207,7 +209,8 @@ def _runs(sorted_blocks: np.ndarray) -> list[tuple[int, int]]:
 
 
 class ResidentRunner(Runner):
-    """The table decoded in DRAM; ``parts > 1`` splits the bags into contiguous ranges."""
+    """The table in DRAM, rows encoded (``encoded_table``; ``data``: uint8 (rows,
+    row_bytes)); ``parts > 1`` splits the bags into contiguous ranges."""
 
     strategy = "resident"
     bag_ranges = True
@@ -215,7 +218,7 @@ class ResidentRunner(Runner):
     def __init__(self, t: Any, parts: int = 1, data: np.ndarray | None = None):
         super().__init__(t)
         self.parts = parts
-        self.data = decode_table(t) if data is None else data
+        self.data = encoded_table(t) if data is None else data
 
     @property
     def spec(self) -> tuple:
@@ -233,13 +236,14 @@ class ResidentRunner(Runner):
             return
         ids, off, w, out = _bags(job, b0, b1)
         stats = np.zeros(kc.N_STATS, dtype=np.int64)
-        kr._gather_pool(ids, off, w, job.mode, job.pad, out, self.data, stats)
+        kr._gather_pool_encoded(ids, off, w, job.mode, job.pad, out, self.data, self.table.codec,
+                                stats)  # fmt: skip
         _add_stats(self.table, job, stats)
 
 
 #: The pinned set of a ``direct`` table: none.
 _NO_INDEX = np.zeros((0, 2), dtype=np.int64)
-_NO_DATA = np.zeros((0, 0), dtype=np.float32)
+_NO_DATA = np.zeros((0, 0), dtype=np.uint8)
 _NO_WEIGHTS = np.zeros(0, dtype=np.float32)
 _NO_BYTES = np.zeros(0, dtype=np.uint8)
 
@@ -297,7 +301,7 @@ class DirectRunner(Runner):
 
 
 class PinnedRunner(DirectRunner):
-    """A frozen set of the table's most counted rows, decoded in DRAM, over direct reads;
+    """A frozen set of the table's most counted rows, encoded in DRAM, over direct reads;
     ``parts > 1`` splits the bags into contiguous ranges (the set is only read, so the parts
     share it unlocked).
 
@@ -313,19 +317,12 @@ class PinnedRunner(DirectRunner):
         g = t.geometry
         self.cache_bytes = int(cache_bytes)
         self.counts = counts
-        top = pinned_ids(counts, pinned_capacity(self.cache_bytes, g.dim, g.rows))
+        top = pinned_ids(counts, pinned_capacity(self.cache_bytes, g.dim, g.rows, g.codec))
         self.ids = np.sort(t.verified_rows(top))
-        k = int(self.ids.size)
-        # Read at random on every lookup: on huge pages when large (bandstore.storage.dram).
-        data = dram.zeros((k, g.dim), np.float32)
-        # The rows, read through the direct path (verified, decoded) with no set yet, a chunk
-        # at a time (with io="direct" each chunk's blocks are staged, then released).
-        for a in range(0, k, _DECODE_CHUNK):
-            sub = self.ids[a : a + _DECODE_CHUNK]
-            self._read(sub, np.arange(sub.size + 1, dtype=np.int64), _NO_WEIGHTS, kc.MODE_COPY,
-                       -1, data[a : a + _DECODE_CHUNK],
-                       np.zeros(kc.N_STATS, dtype=np.int64))  # fmt: skip
-        self.data = data
+        # The rows as the block file stores them (decoded in the pooling loop), read through
+        # the source a chunk at a time (with io="direct" each chunk's blocks are staged, then
+        # released); on huge pages when large: read at random on every lookup.
+        self.data = t.encoded_ids(self.ids, _DECODE_CHUNK)
         self.index = dram.copy(pinned_index(self.ids, g.rows))
 
     @property
@@ -381,7 +378,7 @@ class SplitCachedRunner(Runner):
         # same pinned slot in every part, so the parts never write one entry differently.
         slot_of_id = dram.full(g.rows, -1, np.int32)
         self.caches = []
-        own_cap = capacity_rows(self.cache_bytes, g.dim, g.rows)
+        own_cap = capacity_rows(self.cache_bytes, g.dim, g.rows, g.codec)
         n_pin = int(self.pinned_share * own_cap)
         hottest = np.empty(0, dtype=np.int64)
         if n_pin > 0 and t.has_counts:
@@ -393,7 +390,7 @@ class SplitCachedRunner(Runner):
         for j in range(parts):
             n_hot = self.replicate.size
             cap = min(g.rows, n_hot + own_cap)
-            cache = CacheState(1, g.dim, cap)
+            cache = CacheState(1, g.dim, cap, codec=g.codec)
             cache.slot_of_id = slot_of_id
             cache.rows = g.rows
             # Replicated rows first: the same slots in every part.
@@ -410,7 +407,7 @@ class SplitCachedRunner(Runner):
                     g.row_bytes, t.codec, g.dim, _NO_BYTES if direct else t.blocks_u8,
                 )  # fmt: skip
                 if direct:
-                    cache.data[: pinned.size] = t.decode_ids(pinned)
+                    cache.data[: pinned.size] = t.encoded_ids(pinned)
             self.caches.append(cache)
         self.locks = [threading.Lock() for _ in range(parts)]
 
@@ -497,21 +494,22 @@ def _owner_of(ids: np.ndarray, parts: int) -> np.ndarray:
     return ((((x * kr.HASH_MULTIPLIER) & 0xFFFFFFFF) >> 16) * parts) >> 16
 
 
-def pinned_capacity(cache_bytes: int, dim: int, rows: int) -> int:
-    """How many rows a ``pinned`` set of ``cache_bytes`` holds: decoded float32 rows, nothing
-    per slot (never more than the table has)."""
-    return int(min(rows, max(0, cache_bytes) // (4 * dim)))
+def pinned_capacity(cache_bytes: int, dim: int, rows: int, codec: str | int = "float32") -> int:
+    """How many rows a ``pinned`` set of ``cache_bytes`` holds: rows encoded in ``codec``
+    (``row_bytes``), nothing per slot (never more than the table has)."""
+    return int(min(rows, max(0, cache_bytes) // row_bytes(codec, dim)))
 
 
-def pinned_dram_bytes(rows: int, dim: int, cache_bytes: int) -> int:
+def pinned_dram_bytes(rows: int, dim: int, cache_bytes: int, codec: str | int = "float32") -> int:
     """DRAM a ``pinned`` table takes: its rows plus the bitmap index (a quarter byte per row)."""
-    return pinned_capacity(cache_bytes, dim, rows) * 4 * dim + index_bytes(rows)
+    cap = pinned_capacity(cache_bytes, dim, rows, codec)
+    return cap * row_bytes(codec, dim) + index_bytes(rows)
 
 
 def cached_dram_bytes(rows: int, dim: int, cache_bytes: int, parts: int = 1,
-                      replicated: int = 0) -> int:  # fmt: skip
-    """DRAM a ``cached`` table takes: its cache's rows plus the 4-byte slot index per row; for
-    a cached split, ``parts`` caches of ``cache_bytes`` plus ``replicated`` rows each, over one
-    shared slot index."""
-    per_part = min(rows, replicated + capacity_rows(cache_bytes, dim, rows))
-    return parts * per_part * cache_row_bytes(dim) + 4 * rows
+                      replicated: int = 0, codec: str | int = "float32") -> int:  # fmt: skip
+    """DRAM a ``cached`` table takes: its cache's rows (encoded in ``codec``) plus the 4-byte
+    slot index per row; for a cached split, ``parts`` caches of ``cache_bytes`` plus
+    ``replicated`` rows each, over one shared slot index."""
+    per_part = min(rows, replicated + capacity_rows(cache_bytes, dim, rows, codec))
+    return parts * per_part * cache_row_bytes(dim, codec) + 4 * rows

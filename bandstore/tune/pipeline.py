@@ -263,8 +263,8 @@ def load_logs(paths: Sequence[str | os.PathLike[str]], num_rows: Mapping[str, in
 
 
 def default_budget(store: Any, share: float = DEFAULT_BUDGET_SHARE) -> int:
-    """``share`` of the store's tables' decoded bytes (cached rows' DRAM cost)."""
-    return int(share * sum(t.rows * cache_row_bytes(t.dim) for t in store.tables.values()))
+    """``share`` of the store's tables' rows at their cached DRAM cost (encoded rows plus slot)."""
+    return int(share * sum(t.rows * cache_row_bytes(t.dim, t.codec) for t in store.tables.values()))
 
 
 def rebuild(

@@ -65,7 +65,7 @@ from bandstore.options import (
     RelayoutOptions,
     SimOptions,
 )
-from bandstore.serve.cache import capacity_rows
+from bandstore.serve.cache import SLOT_OVERHEAD_BYTES, capacity_rows
 from bandstore.serve.store import Store, TableInfo
 from bandstore.traces.trace import Trace
 from bandstore.tune.provenance import trace_origin
@@ -420,10 +420,15 @@ def _config_key(n_queries: int, cfg: Mapping[str, Any], hot_fraction: float | No
     return (n_queries, cfg["method"], cfg["half_life"], cfg["cold"], hot_fraction)
 
 
-def cache_share(cache_bytes: int, dim: int, rows: int) -> float:
+def cache_share(cache_bytes: int, dim: int, rows: int, row_bytes: int | None = None) -> float:
     """The share of a table's rows its DRAM cache holds (``hot_fraction`` of the co-access
-    layouts built for that cache: the rows the cache holds are left out of the partition)."""
-    return capacity_rows(cache_bytes, dim, rows) / rows if rows > 0 else 0.0
+    layouts built for that cache: the rows the cache holds are left out of the partition).
+    ``row_bytes``: the table's encoded row (cache slots hold rows encoded); None: float32."""
+    if rows <= 0:
+        return 0.0
+    if row_bytes is None:
+        return capacity_rows(cache_bytes, dim, rows) / rows
+    return min(rows, max(0, cache_bytes) // (row_bytes + SLOT_OVERHEAD_BYTES)) / rows
 
 
 def _build(
@@ -446,7 +451,8 @@ def _build(
     rows = target.rows
     params = dict((layout_params or {}).get(m, {}))
     if "hot_fraction" in DEFAULTS[m]:
-        params.setdefault("hot_fraction", float(cache_share(target.cache_bytes, target.dim, rows)))
+        share = cache_share(target.cache_bytes, target.dim, rows, target.row_bytes)
+        params.setdefault("hot_fraction", float(share))
     hf = params.get("hot_fraction") if "hot_fraction" in DEFAULTS[m] else None
     key = _config_key(tune.n_queries, cfg, hf)
     if layouts is not None and key in layouts:

@@ -30,6 +30,7 @@ import numpy as np
 from bandstore.errors import InvalidArgumentError, UnknownTableError
 from bandstore.serve.cache import cache_row_bytes, capacity_rows
 from bandstore.serve.strategies import cached_dram_bytes, pinned_capacity, pinned_dram_bytes
+from bandstore.storage.codecs import row_bytes
 from bandstore.tune.planning.calibrate import Calibration
 
 #: Capacities of a pinned curve (log-spaced up to the rows a trace reads), beside the cache
@@ -76,8 +77,14 @@ class TableProfile:
         return -(-self.rows // max(1, self.rows_per_block)) * self.block_size
 
     @property
+    def row_bytes(self) -> int:
+        """DRAM of one row held by a resident table, a cache slot or a pinned set: the row as
+        its codec stores it (they decode in the pooling loop)."""
+        return row_bytes(self.codec, self.dim)
+
+    @property
     def resident_bytes(self) -> int:
-        return self.rows * 4 * self.dim
+        return self.rows * self.row_bytes
 
     @property
     def min_bytes(self) -> int:
@@ -144,7 +151,7 @@ def simulated_curve(sample_rate: float = 0.1, n_sizes: int = 24, warmup: float =
             return simulate(
                 idx, off, layout, g.rows_per_block, g.dim, counts, options=options,
                 sizes_bytes=sizes, block_size=g.block_size, row_bytes=g.row_bytes,
-                inverse_layout=inverse, table=name, check=False,
+                inverse_layout=inverse, table=name, check=False, codec=g.codec,
             )  # fmt: skip
 
         full = run(indices, offsets)
@@ -213,7 +220,7 @@ def profile_trace(
         # (on top of the cache curve's sizes) lets the budget be spent in small steps.
         read = int(np.count_nonzero(counts))
         fine = np.geomspace(1, max(read, 1), PINNED_GRID).astype(np.int64)
-        cached = [capacity_rows(int(x), info.dim, info.rows) for x in sizes]
+        cached = [capacity_rows(int(x), info.dim, info.rows, info.codec) for x in sizes]
         caps = np.unique(np.concatenate([cached, fine, [0]]))
         pin_m, pin_b = pinned_curve(indices, offsets, layout, info.rows_per_block, batch_size, caps)
         out[name] = TableProfile(
@@ -332,19 +339,19 @@ def cost(p: TableProfile, kind: str, cal: Calibration, cache_bytes: int = 0, *,
         _, b = p.at(0)
         ns = L * row + L * b * block
     elif kind == "cached":
-        cap = capacity_rows(cache_bytes, p.dim, p.rows)
-        m, b = p.at(cap * cache_row_bytes(p.dim))
+        cap = capacity_rows(cache_bytes, p.dim, p.rows, p.codec)
+        m, b = p.at(cap * cache_row_bytes(p.dim, p.codec))
         hit = max(0.0, 1.0 - m)
-        ns = L * (cal.probe(p.rows) + hit * cal.gather(cap * 4 * p.dim, p.dim)) + L * m * row
+        ns = L * (cal.probe(p.rows) + hit * cal.gather(cap * p.row_bytes, p.dim)) + L * m * row
         ns += L * b * (block + cal.cache_block(p.rows_per_block))  # with admission
     elif kind == "pinned":
-        cap = pinned_capacity(cache_bytes, p.dim, p.rows)
+        cap = pinned_capacity(cache_bytes, p.dim, p.rows, p.codec)
         m, b = p.pinned_at(cap)
         hit = max(0.0, 1.0 - m)
         # The probe reads a bitmap index of a quarter byte per row, as a slot index of 4 bytes
         # per row would be for a table 16x smaller.
         probe = cal.probe(max(1, p.rows // 16))
-        ns = L * (probe + hit * cal.gather(cap * 4 * p.dim, p.dim)) + L * m * row + L * b * block
+        ns = L * (probe + hit * cal.gather(cap * p.row_bytes, p.dim)) + L * m * row + L * b * block
     else:
         raise InvalidArgumentError(f"no cost for strategy {kind!r}", argument="strategy")
     if parts > 1:
@@ -363,18 +370,18 @@ def options(p: TableProfile, cal: Calibration, *, allowed=STRATEGY_OPTIONS,
     if "cached" in allowed:
         seen = set()
         for s in p.sizes_bytes[1:] if p.sizes_bytes.size > 1 else []:
-            cap = capacity_rows(int(s), p.dim, p.rows)
+            cap = capacity_rows(int(s), p.dim, p.rows, p.codec)
             if cap <= 0 or cap in seen:
                 continue
             seen.add(cap)
-            cb = cap * cache_row_bytes(p.dim)
+            cb = cap * cache_row_bytes(p.dim, p.codec)
             opts.append(Option("cached", cb, cost(p, "cached", cal, cb, cold=cold),
-                               cached_dram_bytes(p.rows, p.dim, cb)))  # fmt: skip
+                               cached_dram_bytes(p.rows, p.dim, cb, codec=p.codec)))  # fmt: skip
     if "pinned" in allowed:  # the direct path's block of decoded rows, plus the pinned set
         for cap in p.pinned_rows[p.pinned_rows > 0]:
-            cb = int(cap) * 4 * p.dim
-            opts.append(Option("pinned", cb, cost(p, "pinned", cal, cb, cold=cold),
-                               p.min_bytes + pinned_dram_bytes(p.rows, p.dim, cb)))  # fmt: skip
+            cb = int(cap) * p.row_bytes
+            dram = p.min_bytes + pinned_dram_bytes(p.rows, p.dim, cb, p.codec)
+            opts.append(Option("pinned", cb, cost(p, "pinned", cal, cb, cold=cold), dram))
     if "resident" in allowed:
         opts.append(Option("resident", 0, cost(p, "resident", cal, cold=cold), p.resident_bytes))
     opts.sort(key=lambda o: (o.dram, o.ns))

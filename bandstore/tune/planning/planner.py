@@ -127,14 +127,14 @@ def _split_option(p: TableProfile, o: Option, k: int, cal: Calibration, cold: bo
     if o.strategy != "cached":  # bag ranges; a pinned table's parts share its frozen cache
         ns = cost(p, o.strategy, cal, o.cache_bytes, parts=k, cold=cold)
         return ns, o.dram, o.cache_bytes, None
-    crb = cache_row_bytes(p.dim)
+    crb = cache_row_bytes(p.dim, p.codec)
     rep = p.hot_ids
     fixed = 4 * p.rows + k * rep.size * crb
     per_part = min(o.cache_bytes // k, (avail - fixed) // k if avail > fixed else -1)
     if per_part < 0:
         return None
     per_part = (per_part // crb) * crb
-    dram = cached_dram_bytes(p.rows, p.dim, per_part, k, rep.size)
+    dram = cached_dram_bytes(p.rows, p.dim, per_part, k, rep.size, p.codec)
     ns = cost(p, "cached", cal, per_part * k + rep.size * crb, parts=k, cold=cold)
     return ns, dram, per_part, rep
 
@@ -252,7 +252,7 @@ def uniform_plan(profiles: Mapping[str, TableProfile], cal: Calibration | None, 
     budget = _check_budget(budget, profiles)
     index = sum(4 * p.rows for p in profiles.values())
     left = max(0, budget - index)
-    full = {n: p.rows * cache_row_bytes(p.dim) for n, p in profiles.items()}
+    full = {n: p.rows * cache_row_bytes(p.dim, p.codec) for n, p in profiles.items()}
     share: dict[str, int] = {}
     for n in sorted(profiles, key=lambda k: full[k]):  # smallest first: each takes what it can
         share[n] = min(full[n], left // (len(profiles) - len(share)))
@@ -260,13 +260,15 @@ def uniform_plan(profiles: Mapping[str, TableProfile], cal: Calibration | None, 
     tables = {}
     loads = [0.0] * workers
     for i, (n, p) in enumerate(profiles.items()):
-        cb = (share[n] // cache_row_bytes(p.dim)) * cache_row_bytes(p.dim)
+        crb = cache_row_bytes(p.dim, p.codec)
+        cb = (share[n] // crb) * crb
         ns = cost(p, "cached", cal, cb) if cal is not None else None
         if ns is not None:
             loads[i % workers] += ns
         tables[n] = TablePlan(
-            "cached", (i % workers,), cb, None, (), ns, cached_dram_bytes(p.rows, p.dim, cb)
-        )
+            "cached", (i % workers,), cb, None, (), ns,
+            cached_dram_bytes(p.rows, p.dim, cb, codec=p.codec),
+        )  # fmt: skip
     pred = _predicted(loads, len(tables), cal, workers) if cal is not None else {}
     return Plan(workers, tables, budget, pred, "uniform")
 

@@ -112,6 +112,8 @@ class Curves:
     seconds: float = 0.0
     table: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: The table's codec: cache slots hold rows encoded, so it sets a cached row's DRAM cost.
+    codec: str = "float32"
 
     @property
     def exact(self) -> bool:
@@ -134,7 +136,7 @@ class Curves:
     @property
     def smallest_useful_bytes(self) -> int:
         """DRAM for one block's worth of rows: less cannot even keep the rows of one read."""
-        return min(self.rows, self.rows_per_block) * cache_row_bytes(self.dim)
+        return min(self.rows, self.rows_per_block) * cache_row_bytes(self.dim, self.codec)
 
     def merge(self, other: Curves) -> Curves:
         """These curves and ``other``'s (more sizes of the same table and policies) as one."""
@@ -172,6 +174,7 @@ class Curves:
             "table": self.table,
             "rows": self.rows,
             "dim": self.dim,
+            "codec": self.codec,
             "rows_per_block": self.rows_per_block,
             "lookups": self.lookups,
             "sample_rate": self.sample_rate,
@@ -223,7 +226,7 @@ def stratified_sample(lookups_per_block: np.ndarray, rate: float, seed: int = 0)
 
 
 def size_grid(rows: int, dim: int, rows_per_block: int, max_rows: int | None = None,
-              n_sizes: int = DEFAULT_N_SIZES) -> np.ndarray:  # fmt: skip
+              n_sizes: int = DEFAULT_N_SIZES, codec: str = "float32") -> np.ndarray:  # fmt: skip
     """Cache sizes (bytes) for a curve: 0, then geometric from one block's rows to ``max_rows``.
 
     ``max_rows`` defaults to the whole table; the rows of the blocks a trace reads are all a
@@ -237,7 +240,7 @@ def size_grid(rows: int, dim: int, rows_per_block: int, max_rows: int | None = N
     else:
         geo = np.geomspace(lo, hi, n) if hi > lo else np.array([float(hi)])
         caps = np.unique(np.concatenate([[0], np.round(geo).astype(np.int64)]))
-    return caps * cache_row_bytes(dim)
+    return caps * cache_row_bytes(dim, codec)
 
 
 def _as_ids(a: Any, name: str) -> np.ndarray:
@@ -267,13 +270,15 @@ def simulate(
     inverse_layout: np.ndarray | None = None,
     table: str | None = None,
     check: bool = True,
+    codec: str = "float32",
 ) -> Curves:
     """Simulate the store's cache over one table's trace for many configurations in one pass.
 
     Args:
         indices, offsets: the table's lookups, one bag per query (EmbeddingBag CSR).
         layout: id -> slot of the table (its length is the table's rows).
-        rows_per_block, dim: the table's geometry (``dim`` sets the DRAM cost of a cached row).
+        rows_per_block, dim: the table's geometry (``dim`` and ``codec`` set the DRAM cost of a
+            cached row, which the cache holds encoded: ``cache_row_bytes(dim, codec)``).
         counts: access counts used for admission and pinning (None: all zero).
         options: the policies simulated at every size (``thresholds`` x ``pinned_shares``),
             the batch size of the replay being predicted, the sampling (``sample_rate``: 1 for
@@ -353,7 +358,7 @@ def simulate(
     touched = per_block > 0
     n_touched = int(np.count_nonzero(touched))
     if sizes_bytes is None:
-        sizes = size_grid(rows, dim, rpb, min(rows, n_touched * rpb), o.n_sizes)
+        sizes = size_grid(rows, dim, rpb, min(rows, n_touched * rpb), o.n_sizes, codec)
     else:
         sizes = np.asarray(sizes_bytes, dtype=np.int64)
         if sizes.ndim != 1 or sizes.size == 0 or sizes.min() < 0:
@@ -422,7 +427,7 @@ def simulate(
     sampled_lookups = int(ids.shape[0] - bounds[n_warm])
 
     # Configurations.
-    caps = np.array([capacity_rows(int(s), dim, rows) for s in sizes], dtype=np.int64)
+    caps = np.array([capacity_rows(int(s), dim, rows, codec) for s in sizes], dtype=np.int64)
     nonzero = int(np.count_nonzero(cnt))
     order = np.argsort(-cnt.astype(np.int64), kind="stable")[:nonzero]
     if nonzero:
@@ -495,6 +500,7 @@ def simulate(
         blocks_read=blocks,
         rows=rows,
         dim=dim,
+        codec=str(codec),
         rows_per_block=rpb,
         block_size=int(block_size),
         sample_rate=rate,

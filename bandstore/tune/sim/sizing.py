@@ -193,6 +193,7 @@ def simulate_store(
             inverse_layout=inverse,
             table=name,
             check=False,
+            codec=info.codec,
         )
     return out
 
@@ -279,7 +280,7 @@ def size_cache(
         raise InvalidArgumentError(f"budget must be an integer number of bytes, got {budget!r}",
                                    argument="budget", value=budget)  # fmt: skip
     infos = [store.tables[n] for n in trace.table_names]
-    smallest = min(min(i.rows, i.rows_per_block) * cache_row_bytes(i.dim) for i in infos)
+    smallest = min(min(i.rows, i.rows_per_block) * cache_row_bytes(i.dim, i.codec) for i in infos)
     if budget < smallest:  # refuse before minutes of simulation (allocate checks it again)
         raise BudgetError(
             f"a DRAM budget of {int(budget)} bytes is below the smallest useful cache "
@@ -308,7 +309,7 @@ def size_cache(
             k = ch["size_index"]
             lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
             pts = np.unique(np.linspace(lo, hi, 2 * REFINE_POINTS + 3).astype(np.int64))
-            crb = cache_row_bytes(curves[name].dim)
+            crb = cache_row_bytes(curves[name].dim, curves[name].codec)
             pts = np.setdiff1d(np.unique(pts // crb * crb), grid)
             if pts.size:
                 extra[name] = pts
