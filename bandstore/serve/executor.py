@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -260,9 +260,10 @@ def _run_part(task: Task, busy: BusyLog | None) -> BaseException | None:
         return exc
     if busy is not None:
         seconds = time.perf_counter() - t0
-        if runner.__class__ is PooledGroup:  # each member's share, by its lookups
-            cpu = time.thread_time_ns() - c0 if sample else 0
-            busy.add_shares(job.names, runner.member_lookups(job), seconds, cpu if sample else -1)
+        group = cast(Any, runner)
+        if isinstance(group, PooledGroup):  # each member's share, by its lookups
+            cpu = time.thread_time_ns() - c0 if sample else -1
+            busy.add_shares(job.names, group.member_lookups(job), seconds, cpu)
             return None
         if sample:
             if isinstance(part, tuple):

@@ -58,6 +58,18 @@ class GroupJob:
     __slots__ = ("names", "ids", "offsets", "id0", "weights", "weighted", "modes", "pads",
                  "bag0", "out", "out0", "counts", "lookups")  # fmt: skip
 
+    names: list[str]
+    ids: np.ndarray
+    offsets: np.ndarray
+    id0: np.ndarray
+    weights: np.ndarray
+    weighted: np.ndarray
+    modes: np.ndarray
+    pads: np.ndarray
+    bag0: np.ndarray
+    out0: np.ndarray
+    lookups: int
+
     def __init__(self) -> None:
         self.out: np.ndarray | None = None
         self.counts = np.zeros(0, dtype=np.int64)
