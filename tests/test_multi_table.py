@@ -227,3 +227,30 @@ def test_counters_are_exact_and_a_failing_call_changes_none(store_path):
         with pytest.raises(bandstore.InvalidOffsetsError):
             s.lookup_many(bad)
         assert s.stats() == before
+
+
+def test_the_kernels_of_unzeroed_outputs_store_every_bag(tmp_path):
+    """Resident and cached outputs are allocated without zeroing (``stores_every_bag``): their
+    kernels must store every bag (hits, misses, empty bags, padding-only bags, every mode)."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((500, 24)).astype(np.float32)
+    with bandstore.create(tmp_path / "s", block_size=512) as s:
+        s.add_table("t", w, progress=False)
+    plans = {"cached": False, "resident": {"workers": 1, "tables": {"t": {"strategy": "resident"}}}}
+    for name, plan in plans.items():
+        with bandstore.open(tmp_path / "s", cache_bytes=200 * 120, plan=plan) as s:
+            t = s._tables["t"]
+            runner = t.runner
+            assert (runner is None and name == "cached") or runner.stores_every_bag
+            for mode, mode_id in (("sum", 0), ("mean", 1), ("max", 2)):
+                for _ in range(4):
+                    sizes = rng.integers(0, 6, 30)
+                    ids = rng.integers(0, 500, int(sizes.sum())).astype(np.int64)
+                    ids[: sizes[0]] = 7  # a bag of padding only
+                    off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+                    out = np.full((30, 24), np.nan, dtype=np.float32)
+                    t.serve(ids, off, np.zeros(0, np.float32), mode_id, 7, out)
+                    ref = embedding_bag_ref(w, ids, off[:-1], mode, padding_idx=7)
+                    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+            if name == "cached":
+                assert s.stats()["t"]["misses"] > 0 and s.stats()["t"]["hits"] > 0

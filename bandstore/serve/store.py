@@ -64,6 +64,7 @@ from bandstore.serve.cache import (
 from bandstore.serve.executor import CallCounts, LatencyLog
 from bandstore.serve.plan import META_KEY as PLAN_KEY
 from bandstore.serve.plan import Plan
+from bandstore.serve.strategies import CachedRunner
 from bandstore.storage import blockfile, dram, tier, updates
 from bandstore.storage.blockfile import BlockGeometry
 from bandstore.storage.catalog import Catalog
@@ -1198,10 +1199,11 @@ class Store:
         t, ids, off, weights, mode_id, pad = self._prepare_bag(
             table, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx
         )
-        # Not zeroed when the table's kernel stores every bag (resident): at one row per bag,
-        # zeroing the output cost about a third of the call.
+        # Not zeroed when the table's kernel stores every bag (resident, its cache): at one row
+        # per bag, zeroing the output cost about a third of the call.
         runner = t.runner
-        alloc = np.empty if runner is not None and runner.stores_every_bag else np.zeros
+        every = CachedRunner.stores_every_bag if runner is None else runner.stores_every_bag
+        alloc = np.empty if every else np.zeros
         out = alloc((off.shape[0] - 1, t.info.dim), dtype=np.float32)
         overlay.serve_one(self, t, ids, off, weights, mode_id, pad, out)
         self._record({table: (ids, off)})

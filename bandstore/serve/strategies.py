@@ -169,6 +169,9 @@ class CachedRunner(Runner):
     """The foundation's path: the table's own cache, under the table's lock."""
 
     strategy = "cached"
+    # kernels.cache._cache_batch pools the hits of every bag with kernels.pool (which stores
+    # every bag, zeros for none) before it adds the misses (tests/test_multi_table.py checks).
+    stores_every_bag = True
 
     def run_part(self, job: Job, j: int) -> None:
         self.table.serve(job.ids, job.offsets, job.weights, job.mode, job.pad, job.out,
