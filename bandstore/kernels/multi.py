@@ -31,7 +31,7 @@ from numba import config, njit
 from bandstore.kernels.codec import FLOAT16, FLOAT32, INT8
 from bandstore.kernels.pool import KIND_MAX, KIND_SUM, KIND_WSUM, WIDTHS
 
-__all__ = ["_pool_many", "py_pool_many"]
+__all__ = ["AVAILABLE", "KERNELS", "_pool_many", "py_pool_many"]
 
 #: ``kernels.cache``'s pooling modes (repeated: this module must not import the cache kernels).
 _MODE_MEAN = 1
@@ -71,7 +71,12 @@ def py_pool_many(ids, offsets, id0, weights, weighted, tables, bag0, dims, modes
         counts[k] = total
 
 
-if config.DISABLE_JIT:  # type: ignore[attr-defined]  # numba.config sets it at import
+#: Whether the kernels exist (not under ``NUMBA_DISABLE_JIT``: rows found by address need
+#: compiled code); ``KERNELS``: the ``_pool_many`` of each codec's tables.
+AVAILABLE = not config.DISABLE_JIT  # type: ignore[attr-defined]
+KERNELS: dict = {}
+
+if not AVAILABLE:
 
     def _pool_many(ids, offsets, id0, weights, weighted, addr, stride, codec, bag0, dims, modes,
                    pads, out, out0, counts):  # fmt: skip
@@ -138,66 +143,144 @@ else:
     _A_F16_64, _A_F16_16, _A_F16_1 = (_make_chunk_at(FLOAT16, w) for w in WIDTHS)
     _A_I8_64, _A_I8_16, _A_I8_1 = (_make_chunk_at(INT8, w) for w in WIDTHS)
 
+    @njit(nogil=True, cache=True, inline="always")
+    def _kind(mode, weighted):
+        if mode == _MODE_MAX:
+            return KIND_MAX
+        return KIND_WSUM if weighted else KIND_SUM
+
+    @njit(nogil=True, cache=True, inline="always")
+    def _scale(out, pos, dim, cnt):
+        """Mean: divide a bag by its ``cnt`` rows (as ``kernels.pool._scale_row``)."""
+        inv = np.float32(1.0) / np.float32(cnt)
+        for d in range(dim):
+            out[pos + d] *= inv
+
     @njit(nogil=True, cache=True)
-    def _pool_many(ids, offsets, id0, weights, weighted, addr, stride, codec, bag0, dims, modes,
-                   pads, out, out0, counts):  # fmt: skip
-        """See the module docstring."""
+    def _pool_many_f32(ids, offsets, id0, weights, weighted, addr, stride, codec, bag0, dims,
+                      modes, pads, out, out0, counts):  # fmt: skip
+        """``_pool_many`` over the tables of codec FLOAT32 (the others are left as they are): one
+        function per codec, so that a process compiles the loops of the codecs it serves only."""
         for k in range(addr.shape[0]):
+            if codec[k] != FLOAT32:
+                continue
             base = addr[k]
             st = stride[k]
-            c_k = codec[k]
             dim = dims[k]
             pad = pads[k]
             mode = modes[k]
-            kind = KIND_SUM
-            if mode == _MODE_MAX:
-                kind = KIND_MAX
-            elif weighted[k]:
-                kind = KIND_WSUM
+            kind = _kind(mode, weighted[k])
             b0 = bag0[k]
-            b1 = bag0[k + 1]
             i0 = id0[k]
             n = id0[k + 1]  # prefetch no further than this table's ids
             total = 0
-            for b in range(b0, b1):
+            for b in range(b0, bag0[k + 1]):
                 s = i0 + offsets[b + k]
                 e = i0 + offsets[b + k + 1]
                 pos = out0[k] + (b - b0) * dim
                 c = 0
                 cnt = 0
-                if c_k == FLOAT32:
-                    while c + 64 <= dim:
-                        cnt = _A_F32_64(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
-                        c += 64
-                    while c + 16 <= dim:
-                        cnt = _A_F32_16(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
-                        c += 16
-                    while c < dim:
-                        cnt = _A_F32_1(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
-                        c += 1
-                elif c_k == FLOAT16:
-                    while c + 64 <= dim:
-                        cnt = _A_F16_64(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
-                        c += 64
-                    while c + 16 <= dim:
-                        cnt = _A_F16_16(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
-                        c += 16
-                    while c < dim:
-                        cnt = _A_F16_1(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
-                        c += 1
-                else:
-                    while c + 64 <= dim:
-                        cnt = _A_I8_64(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
-                        c += 64
-                    while c + 16 <= dim:
-                        cnt = _A_I8_16(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
-                        c += 16
-                    while c < dim:
-                        cnt = _A_I8_1(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
-                        c += 1
+                while c + 64 <= dim:
+                    cnt = _A_F32_64(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
+                    c += 64
+                while c + 16 <= dim:
+                    cnt = _A_F32_16(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
+                    c += 16
+                while c < dim:
+                    cnt = _A_F32_1(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
+                    c += 1
                 if mode == _MODE_MEAN and cnt > 1:
-                    inv = np.float32(1.0) / np.float32(cnt)
-                    for d in range(dim):
-                        out[pos + d] *= inv
+                    _scale(out, pos, dim, cnt)
                 total += cnt
             counts[k] = total
+
+    @njit(nogil=True, cache=True)
+    def _pool_many_f16(ids, offsets, id0, weights, weighted, addr, stride, codec, bag0, dims,
+                      modes, pads, out, out0, counts):  # fmt: skip
+        """``_pool_many`` over the tables of codec FLOAT16 (the others are left as they are): one
+        function per codec, so that a process compiles the loops of the codecs it serves only."""
+        for k in range(addr.shape[0]):
+            if codec[k] != FLOAT16:
+                continue
+            base = addr[k]
+            st = stride[k]
+            dim = dims[k]
+            pad = pads[k]
+            mode = modes[k]
+            kind = _kind(mode, weighted[k])
+            b0 = bag0[k]
+            i0 = id0[k]
+            n = id0[k + 1]  # prefetch no further than this table's ids
+            total = 0
+            for b in range(b0, bag0[k + 1]):
+                s = i0 + offsets[b + k]
+                e = i0 + offsets[b + k + 1]
+                pos = out0[k] + (b - b0) * dim
+                c = 0
+                cnt = 0
+                while c + 64 <= dim:
+                    cnt = _A_F16_64(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
+                    c += 64
+                while c + 16 <= dim:
+                    cnt = _A_F16_16(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
+                    c += 16
+                while c < dim:
+                    cnt = _A_F16_1(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
+                    c += 1
+                if mode == _MODE_MEAN and cnt > 1:
+                    _scale(out, pos, dim, cnt)
+                total += cnt
+            counts[k] = total
+
+    @njit(nogil=True, cache=True)
+    def _pool_many_i8(ids, offsets, id0, weights, weighted, addr, stride, codec, bag0, dims,
+                      modes, pads, out, out0, counts):  # fmt: skip
+        """``_pool_many`` over the tables of codec INT8 (the others are left as they are): one
+        function per codec, so that a process compiles the loops of the codecs it serves only."""
+        for k in range(addr.shape[0]):
+            if codec[k] != INT8:
+                continue
+            base = addr[k]
+            st = stride[k]
+            dim = dims[k]
+            pad = pads[k]
+            mode = modes[k]
+            kind = _kind(mode, weighted[k])
+            b0 = bag0[k]
+            i0 = id0[k]
+            n = id0[k + 1]  # prefetch no further than this table's ids
+            total = 0
+            for b in range(b0, bag0[k + 1]):
+                s = i0 + offsets[b + k]
+                e = i0 + offsets[b + k + 1]
+                pos = out0[k] + (b - b0) * dim
+                c = 0
+                cnt = 0
+                while c + 64 <= dim:
+                    cnt = _A_I8_64(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
+                    c += 64
+                while c + 16 <= dim:
+                    cnt = _A_I8_16(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
+                    c += 16
+                while c < dim:
+                    cnt = _A_I8_1(base, st, ids, weights, s, e, n, pad, out, pos, c, kind)
+                    c += 1
+                if mode == _MODE_MEAN and cnt > 1:
+                    _scale(out, pos, dim, cnt)
+                total += cnt
+            counts[k] = total
+
+    def _pool_many(ids, offsets, id0, weights, weighted, addr, stride, codec, bag0, dims, modes,
+                   pads, out, out0, counts):  # fmt: skip
+        """See the module docstring: one kernel call per codec present among the tables."""
+        args = (ids, offsets, id0, weights, weighted, addr, stride, codec, bag0, dims, modes,
+                pads, out, out0, counts)  # fmt: skip
+        present = set(codec.tolist())
+        if FLOAT32 in present:
+            _pool_many_f32(*args)
+        if FLOAT16 in present:
+            _pool_many_f16(*args)
+        if INT8 in present:
+            _pool_many_i8(*args)
+
+    KERNELS.update({FLOAT32: _pool_many_f32, FLOAT16: _pool_many_f16, INT8: _pool_many_i8})

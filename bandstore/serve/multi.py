@@ -4,7 +4,8 @@ A call of many small tables (DLRM: 26 tables, one id per table per sample) spent
 time per table, not per row: a job, a task, an output, a kernel dispatch and a counter commit
 each. The executor hands the tables a worker serves whole from DRAM (``resident``, one part,
 not cut into bag ranges) to a :class:`PooledGroup` instead: their requests concatenated, one
-``kernels.multi._pool_many`` call, one output buffer whose per-table views are the results.
+``kernels.multi`` call per codec among them, one output buffer whose per-table views are the
+results.
 
 Results and counters are those of the per-table path (the same loops in the same order; every
 id a lookup and a hit), committed only once the whole call succeeded.
@@ -19,7 +20,7 @@ import numpy as np
 
 from bandstore.kernels import cache as kc
 from bandstore.kernels.codec import FLOAT16, FLOAT32, INT8
-from bandstore.kernels.multi import _pool_many
+from bandstore.kernels.multi import AVAILABLE, KERNELS
 from bandstore.serve.strategies import ResidentRunner
 
 #: The pooling modes the group kernel serves (sum, mean, max; a plain lookup goes per table).
@@ -30,7 +31,7 @@ def pool_source(runner: Any) -> tuple[int, int, int] | None:
     """``(address, row stride in bytes, codec)`` of the rows a one-part ``resident`` runner
     holds, when they are laid out as ``kernels.pool`` reads them (float32 (rows, dim), float16
     as uint16 (rows, dim) or bytes, int8 rowwise bytes); else None (served per table)."""
-    if type(runner) is not ResidentRunner or runner.parts != 1:
+    if not AVAILABLE or type(runner) is not ResidentRunner or runner.parts != 1:
         return None
     data = getattr(runner, "data", None)
     info = runner.table.info
@@ -94,6 +95,8 @@ class PooledGroup:
         self.codec = np.array([s[2] for s in src], dtype=np.int64)  # type: ignore[index]
         self.dims = np.array([t.info.dim for t in self.tables], dtype=np.int64)
         self._dims = [t.info.dim for t in self.tables]
+        # One kernel per codec among the members (each compiles only its own codec's loops).
+        self._kernels = [KERNELS[c] for c in sorted(set(self.codec.tolist()))]
         # The group's members keep their arrays: the addresses stay valid while it lives.
         self._keep = [r.data for r in self.runners]
 
@@ -145,9 +148,10 @@ class PooledGroup:
         if job.out is None:
             self.allocate(job)
         counts = np.zeros(len(self.names), dtype=np.int64)
-        _pool_many(job.ids, job.offsets, job.id0, job.weights, job.weighted, self.addr, self.stride,
-                   self.codec, job.bag0, self.dims, job.modes, job.pads, job.out, job.out0,
-                   counts)  # fmt: skip
+        for kernel in self._kernels:
+            kernel(job.ids, job.offsets, job.id0, job.weights, job.weighted, self.addr,
+                   self.stride, self.codec, job.bag0, self.dims, job.modes, job.pads, job.out,
+                   job.out0, counts)  # fmt: skip
         job.counts = counts
 
     def member_lookups(self, job: GroupJob) -> list[int]:
