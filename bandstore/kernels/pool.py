@@ -138,7 +138,6 @@ else:
         i64 = ir.IntType(64)
         f32 = ir.FloatType()
         i8p = ir.IntType(8).as_pointer()
-        vec = ir.VectorType(f32, width)
 
         def as_i64(value, ty):
             return context.cast(builder, value, ty, types.int64)
@@ -146,10 +145,6 @@ else:
         data = context.make_array(t_data)(context, builder, a_data)
         idx = context.make_array(t_idx)(context, builder, a_idx)
         out = context.make_array(signature.args[7])(context, builder, a_out)
-        start = as_i64(a_start, signature.args[3])
-        end = as_i64(a_end, signature.args[4])
-        n = as_i64(a_n, signature.args[5])
-        pad = as_i64(a_pad, signature.args[6])
         b = as_i64(a_b, signature.args[8])
         col = as_i64(a_col, signature.args[9])
         base = builder.bitcast(data.data, i8p)
@@ -159,13 +154,31 @@ else:
         wptr = None
         if kind == KIND_WSUM:
             wptr = context.make_array(t_w)(context, builder, a_w).data
+        ocols = builder.extract_value(out.shape, 1)
+        optr = builder.gep(out.data, [builder.add(builder.mul(b, ocols), col)])
+        return _emit_loop(
+            builder, base, stride, idx.data, t_idx.dtype.bitwidth, wptr,
+            as_i64(a_start, signature.args[3]), as_i64(a_end, signature.args[4]),
+            as_i64(a_n, signature.args[5]), as_i64(a_pad, signature.args[6]), col,
+            builder.bitcast(optr, f32.as_pointer()), codec, width, kind,
+        )  # fmt: skip
+
+    def _emit_loop(builder, base, stride, idx_ptr, idx_bits, wptr, start, end, n, pad, col, optr,
+                   codec, width, kind):  # fmt: skip
+        """The pooling loop of one column chunk (see the module docstring) from raw values:
+        ``base`` the i8* of row 0, ``stride`` the bytes per row, ``idx_ptr`` the index entries
+        (``idx_bits`` wide), ``wptr`` the float weights (KIND_WSUM), ``optr`` the float* the
+        chunk's result is stored at; returns the rows reduced (i64)."""
+        i64 = ir.IntType(64)
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, width)
         line = ir.Constant(i64, 64)
         zero = ir.Constant(i64, 0)
         one = ir.Constant(i64, 1)
 
         def load_idx(i):
-            v = builder.load(builder.gep(idx.data, [i]))
-            return builder.sext(v, i64) if t_idx.dtype.bitwidth < 64 else v
+            v = builder.load(builder.gep(idx_ptr, [i]))
+            return builder.sext(v, i64) if idx_bits < 64 else v
 
         def decode(rowp):
             """The chunk of the row at byte pointer ``rowp`` as a float vector."""
@@ -263,8 +276,6 @@ else:
         builder.branch(bb_head)
 
         builder.position_at_end(bb_exit)
-        ocols = builder.extract_value(out.shape, 1)
-        optr = builder.gep(out.data, [builder.add(builder.mul(b, ocols), col)])
         builder.store(acc, builder.bitcast(optr, vec.as_pointer()), align=4)
         return cnt
 

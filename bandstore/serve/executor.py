@@ -15,10 +15,11 @@ import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from bandstore.serve.multi import PooledGroup, groupable
 from bandstore.serve.strategies import CachedRunner, Runner, _bag_range, commit_stats
 
 #: Per-call latencies kept for p50/p99 (a ring: the most recent calls).
@@ -195,6 +196,23 @@ class BusyLog:
                 del window[:-CPU_SAMPLE_WINDOW]
                 self.per_lookup[table] = sorted(window)[len(window) // 2]  # (np.median: ~10 us)
 
+    def add_shares(self, tables: list[str], lookups: list[int], seconds: float, cpu_ns: int
+                   ) -> None:  # fmt: skip
+        """``add`` for the tables of one PooledGroup task: each gets the share of ``seconds``
+        (and of ``cpu_ns`` when sampled, >= 0) its ``lookups`` are of the task's."""
+        total = max(1, sum(lookups))
+        with self._lock:
+            for table, lk in zip(tables, lookups, strict=True):
+                s = seconds * lk / total
+                self.seconds[table] = self.seconds.get(table, 0.0) + s
+                last = self.recent.get(table, s)
+                self.recent[table] = last + RECENT_WEIGHT * (s - last)
+                if cpu_ns >= 0 and lk > 0:
+                    window = self._samples.setdefault(table, [])
+                    window.append(cpu_ns / total)
+                    del window[:-CPU_SAMPLE_WINDOW]
+                    self.per_lookup[table] = sorted(window)[len(window) // 2]
+
     def recent_times(self) -> dict[str, float]:
         with self._lock:
             return dict(self.recent)
@@ -242,6 +260,11 @@ def _run_part(task: Task, busy: BusyLog | None) -> BaseException | None:
         return exc
     if busy is not None:
         seconds = time.perf_counter() - t0
+        group = cast(Any, runner)
+        if isinstance(group, PooledGroup):  # each member's share, by its lookups
+            cpu = time.thread_time_ns() - c0 if sample else -1
+            busy.add_shares(job.names, group.member_lookups(job), seconds, cpu)
+            return None
         if sample:
             if isinstance(part, tuple):
                 lookups = int(job.offsets[part[1]] - job.offsets[part[0]])
@@ -276,6 +299,10 @@ class Executor:
         self._rank = self._ranks(costs or {})
         self._cuts: dict[str, int] = {}  # table -> ranges of bags it is served in (> 1)
         self._parts_memo: dict[tuple[int, ...], tuple] = {}
+        #: Whether each routed table's requests can join a PooledGroup, and the groups built
+        #: (by their tables: the same sets come back every call).
+        self._groupable: dict[str, bool] = {}
+        self._groups: dict[tuple[str, ...], PooledGroup] = {}
         self._queues: list[queue.SimpleQueue] = []
         self._threads: list[threading.Thread] = []
         self.pinned: list[int | None] = [None] * self.workers
@@ -383,10 +410,23 @@ class Executor:
         work, n_tasks, any_helped = 0.0, 0, False
         rule = self.inline_below is not None and self.workers > 1
         per_lookup = self.busy.per_lookup if rule else None
+        grouped: dict[int, list[str]] = {}  # worker -> tables served by one PooledGroup
         for name in order:
             req = prepared[name]
             runner, where = self.route(name, req[0])
             cut = cuts.get(name, 1)
+            if cut == 1 and len(where) == 1 and self._can_group(name, runner, req):
+                w = where[0] % self.workers
+                members = grouped.get(w)
+                if members is None:
+                    grouped[w] = members = []
+                    (for_caller if w == 0 else for_helpers).append((None, w, None, None))
+                    any_helped |= w != 0
+                    n_tasks += 1
+                members.append(name)
+                if per_lookup is not None:
+                    work += req[1].shape[0] * per_lookup.get(name, 0.0)
+                continue
             if cut > 1:  # ranges of bags: a split's parts' workers in turn, else every worker's
                 n_bags = req[2].shape[0] - 1
                 k, w = len(where), self.workers
@@ -402,12 +442,22 @@ class Executor:
             if per_lookup is not None:  # a table not yet timed: served inline (and timed)
                 work += req[1].shape[0] * per_lookup.get(name, 0.0)
 
+        groups: list[tuple[PooledGroup, Any]] = []
+
         def begin(items: list[tuple]) -> None:
             # The helpers' jobs are begun first and handed over at once, then this thread
             # begins its own while they run. A one-part job's output is allocated (zeroed) by
             # the worker that runs it, in parallel (zeroing every output here took up to a
             # tenth of a call of many tables with large batches).
-            for name, runner, (_, ids, off, weights, mode, pad), parts in items:
+            for name, runner, req, parts in items:
+                if name is None:  # the tables of worker ``runner`` served by one group
+                    names = grouped[runner]
+                    group = self._group(tuple(names))
+                    gjob = group.begin([prepared[n] for n in names])
+                    groups.append((group, gjob))
+                    per_worker[runner].append((group, gjob, 0))
+                    continue
+                _, ids, off, weights, mode, pad = req
                 job = runner.begin(ids, off, weights, mode, pad, allocate=len(parts) > 1)
                 jobs[name] = (runner, job)
                 for w, part in parts:
@@ -452,10 +502,32 @@ class Executor:
             raise error  # before any counter: a call that raises changes none
         for name, (runner, job) in jobs.items():
             commit_stats(runner.table, job, extra_stats.get(name) if extra_stats else None)
+        results = {}
+        for group, gjob in groups:
+            group.commit(gjob, extra_stats)
+            results.update(group.results(gjob))
         if counted:
             self.calls.add(inline=small)
         self.busy.called()
-        return {name: jobs[name][0].finish(jobs[name][1]) for name in prepared}
+        return {name: results[name] if name in results else jobs[name][0].finish(jobs[name][1])
+                for name in prepared}  # fmt: skip
+
+    def _can_group(self, name: str, runner: Runner, req: tuple) -> bool:
+        """Whether table ``name``'s request joins its worker's PooledGroup (its planned
+        runner is resident whole in DRAM, one part; the mode is a pooling one)."""
+        ok = self._groupable.get(name)
+        if ok is None:
+            r = self.routes.get(name)
+            ok = self._groupable[name] = r is not None and groupable(r[0], (*req[:4], 0, -1))
+        return ok and runner is self.routes[name][0] and req[4] <= 2
+
+    def _group(self, names: tuple[str, ...]) -> PooledGroup:
+        g = self._groups.get(names)
+        if g is None:
+            if len(self._groups) > 64:  # a bounded memo: callers may vary their table sets
+                self._groups.clear()
+            g = self._groups[names] = PooledGroup([(n, self.routes[n][0]) for n in names])
+        return g
 
     def close(self) -> None:
         """Stop the helper threads once the calls in flight are done; later calls run inline."""
