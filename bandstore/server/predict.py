@@ -39,7 +39,7 @@ from bandstore.server.model import DLRMConfig
 try:  # the fast path; the standard library's json is the fallback
     import orjson as _orjson
 except ImportError:  # pragma: no cover - the serve and test extras install it
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 NPZ = "application/x-npz"
 _BINARY_FIELDS = ("dense", "values", "lengths", "keys")
@@ -88,6 +88,8 @@ def _dense(config: DLRMConfig, value: Any) -> np.ndarray:
         dense = np.asarray(value)
     except (ValueError, TypeError) as e:
         raise MalformedRequestError(f"dense is not a 2-D array of numbers: {e}") from None
+    if dense.ndim == 1 and dense.size == 0:  # [] is zero samples
+        dense = dense.reshape(0, config.dense_features)
     if dense.dtype.kind not in "fiu" and dense.size:
         raise InvalidDtypeError(
             f"dense must hold numbers, got dtype {dense.dtype}", argument="dense", dtype=dense.dtype
