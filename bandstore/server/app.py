@@ -169,7 +169,7 @@ def create_app(store: Any, options: ServerOptions | None = None) -> Starlette:
         await state.batcher.start()
         try:
             if options.warm_up:
-                await anyio.to_thread.run_sync(_warm_up, backend)
+                await anyio.to_thread.run_sync(_warm_up, backend, model)
             state.ready = True
             yield
         finally:
@@ -219,10 +219,14 @@ def _check_model_tables(model: DLRM, specs: Mapping[str, TableSpec]) -> None:
             )
 
 
-def _warm_up(backend: Backend) -> None:
+def _warm_up(backend: Backend, model: DLRM | None) -> None:
     warm = getattr(backend, "warm_up", None)
     if warm is not None:
         warm()
+    if model is not None:  # compiles the forward kernel before the first request needs it
+        c = model.config
+        pooled = {f.name: np.zeros((1, c.embedding_dim), np.float32) for f in c.features}
+        model.forward(np.zeros((1, c.dense_features), np.float32), pooled)
 
 
 # ---- endpoint plumbing ---------------------------------------------------------------------
