@@ -18,23 +18,30 @@ import math
 import numpy as np
 from numba import njit
 
+#: samples computed together: each weight row is loaded once per tile, not once per sample
+TILE = 16
+
 
 @njit(nogil=True, cache=True)
-def _layer(x, n_in, weights, at, n_out, relu, out) -> int:
-    # out[j] = sum_k x[k] * W[k, j] (k ascending), + b[j]; returns the next layer's offset
-    for j in range(n_out):
-        out[j] = 0.0
+def _layer(x, ts, n_in, weights, at, n_out, relu, out) -> int:
+    # out[s, j] = sum_k x[s, k] * W[k, j] (k ascending), + b[j], for the ts samples of the
+    # tile; returns the next layer's offset in ``weights``
+    for s in range(ts):
+        out[s, :n_out] = 0.0
     for k in range(n_in):
-        xk = x[k]
-        row = at + k * n_out
-        for j in range(n_out):
-            out[j] += xk * weights[row + j]
+        w = weights[at + k * n_out : at + (k + 1) * n_out]
+        for s in range(ts):
+            xk = x[s, k]
+            o = out[s]
+            for j in range(n_out):
+                o[j] += xk * w[j]
     b = at + n_in * n_out
-    for j in range(n_out):
-        v = out[j] + weights[b + j]
-        if relu and v < 0.0:
-            v = np.float32(0.0)
-        out[j] = v
+    for s in range(ts):
+        for j in range(n_out):
+            v = out[s, j] + weights[b + j]
+            if relu and v < 0.0:
+                v = np.float32(0.0)
+            out[s, j] = v
     return b + n_out
 
 
@@ -52,35 +59,47 @@ def _dlrm_forward(dense, log1p, pooled, weights, shapes, n_bottom, width, scores
     pairs = (t + 1) * t // 2
     if shapes[n_bottom, 0] != d + pairs or shapes[n_layers - 1, 1] != 1:
         return 1
-    a = np.empty(max(width, d + pairs, f), dtype=np.float32)
-    b = np.empty(max(width, d + pairs, f), dtype=np.float32)
-    for s in range(n):
-        for k in range(f):
-            v = dense[s, k]
-            if log1p:
-                v = np.float32(math.log1p(max(v, np.float32(0.0))))
-            a[k] = v
+    w = max(width, d + pairs, f)
+    a = np.empty((TILE, w), dtype=np.float32)
+    b = np.empty((TILE, w), dtype=np.float32)
+    vecs = np.empty((d, t + 1), dtype=np.float32)  # column 0 the bottom output, then features
+    acc = np.empty(t + 1, dtype=np.float32)
+    for s0 in range(0, n, TILE):
+        ts = min(TILE, n - s0)
+        for s in range(ts):
+            for k in range(f):
+                v = dense[s0 + s, k]
+                if log1p:
+                    v = np.float32(math.log1p(max(v, np.float32(0.0))))
+                a[s, k] = v
         at = 0
         for i in range(n_bottom):
-            at = _layer(a, shapes[i, 0], weights, at, shapes[i, 1], True, b)
+            at = _layer(a, ts, shapes[i, 0], weights, at, shapes[i, 1], True, b)
             a, b = b, a
         # the interaction: the bottom output, then the dot of every pair (i > j) of the T + 1
-        # vectors (bottom output first, then the features), in np.tril_indices order
-        for k in range(d):
-            b[k] = a[k]
-        p = d
-        for i in range(1, t + 1):
-            for j in range(i):
-                acc = np.float32(0.0)
+        # vectors, in np.tril_indices order; each dot summed over k ascending
+        for s in range(ts):
+            for k in range(d):
+                vecs[k, 0] = a[s, k]
+                for i in range(t):
+                    vecs[k, i + 1] = pooled[s0 + s, i, k]
+            for k in range(d):
+                b[s, k] = a[s, k]
+            p = d
+            for i in range(1, t + 1):
+                for j in range(i):
+                    acc[j] = 0.0
                 for k in range(d):
-                    u = pooled[s, i - 1, k]
-                    v = a[k] if j == 0 else pooled[s, j - 1, k]
-                    acc += u * v
-                b[p] = acc
-                p += 1
+                    u = vecs[k, i]
+                    for j in range(i):
+                        acc[j] += u * vecs[k, j]
+                for j in range(i):
+                    b[s, p + j] = acc[j]
+                p += i
         a, b = b, a
         for i in range(n_bottom, n_layers):
-            at = _layer(a, shapes[i, 0], weights, at, shapes[i, 1], i < n_layers - 1, b)
+            at = _layer(a, ts, shapes[i, 0], weights, at, shapes[i, 1], i < n_layers - 1, b)
             a, b = b, a
-        scores[s] = np.float32(1.0 / (1.0 + math.exp(-np.float64(a[0]))))
+        for s in range(ts):
+            scores[s0 + s] = np.float32(1.0 / (1.0 + math.exp(-np.float64(a[s, 0]))))
     return 0

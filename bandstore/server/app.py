@@ -69,6 +69,7 @@ from bandstore.server.predict import (
     loads,
     parse_json_predict,
     parse_npz_predict,
+    read_npz,
     scores_json,
     scores_npz,
 )
@@ -355,13 +356,7 @@ def _parse_json_lookup(state: _State, raw: bytes, default_mode: str) -> dict[str
 
 
 def _parse_npz_lookup(state: _State, raw: bytes, default_mode: str) -> dict[str, TableRequest]:
-    try:
-        z = np.load(io.BytesIO(raw), allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError("an .npy array, not an .npz archive")
-        arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001 - any failure to read untrusted bytes is the client's
-        raise MalformedRequestError(f"the body is not a readable .npz archive: {e}") from None
+    arrays = read_npz(raw)
     parts: dict[str, dict[str, np.ndarray]] = {}
     for key, arr in arrays.items():
         name, _, field = key.rpartition("/")
