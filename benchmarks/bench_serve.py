@@ -328,9 +328,27 @@ async def _load(url: str, bodies: list[bytes], headers: dict, clients: int, warm
     }
 
 
+def batch_totals(base_url: str) -> tuple[float, float]:
+    """(bags, batches) the server has batched so far, from its /metrics."""
+    import httpx
+
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    got = {}
+    for line in text.splitlines():
+        for key in ("bandstore_batch_bags_sum", "bandstore_batch_bags_count"):
+            if line.startswith(key + " "):
+                got[key] = float(line.split()[1])
+    return got.get("bandstore_batch_bags_sum", 0.0), got.get("bandstore_batch_bags_count", 0.0)
+
+
 def load(url, bodies, headers, clients, warmup, seconds, pid=None) -> dict:
     before = os.getloadavg()[0]
+    base = url.rsplit("/v1/", 1)[0]
+    bags0, n0 = batch_totals(base)
     res = asyncio.run(_load(url, bodies, headers, clients, warmup, seconds, pid))
+    bags1, n1 = batch_totals(base)
+    # warm-up included: how many bags one backend call served, on average
+    res["bags_per_batch"] = round((bags1 - bags0) / (n1 - n0), 1) if n1 > n0 else None
     res["load_avg_1m"] = [round(before, 2), round(os.getloadavg()[0], 2)]
     return res
 
@@ -458,7 +476,7 @@ def summarize(runs: list[dict]) -> dict:
         return round(float(np.median(vals)), digits) if vals else None
 
     return {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
-            "cpu_ms": med("server_cpu_ms_per_request", 2),
+            "cpu_ms": med("server_cpu_ms_per_request", 2), "bags": med("bags_per_batch"),
             "errors": sum(r["errors"] for r in runs)}  # fmt: skip
 
 
@@ -487,13 +505,14 @@ def write_results(out: dict, stem: str) -> None:
             + f"; tuning: {json.dumps(f['tuning'])}"
         )
         lines += ["", "| contender | requests/s | p50 ms | p99 ms | server CPU ms/request | "
-                  "errors | per round (rps) |", "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+                  "bags/batch | errors | per round (rps) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         s = {k: summarize(r) for k, r in v["runs"].items()}
         for k, r in v["runs"].items():
             rounds = ", ".join(str(x["rps"]) for x in r)
             lines.append(f"| ({k}) {CONTENDERS[k]} | {s[k]['rps']} | {s[k]['p50_ms']} | "
-                         f"{s[k]['p99_ms']} | {s[k]['cpu_ms']} | {s[k]['errors']} | "
-                         f"{rounds} |")  # fmt: skip
+                         f"{s[k]['p99_ms']} | {s[k]['cpu_ms']} | {s[k]['bags']} | "
+                         f"{s[k]['errors']} | {rounds} |")  # fmt: skip
         a, b, c, d = (s[k]["rps"] or float("nan") for k in "abcd")
         p99a = s["a"]["p99_ms"]
         lines += [
