@@ -266,55 +266,112 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _Conn:
+    """One keep-alive HTTP/1.1 connection writing prepared requests and reading answers by
+    Content-Length: a load generator that costs little CPU per request (httpx's client cost
+    2-3x the server's CPU per request here, so on a loaded machine it, not the server, set
+    the pace and batching had nothing to merge)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, request: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(request)
+            await self.writer.drain()
+            status = int((await self.reader.readline()).split()[1])
+            length = None
+            while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length is None:
+                raise ConnectionError("an answer without Content-Length")
+            await self.reader.readexactly(length)
+            return status
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+            self.close()
+            raise ConnectionError("the connection broke") from None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _requests(url: str, bodies: list[bytes], headers: dict) -> tuple[str, int, list[bytes]]:
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    out = [
+        f"POST /{path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {len(b)}\r\n{head}\r\n"
+        .encode() + b
+        for b in bodies
+    ]  # fmt: skip
+    return host, int(port), out
+
+
 async def _load(url: str, bodies: list[bytes], headers: dict, clients: int, warmup: float,
                 seconds: float, pid: int | None = None) -> dict:  # fmt: skip
-    import httpx
-
+    host, port, prepared = _requests(url, bodies, headers)
     latencies: list[float] = []
     done = 0  # answers received inside the measured window
+    answered = 0  # and in the whole run
     cpu: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        measure_from, stop_at = start + warmup, start + warmup + seconds
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
 
-        async def server_cpu() -> None:
-            # the server's CPU over the measured window: a cost per request that CPU
-            # starvation (other jobs on the machine) does not change much
-            if pid is None:
-                return
-            await asyncio.sleep(max(0.0, measure_from - loop.time()))
-            cpu.append(cpu_seconds(pid))
-            await asyncio.sleep(max(0.0, stop_at - loop.time()))
-            cpu.append(cpu_seconds(pid))
+    async def server_cpu() -> None:
+        # the server's CPU over the measured window: a cost per request that CPU
+        # starvation (other jobs on the machine) does not change much
+        if pid is None:
+            return
+        await asyncio.sleep(max(0.0, measure_from - loop.time()))
+        cpu.append(cpu_seconds(pid))
+        await asyncio.sleep(max(0.0, stop_at - loop.time()))
+        cpu.append(cpu_seconds(pid))
 
-        async def one(k: int) -> None:
-            nonlocal errors, done
-            i = k
+    async def one(k: int) -> None:
+        nonlocal errors, done, answered
+        conn = _Conn(host, port)
+        i = k
+        try:
             while True:
                 t0 = loop.time()
                 if t0 >= stop_at:
                     return
                 try:
-                    r = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
-                except httpx.TransportError as e:  # counted, and the run goes on
+                    status = await asyncio.wait_for(conn.post(prepared[i % len(prepared)]), 30)
+                except (ConnectionError, OSError, asyncio.TimeoutError) as e:
+                    conn.close()  # counted, and the run goes on
                     errors += 1
                     kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
                     i += clients
                     continue
                 t1 = loop.time()
                 done += measure_from <= t1 < stop_at
-                if r.status_code != 200:
+                answered += 1
+                if status != 200:
                     errors += 1
-                    kinds[str(r.status_code)] = kinds.get(str(r.status_code), 0) + 1
+                    kinds[str(status)] = kinds.get(str(status), 0) + 1
                 elif t0 >= measure_from:
                     latencies.append(t1 - t0)
                 i += clients
+        finally:
+            conn.close()
 
-        await asyncio.gather(server_cpu(), *(one(k) for k in range(clients)))
+    client_cpu0 = time.process_time()
+    await asyncio.gather(server_cpu(), *(one(k) for k in range(clients)))
+    client_cpu = time.process_time() - client_cpu0
     lat = np.asarray(latencies)
     cpu_ms = round((cpu[1] - cpu[0]) * 1e3 / done, 2) if len(cpu) == 2 and done else None
     return {
@@ -325,6 +382,8 @@ async def _load(url: str, bodies: list[bytes], headers: dict, clients: int, warm
         "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 2) if lat.size else None,
         "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 2) if lat.size else None,
         "server_cpu_ms_per_request": cpu_ms,
+        # the whole run's client CPU (warm-up included) over the answers of the whole run
+        "client_cpu_ms_per_request": round(client_cpu * 1e3 / max(1, answered), 2),
     }
 
 
