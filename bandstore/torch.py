@@ -320,7 +320,7 @@ def _torchrec_types() -> tuple[Any, Any] | None:
     """TorchRec's (KeyedJaggedTensor, KeyedTensor), or None without torchrec (looked up once)."""
     try:
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
-    except ImportError:
+    except (ImportError, OSError):  # OSError: PyPI's fbgemm_gpu is a CUDA build, no libcuda
         return None
     return KeyedJaggedTensor, KeyedTensor
 

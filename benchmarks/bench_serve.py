@@ -260,43 +260,120 @@ class Server:
 
 
 # ---- load ------------------------------------------------------------------------------------
-async def _load(url: str, bodies: list[bytes], headers: dict, clients: int, warmup: float,
-                seconds: float) -> dict:  # fmt: skip
-    import httpx
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+
+class _Conn:
+    """One keep-alive HTTP/1.1 connection writing prepared requests and reading answers by
+    Content-Length: a load generator that costs little CPU per request (httpx's client cost
+    2-3x the server's CPU per request here, so on a loaded machine it, not the server, set
+    the pace and batching had nothing to merge)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, request: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(request)
+            await self.writer.drain()
+            status = int((await self.reader.readline()).split()[1])
+            length = None
+            while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length is None:
+                raise ConnectionError("an answer without Content-Length")
+            await self.reader.readexactly(length)
+            return status
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+            self.close()
+            raise ConnectionError("the connection broke") from None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _requests(url: str, bodies: list[bytes], headers: dict) -> tuple[str, int, list[bytes]]:
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    out = [
+        f"POST /{path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {len(b)}\r\n{head}\r\n"
+        .encode() + b
+        for b in bodies
+    ]  # fmt: skip
+    return host, int(port), out
+
+
+async def _load(url: str, bodies: list[bytes], headers: dict, clients: int, warmup: float,
+                seconds: float, pid: int | None = None) -> dict:  # fmt: skip
+    host, port, prepared = _requests(url, bodies, headers)
     latencies: list[float] = []
+    done = 0  # answers received inside the measured window
+    answered = 0  # and in the whole run
+    cpu: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        measure_from, stop_at = start + warmup, start + warmup + seconds
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
 
-        async def one(k: int) -> None:
-            nonlocal errors
-            i = k
+    async def server_cpu() -> None:
+        # the server's CPU over the measured window: a cost per request that CPU
+        # starvation (other jobs on the machine) does not change much
+        if pid is None:
+            return
+        await asyncio.sleep(max(0.0, measure_from - loop.time()))
+        cpu.append(cpu_seconds(pid))
+        await asyncio.sleep(max(0.0, stop_at - loop.time()))
+        cpu.append(cpu_seconds(pid))
+
+    async def one(k: int) -> None:
+        nonlocal errors, done, answered
+        conn = _Conn(host, port)
+        i = k
+        try:
             while True:
                 t0 = loop.time()
                 if t0 >= stop_at:
                     return
                 try:
-                    r = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
-                except httpx.TransportError as e:  # counted, and the run goes on
+                    status = await asyncio.wait_for(conn.post(prepared[i % len(prepared)]), 30)
+                except (ConnectionError, OSError, asyncio.TimeoutError) as e:
+                    conn.close()  # counted, and the run goes on
                     errors += 1
                     kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
                     i += clients
                     continue
                 t1 = loop.time()
-                if r.status_code != 200:
+                done += measure_from <= t1 < stop_at
+                answered += 1
+                if status != 200:
                     errors += 1
-                    kinds[str(r.status_code)] = kinds.get(str(r.status_code), 0) + 1
+                    kinds[str(status)] = kinds.get(str(status), 0) + 1
                 elif t0 >= measure_from:
                     latencies.append(t1 - t0)
                 i += clients
+        finally:
+            conn.close()
 
-        await asyncio.gather(*(one(k) for k in range(clients)))
+    client_cpu0 = time.process_time()
+    await asyncio.gather(server_cpu(), *(one(k) for k in range(clients)))
+    client_cpu = time.process_time() - client_cpu0
     lat = np.asarray(latencies)
+    cpu_ms = round((cpu[1] - cpu[0]) * 1e3 / done, 2) if len(cpu) == 2 and done else None
     return {
         "requests": int(lat.size),
         "errors": errors,
@@ -304,12 +381,33 @@ async def _load(url: str, bodies: list[bytes], headers: dict, clients: int, warm
         "rps": round(lat.size / seconds, 1),
         "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 2) if lat.size else None,
         "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 2) if lat.size else None,
+        "server_cpu_ms_per_request": cpu_ms,
+        # the whole run's client CPU (warm-up included) over the answers of the whole run
+        "client_cpu_ms_per_request": round(client_cpu * 1e3 / max(1, answered), 2),
     }
 
 
-def load(url, bodies, headers, clients, warmup, seconds) -> dict:
+def batch_totals(base_url: str) -> tuple[float, float]:
+    """(bags, batches) the server has batched so far, from its /metrics."""
+    import httpx
+
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    got = {}
+    for line in text.splitlines():
+        for key in ("bandstore_batch_bags_sum", "bandstore_batch_bags_count"):
+            if line.startswith(key + " "):
+                got[key] = float(line.split()[1])
+    return got.get("bandstore_batch_bags_sum", 0.0), got.get("bandstore_batch_bags_count", 0.0)
+
+
+def load(url, bodies, headers, clients, warmup, seconds, pid=None) -> dict:
     before = os.getloadavg()[0]
-    res = asyncio.run(_load(url, bodies, headers, clients, warmup, seconds))
+    base = url.rsplit("/v1/", 1)[0]
+    bags0, n0 = batch_totals(base)
+    res = asyncio.run(_load(url, bodies, headers, clients, warmup, seconds, pid))
+    bags1, n1 = batch_totals(base)
+    # warm-up included: how many bags one backend call served, on average
+    res["bags_per_batch"] = round((bags1 - bags0) / (n1 - n0), 1) if n1 > n0 else None
     res["load_avg_1m"] = [round(before, 2), round(os.getloadavg()[0], 2)]
     return res
 
@@ -370,15 +468,26 @@ def run_variant(name: str, setup: dict, work: Path, args) -> dict:
     try:
         for s in servers.values():
             s.wait_ready()
-        bodies = [json.dumps(r).encode() for r in setup["requests"]]
-        headers = {"content-type": "application/json"}
+        if args.predict_body == "npz":
+            from bandstore.server.predict import predict_npz_body
+
+            bodies = [
+                predict_npz_body(
+                    r["dense"], {k: (p["indices"], p["offsets"]) for k, p in r["sparse"].items()}
+                )
+                for r in setup["requests"]
+            ]
+            headers = {"content-type": "application/x-npz"}
+        else:
+            bodies = [json.dumps(r).encode() for r in setup["requests"]]
+            headers = {"content-type": "application/json"}
         agreement = check_agreement(servers, bodies[:4], headers)
         print(f"[{name}] max |score - (a)'s| per contender: {agreement}", flush=True)
         runs: dict[str, list[dict]] = {k: [] for k in servers}
         for rnd in range(args.rounds):
             for k, s in servers.items():
                 res = load(s.url + "/v1/predict", bodies, headers, args.clients, args.warmup,
-                           args.seconds)  # fmt: skip
+                           args.seconds, s.proc.pid)  # fmt: skip
                 res["round"] = rnd
                 runs[k].append(res)
                 print(f"[{name}] round {rnd} ({k}) {CONTENDERS[k]}: {res}", flush=True)
@@ -421,11 +530,12 @@ def run_variant(name: str, setup: dict, work: Path, args) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    def med(key):
-        vals = [r[key] for r in runs if r[key] is not None]
-        return round(float(np.median(vals)), 1) if vals else None
+    def med(key, digits=1):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        return round(float(np.median(vals)), digits) if vals else None
 
     return {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+            "cpu_ms": med("server_cpu_ms_per_request", 2), "bags": med("bags_per_batch"),
             "errors": sum(r["errors"] for r in runs)}  # fmt: skip
 
 
@@ -437,7 +547,8 @@ def write_results(out: dict, stem: str) -> None:
         "",
         f"`{out['command']}` at {out['commit']}; load average before: {out['load_before']},"
         f" after: {out['load_after']} (2 shared cores; server and client on the same machine).",
-        f"{out['clients']} closed-loop clients, {out['batch']} samples per /v1/predict request, "
+        f"{out['clients']} closed-loop clients, {out['batch']} samples per /v1/predict request "
+        f"({out.get('predict_body', 'json')} body), "
         f"{out['seconds']} s measured after {out['warmup']} s, {out['rounds']} rounds "
         "interleaved (a b c d a b c d); figures are medians over rounds. Batching: "
         f"max {out['max_batch_size']} bags, max wait {out['max_wait_ms']} ms. Page cache warm "
@@ -452,13 +563,15 @@ def write_results(out: dict, stem: str) -> None:
             + ", ".join(f"{k}={val}" for k, val in f.items() if k != "tuning")
             + f"; tuning: {json.dumps(f['tuning'])}"
         )
-        lines += ["", "| contender | requests/s | p50 ms | p99 ms | errors | per round (rps) |",
-                  "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+        lines += ["", "| contender | requests/s | p50 ms | p99 ms | server CPU ms/request | "
+                  "bags/batch | errors | per round (rps) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         s = {k: summarize(r) for k, r in v["runs"].items()}
         for k, r in v["runs"].items():
             rounds = ", ".join(str(x["rps"]) for x in r)
             lines.append(f"| ({k}) {CONTENDERS[k]} | {s[k]['rps']} | {s[k]['p50_ms']} | "
-                         f"{s[k]['p99_ms']} | {s[k]['errors']} | {rounds} |")  # fmt: skip
+                         f"{s[k]['p99_ms']} | {s[k]['cpu_ms']} | {s[k]['bags']} | "
+                         f"{s[k]['errors']} | {rounds} |")  # fmt: skip
         a, b, c, d = (s[k]["rps"] or float("nan") for k in "abcd")
         p99a = s["a"]["p99_ms"]
         lines += [
@@ -468,7 +581,8 @@ def write_results(out: dict, stem: str) -> None:
             f"- (a)/(b) = {a / b:.2f} (target >= 0.8 at p99 <= 10 ms; (a) p99 = {p99a} ms)",
             f"- (a)/(c) = {a / c:.2f} (target >= 2)",
             f"- (a)/(d) = {a / d:.2f} (batching vs unbatched at the same concurrency; target >= 3"
-            f" at equal p99: (d) p99 = {s['d']['p99_ms']} ms)",
+            f" at equal p99: (d) p99 = {s['d']['p99_ms']} ms); server CPU per request (d)/(a) ="
+            f" {(s['d']['cpu_ms'] or float('nan')) / (s['a']['cpu_ms'] or float('nan')):.2f}",
         ]
         w = {k: summarize(r) for k, r in v["lookup_wire"].items()}
         rb = {k: r[0]["request_bytes"] for k, r in v["lookup_wire"].items()}
@@ -496,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--synthetic-mb", type=float, default=256.0)
+    p.add_argument("--predict-body", choices=["npz", "json"], default="npz",
+                   help="/v1/predict body: binary (KeyedJaggedTensor layout) or JSON")  # fmt: skip
     p.add_argument("--max-batch-size", type=int, default=1024)
     p.add_argument("--max-wait-ms", type=float, default=1.0)
     p.add_argument("--no-tune", action="store_true")
@@ -515,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"command": cmd, "commit": commit, "load_before": load_before,
            "clients": args.clients, "batch": args.batch, "seconds": args.seconds,
            "warmup": args.warmup, "rounds": args.rounds, "max_batch_size": args.max_batch_size,
-           "max_wait_ms": args.max_wait_ms, "variants": {}}  # fmt: skip
+           "max_wait_ms": args.max_wait_ms, "predict_body": args.predict_body,
+           "variants": {}}  # fmt: skip
     try:
         for v in args.variants:
             vdir = work / v

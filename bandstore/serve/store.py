@@ -8,6 +8,7 @@ table are serialized because its cache is mutable state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -17,7 +18,7 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -983,6 +984,18 @@ class Store:
     def recorder(self) -> Any:
         """The traffic recorder (``open(record=DIR)``), or None."""
         return self._recorder
+
+    @contextlib.contextmanager
+    def recording_paused(self) -> Iterator[None]:
+        """A block whose lookups are not recorded (a server's warm-up is not traffic); the
+        recorder is back when it ends, even on an error. It pauses recording for every thread:
+        use it while nothing else serves. A no-op without a recorder."""
+        self._check_open()
+        recorder, self._recorder = self._recorder, None
+        try:
+            yield
+        finally:
+            self._recorder = recorder
 
     @property
     def verify_reads(self) -> bool:

@@ -15,7 +15,10 @@ it and closes it at shutdown, after the requests in flight are answered. Endpoin
   application/x-npz`` the answer is an .npz of float32 arrays keyed by table name.
 - ``POST /v1/predict`` (with a model): ``{"dense": [[...13 raw values...], ...], "sparse":
   {FEATURE: {"indices": [...], "offsets": [...]}}}`` -> ``{"scores": [...]}``; ids are the
-  model's dense row ids of each feature's table.
+  model's dense row ids of each feature's table. Or an ``application/x-npz`` body in
+  KeyedJaggedTensor layout (``dense``, ``values``, ``lengths``, ``keys``: see
+  :mod:`bandstore.server.predict`); ``Accept: application/x-npz`` answers an .npz of
+  ``scores``. Concurrent predictions share one lookup and one dense forward per batch.
 
 Client mistakes are answered ``{"error": {"type": ..., "message": ...}}`` with 400 (malformed
 body, not integers), 404 (unknown table or route), 413 (body over ``max_body_bytes``), 422 (ids
@@ -27,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -64,6 +65,15 @@ from bandstore.server.backend import Backend, StoreBackend, TableSpec
 from bandstore.server.batching import Batcher, TableRequest, check_aligned, validate_table
 from bandstore.server.metrics import ServerMetrics
 from bandstore.server.model import DLRM
+from bandstore.server.predict import (
+    dumps,
+    loads,
+    parse_json_predict,
+    parse_npz_predict,
+    read_npz,
+    scores_json,
+    scores_npz,
+)
 
 NPZ = "application/x-npz"
 _NPZ_FIELDS = ("indices", "offsets", "per_sample_weights", "mode")
@@ -139,6 +149,7 @@ class _State:
             max_batch_size=options.max_batch_size,
             max_wait_ms=options.max_wait_ms,
             max_queue=options.max_queue,
+            model=model,
         )
         store = getattr(backend, "store", None)  # (its served version: bandstore_version)
         version = None if store is None else (lambda: store.version)
@@ -162,7 +173,7 @@ def create_app(store: Any, options: ServerOptions | None = None) -> Starlette:
         await state.batcher.start()
         try:
             if options.warm_up:
-                await anyio.to_thread.run_sync(_warm_up, backend)
+                await anyio.to_thread.run_sync(_warm_up, backend, model)
             state.ready = True
             yield
         finally:
@@ -212,10 +223,14 @@ def _check_model_tables(model: DLRM, specs: Mapping[str, TableSpec]) -> None:
             )
 
 
-def _warm_up(backend: Backend) -> None:
+def _warm_up(backend: Backend, model: DLRM | None) -> None:
     warm = getattr(backend, "warm_up", None)
     if warm is not None:
         warm()
+    if model is not None:  # compiles the forward kernel before the first request needs it
+        c = model.config
+        pooled = {f.name: np.zeros((1, c.embedding_dim), np.float32) for f in c.features}
+        model.forward(np.zeros((1, c.dense_features), np.float32), pooled)
 
 
 # ---- endpoint plumbing ---------------------------------------------------------------------
@@ -275,10 +290,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _json_body(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MalformedRequestError(f"the body is not valid JSON: {e}") from None
+    return loads(raw)
 
 
 def _content_type(request: Request) -> str:
@@ -347,13 +359,7 @@ def _parse_json_lookup(state: _State, raw: bytes, default_mode: str) -> dict[str
 
 
 def _parse_npz_lookup(state: _State, raw: bytes, default_mode: str) -> dict[str, TableRequest]:
-    try:
-        z = np.load(io.BytesIO(raw), allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError("an .npy array, not an .npz archive")
-        arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001 - any failure to read untrusted bytes is the client's
-        raise MalformedRequestError(f"the body is not a readable .npz archive: {e}") from None
+    arrays = read_npz(raw)
     parts: dict[str, dict[str, np.ndarray]] = {}
     for key, arr in arrays.items():
         name, _, field = key.rpartition("/")
@@ -405,7 +411,9 @@ async def _lookup(state: _State, request: Request) -> Response:
         buf = io.BytesIO()
         np.savez(buf, **{name: np.ascontiguousarray(result[name]) for name in req})  # type: ignore[arg-type]
         return Response(buf.getvalue(), media_type=NPZ)
-    return JSONResponse({"tables": {name: result[name].tolist() for name in req}})
+    # float64 text of every float32 value: exact, as tolist() was, and written by orjson
+    body = dumps({"tables": {name: result[name].astype(np.float64) for name in req}})
+    return Response(body, media_type="application/json")
 
 
 async def _update(state: _State, request: Request) -> Response:
@@ -429,72 +437,20 @@ async def _update(state: _State, request: Request) -> Response:
 async def _predict(state: _State, request: Request) -> Response:
     model = state.model
     assert model is not None
-    c = model.config
-    body = _json_body(await _read_body(request, state.options.max_body_bytes))
-    if (
-        not isinstance(body, dict)
-        or "dense" not in body
-        or not isinstance(body.get("sparse"), dict)
-    ):
-        raise MalformedRequestError(
-            'the body must be {"dense": [[...], ...], "sparse": {FEATURE: {"indices": [...], '
-            '"offsets": [...]}}}',
-            field="dense",
-        )
-    try:
-        dense = np.asarray(body["dense"])
-    except (ValueError, TypeError) as e:
-        raise MalformedRequestError(f"dense is not a 2-D array of numbers: {e}") from None
-    if dense.dtype.kind not in "fiu" and dense.size:
-        raise InvalidDtypeError(
-            f"dense must hold numbers, got dtype {dense.dtype}", argument="dense", dtype=dense.dtype
-        )
-    if dense.ndim != 2 or dense.shape[1] != c.dense_features:
-        raise InvalidShapeError(
-            f"dense must have shape (n, {c.dense_features}), got {dense.shape}",
-            argument="dense",
-            shape=dense.shape,
-        )
-    dense = dense.astype(np.float32)
-    if not np.isfinite(dense).all():
-        raise InvalidArgumentError("dense features must be finite", argument="dense")
-    n = dense.shape[0]
-    sparse = body["sparse"]
-    names = {f.name for f in c.features}
-    unknown = sorted(set(sparse) - names)
-    missing = sorted(names - set(sparse))
-    if unknown or missing:
-        raise InvalidArgumentError(
-            f"sparse features must be exactly the model's {sorted(names)}; unknown {unknown}, "
-            f"missing {missing}",
-            argument="sparse",
-        )
-    req: dict[str, TableRequest] = {}
-    for f in c.features:
-        part = sparse[f.name]
-        if not isinstance(part, dict) or "indices" not in part or "offsets" not in part:
-            raise MalformedRequestError(
-                f"sparse[{f.name!r}] must be an object with indices and offsets", field=f.name
-            )
-        for key in ("indices", "offsets"):
-            if not isinstance(part[key], list):
-                raise MalformedRequestError(
-                    f"sparse[{f.name!r}][{key!r}] must be a list of integers", field=key
-                )
-        r = validate_table(
-            f.table, state.specs[f.table], part["indices"], part["offsets"], None, f.mode
-        )
-        if r.bags != n:
-            raise InvalidShapeError(
-                f"sparse[{f.name!r}] has {r.bags} bags, dense has {n} rows",
-                argument="offsets",
-                shape=r.offsets.shape,
-            )
-        req[f.table] = r
-    pooled = await state.batcher.lookup(req)
-    by_feature = {f.name: pooled[f.table] for f in c.features}
-    if n > 64:
-        scores = await anyio.to_thread.run_sync(model.forward, dense, by_feature)
+    raw = await _read_body(request, state.options.max_body_bytes)
+    ctype = _content_type(request)
+    if ctype == NPZ:
+        req, dense = parse_npz_predict(model.config, state.specs, raw)
+    elif ctype in ("application/json", ""):
+        req, dense = parse_json_predict(model.config, state.specs, loads(raw))
     else:
-        scores = model.forward(dense, by_feature)
-    return JSONResponse({"scores": [s if math.isfinite(s) else None for s in scores.tolist()]})
+        raise MalformedRequestError(
+            f"unsupported content type {ctype!r}; send application/json or {NPZ}",
+            field="Content-Type",
+        )
+    if state.backend.aligned_bags:
+        check_aligned(req)
+    scores = await state.batcher.predict(req, dense)
+    if NPZ in request.headers.get("accept", ""):
+        return Response(scores_npz(scores), media_type=NPZ)
+    return Response(scores_json(scores), media_type="application/json")

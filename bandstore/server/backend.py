@@ -62,7 +62,7 @@ class StoreBackend:
 
     def __init__(self, store: Any):
         self.store = store
-        self.aligned_bags = getattr(store, "_recorder", None) is not None
+        self.aligned_bags = store.recorder is not None
 
     def tables(self) -> dict[str, TableSpec]:
         return {
@@ -73,7 +73,8 @@ class StoreBackend:
     def lookup(
         self, requests: Mapping[str, TablePart], modes: Mapping[str, str]
     ) -> dict[str, np.ndarray]:
-        return lookup_by_mode(self.store, requests, modes)
+        parts = {t: (i, o) if w is None else (i, o, w) for t, (i, o, w) in requests.items()}
+        return self.store.lookup_many(parts, mode=dict(modes))
 
     def stats(self) -> dict[str, dict[str, float]]:
         return self.store.stats()
@@ -81,10 +82,9 @@ class StoreBackend:
     def warm_up(self) -> None:
         """Compile the kernels: a weighted sum and every mode on one row of each table, not
         recorded, then the counters are reset (the served traffic starts from zero)."""
-        # The recorder logs traffic for relayout; the warm-up is not traffic. Nothing else
-        # runs before the server is ready, so detaching it for these calls is safe.
-        recorder, self.store._recorder = self.store._recorder, None
-        try:
+        # The recorder logs traffic for relayout; the warm-up is not traffic, and nothing else
+        # is served before the server is ready.
+        with self.store.recording_paused():
             one = np.zeros(1, dtype=np.int64)
             start = np.zeros(1, dtype=np.int64)
             tables = [t for t, info in self.store.tables.items() if info.rows > 0]
@@ -92,26 +92,7 @@ class StoreBackend:
                 self.store.lookup_many({t: (one, start) for t in tables}, mode=mode)
             w = np.ones(1, dtype=np.float32)
             self.store.lookup_many({t: (one, start, w) for t in tables}, mode="sum")
-        finally:
-            self.store._recorder = recorder
         self.store.reset_stats()
 
     def close(self) -> None:
         self.store.close()
-
-
-def lookup_by_mode(
-    store: Any, requests: Mapping[str, TablePart], modes: Mapping[str, str]
-) -> dict[str, np.ndarray]:
-    """``store.lookup_many`` with a pooling mode per table: one call per distinct mode.
-
-    ``Store.lookup_many`` takes one mode for all its tables today; once it takes a mapping this
-    function becomes a single call.
-    """
-    by_mode: dict[str, dict[str, tuple]] = {}
-    for table, (idx, off, w) in requests.items():
-        by_mode.setdefault(modes[table], {})[table] = (idx, off) if w is None else (idx, off, w)
-    out: dict[str, np.ndarray] = {}
-    for mode, part in by_mode.items():
-        out.update(store.lookup_many(part, mode=mode))
-    return out

@@ -30,6 +30,7 @@ from bandstore.errors import (
 from bandstore.kernels.resident import _checked_bags
 from bandstore.serve.store import check_offsets
 from bandstore.server.backend import MODES, Backend, TableSpec
+from bandstore.server.model import DLRM
 
 
 @dataclass(frozen=True)
@@ -163,46 +164,104 @@ def request_bags(request: Mapping[str, TableRequest]) -> int:
 
 
 # ---- merging -------------------------------------------------------------------------------
-def _group_key(mode: str, tables: tuple[str, ...], aligned: bool) -> tuple:
-    # A recording backend needs equal bag counts per call: merge only requests of one table set.
-    return (mode, tables) if aligned else (mode,)
+def _call_key(part_modes: dict[str, str], aligned: bool) -> tuple | None:
+    # A recording backend needs equal bag counts per call: merge only requests of one table
+    # set (and modes); other backends take any mix, one mode per table and call.
+    return tuple(sorted(part_modes.items())) if aligned else None
 
 
 def serve_merged(
     backend: Backend, requests: list[Mapping[str, TableRequest]]
 ) -> list[dict[str, np.ndarray] | BaseException]:
-    """Serve ``requests`` with one backend call per group of (mode[, table set]), merging each
-    table's parts; returns per request its results or the exception of its group's call."""
+    """Serve ``requests`` with as few backend calls as the modes allow (one, unless two
+    requests pool one table differently, or a recording backend sees different table sets),
+    merging each table's parts; returns per request its results or its call's exception."""
     out: list[dict[str, np.ndarray] | BaseException] = [{} for _ in requests]
-    groups: dict[tuple, list[tuple[int, dict[str, TableRequest]]]] = {}
+    # calls: (modes of the call, members [(request no, its parts)]); a request's parts go to
+    # the first call that pools each of its tables as it does.
+    calls: list[tuple[dict[str, str], list[tuple[int, dict[str, TableRequest]]]]] = []
+    keyed: dict[tuple, int] = {}
     for i, req in enumerate(requests):
-        by_mode: dict[str, dict[str, TableRequest]] = {}
-        for table, part in req.items():
-            by_mode.setdefault(part.mode, {})[table] = part
-        for mode, parts in by_mode.items():
-            key = _group_key(mode, tuple(sorted(parts)), backend.aligned_bags)
-            groups.setdefault(key, []).append((i, parts))
-    for key, members in groups.items():
-        mode = key[0]
+        modes = {table: part.mode for table, part in req.items()}
+        key = _call_key(modes, backend.aligned_bags)
+        if key is not None:
+            c = keyed.get(key)
+            if c is None:
+                c = keyed[key] = len(calls)
+                calls.append((dict(modes), []))
+            calls[c][1].append((i, dict(req)))
+            continue
+        left = dict(req)
+        for call_modes, members in calls:
+            fits = {t: p for t, p in left.items() if call_modes.get(t, p.mode) == p.mode}
+            if fits:
+                call_modes.update({t: p.mode for t, p in fits.items()})
+                members.append((i, fits))
+                left = {t: p for t, p in left.items() if t not in fits}
+            if not left:
+                break
+        if left:
+            calls.append(({t: p.mode for t, p in left.items()}, [(i, left)]))
+    for call_modes, members in calls:
         merged: dict[str, list[TableRequest]] = {}
         for _, parts in members:
             for table, part in parts.items():
                 merged.setdefault(table, []).append(part)
         call = {table: _concat(parts) for table, parts in merged.items()}
         try:
-            result = backend.lookup(call, dict.fromkeys(call, mode))
-        except BaseException as e:  # noqa: BLE001 - handed to the requests of this group
+            result = backend.lookup(call, call_modes)
+        except BaseException as e:  # noqa: BLE001 - handed to the requests of this call
             for i, _ in members:
                 out[i] = e
             continue
         start = dict.fromkeys(call, 0)
         for i, parts in members:
-            if isinstance(out[i], BaseException):
-                continue
             for table, part in parts.items():
                 s = start[table]
-                out[i][table] = result[table][s : s + part.bags]  # type: ignore[index]
                 start[table] = s + part.bags
+                if not isinstance(out[i], BaseException):
+                    out[i][table] = result[table][s : s + part.bags]  # type: ignore[index]
+    return out
+
+
+def serve_batch(
+    backend: Backend, model: DLRM | None, items: list[tuple[Mapping[str, TableRequest], Any]]
+) -> list[dict[str, np.ndarray] | np.ndarray | BaseException]:
+    """Serve a batch of ``(request, dense)`` items: the lookups of all merged
+    (:func:`serve_merged`), then ONE dense forward of ``model`` over the samples of every item
+    with ``dense`` (float32 (bags, dense_features)), whose scores are split back. Per item its
+    lookup results (``dense`` None) or scores, or its exception. The model's forward computes
+    every sample on its own, so each answer equals serving its request alone."""
+    looked = serve_merged(backend, [req for req, _ in items])
+    out: list[dict[str, np.ndarray] | np.ndarray | BaseException] = list(looked)
+    todo = [
+        i
+        for i, (_, dense) in enumerate(items)
+        if dense is not None and not isinstance(looked[i], BaseException)
+    ]
+    if not todo:
+        return out
+    try:
+        if model is None:
+            raise InvalidArgumentError("predictions need a model", argument="model")
+        feats = model.config.features
+        dense = np.concatenate([items[i][1] for i in todo]) if len(todo) > 1 else items[todo[0]][1]
+        pooled = {
+            f.name: np.concatenate([looked[i][f.table] for i in todo])  # type: ignore[index]
+            if len(todo) > 1
+            else looked[todo[0]][f.table]  # type: ignore[index]
+            for f in feats
+        }
+        scores = model.forward(dense, pooled)
+    except BaseException as e:  # noqa: BLE001 - handed to the predictions of this batch
+        for i in todo:
+            out[i] = e
+        return out
+    start = 0
+    for i in todo:
+        n = items[i][1].shape[0]
+        out[i] = scores[start : start + n]
+        start += n
     return out
 
 
@@ -229,12 +288,14 @@ def _concat(parts: list[TableRequest]) -> tuple[np.ndarray, np.ndarray, np.ndarr
 @dataclass
 class _Pending:
     request: Mapping[str, TableRequest]
+    dense: np.ndarray | None
     bags: int
     future: asyncio.Future
 
 
 class Batcher:
-    """Merges concurrent requests into backend calls; one batch in flight at a time.
+    """Merges concurrent requests into backend calls and, for predictions, one forward pass
+    of ``model`` per batch (:func:`serve_batch`); one batch in flight at a time.
 
     ``max_batch_size`` bags per batch (0 turns batching off: each request is its own backend
     call, run concurrently in threads); ``max_wait_ms``: how long the first request of a batch
@@ -250,6 +311,7 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[int], None] | None = None,
+        model: DLRM | None = None,
     ):
         if max_batch_size < 0 or max_wait_ms < 0 or max_queue < 1:
             raise InvalidArgumentError(
@@ -258,6 +320,7 @@ class Batcher:
                 argument="batching",
             )
         self.backend = backend
+        self.model = model
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -297,6 +360,17 @@ class Batcher:
 
     async def lookup(self, request: Mapping[str, TableRequest]) -> dict[str, np.ndarray]:
         """The results of one validated request (table -> float32 (bags, dim))."""
+        return await self._submit(request, None)  # type: ignore[return-value]
+
+    async def predict(self, request: Mapping[str, TableRequest], dense: np.ndarray) -> np.ndarray:
+        """The model's scores (n,) float32 for one validated request: the pooled features of
+        ``request`` (n bags per table, tables of the model's features) and ``dense``, float32
+        (n, dense_features) raw features."""
+        return await self._submit(request, dense)  # type: ignore[return-value]
+
+    async def _submit(
+        self, request: Mapping[str, TableRequest], dense: np.ndarray | None
+    ) -> dict[str, np.ndarray] | np.ndarray:
         if self._closed:
             raise StoreClosedError()
         if not self.max_batch_size:
@@ -306,7 +380,9 @@ class Batcher:
             try:
                 if self.on_batch is not None:
                     self.on_batch(request_bags(request))
-                (res,) = await anyio.to_thread.run_sync(serve_merged, self.backend, [request])
+                (res,) = await anyio.to_thread.run_sync(
+                    serve_batch, self.backend, self.model, [(request, dense)]
+                )
             finally:
                 self._in_flight -= 1
             if isinstance(res, BaseException):
@@ -316,7 +392,7 @@ class Batcher:
             raise QueueFullError(len(self._queue), self.max_queue)
         fut = asyncio.get_running_loop().create_future()
         bags = request_bags(request)
-        self._queue.append(_Pending(request, bags, fut))
+        self._queue.append(_Pending(request, dense, bags, fut))
         self._queued_bags += bags
         assert self._wake is not None, "Batcher.start() was not awaited"
         self._wake.set()
@@ -357,14 +433,14 @@ class Batcher:
                 self.on_batch(bags)
             try:
                 results = await anyio.to_thread.run_sync(
-                    serve_merged, self.backend, [p.request for p in batch]
+                    serve_batch, self.backend, self.model, [(p.request, p.dense) for p in batch]
                 )
             except asyncio.CancelledError:  # closing while serving: fail the batch
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(StoreClosedError())
                 raise
-            except Exception as e:  # noqa: BLE001 - serve_merged hands errors back; belt and braces
+            except Exception as e:  # noqa: BLE001 - serve_batch hands errors back; belt and braces
                 results = [e] * len(batch)
             for p, res in zip(batch, results, strict=True):
                 if p.future.done():

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bandstore.errors import CorruptFileError, InvalidArgumentError, InvalidShapeError
+from bandstore.kernels.dense import _dlrm_forward
 
 CONFIG_FILE = "config.json"
 FORMAT = "bandstore-dlrm"
@@ -162,8 +163,11 @@ class DLRM:
                 )
                 for i in range(len(sizes))
             ]
-        n = len(config.features) + 1
-        self._li, self._lj = np.tril_indices(n, -1)
+        # The kernel's packed form: per layer the (in, out) matrix then the biases.
+        layers = self._layers["bottom"] + self._layers["top"]
+        self._packed = np.concatenate([np.concatenate([w.ravel(), b]) for w, b in layers])
+        self._shapes = np.array([w.shape for w, _ in layers], dtype=np.int64)
+        self._width = int(self._shapes.max())
 
     @classmethod
     def load(cls, directory: str | Path) -> DLRM:
@@ -186,17 +190,25 @@ class DLRM:
 
     def forward(self, dense: np.ndarray, pooled: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores (n,) float32 for raw dense features (n, dense_features) and the pooled
-        embedding (n, D) of every feature, by feature name."""
+        embedding (n, D) of every feature, by feature name.
+
+        Each score is computed on its own in a fixed order (:mod:`bandstore.kernels.dense`), so
+        a sample's score is the same whatever other samples share its call."""
         c = self.config
-        x = transform_dense(c, dense)
-        for w, b in self._layers["bottom"]:
-            x = np.maximum(x @ w + b, np.float32(0))
-        t = np.stack([x] + [np.asarray(pooled[f.name], np.float32) for f in c.features], axis=1)
-        z = t @ t.transpose(0, 2, 1)
-        h = np.concatenate([x, z[:, self._li, self._lj]], axis=1)
-        top = self._layers["top"]
-        for i, (w, b) in enumerate(top):
-            h = h @ w + b
-            if i < len(top) - 1:
-                h = np.maximum(h, np.float32(0))
-        return (1.0 / (1.0 + np.exp(-h[:, 0]))).astype(np.float32)
+        x = np.ascontiguousarray(dense, dtype=np.float32)
+        n = x.shape[0]
+        t = np.empty((n, len(c.features), c.embedding_dim), dtype=np.float32)
+        for i, f in enumerate(c.features):
+            t[:, i] = pooled[f.name]
+        scores = np.empty(n, dtype=np.float32)
+        status = _dlrm_forward(
+            x, c.dense_transform == "log1p", t, self._packed, self._shapes,
+            len(c.bottom_mlp), self._width, scores,
+        )  # fmt: skip
+        if status:
+            raise InvalidShapeError(
+                f"dense {x.shape} and pooled features {t.shape} do not fit the model",
+                argument="dense",
+                shape=x.shape,
+            )
+        return scores
