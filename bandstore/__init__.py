@@ -8,6 +8,7 @@ Offline tuning (relayout, cache sizing, planning) is in :mod:`bandstore.tune`.
 from bandstore.errors import (
     BandstoreError,
     BudgetError,
+    ClusterUnavailableError,
     ConcurrentWriteError,
     CorruptBlockError,
     CorruptDataError,
@@ -85,4 +86,5 @@ __all__ = [
     "RequestTooLargeError",
     "QueueFullError",
     "MissingDependencyError",
+    "ClusterUnavailableError",
 ]
