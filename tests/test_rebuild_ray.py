@@ -234,6 +234,71 @@ def test_a_local_cluster_started_for_the_job_is_stopped(stores, tmp_path):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_job_stops_its_cluster_and_commits_nothing(stores, tmp_path, sig):
+    """Ctrl-C (SIGINT) or SIGTERM while the tasks run: the job exits with 128 + the signal,
+    the local cluster it started is stopped, the store is as it was."""
+    path, _, logs = stores
+    on_ray = _copy(path, tmp_path / "ray")
+    before = snapshot(on_ray)
+    root = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(TOOL), str(on_ray), *map(str, logs), "--batch-size",
+             str(BATCH), "--workers", "2", "--method", "auto", "--engine", "ray"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "RAY_TMPDIR": str(root)},
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not _workers_of(root) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the job ended before its tasks ran"
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode in (128 + sig, 130 if sig == signal.SIGINT else 143), err
+        assert "Traceback" not in err
+        deadline = time.monotonic() + 30
+        while _processes_naming(root) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _processes_naming(root), "the job's cluster is still running"
+        assert snapshot(on_ray) == before
+    finally:
+        for pid in _processes_naming(root):  # only if the test failed: this job's processes
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _workers_of(root: Path) -> list[int]:
+    """Pids of the ``ray::`` task workers of the cluster whose session lives under ``root``
+    (children of its raylet; their command lines no longer name the session)."""
+    raylets = [p for p in _processes_naming(root) if "raylet" in _cmdline(p).split(" ", 1)[0]]
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid in raylets and _cmdline(int(proc.name)).startswith("ray::"):
+            out.append(int(proc.name))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
 def _processes_naming(root: Path) -> list[int]:
     """Pids of the processes whose command line names ``root`` (a cluster's raylet, GCS and
     workers name their session directory)."""
