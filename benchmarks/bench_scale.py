@@ -163,13 +163,19 @@ class RebuildCluster:
         self.address = f"127.0.0.1:{self.port}"
         ray_bin = str(Path(sys.executable).parent / "ray")
         t0 = time.perf_counter()
-        subprocess.run(
-            [ray_bin, "start", "--head", "--port", str(self.port), "--num-cpus", str(cpus),
-             "--include-dashboard=false", "--node-ip-address", "127.0.0.1",
-             "--temp-dir", str(self.root), "--disable-usage-stats"],
-            check=True, capture_output=True, timeout=300,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
+        for attempt in range(3):  # a loaded machine may miss the raylet's 30 s start deadline
+            done = subprocess.run(
+                [ray_bin, "start", "--head", "--port", str(self.port), "--num-cpus", str(cpus),
+                 "--include-dashboard=false",
+                 "--temp-dir", str(self.root), "--disable-usage-stats"],
+                capture_output=True, text=True, timeout=300,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )  # fmt: skip
+            if done.returncode == 0:
+                break
+            self.stop(remove=False)
+            if attempt == 2:
+                raise SystemExit(f"ray start failed: {done.stderr[-2000:]}")
         self.start_seconds = time.perf_counter() - t0
 
     def workers(self) -> list[int]:
@@ -185,7 +191,7 @@ class RebuildCluster:
                     out.append(c)
         return out
 
-    def stop(self) -> None:
+    def stop(self, remove: bool = True) -> None:
         pids = set(_pids_naming(str(self.root)))
         for p in list(pids):
             pids.update(_children(p))
@@ -198,7 +204,8 @@ class RebuildCluster:
             deadline = time.monotonic() + 20
             while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
                 time.sleep(0.2)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _is_raylet(pid: int) -> bool:
