@@ -102,18 +102,38 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
+    auth_mode = os.environ.get(_AUTH_MODE)
+    if address is not None and auth_mode is None and _token_available():
+        # A cluster started with `ray start` on a host holding a token requires it; a driver
+        # connecting to an address only sends it in token mode.
+        os.environ[_AUTH_MODE] = "token"
     try:
-        if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
-        ray.shutdown()
-        raise ClusterUnavailableError(address or "local", str(e).splitlines()[0]) from None
-    try:
-        yield ray
+        try:
+            if address is None:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+            ray.shutdown()
+            raise ClusterUnavailableError(address or "local", str(e).splitlines()[0]) from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        if auth_mode is None:
+            os.environ.pop(_AUTH_MODE, None)
+
+
+_AUTH_MODE = "RAY_AUTH_MODE"
+
+
+def _token_available() -> bool:
+    """Whether this host has a Ray authentication token (Ray's own places for it)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return Path(path).is_file()
 
 
 class RayEngine:
