@@ -258,7 +258,8 @@ def test_an_interrupted_job_stops_its_cluster_and_commits_nothing(stores, tmp_pa
         deadline = time.monotonic() + 300
         while not _workers_of(root) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert proc.poll() is None, "the job ended before its tasks ran"
+        if proc.poll() is not None:
+            raise AssertionError(f"the job ended before its tasks ran: {proc.communicate()[1]}")
         time.sleep(1.0)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)

@@ -49,6 +49,9 @@ from bandstore.tune.reports import RelayoutReport
 #: Seconds to wait for a TCP connection to a cluster's address before calling it unreachable
 #: (``ray.init`` itself retries for minutes).
 CONNECT_TIMEOUT = 5.0
+#: Tries to start a local cluster: on a loaded host the raylet may miss Ray's fixed 30 s
+#: registration deadline.
+START_ATTEMPTS = 3
 #: Arrays at least this large go to the object store once and are passed by reference.
 _PUT_BYTES = 1 << 20
 
@@ -98,7 +101,7 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
     here = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     kwargs: dict[str, Any] = dict(
-        logging_level=logging.WARNING,
+        logging_level=logging.ERROR,
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
@@ -108,14 +111,18 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
         # connecting to an address only sends it in token mode.
         os.environ[_AUTH_MODE] = "token"
     try:
-        try:
-            if address is None:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
-            else:
-                ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
-            ray.shutdown()
-            raise ClusterUnavailableError(address or "local", str(e).splitlines()[0]) from None
+        for attempt in range(1 if address is not None else START_ATTEMPTS):
+            try:
+                if address is None:
+                    ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+                else:
+                    ray.init(address=address, **kwargs)
+                break
+            except Exception as e:  # noqa: BLE001 - Ray raises plain Exception on a start timeout
+                ray.shutdown()
+                if address is not None or attempt == START_ATTEMPTS - 1:
+                    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise ClusterUnavailableError(address or "local", text) from None
         try:
             yield ray
         finally:
