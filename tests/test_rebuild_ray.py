@@ -263,7 +263,9 @@ def test_an_interrupted_job_stops_its_cluster_and_commits_nothing(stores, tmp_pa
         time.sleep(1.0)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
-        assert proc.returncode in (128 + sig, 130 if sig == signal.SIGINT else 143), err
+        # SIGTERM: the tool's handler (143) or, once connected, the one ray.init installs
+        # (exit status 15); both unwind, so the cluster is stopped
+        assert proc.returncode in ((130,) if sig == signal.SIGINT else (143, 15)), err
         assert "Traceback" not in err
         deadline = time.monotonic() + 30
         while _processes_naming(root) and time.monotonic() < deadline:

@@ -96,8 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     from bandstore.tune.distributed import engine_for, read_logs
 
                     engine = stack.enter_context(engine_for(args.address))
-                    # ray.init installs its own SIGTERM handler (exit status 15): ours again
-                    signal.signal(signal.SIGTERM, _terminate)
                     trace = read_logs(engine, args.logs, num_rows)
                 else:
                     trace = load_logs(args.logs, num_rows)

@@ -90,6 +90,22 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
     this process does. Raises MissingDependencyError without Ray, ClusterUnavailableError when
     ``address`` does not answer.
     """
+    auth_mode = os.environ.get(_AUTH_MODE)
+    if address is not None and auth_mode is None and _token_available():
+        # A cluster started with `ray start` on a host holding a token requires it; a driver
+        # connecting to an address sends it only in token mode, read when ray is imported.
+        os.environ[_AUTH_MODE] = "token"
+    try:
+        with _connected(address, num_cpus) as ray:
+            yield ray
+    finally:
+        if auth_mode is None:
+            os.environ.pop(_AUTH_MODE, None)
+
+
+@contextmanager
+def _connected(address: str | None, num_cpus: int | None) -> Iterator[Any]:
+    """:func:`ray_cluster` once the authentication mode is set."""
     ray = import_ray()
     if ray.is_initialized():
         yield ray
@@ -105,31 +121,22 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
-    auth_mode = os.environ.get(_AUTH_MODE)
-    if address is not None and auth_mode is None and _token_available():
-        # A cluster started with `ray start` on a host holding a token requires it; a driver
-        # connecting to an address only sends it in token mode.
-        os.environ[_AUTH_MODE] = "token"
-    try:
-        for attempt in range(1 if address is not None else START_ATTEMPTS):
-            try:
-                if address is None:
-                    ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
-                else:
-                    ray.init(address=address, **kwargs)
-                break
-            except Exception as e:  # noqa: BLE001 - Ray raises plain Exception on a start timeout
-                ray.shutdown()
-                if address is not None or attempt == START_ATTEMPTS - 1:
-                    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    raise ClusterUnavailableError(address or "local", text) from None
+    for attempt in range(1 if address is not None else START_ATTEMPTS):
         try:
-            yield ray
-        finally:
+            if address is None:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+            break
+        except Exception as e:  # noqa: BLE001 - Ray raises plain Exception on a start timeout
             ray.shutdown()
+            if address is not None or attempt == START_ATTEMPTS - 1:
+                text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ClusterUnavailableError(address or "local", text) from None
+    try:
+        yield ray
     finally:
-        if auth_mode is None:
-            os.environ.pop(_AUTH_MODE, None)
+        ray.shutdown()
 
 
 _AUTH_MODE = "RAY_AUTH_MODE"
