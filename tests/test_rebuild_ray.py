@@ -156,7 +156,10 @@ def test_address_of_a_running_cluster(stores, tmp_path):
         assert_same_store(local, on_ray)
         # the cluster is still up after the job
         status = subprocess.run(
-            [ray_bin, "status", "--address", address], capture_output=True, timeout=60
+            [ray_bin, "status", "--address", address],
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "RAY_AUTH_MODE": "token"},  # the head requires the host's token
         )
         assert status.returncode == 0
     finally:
