@@ -136,12 +136,12 @@ def test_address_of_a_running_cluster(stores, tmp_path):
     start = [ray_bin, "start", "--head", "--port", str(port), "--num-cpus", "2",
              "--include-dashboard=false",
              "--temp-dir", str(env_tmp), "--disable-usage-stats"]  # fmt: skip
-    for _ in range(3):  # a loaded machine may miss the raylet's fixed 30 s start deadline
-        started = subprocess.run(start, capture_output=True, text=True, timeout=300)
-        if started.returncode == 0:
-            break
-        _stop_head(env_tmp)
     try:
+        for _ in range(3):  # a loaded machine may miss the raylet's fixed 30 s start deadline
+            started = subprocess.run(start, capture_output=True, text=True, timeout=300)
+            if started.returncode == 0:
+                break
+            _stop_head(env_tmp)
         assert started.returncode == 0, started.stderr[-2000:]
         assert _run(local, logs, "--method", "frequency") == 0
         address = f"127.0.0.1:{port}"
