@@ -8,6 +8,7 @@ Offline tuning (relayout, cache sizing, planning) is in :mod:`bandstore.tune`.
 from bandstore.errors import (
     BandstoreError,
     BudgetError,
+    ClusterUnavailableError,
     ConcurrentWriteError,
     CorruptBlockError,
     CorruptDataError,
@@ -89,4 +90,5 @@ __all__ = [
     "QueueFullError",
     "ShardUnavailableError",
     "MissingDependencyError",
+    "ClusterUnavailableError",
 ]

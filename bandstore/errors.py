@@ -345,3 +345,12 @@ class MissingDependencyError(BandstoreError, ImportError):
         )
         self.extra = extra
         self.module = module
+
+
+class ClusterUnavailableError(BandstoreError, ConnectionError):
+    """A compute cluster (Ray) could not be reached or started: nothing ran on it."""
+
+    def __init__(self, address: str, cause: str):
+        super().__init__(f"cannot reach the Ray cluster at {address!r}: {cause}")
+        self.address = address
+        self.cause = cause

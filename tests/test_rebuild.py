@@ -136,7 +136,7 @@ def test_rebuild_bad_input(small):
             bandstore.tune.rebuild(s, trace)
     with bandstore.open(path, writable=True, plan=False) as s:
         with pytest.raises(bandstore.InvalidArgumentError, match="engine"):
-            bandstore.tune.rebuild(s, trace, engine="ray")
+            bandstore.tune.rebuild(s, trace, engine="spark")
         with pytest.raises(bandstore.InvalidArgumentError, match="budget"):
             bandstore.tune.rebuild(s, trace, budget=0)
         with pytest.raises(bandstore.InvalidArgumentError, match="method"):

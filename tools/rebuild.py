@@ -2,6 +2,7 @@
 """The offline rebuild a cron job or a cluster runs: layout, cache sizes and plan from logs.
 
     python tools/rebuild.py STORE LOGS... [--budget SIZE] [--workers N] [--holdout F] [--json]
+                            [--engine local|ray [--address HOST:PORT]]
 
 LOGS are directories written by the recorder (``bandstore.open(path, record=DIR)``) or trace
 files (``.npz``), concatenated in time order. The result is committed as one new version
@@ -11,11 +12,18 @@ files (``.npz``), concatenated in time order. The result is committed as one new
 runs are folded up to the point its commit read the log; later ones stay in the log and are
 served on top of the new version. Exit status 0 on success, 2 on a bandstore error (printed),
 nothing changed.
+
+``--engine ray`` reads the logs, relayouts the tables and simulates their caches as Ray tasks
+(``bandstore.tune.distributed``; the committed version is the same as ``--engine local``'s) on
+the cluster at ``--address``, or on a local cluster started for the job and stopped when it
+ends (also on an error, Ctrl-C or SIGTERM). Needs the ``[ray]`` extra.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,30 +70,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="auto", help="layout method")
     p.add_argument("--batch-size", type=int, default=256, help="queries per lookup_many call")
     p.add_argument("--engine", choices=ENGINES, default="local", help="where the work runs")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: the Ray cluster's HOST:PORT (default: a local cluster "
+        "started for the job and stopped when it ends)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     return p
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: a cluster started here is stopped
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.address is not None and args.engine != "ray":
+        print("rebuild: error: --address needs --engine ray", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with bandstore.open(args.store, writable=True, plan=False) as store:
-            trace = load_logs(args.logs, {n: t.rows for n, t in store.tables.items()})
-            report = rebuild(
-                store,
-                trace,
-                budget=args.budget,
-                workers=args.workers,
-                holdout=args.holdout,
-                method=args.method,
-                batch_size=args.batch_size,
-                engine=args.engine,
-                progress=args.progress,
-            )
+            num_rows = {n: t.rows for n, t in store.tables.items()}
+            with contextlib.ExitStack() as stack:
+                if args.engine == "ray":
+                    from bandstore.tune.distributed import engine_for, read_logs
+
+                    engine = stack.enter_context(engine_for(args.address))
+                    trace = read_logs(engine, args.logs, num_rows)
+                else:
+                    trace = load_logs(args.logs, num_rows)
+                report = rebuild(
+                    store,
+                    trace,
+                    budget=args.budget,
+                    workers=args.workers,
+                    holdout=args.holdout,
+                    method=args.method,
+                    batch_size=args.batch_size,
+                    engine=args.engine,
+                    progress=args.progress,
+                )
     except bandstore.BandstoreError as exc:
         print(f"rebuild: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rebuild: interrupted, nothing committed", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         _print_json(report.as_dict())
     else:

@@ -13,21 +13,21 @@ the plan's counts those of its pinned tables. A failure in any step leaves the s
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from bandstore.errors import InvalidArgumentError, ReadOnlyError, TraceFormatError
+from bandstore.errors import InvalidArgumentError, ReadOnlyError
 from bandstore.options import RelayoutOptions, SizingOptions, threshold_from_json
 from bandstore.serve.cache import CachePolicy, cache_row_bytes
 from bandstore.serve.plan import META_KEY as PLAN_META_KEY
 from bandstore.serve.plan import Plan
 from bandstore.traces.trace import Trace
+from bandstore.tune.logs import load_logs  # noqa: F401 - tools/rebuild.py's import
 from bandstore.tune.planning import plan_store
 from bandstore.tune.relayout_job import RELAYOUT_METHODS as METHODS
 from bandstore.tune.relayout_job import relayout, split_point
@@ -36,8 +36,9 @@ from bandstore.tune.sim.sizing import size_cache
 if TYPE_CHECKING:
     from bandstore.serve.store import Store
 
-#: The engines :func:`rebuild` runs on (``ray`` is planned).
-ENGINES = ("local",)
+#: The engines :func:`rebuild` runs on: here, or on a Ray cluster
+#: (:mod:`bandstore.tune.distributed`; the same result, bit for bit).
+ENGINES = ("local", "ray")
 #: The budget when none is given: this share of the tables' decoded bytes, the DRAM an untuned
 #: store's default caches take.
 DEFAULT_BUDGET_SHARE = 0.10
@@ -218,48 +219,17 @@ class RebuildReport:
         return "\n".join(lines)
 
 
-def _log_start(path: Path) -> tuple[float, Trace]:
-    """A log's trace and when its recording began (a recorded directory: its first segment's
-    creation time; a trace file: its modification time)."""
-    from bandstore.traces.recorder import read_recorded_with_report
+@contextmanager
+def _engine(engine: str, address: str | None) -> Iterator[Any]:
+    """None for the local engine; for ``ray``, the Ray engine installed for the tune layer's
+    per-table work (the one already installed, else on :func:`ray_cluster`'s cluster)."""
+    if engine == "local":
+        yield None
+        return
+    from bandstore.tune.distributed import engine_for
 
-    if path.is_dir():
-        trace, report = read_recorded_with_report(path)
-        times = [float(m["created_unix"]) for m in report.metadata if "created_unix" in m]
-        return (min(times) if times else path.stat().st_mtime), trace
-    if path.suffix != ".npz":
-        raise TraceFormatError(
-            str(path), "a log is a directory written by the recorder or a .npz trace file"
-        )
-    return path.stat().st_mtime, Trace.load(path)
-
-
-def load_logs(paths: Sequence[str | os.PathLike[str]], num_rows: Mapping[str, int]) -> Trace:
-    """One trace of the queries of ``paths`` (recorded directories, ``.npz`` trace files), in
-    time order: the logs sorted by when their recording began (ties: in the order given), their
-    queries one after the other. Tables a log does not read get empty bags; ``num_rows``
-    (the store's tables) sizes every table."""
-    if not paths:
-        raise InvalidArgumentError("rebuild needs at least one log", argument="logs")
-    loaded = []
-    for i, p in enumerate(paths):
-        start, trace = _log_start(Path(p))
-        loaded.append((start, i, trace))
-    loaded.sort(key=lambda x: (x[0], x[1]))
-    names: list[str] = []
-    for _, _, t in loaded:
-        names += [n for n in t.table_names if n not in names]
-    parts = []
-    for _, _, t in loaded:
-        tables = {}
-        for n in names:
-            if n in t.table_names:
-                tables[n] = t.table(n)
-            else:
-                tables[n] = (np.zeros(0, np.int64), np.zeros(t.n_queries + 1, np.int64))
-        rows = {n: int(num_rows[n]) for n in names if n in num_rows}
-        parts.append(Trace(tables, num_rows=rows))
-    return parts[0] if len(parts) == 1 else Trace.concat(parts)
+    with engine_for(address) as e:
+        yield e
 
 
 def default_budget(store: Any, share: float = DEFAULT_BUDGET_SHARE) -> int:
@@ -278,6 +248,7 @@ def rebuild(
     batch_size: int = 256,
     seed: int = 0,
     engine: str = "local",
+    address: str | None = None,
     progress: bool | None = None,
 ) -> RebuildReport:
     """Rebuild ``store``'s layouts, cache sizes and plan from ``trace``; commit one version.
@@ -287,11 +258,16 @@ def rebuild(
     held-out blocks), the rest decides. ``budget``: DRAM bytes for the caches and the plan
     (default :func:`default_budget`). ``workers``: the plan's worker threads (default: the
     served or stored plan's, else 1). ``method``: the relayout's (``auto`` by default).
+    ``engine``: ``local`` (this process) or ``ray``: the per-table relayouts and the sizing's
+    simulations as Ray tasks (:mod:`bandstore.tune.distributed`) on the cluster at
+    ``address`` (``host:port``), on the one this process is connected to, or on a local
+    cluster started and stopped here; the committed version is the same as ``local``'s.
 
     A new version is committed even when every table keeps its layout (its cache policies,
     counts and plan are new). Raises what the single steps raise (InvalidArgumentError,
     BudgetError, UnknownTableError, ...) before anything is written; ReadOnlyError on a
-    read-only store; ConcurrentWriteError if another writer committed meanwhile.
+    read-only store; ConcurrentWriteError if another writer committed meanwhile;
+    MissingDependencyError (no Ray) or ClusterUnavailableError for ``engine="ray"``.
     """
     t_start = time.perf_counter()
     if engine not in ENGINES:
@@ -299,6 +275,10 @@ def rebuild(
             f"unknown engine {engine!r}; available: {list(ENGINES)}",
             argument="engine",
             value=engine,
+        )
+    if address is not None and engine != "ray":
+        raise InvalidArgumentError(
+            "address is the Ray cluster's: it needs engine='ray'", argument="address"
         )
     if method not in METHODS:
         raise InvalidArgumentError(
@@ -327,36 +307,46 @@ def rebuild(
     staged = _Staged(store)
     seconds: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    view = cast("Store", staged)  # a Store in every respect the single steps use
-    relayout_report = relayout(
-        view, trace, method=method, holdout=holdout, cache_bytes=budget, progress=progress,
-        options=RelayoutOptions(batch_size=batch_size, seed=seed),
-    )  # fmt: skip
-    seconds["relayout"] = time.perf_counter() - t0
+    with _engine(engine, address) as ray_engine:
+        t0 = time.perf_counter()
+        view = cast("Store", staged)  # a Store in every respect the single steps use
+        relayout_options = RelayoutOptions(batch_size=batch_size, seed=seed)
+        if ray_engine is None:
+            relayout_report = relayout(
+                view, trace, method=method, holdout=holdout, cache_bytes=budget,
+                progress=progress, options=relayout_options,
+            )  # fmt: skip
+        else:
+            from bandstore.tune.distributed import relayout_on_ray
 
-    t0 = time.perf_counter()
-    sizing = size_cache(
-        view, tune, budget, apply=True, progress=progress,
-        options=SizingOptions().with_sim(batch_size=batch_size, seed=seed),
-    )  # fmt: skip
-    seconds["sizing"] = time.perf_counter() - t0
+            relayout_report = relayout_on_ray(
+                ray_engine, staged, trace, method=method, holdout=holdout, cache_bytes=budget,
+                options=relayout_options,
+            )  # fmt: skip
+        seconds["relayout"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    plan: Plan = plan_store(staged, tune, workers, budget, batch_size=batch_size)
-    seconds["plan"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sizing = size_cache(
+            view, tune, budget, apply=True, progress=progress,
+            options=SizingOptions().with_sim(batch_size=batch_size, seed=seed),
+        )  # fmt: skip
+        seconds["sizing"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    version = store.relayout_tables(
-        staged.layouts,
-        counts=staged.counts,
-        tuning=staged.tuning,
-        plan=plan,
-        counts_origin=staged.origins or None,
-        note=f"rebuild {method}",
-        progress=progress,
-    )
-    seconds["commit"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        plan: Plan = plan_store(staged, tune, workers, budget, batch_size=batch_size)
+        seconds["plan"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        version = store.relayout_tables(
+            staged.layouts,
+            counts=staged.counts,
+            tuning=staged.tuning,
+            plan=plan,
+            counts_origin=staged.origins or None,
+            note=f"rebuild {method}",
+            progress=progress,
+        )
+        seconds["commit"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     relayout_report.committed_version = version if staged.layouts else None
 

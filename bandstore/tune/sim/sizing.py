@@ -27,6 +27,7 @@ from bandstore.progress import bar as progress_bar
 from bandstore.serve.cache import cache_row_bytes
 from bandstore.serve.store import Store
 from bandstore.traces.trace import Trace
+from bandstore.tune.parallel import engine_installed, map_tables
 from bandstore.tune.provenance import trace_origin
 from bandstore.tune.reports import SizingReport, TableSizing
 from bandstore.tune.sim.allocate import allocate
@@ -170,32 +171,46 @@ def simulate_store(
     names = check_trace(store, trace)
     cut = warmup_cut(trace, warmup)
     table_counts = _counts_for(store, trace, counts, cut)
-    out: dict[str, Curves] = {}
-    for name in progress_bar(progress, names, desc="simulate", unit="table"):
+    calls = []
+    for name in names:
         info = store.tables[name]
         layout, inverse = store.table_layout(name)
         c = table_counts[name]
         # The store never admits neighbours without recorded counts.
         table_options = o if c is not None else replace(o, thresholds=(NEVER,))
         indices, offsets = trace.table(name)
-        out[name] = simulate(
-            indices,
-            offsets,
-            layout,
-            info.rows_per_block,
-            info.dim,
-            c,
-            options=table_options,
-            sizes_bytes=None if sizes_bytes is None else sizes_bytes.get(name),
-            warmup_queries=cut,
-            block_size=info.block_size,
-            row_bytes=info.row_bytes,
-            inverse_layout=inverse,
-            table=name,
-            check=False,
-            codec=info.codec,
-        )
-    return out
+        sizes = None if sizes_bytes is None else sizes_bytes.get(name)
+        calls.append((name, info, indices, offsets, layout, inverse, c, table_options, sizes, cut))
+    # Tables are independent: an engine (bandstore.tune.parallel) may simulate them in parallel.
+    if engine_installed():
+        results = map_tables(_simulate_table, calls)
+    else:
+        bar = progress_bar(progress, calls, desc="simulate", unit="table")
+        results = [_simulate_table(*a) for a in bar]
+    return dict(zip(names, results, strict=True))
+
+
+def _simulate_table(name: str, info: Any, indices: np.ndarray, offsets: np.ndarray,
+                    layout: np.ndarray, inverse: np.ndarray, counts: np.ndarray | None,
+                    options: SimOptions, sizes: Any, cut: int) -> Curves:  # fmt: skip
+    """One table's curves (:func:`simulate_store`'s per-table step)."""
+    return simulate(
+        indices,
+        offsets,
+        layout,
+        info.rows_per_block,
+        info.dim,
+        counts,
+        options=options,
+        sizes_bytes=sizes,
+        warmup_queries=cut,
+        block_size=info.block_size,
+        row_bytes=info.row_bytes,
+        inverse_layout=inverse,
+        table=name,
+        check=False,
+        codec=info.codec,
+    )
 
 
 def _figures(lookups: int, misses: float, blocks: float) -> dict[str, Any]:
