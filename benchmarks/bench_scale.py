@@ -3,7 +3,6 @@ and the sharded server (``--part serve``).
 
     python benchmarks/bench_scale.py [--part rebuild|serve|all] [--quick] ...
 
-Part ``rebuild``:
 Part ``rebuild``: a synthetic log (``bandstore.traces.synth``: Zipf popularity with co-access
 communities, four tables) of ``--lookups`` lookups (default 100M; ``--quick``: 3M) is written as
 ``--files`` ``.npz`` log files; a store of its tables (dim 16) is created once and copied for

@@ -33,6 +33,7 @@ Ray is imported lazily: without the ``[ray]`` extra nothing here is loaded.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -53,7 +54,7 @@ from bandstore.errors import (
     ShardUnavailableError,
 )
 from bandstore.serve import overlay
-from bandstore.server.backend import StoreBackend, TablePart, TableSpec, lookup_by_mode
+from bandstore.server.backend import StoreBackend, TablePart, TableSpec
 
 if TYPE_CHECKING:
     from bandstore.server.app import ServerOptions
@@ -192,7 +193,9 @@ class StoreShard:
         # compiled for writable ones, and a read-only argument would compile them all again.
         own = {t: tuple(None if a is None else _writable(a) for a in part)
                for t, part in requests.items()}  # fmt: skip
-        return _guard(lookup_by_mode, self.store, own, modes)
+        parts = {t: (i, o) if w is None else (i, o, w) for t, (i, o, w) in own.items()}
+        return _guard(functools.partial(self.store.lookup_many, mode={t: modes[t] for t in parts}),
+                      parts)  # fmt: skip
 
     def update(self, batch: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Any:
         """Write ``batch`` durably (one sequence number); return it."""
