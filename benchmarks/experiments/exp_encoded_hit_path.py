@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,9 @@ from bandstore.kernels.bits import pinned_index
 from bandstore.kernels.codec import FLOAT16, FLOAT32, INT8
 from bandstore.storage import dram
 from bandstore.storage.codecs import decode_rows, encode_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_lookup import interleaved, torch_contender  # noqa: E402
 
 CODECS = {"float32": FLOAT32, "float16": FLOAT16, "int8": INT8}
 NO_W = np.zeros(0, dtype=np.float32)
@@ -52,29 +54,9 @@ def zipf_ids(rng, rows: int, n: int, a: float = 1.05) -> np.ndarray:
     return rng.permutation(rows)[rng.choice(rows, size=n, p=p)].astype(np.int64)
 
 
-def interleaved(contenders: dict, repeats: int) -> dict[str, float]:
-    """Median CPU seconds per call of each contender, run in turns after one warm-up each."""
-    for fn in contenders.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            t0 = time.process_time()
-            fn()
-            times[name].append(time.process_time() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def torch_fn(torch, codec: str, raw: np.ndarray, decoded: np.ndarray, dim: int):
-    F = torch.nn.functional
-    if codec != "int8":
-        w = torch.from_numpy(decoded if codec == "float32" else decoded.astype(np.float16))
-        return lambda i, o: F.embedding_bag(i, w, o, mode="sum")
-    # torch's rowwise layout: the codes, then scale and bias (float32): the same values.
-    packed = torch.from_numpy(np.ascontiguousarray(
-        np.concatenate([raw[:, 8 : 8 + dim], raw[:, 0:8]], axis=1)))  # fmt: skip
-    op = torch.ops.quantized.embedding_bag_byte_rowwise_offsets
-    return lambda i, o: op(packed, i, o, False, 0, False, None, None, False)
+    """The torch kernel a user would pick for this codec (bench_lookup's contender)."""
+    return torch_contender(torch, codec, raw, decoded, dim)[1]
 
 
 def run_codec(args, torch, rng, codec: str, base: np.ndarray, dists: dict, off) -> None:
