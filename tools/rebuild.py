@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.address is not None and args.engine != "ray":
         print("rebuild: error: --address needs --engine ray", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # Only the main thread may install a handler (a caller may run main() in a thread).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         with bandstore.open(args.store, writable=True, plan=False) as store:
             num_rows = {n: t.rows for n, t in store.tables.items()}
@@ -120,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("rebuild: interrupted, nothing committed", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     if args.json:
         _print_json(report.as_dict())
     else:

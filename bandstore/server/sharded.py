@@ -53,6 +53,7 @@ from bandstore.errors import (
     ReadOnlyError,
     ShardUnavailableError,
 )
+from bandstore.options import ServeOptions
 from bandstore.serve import overlay
 from bandstore.server.backend import StoreBackend, TablePart, TableSpec
 
@@ -153,10 +154,12 @@ class StoreShard:
         workers: int | None = None,
         io: str = "mmap",
         writable: bool = False,
+        follow_versions: bool = False,
     ):
         self.store = bandstore.open(
-            path, cache_bytes=cache_bytes, workers=workers, io=io, writable=writable, plan=False
-        )
+            path, cache_bytes=cache_bytes, workers=workers, io=io, writable=writable, plan=False,
+            options=ServeOptions(follow_versions=follow_versions),
+        )  # fmt: skip
         try:
             owned: dict[str, list[tuple[int, int]]] = {}
             for table, lo, hi in parts:
@@ -276,6 +279,7 @@ class ShardedBackend:
         workers: int | None = None,
         io: str = "mmap",
         writable: bool = False,
+        follow_versions: bool = False,
     ):
         ray = _ray()
         if not ray.is_initialized():
@@ -313,6 +317,7 @@ class ShardedBackend:
                             workers=workers,
                             io=io,
                             writable=writable,
+                            follow_versions=follow_versions,
                         )  # fmt: skip
                     )
                     for _ in range(o.replicas)
@@ -586,11 +591,13 @@ def serve_sharded(
     workers: int | None = None,
     io: str = "mmap",
     log_level: str = "info",
+    follow_versions: bool = True,
 ) -> int:
     """``bandstore serve --engine ray``: connect to the Ray cluster at ``address`` (None:
     start a local one, stopped on exit), start the shards, serve the router until SIGINT /
-    SIGTERM; then the shards are killed and the cluster it started stopped. Exit code as
-    :func:`bandstore.server.run.serve`."""
+    SIGTERM; then the shards are killed and the cluster it started stopped. Each shard's store
+    follows committed versions (``follow_versions``) as the one-process server's does. Exit
+    code as :func:`bandstore.server.run.serve`."""
     # The HTTP stack ([serve]) only here: the shards and the backend need numpy and Ray only.
     from bandstore.server.app import ServerOptions, create_app
     from bandstore.server.run import run_app
@@ -606,7 +613,7 @@ def serve_sharded(
     try:
         backend = ShardedBackend(
             path, shard_options, cache_bytes=cache_bytes, workers=workers, io=io,
-            writable=options.allow_updates,
+            writable=options.allow_updates, follow_versions=follow_versions,
         )  # fmt: skip
         try:
             app = create_app(backend, options)
