@@ -298,3 +298,27 @@ def test_arena_rebuilds_keep_every_state_right(path, monkeypatch):
         got = np.where(where >= 0, tov.data[np.maximum(where, 0), 0], 0.0)
         assert np.array_equal(got, want)  # the held state's arrays were never reused
     assert reused > 0
+
+
+@pytest.mark.parametrize("floor_a", [0, 1])
+def test_seqs_go_on_after_the_newest_records_are_pruned(tmp_path, floor_a):
+    """Pruning the newest records (all of the last segment's, or only its last frames) must
+    not hand their seqs out again: a table that folded up to seq 2 would take a new seq-2
+    record as folded and never serve it (acknowledged updates were lost after a gc)."""
+    p = tmp_path / "s"
+    with bandstore.create(p, block_size=512) as s:
+        s.add_table("a", np.zeros((ROWS, D), np.float32), progress=False)
+        s.add_table("b", np.zeros((ROWS, D), np.float32), progress=False)
+    with bandstore.open(p, writable=True) as w:
+        assert w.update("a", [1], _rows(1)) == 1
+        assert w.update("b", [2], _rows(2)) == 2
+        log = updatelog.log_of(p, 0)
+        assert log.prune({"a": floor_a, "b": 2}) == 1 + floor_a
+        assert log.latest_seq() == 2
+        assert w.update("a", [3], _rows(3)) == 3
+    _fresh()
+    with bandstore.open(p, writable=True) as w:
+        assert w.update("b", [4], _rows(4)) == 4
+        got = w.lookup("a", [1, 3])[:, 0].tolist(), w.lookup("b", [2, 4])[:, 0].tolist()
+    # (a's seq-1 record was pruned with floor 1 as if folded: the block file still has 0.)
+    assert got == ([0.0 if floor_a else 1.0, 3.0], [0.0, 4.0])

@@ -56,17 +56,25 @@ _envs_lock = threading.Lock()
 
 #: LMDB's meta pages (pages 0 and 1): after the 16-byte page header, the magic and version
 #: (uint32 each), the map address and size (8 bytes each), then two 48-byte database records
-#: (the first's leading uint32 holds the page size), the last used page and the txn id.
+#: (the free pages' and the main database's; the first's leading uint32 holds the page size,
+#: each ends with its root page), the last used page and the txn id.
 _LMDB_MAGIC = 0xBEEFC0DE
 _META_OFFSET = 16
 _PSIZE_OFFSET = _META_OFFSET + 24
+_ROOT_OFFSETS = (_META_OFFSET + 24 + 40, _META_OFFSET + 24 + 48 + 40)
 _LAST_PAGE_OFFSET = _META_OFFSET + 24 + 96
+_NO_PAGE = (1 << 64) - 1  # an empty database's root
 
 
 def check_lmdb_file(data_path: Path) -> None:
-    """Raise CorruptFileError unless ``data_path`` (an LMDB ``data.mdb``) holds every page its
-    newest meta page says is used. LMDB maps the file and would read the missing pages of a
-    truncated file: the process would die of SIGBUS instead of raising."""
+    """Raise CorruptFileError unless ``data_path`` (an LMDB ``data.mdb``) holds the root pages
+    its newest meta page names. LMDB maps the file and would read the missing pages of a
+    truncated file: the process would die of SIGBUS instead of raising.
+
+    Not the meta page's last used page: LMDB may count pages a transaction allocated and freed
+    again without writing them, so a sound file can end before it (a writer killed at random
+    left one page short, and the store was refused). The roots are the newest pages written
+    (copy on write), so a file cut short loses them first."""
     where = str(data_path)
     try:
         with data_path.open("rb") as f:
@@ -91,14 +99,16 @@ def check_lmdb_file(data_path: Path) -> None:
         if magic != _LMDB_MAGIC:
             continue
         last_page, txnid = (int(x) for x in np.frombuffer(meta, "<u8", 2, _LAST_PAGE_OFFSET))
+        roots = [int(np.frombuffer(meta, "<u8", 1, o)[0]) for o in _ROOT_OFFSETS]
+        top = max([r for r in roots if r != _NO_PAGE], default=1)
         if best is None or txnid > best[1]:
-            best = (last_page, txnid)
+            best = (min(top, last_page), txnid)
     if best is None:
         raise CorruptFileError(where, "catalog file is not an LMDB database (bad magic)")
     needed = (best[0] + 1) * psize
     if size < needed:
         raise CorruptFileError(
-            where, f"catalog file is truncated: {size} bytes, its last page ends at {needed}"
+            where, f"catalog file is truncated: {size} bytes, its root page ends at {needed}"
         )
 
 

@@ -521,15 +521,26 @@ class Log:
                 dropped += n_dead
                 changed = True
                 body = []
+                live_last = seg.base_seq
                 for f in seg.frames:
                     if all(dead(r) for r in f.records):
                         continue
                     recs = [r for r in self._frame_records(seg, f) if not dead(r)]
                     body.append(_frame_bytes(recs))
-                if not body and k < len(self.segments) - 1:
+                    live_last = max(live_last, max(r[1] for r in recs))
+                is_last = k == len(self.segments) - 1
+                if not body and not is_last:
                     os.unlink(seg.path)
                     continue
-                self._new_segment(seg.base_seq, SEGMENT_MIN, n=seg.n, body=b"".join(body))
+                # The newest segment carries the seqs on: the next seq must follow the last
+                # one handed out, not the last one kept (else new records would get seqs a
+                # table has already folded, and be taken as folded: lost).
+                last = seg.frames[-1].last if seg.frames else seg.base_seq
+                if is_last and body and live_last < last:
+                    # An empty segment after it, made first: a crash leaves a valid log.
+                    self._new_segment(last, SEGMENT_MIN, n=seg.n + 1)
+                base = last if is_last and not body else seg.base_seq
+                self._new_segment(base, SEGMENT_MIN, n=seg.n, body=b"".join(body))
             if changed:
                 fsync_path(self.dir)
                 self._list()
