@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     from bandstore.tune.distributed import engine_for, read_logs
 
                     engine = stack.enter_context(engine_for(args.address))
+                    if in_main:  # ray.init put its own handlers in (its C++ one aborts)
+                        signal.signal(signal.SIGTERM, _terminate)
                     trace = read_logs(engine, args.logs, num_rows)
                 else:
                     trace = load_logs(args.logs, num_rows)
